@@ -1,0 +1,10 @@
+// Package nix is the root of the Nix formats shared by the nixcache services:
+//
+//   - nixbase32: Nix's base-32 alphabet and encoding.
+//   - nixhash: hashes in every encoding Nix accepts (nix32, hex, base64, SRI).
+//   - storepath: store paths, hash parts and names.
+//   - narinfo: the .narinfo format, parsed as tolerantly as Nix does.
+//   - signature: ed25519 key files, fingerprints and narinfo signatures.
+//   - nar: streaming NAR reader, writer, and dump of a directory tree.
+//   - compression: the compressions a binary cache speaks (none, xz, zstd, bzip2).
+package nix

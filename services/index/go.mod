@@ -1,0 +1,8 @@
+module github.com/nixcache/nixcache/services/index
+
+go 1.25.0
+
+replace (
+	github.com/nixcache/nixcache/nix => ../../nix
+	github.com/nixcache/nixcache/proto => ../../proto
+)
