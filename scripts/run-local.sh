@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs signer, index and gateway on this machine with defaults that just
+# work. Ctrl-C stops all three. Configure with the NIXCACHE_* variables that
+# each service documents in `bin/nixcache-<service> -h`; these are the ones
+# this script sets unless you already did:
+#
+#   NIXCACHE_DATA_DIR   ./data   where keys, catalogue, NARs and tokens live
+#   NIXCACHE_KEY_NAME   <hostname>-1   name of the key made on first start
+#   NIXCACHE_LISTEN_HTTP 127.0.0.1:5000   the gateway's address
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+data=${NIXCACHE_DATA_DIR:-$PWD/data}
+key_name=${NIXCACHE_KEY_NAME:-$(hostname)-1}
+http=${NIXCACHE_LISTEN_HTTP:-127.0.0.1:5000}
+export NIXCACHE_LOG_FORMAT=${NIXCACHE_LOG_FORMAT:-text}
+unset NIXCACHE_DATA_DIR NIXCACHE_LISTEN # each service gets its own below
+
+mkdir -p "$data/signer" "$data/index" "$data/gateway"
+chmod 700 "$data/signer"
+
+auth=$data/gateway/auth
+if [ ! -f "$auth" ]; then
+  token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  umask 077
+  printf '# name  scopes          token\nlocal   read,push,admin %s\n' "$token" > "$auth"
+  echo "nixcache: made a push token in $auth" >&2
+fi
+token=$(awk '$1 == "local" { print $3 }' "$auth")
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait
+}
+trap stop INT TERM EXIT
+
+bin/nixcache-signer -key-files "$data/signer/secret.key" -generate-key "$key_name" & pids+=($!)
+for _ in $(seq 100); do # the signer writes the public key on first start
+  [ -f "$data/signer/secret.key.pub" ] && break
+  sleep 0.1
+done
+bin/nixcache-index -data-dir "$data/index" & pids+=($!)
+bin/nixcache-gateway -listen "$http" -auth-file "$auth" & pids+=($!)
+
+cat >&2 <<MSG
+
+nixcache is starting on http://$http (data in $data).
+  public key:  $(cat "$data/signer/secret.key.pub" 2>/dev/null || echo "see the signer's log above")
+  push:        nix copy --to 'http://$http?compression=zstd' PATH
+               with a netrc file holding: machine ${http%:*} login nixcache password $token
+  clients:     substituters = http://$http
+               trusted-public-keys = <the public key above>
+Ctrl-C stops all three.
+
+MSG
+
+# Stop everything as soon as one service exits.
+wait -n
+echo "nixcache: a service exited; stopping the others" >&2
