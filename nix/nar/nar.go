@@ -2,7 +2,10 @@
 // directory tree into one, byte for byte as nix-store --dump does.
 package nar
 
-import "io"
+import (
+	"fmt"
+	"strings"
+)
 
 // NodeType is the type of a NAR node.
 type NodeType uint8
@@ -12,6 +15,19 @@ const (
 	TypeDirectory
 	TypeSymlink
 )
+
+// String returns the name the NAR format uses for the type ("regular").
+func (t NodeType) String() string {
+	switch t {
+	case TypeRegular:
+		return "regular"
+	case TypeDirectory:
+		return "directory"
+	case TypeSymlink:
+		return "symlink"
+	}
+	return fmt.Sprintf("NodeType(%d)", uint8(t))
+}
 
 // Header describes one node of a NAR, in the order the archive holds them.
 type Header struct {
@@ -24,44 +40,76 @@ type Header struct {
 	LinkTarget string // symlinks only
 }
 
-// Reader reads a NAR stream and validates it as it goes: the magic, token
-// structure, padding (zero bytes), entry names (not empty, ".", "..", no '/'
-// or NUL), entries strictly sorted and unique, string lengths bounded.
-type Reader struct{}
+// Limits of the Reader (and the Writer, so that it never writes what the
+// Reader refuses). Nix itself bounds nothing; these are the limits of Linux,
+// where a NAR is unpacked.
+const (
+	// maxNameLen is the longest entry name: NAME_MAX.
+	maxNameLen = 255
+	// maxTargetLen is the longest symlink target: PATH_MAX less its NUL.
+	maxTargetLen = 4095
+	// maxPathLen is the longest Header.Path: PATH_MAX less its NUL. It
+	// also bounds how deep directories nest.
+	maxPathLen = 4095
+)
 
-// NewReader returns a Reader reading from r.
-func NewReader(r io.Reader) *Reader { panic("unimplemented") }
+// The tokens of the format.
+const (
+	magic        = "nix-archive-1"
+	tokOpen      = "("
+	tokClose     = ")"
+	tokType      = "type"
+	tokRegular   = "regular"
+	tokDirectory = "directory"
+	tokSymlink   = "symlink"
+	tokExec      = "executable"
+	tokContents  = "contents"
+	tokTarget    = "target"
+	tokEntry     = "entry"
+	tokName      = "name"
+	tokNode      = "node"
 
-// Next advances to the next node and returns its header; io.EOF after the
-// whole archive was read and found well-formed (trailing bytes after the
-// root node are an error). The contents of a regular file are read with
-// Read before the next call to Next (unread contents are skipped).
-func (r *Reader) Next() (*Header, error) { panic("unimplemented") }
+	// maxTokenLen bounds the length of a token; the longest is magic.
+	maxTokenLen = len(magic)
+)
 
-// Read reads the current regular file's contents.
-func (r *Reader) Read(p []byte) (int, error) { panic("unimplemented") }
+// checkName reports what is wrong with an entry name, as Nix checks it.
+func checkName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty entry name")
+	case name == "." || name == "..":
+		return fmt.Errorf("entry name %q is not allowed", name)
+	case len(name) > maxNameLen:
+		return fmt.Errorf("entry name of %d bytes, longer than %d", len(name), maxNameLen)
+	case strings.IndexByte(name, '/') >= 0:
+		return fmt.Errorf("entry name %q contains '/'", name)
+	case strings.IndexByte(name, 0) >= 0:
+		return fmt.Errorf("entry name %q contains NUL", name)
+	}
+	return nil
+}
 
-// Validate reads a whole NAR from r and reports its size in bytes and the
-// first structural error.
-func Validate(r io.Reader) (uint64, error) { panic("unimplemented") }
+// checkTarget reports what is wrong with a symlink target.
+func checkTarget(target string) error {
+	switch {
+	case target == "":
+		return fmt.Errorf("empty symlink target")
+	case len(target) > maxTargetLen:
+		return fmt.Errorf("symlink target of %d bytes, longer than %d", len(target), maxTargetLen)
+	case strings.IndexByte(target, 0) >= 0:
+		return fmt.Errorf("symlink target %q contains NUL", target)
+	}
+	return nil
+}
 
-// Writer writes a NAR stream from headers in archive order.
-type Writer struct{}
+// childPath joins a directory's Path and an entry name.
+func childPath(dir, name string) string {
+	if dir == "/" {
+		return "/" + name
+	}
+	return dir + "/" + name
+}
 
-// NewWriter returns a Writer writing to w.
-func NewWriter(w io.Writer) *Writer { panic("unimplemented") }
-
-// WriteHeader starts the node h; for regular files exactly h.Size bytes of
-// contents must follow through Write.
-func (w *Writer) WriteHeader(h *Header) error { panic("unimplemented") }
-
-// Write writes contents of the current regular file.
-func (w *Writer) Write(p []byte) (int, error) { panic("unimplemented") }
-
-// Close finishes the archive (closing open directories); it does not close
-// the underlying writer.
-func (w *Writer) Close() error { panic("unimplemented") }
-
-// DumpPath writes the NAR of the file system tree at path to w, as
-// nix-store --dump does: streamed, file contents never held whole in memory.
-func DumpPath(w io.Writer, path string) error { panic("unimplemented") }
+// padLen is the number of zero bytes that follow n bytes of a string.
+func padLen(n uint64) int { return int(-n & 7) }
