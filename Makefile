@@ -30,7 +30,7 @@ run: tools-run build
 test: tools proto-check vet fmt-check build test-unit test-e2e
 
 test-unit:
-	go test -count=1 ./nix/... ./platform/... ./services/...
+	go test -count=1 ./nix/... ./platform/... ./services/signer/... ./services/index/... ./services/gateway/...
 
 test-e2e: build
 	NIXCACHE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m ./e2e/...
@@ -46,7 +46,7 @@ proto-check: proto
 	@test -z "$$(git status --porcelain -- proto)" || { git status --porcelain -- proto; echo "untracked generated files in proto/: run 'make proto' and commit" >&2; exit 1; }
 
 vet:
-	go vet ./nix/... ./platform/... ./proto/... ./services/... ./e2e/...
+	go vet ./nix/... ./platform/... ./proto/... ./services/signer/... ./services/index/... ./services/gateway/... ./e2e/...
 
 fmt-check:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.\(gw\.\)\?go$$')); \

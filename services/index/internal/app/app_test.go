@@ -1,0 +1,143 @@
+package app_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nixcache/nixcache/nix/compression"
+	"github.com/nixcache/nixcache/platform/grpcutil"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+	"github.com/nixcache/nixcache/services/index/internal/app"
+	"github.com/nixcache/nixcache/services/index/internal/fakesigner"
+	"github.com/nixcache/nixcache/services/index/internal/nartest"
+)
+
+func options(dir, signerAddr string) app.Options {
+	return app.Options{
+		DataDir:       dir,
+		SignerAddr:    signerAddr,
+		StoreDir:      "/nix/store",
+		MaxNarSize:    1 << 20,
+		SignTimeout:   5 * time.Second,
+		ShutdownGrace: time.Second,
+		Log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+}
+
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lis
+}
+
+// start runs the index until the returned stop is called; stop returns
+// Run's error.
+func start(t *testing.T, o app.Options) (indexv1.IndexServiceClient, func() error) {
+	t.Helper()
+	lis := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx, o, lis) }()
+	cc, err := grpcutil.Dial(lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := func() error {
+		cc.Close()
+		cancel()
+		return <-done
+	}
+	return indexv1.NewIndexServiceClient(cc), stop
+}
+
+func TestRunServesAndRestarts(t *testing.T) {
+	fake := fakesigner.New(t, "/nix/store")
+	signerLis := listen(t)
+	fake.Serve(t, signerLis)
+	dir := filepath.Join(t.TempDir(), "index") // Run creates it
+	o := options(dir, signerLis.Addr().String())
+
+	client, stop := start(t, o)
+	file := nartest.Compress(t, compression.XZ, nartest.Small(t, 1))
+	up, err := client.PutNar(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Send(&indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Header{Header: &indexv1.PutNarHeader{}}})
+	up.Send(&indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: file}})
+	put, err := up.CloseAndRecv()
+	if err != nil {
+		t.Fatalf("PutNar: %v", err)
+	}
+	nf := put.GetFile()
+	sp := "/nix/store/" + strings.Repeat("1", 32) + "-app-test"
+	_, err = client.PutPathInfo(context.Background(), &indexv1.PutPathInfoRequest{Info: &indexv1.PathInfo{
+		StorePath: sp, NarHash: nf.GetNarHash(), NarSize: nf.GetNarSize(),
+		File: &indexv1.NarFile{FileHash: nf.GetFileHash()},
+	}})
+	if err != nil {
+		t.Fatalf("PutPathInfo: %v", err)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run after shutdown: %v", err)
+	}
+
+	stale := filepath.Join(dir, "tmp", "upload-stale")
+	if err := os.WriteFile(stale, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Run again on the same directory: it must have closed the catalogue
+	// (bbolt would time out on its lock otherwise) and kept everything.
+	client, stop = start(t, o)
+	got, err := client.GetPathInfo(context.Background(), &indexv1.GetPathInfoRequest{HashPart: strings.Repeat("1", 32)})
+	if err != nil {
+		t.Fatalf("GetPathInfo after restart: %v", err)
+	}
+	if got.GetInfo().GetStorePath() != sp || len(got.GetInfo().GetSignatures()) != 1 {
+		t.Errorf("after restart: %v", got.GetInfo())
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale upload left in tmp/: %v", err)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run after shutdown: %v", err)
+	}
+}
+
+func TestRunRefusesBadOptions(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*app.Options)
+		want   string
+	}{
+		{"no data dir", func(o *app.Options) { o.DataDir = "" }, "-data-dir"},
+		{"relative store dir", func(o *app.Options) { o.StoreDir = "nix/store" }, "-store-dir"},
+		{"no size limit", func(o *app.Options) { o.MaxNarSize = 0 }, "-max-nar-size"},
+		{"no sign timeout", func(o *app.Options) { o.SignTimeout = 0 }, "-sign-timeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := options(t.TempDir(), "127.0.0.1:1")
+			tt.change(&o)
+			lis := listen(t)
+			err := app.Run(context.Background(), o, lis)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Run: %v, want an error naming %s", err, tt.want)
+			}
+			if _, err := lis.Accept(); err == nil {
+				t.Errorf("the listener is still open")
+			}
+		})
+	}
+}

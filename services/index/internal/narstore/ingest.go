@@ -1,0 +1,313 @@
+package narstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/nixcache/nixcache/nix/compression"
+	"github.com/nixcache/nixcache/nix/nar"
+	"github.com/nixcache/nixcache/nix/nixhash"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+	"github.com/nixcache/nixcache/services/index/internal/fault"
+)
+
+// detectLen is how many leading bytes compression.Detect needs.
+const detectLen = 6
+
+// readSize is the size of the buffer uploads are read with.
+const readSize = 256 << 10
+
+// Expect is what the uploader claims about a file; zero fields claim nothing.
+type Expect struct {
+	FileHash    nixhash.Hash // SHA-256 of the file as uploaded
+	Compression string       // a compression name
+}
+
+// Ingest reads one NAR file from r and stores it. While the bytes stream
+// in it writes them to a temporary file, hashes and counts them, detects
+// their compression, and decompresses them into a NAR parser that
+// validates the archive and hashes it; nothing is ever held whole in
+// memory. Only a file that passed every check is moved into place; when an
+// identical file is already there, that one is kept.
+//
+// The errors that blame the upload are of class fault.ErrInvalid; an error
+// reading r (the uploader went away) is returned wrapped as is. A failed
+// or cancelled upload leaves nothing behind.
+func (s *Store) Ingest(ctx context.Context, r io.Reader, want Expect) (*indexv1.NarFile, error) {
+	if want.Compression != "" {
+		if _, err := compression.Extension(want.Compression); err != nil {
+			return nil, fault.Invalid("expected compression %q is not one of %v", want.Compression, compression.Supported)
+		}
+	}
+	if !want.FileHash.IsZero() && want.FileHash.Algo != nixhash.SHA256 {
+		return nil, fault.Invalid("expected file hash %s is not a sha256 hash", want.FileHash)
+	}
+
+	tmp, err := os.CreateTemp(s.tmpDir, "upload-*")
+	if err != nil {
+		return nil, fmt.Errorf("create upload file: %w", err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+
+	// Compression is known from the first bytes.
+	prefix := make([]byte, detectLen)
+	n, err := io.ReadFull(r, prefix)
+	switch {
+	case err == io.EOF:
+		return nil, fault.Invalid("empty upload: the NAR file has no bytes")
+	case err != nil && err != io.ErrUnexpectedEOF:
+		return nil, fmt.Errorf("receive NAR file: %w", err)
+	}
+	prefix = prefix[:n]
+	comp, err := compression.Detect(prefix)
+	if err != nil {
+		return nil, fault.Invalid("not a NAR file, nor an xz, zstd or bzip2 compressed one: %v", err)
+	}
+	if want.Compression != "" && want.Compression != comp {
+		return nil, fault.Invalid("compression mismatch: the URL names %s but the uploaded file is %s", want.Compression, comp)
+	}
+
+	// The verifier reads the upload from a pipe as it is written.
+	pr, pw := io.Pipe()
+	verified := make(chan verifyResult, 1)
+	go func() { verified <- s.verify(comp, pr) }()
+
+	u := upload{file: tmp, hash: sha256.New(), pipe: pw, max: s.maxSize}
+	err = u.copy(r, prefix)
+	if err != nil {
+		pw.CloseWithError(err)
+		res := <-verified
+		if errors.Is(err, errVerifierDone) && res.err != nil {
+			return nil, res.err
+		}
+		return nil, err
+	}
+	pw.Close()
+	res := <-verified
+	if res.err != nil {
+		return nil, res.err
+	}
+
+	fileHash := nixhash.FromHasher(nixhash.SHA256, u.hash)
+	if comp == compression.None {
+		res.narHash = fileHash
+	}
+	if !want.FileHash.IsZero() && !want.FileHash.Equal(fileHash) {
+		return nil, fault.Invalid("file hash mismatch: the URL names %s but the uploaded file hashes to %s", want.FileHash, fileHash)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("receive NAR file: %w", err)
+	}
+
+	nf := &indexv1.NarFile{
+		FileHash:    fileHash.String(),
+		FileSize:    u.size,
+		Compression: comp,
+		NarHash:     res.narHash.String(),
+		NarSize:     res.narSize,
+	}
+	if err := s.commit(tmp, fileHash.NixBase32(), comp); err != nil {
+		return nil, err
+	}
+	committed = true
+	return nf, nil
+}
+
+// errVerifierDone says the verifier stopped reading before the upload ended:
+// its own result explains why.
+var errVerifierDone = errors.New("NAR verification ended early")
+
+// upload copies the uploaded bytes to the temporary file, the file hash
+// and the verifier's pipe, counting them.
+type upload struct {
+	file *os.File
+	hash hash.Hash
+	pipe *io.PipeWriter
+	max  uint64
+	size uint64
+}
+
+func (u *upload) copy(r io.Reader, prefix []byte) error {
+	if err := u.write(prefix); err != nil {
+		return err
+	}
+	buf := make([]byte, readSize)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if werr := u.write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("receive NAR file: %w", err)
+		}
+	}
+}
+
+func (u *upload) write(p []byte) error {
+	u.size += uint64(len(p))
+	if u.size > u.max {
+		return fault.Invalid("the NAR file exceeds the limit of %d bytes", u.max)
+	}
+	if _, err := u.file.Write(p); err != nil {
+		return fmt.Errorf("write upload file: %w", err)
+	}
+	u.hash.Write(p)
+	if _, err := u.pipe.Write(p); err != nil {
+		return errVerifierDone
+	}
+	return nil
+}
+
+type verifyResult struct {
+	narHash nixhash.Hash // zero for an uncompressed file: it is the file hash
+	narSize uint64
+	err     error
+}
+
+// verify decompresses src and validates it as a NAR, hashing it unless it
+// is uncompressed (then the NAR hash is the file hash). It reads src to
+// its end, or closes it with the error that made it stop.
+func (s *Store) verify(comp string, src *io.PipeReader) (res verifyResult) {
+	defer func() { src.CloseWithError(res.err) }()
+
+	dec, err := compression.NewReader(comp, src)
+	if err != nil {
+		return verifyResult{err: fault.Invalid("decompress %s: %v", comp, err)}
+	}
+	defer dec.Close()
+	lim := &limitedReader{r: dec, left: s.maxSize}
+	var narReader io.Reader = lim
+	var h hash.Hash
+	if comp != compression.None {
+		h = sha256.New()
+		narReader = io.TeeReader(lim, h)
+	}
+	size, err := nar.Validate(narReader)
+	if err == nil {
+		// The parser rejects bytes after the archive; make sure the
+		// decompressor has none left either, nor the upload.
+		var n int64
+		n, err = io.Copy(io.Discard, lim)
+		if err == nil && n > 0 {
+			err = fault.Invalid("invalid NAR: %d bytes of trailing data after the archive", n)
+		}
+	}
+	if err == nil {
+		var n int64
+		n, err = io.Copy(io.Discard, src)
+		if err == nil && n > 0 {
+			err = fault.Invalid("invalid %s file: %d bytes of trailing data after the compressed stream", comp, n)
+		}
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, fault.ErrInvalid):
+		return verifyResult{err: err}
+	case lim.exceeded:
+		return verifyResult{err: fault.Invalid("the decompressed NAR exceeds the limit of %d bytes", s.maxSize)}
+	case lim.err != nil && comp != compression.None:
+		return verifyResult{err: fault.Invalid("decompress %s: %v", comp, lim.err)}
+	case lim.err != nil:
+		// An uncompressed stream's only read error is the upload's own.
+		return verifyResult{err: lim.err}
+	default:
+		return verifyResult{err: fault.Invalid("invalid NAR: %v", err)}
+	}
+	res = verifyResult{narSize: size}
+	if h != nil {
+		res.narHash = nixhash.FromHasher(nixhash.SHA256, h)
+	}
+	if lim.read != size {
+		return verifyResult{err: fmt.Errorf("verify NAR: parser counted %d bytes, %d were read", size, lim.read)}
+	}
+	return res
+}
+
+// limitedReader reads at most left bytes of r, failing beyond, and
+// remembers the error r returned, if any.
+type limitedReader struct {
+	r        io.Reader
+	left     uint64
+	read     uint64
+	exceeded bool
+	err      error // r's error other than io.EOF
+}
+
+var errTooLarge = errors.New("size limit exceeded")
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.left == 0 {
+		// One byte more tells whether the stream ends exactly at the limit.
+		var one [1]byte
+		n, err := l.r.Read(one[:])
+		if n > 0 {
+			l.exceeded = true
+			return 0, errTooLarge
+		}
+		if err != nil && err != io.EOF {
+			l.err = err
+		}
+		return 0, err
+	}
+	if uint64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= uint64(n)
+	l.read += uint64(n)
+	if err != nil && err != io.EOF {
+		l.err = err
+	}
+	return n, err
+}
+
+// commit makes the verified temporary file the stored file for this hash,
+// durably; an existing file for the hash is kept.
+func (s *Store) commit(tmp *os.File, fileHash, comp string) error {
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("sync upload file: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close upload file: %w", err)
+	}
+	final, err := s.filePath(fileHash, comp)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(final); err == nil {
+		return os.Remove(tmp.Name())
+	}
+	shard := filepath.Dir(final)
+	if _, err := os.Stat(shard); errors.Is(err, os.ErrNotExist) {
+		if err := os.Mkdir(shard, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("store NAR file: %w", err)
+		}
+		if err := syncDir(s.narsDir); err != nil {
+			return fmt.Errorf("store NAR file: %w", err)
+		}
+	}
+	if err := os.Rename(tmp.Name(), final); err != nil {
+		return fmt.Errorf("store NAR file: %w", err)
+	}
+	if err := syncDir(shard); err != nil {
+		return fmt.Errorf("store NAR file: %w", err)
+	}
+	return nil
+}

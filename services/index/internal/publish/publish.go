@@ -1,0 +1,303 @@
+// Package publish turns an uploaded narinfo into a published, signed store
+// path: it checks the narinfo against the NAR file the index measured and
+// against the catalogue, has the signer sign the path's fingerprint, and
+// records the result.
+package publish
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/nixcache/nixcache/nix/compression"
+	"github.com/nixcache/nixcache/nix/nixhash"
+	"github.com/nixcache/nixcache/nix/signature"
+	"github.com/nixcache/nixcache/nix/storepath"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+	"github.com/nixcache/nixcache/services/index/internal/catalog"
+	"github.com/nixcache/nixcache/services/index/internal/fault"
+)
+
+// Signer signs fingerprints with the cache's keys.
+type Signer interface {
+	// Sign returns the signatures of each fingerprint, in order.
+	Sign(ctx context.Context, fingerprints []string) ([][]string, error)
+	// PublicKeys lists every key the signer holds, active or not.
+	PublicKeys(ctx context.Context) ([]signature.PublicKey, error)
+}
+
+// Publisher publishes store paths into a catalogue.
+type Publisher struct {
+	catalog     *catalog.Catalog
+	signer      Signer
+	storeDir    string
+	signTimeout time.Duration
+	now         func() time.Time
+}
+
+// New returns a Publisher for paths of storeDir; each call to the signer
+// gets signTimeout.
+func New(c *catalog.Catalog, s Signer, storeDir string, signTimeout time.Duration) *Publisher {
+	return &Publisher{catalog: c, signer: s, storeDir: storeDir, signTimeout: signTimeout, now: time.Now}
+}
+
+// checked is a narinfo that passed every check.
+type checked struct {
+	path        storepath.Path
+	narHash     nixhash.Hash
+	file        *indexv1.NarFile
+	fingerprint string
+	// uploaderSigs are the uploader's signatures by keys other than ours.
+	uploaderSigs []string
+}
+
+// Publish verifies the narinfo in, then signs and records it, returning
+// what the catalogue now holds. Re-publishing a path with the same NAR hash
+// succeeds and merges in the uploader's new signatures; with another NAR
+// hash it is an error of class fault.ErrExists. Nothing is recorded unless
+// every check passed and the signer signed.
+func (p *Publisher) Publish(ctx context.Context, in *indexv1.PathInfo) (*indexv1.PathInfo, error) {
+	c, err := p.check(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.catalog.PathInfo(c.path.HashPart); err == nil {
+		// Already published: no new signature needed.
+		return p.catalog.UpdatePathInfo(c.path.HashPart, func(old *indexv1.PathInfo) (*indexv1.PathInfo, error) {
+			return merge(old, in.GetStorePath(), c, nil)
+		})
+	} else if !errors.Is(err, fault.ErrNotFound) {
+		return nil, err
+	}
+
+	sigs, err := p.sign(ctx, c.fingerprint)
+	if err != nil {
+		return nil, err
+	}
+	ext, err := compression.Extension(c.file.GetCompression())
+	if err != nil {
+		return nil, fmt.Errorf("publish %s: %w", in.GetStorePath(), err)
+	}
+	refs := slices.Clone(in.GetReferences())
+	slices.Sort(refs)
+	info := &indexv1.PathInfo{
+		StorePath:        in.GetStorePath(),
+		NarHash:          c.narHash.String(),
+		NarSize:          in.GetNarSize(),
+		References:       slices.Compact(refs),
+		Deriver:          in.GetDeriver(),
+		Signatures:       appendNew(sigs, c.uploaderSigs...),
+		Ca:               in.GetCa(),
+		File:             c.file,
+		Url:              "nar/" + strings.TrimPrefix(c.file.GetFileHash(), "sha256:") + ".nar" + ext,
+		RegistrationTime: timestamppb.New(p.now()),
+	}
+	return p.catalog.UpdatePathInfo(c.path.HashPart, func(old *indexv1.PathInfo) (*indexv1.PathInfo, error) {
+		if old != nil {
+			// Published meanwhile by another call.
+			return merge(old, in.GetStorePath(), c, sigs)
+		}
+		return info, nil
+	})
+}
+
+// merge returns old with the new signatures added, nil when it has them
+// all, or an error when old is not the same path with the same NAR.
+func merge(old *indexv1.PathInfo, storePath string, c *checked, signerSigs []string) (*indexv1.PathInfo, error) {
+	if old.GetStorePath() != storePath {
+		return nil, fault.Exists("store path %s cannot be published: its hash part is taken by %s", storePath, old.GetStorePath())
+	}
+	if old.GetNarHash() != c.narHash.String() {
+		return nil, fault.Exists("store path %s is already published with NarHash %s; the narinfo says %s", storePath, old.GetNarHash(), c.narHash)
+	}
+	sigs := appendNew(old.GetSignatures(), signerSigs...)
+	sigs = appendNew(sigs, c.uploaderSigs...)
+	if len(sigs) == len(old.GetSignatures()) {
+		return nil, nil
+	}
+	next := proto.Clone(old).(*indexv1.PathInfo)
+	next.Signatures = sigs
+	return next, nil
+}
+
+// appendNew appends to dst (copied) the elements of add it does not hold.
+func appendNew(dst []string, add ...string) []string {
+	out := slices.Clone(dst)
+	for _, s := range add {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// check verifies the narinfo, in order: its own fields, the NAR file it
+// names, its references, its signatures.
+func (p *Publisher) check(ctx context.Context, in *indexv1.PathInfo) (*checked, error) {
+	if in == nil {
+		return nil, fault.Invalid("no path info in the request")
+	}
+	var c checked
+	var err error
+	if c.path, err = storepath.Parse(p.storeDir, in.GetStorePath()); err != nil {
+		return nil, fault.Invalid("StorePath: %v", err)
+	}
+	if c.narHash, err = nixhash.Parse(in.GetNarHash()); err != nil {
+		return nil, fault.Invalid("NarHash: %v", err)
+	}
+	if c.narHash.Algo != nixhash.SHA256 {
+		return nil, fault.Invalid("NarHash %s: want a sha256 hash", in.GetNarHash())
+	}
+	if in.GetNarSize() == 0 {
+		return nil, fault.Invalid("NarSize is 0 or missing")
+	}
+	for _, ref := range in.GetReferences() {
+		if _, err := storepath.ParseBase(ref); err != nil {
+			return nil, fault.Invalid("References: %v", err)
+		}
+	}
+	if d := in.GetDeriver(); d != "" {
+		if _, err := storepath.ParseBase(d); err != nil {
+			return nil, fault.Invalid("Deriver: %v", err)
+		}
+	}
+	if ca := in.GetCa(); ca != "" && !strings.HasPrefix(ca, "fixed:") && !strings.HasPrefix(ca, "text:") {
+		return nil, fault.Invalid("CA %q: want fixed:... or text:...", ca)
+	}
+
+	if c.file, err = p.checkFile(in); err != nil {
+		return nil, err
+	}
+	if err := p.checkReferences(in, c.path); err != nil {
+		return nil, err
+	}
+
+	c.fingerprint = signature.Fingerprint(p.storeDir, in.GetStorePath(), c.narHash, in.GetNarSize(), in.GetReferences())
+	if c.uploaderSigs, err = p.checkSignatures(ctx, in, c.fingerprint); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// checkFile finds the NAR file the narinfo names and compares it with
+// what the narinfo says.
+func (p *Publisher) checkFile(in *indexv1.PathInfo) (*indexv1.NarFile, error) {
+	want := in.GetFile()
+	if want.GetFileHash() == "" {
+		return nil, fault.Invalid("FileHash is missing: the narinfo must name its uploaded NAR file")
+	}
+	fileHash, err := nixhash.ParseAs(nixhash.SHA256, want.GetFileHash())
+	if err != nil {
+		return nil, fault.Invalid("FileHash: %v", err)
+	}
+	nf, err := p.catalog.NarFile(fileHash.NixBase32())
+	if errors.Is(err, fault.ErrNotFound) {
+		return nil, fault.Precondition("the NAR file %s named by the narinfo has not been uploaded", fileHash)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if c := want.GetCompression(); c != "" && c != nf.GetCompression() {
+		return nil, fault.Invalid("Compression mismatch: narinfo says %s, the uploaded NAR file %s is %s", c, fileHash, nf.GetCompression())
+	}
+	if s := want.GetFileSize(); s != 0 && s != nf.GetFileSize() {
+		return nil, fault.Invalid("FileSize mismatch: narinfo says %d, the uploaded NAR file %s is %d bytes", s, fileHash, nf.GetFileSize())
+	}
+	measured, err := nixhash.Parse(nf.GetNarHash())
+	if err != nil {
+		return nil, fmt.Errorf("NAR file %s: stored NAR hash: %w", fileHash, err)
+	}
+	narHash, _ := nixhash.Parse(in.GetNarHash())
+	if !narHash.Equal(measured) {
+		return nil, fault.Invalid("NarHash mismatch: narinfo says %s, the uploaded NAR hashes to %s", narHash, measured)
+	}
+	if in.GetNarSize() != nf.GetNarSize() {
+		return nil, fault.Invalid("NarSize mismatch: narinfo says %d, the uploaded NAR is %d bytes", in.GetNarSize(), nf.GetNarSize())
+	}
+	return nf, nil
+}
+
+// checkReferences makes sure every reference but the path itself is
+// published, so that the cache never serves a path whose closure it lacks.
+func (p *Publisher) checkReferences(in *indexv1.PathInfo, self storepath.Path) error {
+	for _, ref := range in.GetReferences() {
+		if ref == self.Base() {
+			continue
+		}
+		rp, _ := storepath.ParseBase(ref)
+		info, err := p.catalog.PathInfo(rp.HashPart)
+		if errors.Is(err, fault.ErrNotFound) || (err == nil && info.GetStorePath() != rp.Absolute(p.storeDir)) {
+			return fault.Precondition("reference %s is not in the cache", ref)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkSignatures validates the uploader's signatures and returns those to
+// keep: every one by a key the signer holds must verify, and is then
+// dropped (the signer signs again).
+func (p *Publisher) checkSignatures(ctx context.Context, in *indexv1.PathInfo, fingerprint string) ([]string, error) {
+	sigs := in.GetSignatures()
+	for i, sig := range sigs {
+		if _, _, err := signature.SplitSignature(sig); err != nil {
+			return nil, fault.Invalid("Sig %d: %v", i+1, err)
+		}
+	}
+	if len(sigs) == 0 {
+		return nil, nil
+	}
+	callCtx, cancel := context.WithTimeout(ctx, p.signTimeout)
+	defer cancel()
+	keys, err := p.signer.PublicKeys(callCtx)
+	if err != nil {
+		if ctx.Err() != nil {
+			// The caller went away: not the signer's fault.
+			return nil, fmt.Errorf("list signer keys: %w", ctx.Err())
+		}
+		return nil, fault.Unavailable("signer unavailable: %v", err)
+	}
+	var keep []string
+	for _, sig := range sigs {
+		name, _, _ := signature.SplitSignature(sig)
+		i := slices.IndexFunc(keys, func(k signature.PublicKey) bool { return k.Name == name })
+		if i < 0 {
+			keep = appendNew(keep, sig)
+			continue
+		}
+		if !keys[i].Verify(fingerprint, sig) {
+			return nil, fault.Invalid("forged signature by key %s: it does not verify for %s", name, in.GetStorePath())
+		}
+	}
+	return keep, nil
+}
+
+// sign has the signer sign fingerprint, within the sign timeout.
+func (p *Publisher) sign(ctx context.Context, fingerprint string) ([]string, error) {
+	callCtx, cancel := context.WithTimeout(ctx, p.signTimeout)
+	defer cancel()
+	res, err := p.signer.Sign(callCtx, []string{fingerprint})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("sign: %w", ctx.Err())
+		}
+		return nil, fault.Unavailable("signer unavailable: %v", err)
+	}
+	if len(res) != 1 || len(res[0]) == 0 {
+		return nil, fault.Unavailable("signer unavailable: it returned no signature (has it an active key?)")
+	}
+	for _, sig := range res[0] {
+		if _, _, err := signature.SplitSignature(sig); err != nil {
+			return nil, fault.Unavailable("signer unavailable: it returned an invalid signature: %v", err)
+		}
+	}
+	return res[0], nil
+}

@@ -1,0 +1,136 @@
+// Command nixcache-signer holds a Nix binary cache's secret keys and signs
+// store path fingerprints for the other nixcache services over gRPC.
+//
+//	nixcache-signer [flags]                              serve
+//	nixcache-signer keygen NAME SECRET-FILE PUBLIC-FILE  make a key pair
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nixcache/nixcache/platform/envflag"
+	"github.com/nixcache/nixcache/platform/logging"
+	"github.com/nixcache/nixcache/services/signer/internal/app"
+	"github.com/nixcache/nixcache/services/signer/internal/keyfile"
+)
+
+const name = "nixcache-signer"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// run is the program; it returns the exit code: 0, 1 when it failed, 2 on
+// bad usage.
+func run(args []string, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "keygen" {
+		return keygen(args[1:], stderr)
+	}
+	return serve(args, stderr)
+}
+
+func serve(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:5010", "gRPC listen address")
+	keyFiles := fs.String("key-files", "", "comma-separated Nix secret key files (mode 0600); every key signs, the first is the primary")
+	generateKey := fs.String("generate-key", "", "if set and the first key file does not exist, generate a key pair with this `name` into it (public key in <file>.pub)")
+	storeDir := fs.String("store-dir", "/nix/store", "Nix store directory that fingerprints must name")
+	maxBatch := fs.Int("max-batch", 10000, "most fingerprints one Sign call may carry")
+	logFormat := fs.String("log-format", "json", "log format: json or text")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long in-flight calls may finish on SIGINT/SIGTERM")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage:\n  %s [flags]\n  %s keygen NAME SECRET-FILE PUBLIC-FILE\n\nFlags:\n", name, name)
+		fs.PrintDefaults()
+	}
+	if err := envflag.Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", name, fs.Arg(0))
+		fs.Usage()
+		return 2
+	}
+	log, err := logging.New(stderr, *logFormat, *logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Error("listen", "addr", *listen, "err", err)
+		return 1
+	}
+	defer lis.Close()
+
+	opts := app.Options{
+		KeyFiles:      splitList(*keyFiles),
+		GenerateKey:   *generateKey,
+		StoreDir:      *storeDir,
+		MaxBatch:      *maxBatch,
+		ShutdownGrace: *grace,
+		Log:           log,
+		Notices:       stderr,
+	}
+	if err := app.Run(ctx, opts, lis); err != nil {
+		log.Error("signer failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func keygen(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet(name+" keygen", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: %s keygen NAME SECRET-FILE PUBLIC-FILE\n\n"+
+			"Generates a key pair named NAME, like nix-store --generate-binary-cache-key:\n"+
+			"the secret key into SECRET-FILE (mode 0600), the public key into PUBLIC-FILE\n"+
+			"(mode 0644). Existing files are not overwritten.\n", name)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() != 3 {
+		fmt.Fprintf(stderr, "%s keygen: want 3 arguments, got %d\n", name, fs.NArg())
+		fs.Usage()
+		return 2
+	}
+	if _, err := keyfile.Generate(fs.Arg(0), fs.Arg(1), fs.Arg(2)); err != nil {
+		fmt.Fprintf(stderr, "%s keygen: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
+
+// splitList splits a comma-separated flag value, dropping blanks.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
