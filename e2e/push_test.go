@@ -41,11 +41,12 @@ func TestPushAndSubstitute(t *testing.T) {
 	push := nixConfig("netrc-file = " + c.netrc(c.pushToken))
 	trusting := nixConfig("trusted-public-keys = " + c.publicKey)
 
-	if out := mustNix(t, nixConfig(), "nix", "store", "ping", "--store", c.URL); !strings.Contains(out, c.URL) {
-		t.Errorf("nix store ping printed %q, want the store URL", out)
+	out, errOut, err := nixRun(t, nixConfig(), "nix", "store", "ping", "--store", c.URL)
+	if err != nil || !strings.Contains(out+errOut, "Store URL: "+c.URL) {
+		t.Errorf("nix store ping: %v, printed %q", err, out+errOut)
 	}
 
-	for _, compression := range []string{"xz", "zstd", "none"} {
+	for _, compression := range []string{"xz", "zstd", "bzip2", "none"} {
 		t.Run(compression, func(t *testing.T) {
 			top, closure := buildClosure(t)
 			local := pathInfos(t, nixConfig(), "--recursive", top)

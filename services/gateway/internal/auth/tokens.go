@@ -1,0 +1,130 @@
+package auth
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"unicode"
+)
+
+// maxLineLen bounds one line of a token file.
+const maxLineLen = 4096
+
+// Tokens is the set of tokens an operator listed in a token file. Only a
+// SHA-256 digest of each token is kept; tokens are compared in constant
+// time.
+type Tokens struct {
+	entries []entry
+}
+
+type entry struct {
+	name   string
+	scopes Scope
+	digest [sha256.Size]byte
+}
+
+// LoadTokens reads a token file; see ParseTokens for its format.
+func LoadTokens(path string) (*Tokens, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err // names the path
+	}
+	defer f.Close()
+	return ParseTokens(f, path)
+}
+
+// ParseTokens reads a token file: one token a line, as
+//
+//	<name> <scopes> <token>
+//
+// where scopes is a comma-separated list of read, push and admin. Blank
+// lines and lines starting with '#' are ignored. Names and tokens must be
+// unique. source names the file in errors; errors name the line, never the
+// token.
+func ParseTokens(r io.Reader, source string) (*Tokens, error) {
+	t := &Tokens{}
+	names := map[string]int{}
+	digests := map[[sha256.Size]byte]int{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 512), maxLineLen)
+	lineNo := 0
+	for sc.Scan() {
+		lineNo++
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fields := strings.Fields(line)
+		if len(fields) != 3 {
+			return nil, fmt.Errorf("%s line %d: want \"<name> <scopes> <token>\" (3 fields), got %d fields", source, lineNo, len(fields))
+		}
+		name, scopeList, token := fields[0], fields[1], fields[2]
+		if !printable(name) {
+			return nil, fmt.Errorf("%s line %d: name contains a non-printable character", source, lineNo)
+		}
+		scopes, err := ParseScopes(scopeList)
+		if err != nil {
+			return nil, fmt.Errorf("%s line %d (%s): %w", source, lineNo, name, err)
+		}
+		if prev, ok := names[name]; ok {
+			return nil, fmt.Errorf("%s line %d: name %q already used on line %d", source, lineNo, name, prev)
+		}
+		digest := sha256.Sum256([]byte(token))
+		if prev, ok := digests[digest]; ok {
+			return nil, fmt.Errorf("%s line %d (%s): same token as line %d", source, lineNo, name, prev)
+		}
+		names[name] = lineNo
+		digests[digest] = lineNo
+		t.entries = append(t.entries, entry{name: name, scopes: scopes, digest: digest})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s line %d: %w", source, lineNo+1, err)
+	}
+	return t, nil
+}
+
+// Len returns the number of tokens.
+func (t *Tokens) Len() int {
+	if t == nil {
+		return 0
+	}
+	return len(t.entries)
+}
+
+// Lookup returns the identity token belongs to. It takes the same time
+// whichever entry matches, or none.
+func (t *Tokens) Lookup(token string) (Identity, bool) {
+	if t == nil {
+		return Identity{}, false
+	}
+	digest := sha256.Sum256([]byte(token))
+	match := -1
+	for i := range t.entries {
+		eq := subtle.ConstantTimeCompare(digest[:], t.entries[i].digest[:])
+		match = subtle.ConstantTimeSelect(eq, i, match)
+	}
+	if match < 0 {
+		return Identity{}, false
+	}
+	e := t.entries[match]
+	return Identity{Name: e.name, Scopes: e.scopes}, true
+}
+
+// LogValue logs how many tokens there are, nothing else.
+func (t *Tokens) LogValue() slog.Value {
+	return slog.GroupValue(slog.Int("count", t.Len()))
+}
+
+func printable(s string) bool {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}

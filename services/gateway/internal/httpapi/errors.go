@@ -1,0 +1,114 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/nixcache/nixcache/services/gateway/internal/auth"
+)
+
+// retryAfter is what 503 answers tell clients to wait, in seconds. Nix
+// honours it.
+const retryAfter = "5"
+
+// requestError is a mistake in the HTTP request itself, found by the
+// gateway before any upstream call.
+type requestError struct {
+	status int
+	msg    string
+}
+
+func (e *requestError) Error() string { return e.msg }
+
+// clientError returns a requestError with status code and a formatted
+// message meant for the client.
+func clientError(code int, format string, args ...any) error {
+	return &requestError{status: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// httpStatus is the one table from gRPC codes to HTTP statuses.
+func httpStatus(c codes.Code) int {
+	switch c {
+	case codes.NotFound:
+		return http.StatusNotFound
+	case codes.InvalidArgument, codes.FailedPrecondition:
+		return http.StatusBadRequest
+	case codes.AlreadyExists, codes.Aborted:
+		return http.StatusConflict
+	case codes.OutOfRange:
+		return http.StatusRequestedRangeNotSatisfiable
+	case codes.Unauthenticated:
+		return http.StatusUnauthorized
+	case codes.PermissionDenied:
+		return http.StatusForbidden
+	case codes.ResourceExhausted:
+		return http.StatusRequestEntityTooLarge
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		// Canceled while the client is still there: the index or the
+		// gateway is going away.
+		return http.StatusServiceUnavailable
+	case codes.Unimplemented:
+		return http.StatusNotImplemented
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// writeError answers r with the HTTP form of err: its status and a
+// text/plain body with the message, so `nix copy` shows the user why.
+// Nothing is written when the client has gone away.
+func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return
+	}
+	code, msg := h.classify(r, err)
+	switch code {
+	case http.StatusUnauthorized:
+		w.Header().Set("WWW-Authenticate", `Basic realm="nixcache"`)
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", retryAfter)
+	}
+	writeText(w, code, msg)
+}
+
+// classify returns the HTTP status and message for err.
+func (h *Handler) classify(r *http.Request, err error) (int, string) {
+	var reqErr *requestError
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &reqErr):
+		return reqErr.status, reqErr.msg
+	case errors.As(err, &tooLarge):
+		return http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", tooLarge.Limit)
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return http.StatusUnauthorized, err.Error()
+	case errors.Is(err, auth.ErrForbidden):
+		return http.StatusForbidden, err.Error()
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable, "index did not answer in time"
+	}
+	if st, ok := status.FromError(err); ok {
+		code := httpStatus(st.Code())
+		if code == http.StatusServiceUnavailable {
+			h.Log.WarnContext(r.Context(), "upstream unavailable", "code", st.Code().String(), "err", st.Message())
+		} else if code >= 500 {
+			h.Log.ErrorContext(r.Context(), "upstream error", "code", st.Code().String(), "err", st.Message())
+		}
+		return code, st.Message()
+	}
+	h.Log.ErrorContext(r.Context(), "internal error", "err", err)
+	return http.StatusInternalServerError, "internal error"
+}
+
+// writeText answers with a text/plain body, followed by a newline.
+func writeText(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	fmt.Fprintln(w, msg)
+}

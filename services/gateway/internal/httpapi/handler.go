@@ -1,0 +1,159 @@
+// Package httpapi serves the Nix binary-cache HTTP protocol (nix-cache-info,
+// narinfos, NARs; reads and pushes) from the index and signer services.
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/nixcache/nixcache/platform/logging"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
+	"github.com/nixcache/nixcache/services/gateway/internal/auth"
+)
+
+// Config configures a Handler.
+type Config struct {
+	Index  indexv1.IndexServiceClient
+	Signer signerv1.SignerServiceClient
+	Auth   auth.Policy
+	Log    *slog.Logger
+
+	// StoreDir is the store directory narinfos name, e.g. "/nix/store".
+	StoreDir string
+	// Priority is the cache priority nix-cache-info announces.
+	Priority int
+	// MaxNarinfoSize bounds a pushed narinfo, before and after decoding.
+	MaxNarinfoSize int64
+	// RequestTimeout bounds each unary index or signer call, and the wait
+	// for the first message of a NAR stream.
+	RequestTimeout time.Duration
+	// TransferIdleTimeout bounds how long a NAR upload or download may make
+	// no progress on the client's side (0: no bound).
+	TransferIdleTimeout time.Duration
+}
+
+// Handler is the gateway's http.Handler.
+type Handler struct {
+	Config
+}
+
+// New returns a Handler serving the cache protocol.
+func New(cfg Config) (*Handler, error) {
+	switch {
+	case cfg.Index == nil || cfg.Signer == nil:
+		return nil, errors.New("httpapi: index and signer clients are required")
+	case cfg.Log == nil:
+		return nil, errors.New("httpapi: logger is required")
+	case cfg.MaxNarinfoSize <= 0:
+		return nil, errors.New("httpapi: max narinfo size must be positive")
+	case cfg.RequestTimeout <= 0:
+		return nil, errors.New("httpapi: request timeout must be positive")
+	}
+	return &Handler{Config: cfg}, nil
+}
+
+// ServeHTTP tags the request with an id, routes it and logs it.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	id := requestID(r)
+	// grpcutil's client interceptors pass the id on to the index and signer.
+	r = r.WithContext(logging.WithRequestID(r.Context(), id))
+	w.Header().Set(requestIDHeader, id)
+	rec := &recorder{ResponseWriter: w}
+	h.route(rec, r)
+	code := rec.status(r.Context())
+	level := slog.LevelInfo
+	if code >= 500 && code != statusClientClosed && code != http.StatusNotImplemented {
+		level = slog.LevelWarn
+	}
+	h.Log.Log(r.Context(), level, "http request",
+		"user", rec.user,
+		"method", r.Method,
+		"path", r.URL.Path,
+		"status", code,
+		"bytes", rec.bytes,
+		"duration", time.Since(start),
+		"request_id", id,
+		"remote", r.RemoteAddr,
+	)
+}
+
+// methods maps HTTP methods to the handler of one resource.
+type methods map[string]http.HandlerFunc
+
+// methodOrder is the order of the Allow header.
+var methodOrder = []string{http.MethodGet, http.MethodHead, http.MethodPut}
+
+// route dispatches r by path, then by method.
+func (h *Handler) route(w http.ResponseWriter, r *http.Request) {
+	p := r.URL.Path
+	switch {
+	case p == "/":
+		dispatch(w, r, methods{http.MethodGet: h.landing, http.MethodHead: h.landing})
+	case p == "/api/v1" || strings.HasPrefix(p, "/api/v1/"):
+		// Reserved for the admin API.
+		writeText(w, http.StatusNotFound, "not found")
+	case p == "/nix-cache-info":
+		dispatch(w, r, methods{http.MethodGet: h.cacheInfo, http.MethodHead: h.cacheInfo, http.MethodPut: h.putCacheInfo})
+	case strings.HasPrefix(p, "/nar/"):
+		dispatch(w, r, methods{http.MethodGet: h.getNar, http.MethodHead: h.headNar, http.MethodPut: h.putNar})
+	case isNarinfoPath(p):
+		dispatch(w, r, methods{http.MethodGet: h.getNarinfo, http.MethodHead: h.getNarinfo, http.MethodPut: h.putNarinfo})
+	default:
+		dispatch(w, r, methods{http.MethodGet: notFound, http.MethodHead: notFound, http.MethodPut: h.putUnsupported})
+	}
+}
+
+func dispatch(w http.ResponseWriter, r *http.Request, m methods) {
+	if f, ok := m[r.Method]; ok {
+		f(w, r)
+		return
+	}
+	var allow []string
+	for _, method := range methodOrder {
+		if _, ok := m[method]; ok {
+			allow = append(allow, method)
+		}
+	}
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	writeText(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed; allowed: "+strings.Join(allow, ", "))
+}
+
+func notFound(w http.ResponseWriter, r *http.Request) {
+	writeText(w, http.StatusNotFound, "not found")
+}
+
+// putUnsupported answers the uploads Nix makes only when asked to (NAR
+// listings, build logs, realisations, debug info): 501, after the same
+// authorization as every push, so the user learns why.
+func (h *Handler) putUnsupported(w http.ResponseWriter, r *http.Request) {
+	if !h.authorize(w, r, auth.Push) {
+		return
+	}
+	writeText(w, http.StatusNotImplemented, "nixcache does not store "+r.URL.Path+
+		" yet: it accepts only NARs and narinfos (turn off write-nar-listing, build log upload, index-debug-info and CA realisations for this cache)")
+}
+
+// unary returns a context bounding one unary upstream call.
+func (h *Handler) unary(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, h.RequestTimeout)
+}
+
+// authorize checks r for scope need and answers it when it fails. The
+// token's name goes to the access log.
+func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, need auth.Scope) bool {
+	id, err := h.Auth.Authorize(r, need)
+	if err != nil {
+		h.writeError(w, r, err)
+		return false
+	}
+	if rec, ok := w.(*recorder); ok {
+		rec.user = id.Name
+	}
+	return true
+}

@@ -1,0 +1,383 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/nixcache/nixcache/nix/compression"
+	"github.com/nixcache/nixcache/nix/nixbase32"
+	"github.com/nixcache/nixcache/nix/nixhash"
+	"github.com/nixcache/nixcache/nix/storepath"
+	"github.com/nixcache/nixcache/platform/grpcutil"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+	"github.com/nixcache/nixcache/services/gateway/internal/auth"
+)
+
+const (
+	narPrefix      = "/nar/"
+	narExt         = ".nar"
+	narContentType = "application/x-nix-nar"
+)
+
+// fileHashLen is the length of a sha256 digest in nix32.
+var fileHashLen = nixbase32.EncodedLen(nixhash.SHA256.Size())
+
+// narTarget is what a /nar/ URL names: a stored file by its hash
+// ("nar/<file hash>.nar<ext>"), or, in nix-serve's forms, the uncompressed
+// NAR of a store path ("nar/<store hash>.nar", "nar/<store hash>-<nar hash>.nar").
+type narTarget struct {
+	fileHash    string // "sha256:<nix32>" of the file; "" for the nix-serve forms
+	compression string // the file's compression, from the extension; "none" for nix-serve forms
+	storeHash   string // the store path's hash part, nix-serve forms only
+	narHash     string // "sha256:<nix32>" the NAR must have; "" when not given
+}
+
+// parseNarPath parses a URL path under /nar/.
+func parseNarPath(p string) (narTarget, error) {
+	name := strings.TrimPrefix(p, narPrefix)
+	base, ext, ok := strings.Cut(name, narExt)
+	if !ok || strings.Contains(name, "/") {
+		return narTarget{}, badNarURL(p)
+	}
+	comp, err := compression.FromExtension(ext)
+	if err != nil {
+		return narTarget{}, clientError(http.StatusBadRequest, "bad NAR URL %q: %v", p, err)
+	}
+	switch {
+	case len(base) == fileHashLen:
+		h, err := nixhash.ParseAs(nixhash.SHA256, base)
+		if err != nil {
+			return narTarget{}, clientError(http.StatusBadRequest, "bad NAR URL %q: file hash: %v", p, err)
+		}
+		return narTarget{fileHash: h.String(), compression: comp}, nil
+	case comp != compression.None:
+		return narTarget{}, clientError(http.StatusBadRequest, "bad NAR URL %q: the nix-serve forms nar/<store hash>[-<nar hash>].nar are uncompressed", p)
+	case len(base) == storepath.HashPartLen:
+		if err := storepath.ValidateHashPart(base); err != nil {
+			return narTarget{}, clientError(http.StatusBadRequest, "bad NAR URL %q: %v", p, err)
+		}
+		return narTarget{storeHash: base, compression: compression.None}, nil
+	case len(base) == storepath.HashPartLen+1+fileHashLen && base[storepath.HashPartLen] == '-':
+		storeHash, narHash := base[:storepath.HashPartLen], base[storepath.HashPartLen+1:]
+		if err := storepath.ValidateHashPart(storeHash); err != nil {
+			return narTarget{}, clientError(http.StatusBadRequest, "bad NAR URL %q: %v", p, err)
+		}
+		h, err := nixhash.ParseAs(nixhash.SHA256, narHash)
+		if err != nil {
+			return narTarget{}, clientError(http.StatusBadRequest, "bad NAR URL %q: NAR hash: %v", p, err)
+		}
+		return narTarget{storeHash: storeHash, narHash: h.String(), compression: compression.None}, nil
+	default:
+		return narTarget{}, badNarURL(p)
+	}
+}
+
+func badNarURL(p string) error {
+	return clientError(http.StatusBadRequest,
+		"bad NAR URL %q: want nar/<52-character nix32 file hash>.nar[.xz|.zst|.bz2], nar/<store hash>.nar or nar/<store hash>-<nar hash>.nar", p)
+}
+
+// getRequest is the GetNar request for t.
+func (t narTarget) getRequest() *indexv1.GetNarRequest {
+	if t.fileHash != "" {
+		return &indexv1.GetNarRequest{Selector: &indexv1.GetNarRequest_FileHash{FileHash: t.fileHash}}
+	}
+	return &indexv1.GetNarRequest{
+		Selector:        &indexv1.GetNarRequest_StoreHash{StoreHash: t.storeHash},
+		ExpectedNarHash: t.narHash,
+	}
+}
+
+// errNoSuchNar is the answer for a NAR the index has, but not in the form
+// the URL asks for.
+func errNoSuchNar(p string, why string) error {
+	return clientError(http.StatusNotFound, "no NAR at %s: %s", p, why)
+}
+
+// narSize returns the size of the representation t names, checking that
+// it is served in the form the URL asks for.
+func (h *Handler) narSize(ctx context.Context, p string, t narTarget) (uint64, error) {
+	ctx, cancel := h.unary(ctx)
+	defer cancel()
+	if t.fileHash != "" {
+		resp, err := h.Index.StatNar(ctx, &indexv1.StatNarRequest{FileHash: t.fileHash})
+		if err != nil {
+			return 0, err
+		}
+		if c := resp.GetFile().GetCompression(); c != t.compression {
+			return 0, errNoSuchNar(p, "the file is compressed with "+c)
+		}
+		return resp.GetFile().GetFileSize(), nil
+	}
+	resp, err := h.Index.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: t.storeHash})
+	if err != nil {
+		return 0, err
+	}
+	if t.narHash != "" && !sameHash(resp.GetInfo().GetNarHash(), t.narHash) {
+		return 0, errNoSuchNar(p, "the store path's NAR has another hash")
+	}
+	return resp.GetInfo().GetNarSize(), nil
+}
+
+// sameHash reports whether two hash strings denote the same hash.
+func sameHash(a, b string) bool {
+	ha, errA := nixhash.Parse(a)
+	hb, errB := nixhash.Parse(b)
+	return errA == nil && errB == nil && ha.Equal(hb)
+}
+
+// setNarHeaders sets the headers every NAR answer carries.
+func setNarHeaders(w http.ResponseWriter, length uint64) {
+	w.Header().Set("Content-Type", narContentType)
+	w.Header().Set("Content-Length", strconv.FormatUint(length, 10))
+	w.Header().Set("Accept-Ranges", "bytes")
+}
+
+// headNar answers HEAD /nar/...; Nix asks before pushing a NAR.
+func (h *Handler) headNar(w http.ResponseWriter, r *http.Request) {
+	if !h.authorize(w, r, auth.Read) {
+		return
+	}
+	t, err := parseNarPath(r.URL.Path)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	size, err := h.narSize(r.Context(), r.URL.Path, t)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	setNarHeaders(w, size)
+	w.WriteHeader(http.StatusOK)
+}
+
+// errHeaderTimeout cancels a NAR stream whose first message is late.
+var errHeaderTimeout = errors.New("index did not start the NAR stream in time")
+
+// getNar answers GET /nar/...: it streams the NAR from the index, whole or
+// one byte range of it.
+func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
+	if !h.authorize(w, r, auth.Read) {
+		return
+	}
+	t, err := parseNarPath(r.URL.Path)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	req := t.getRequest()
+	var rng *byteRange
+	// Without validators of our own, a conditional range (If-Range) can
+	// never be known to match: serve everything, as RFC 9110 says.
+	if spec := r.Header.Get("Range"); spec != "" && r.Header.Get("If-Range") == "" {
+		size, err := h.narSize(r.Context(), r.URL.Path, t)
+		if err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		rng, err = parseRange(spec, size)
+		if errors.Is(err, errUnsatisfiable) {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+			writeText(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q not satisfiable: the NAR is %d bytes", spec, size))
+			return
+		}
+		if rng != nil {
+			req.Offset, req.Length = rng.start, rng.length
+		}
+	}
+
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	stream, err := h.Index.GetNar(ctx, req)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	hdr, err := h.recvHeader(ctx, cancel, stream)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	if t.fileHash != "" && hdr.GetCompression() != t.compression {
+		h.writeError(w, r, errNoSuchNar(r.URL.Path, "the file is compressed with "+hdr.GetCompression()))
+		return
+	}
+	length, code := hdr.GetTotalSize(), http.StatusOK
+	if rng != nil {
+		if hdr.GetTotalSize() != rng.total {
+			h.writeError(w, r, fmt.Errorf("index streams %d bytes for %s, it stated %d", hdr.GetTotalSize(), r.URL.Path, rng.total))
+			return
+		}
+		w.Header().Set("Content-Range", rng.contentRange())
+		length, code = rng.length, http.StatusPartialContent
+	}
+	setNarHeaders(w, length)
+	w.WriteHeader(code)
+	if err := h.copyNar(w, stream, length); err != nil && r.Context().Err() == nil {
+		// The status is sent; the connection closes short of
+		// Content-Length, and Nix resumes with a Range request.
+		h.Log.WarnContext(r.Context(), "NAR stream cut", "path", r.URL.Path, "err", err)
+	}
+}
+
+// recvHeader receives the first message of a NAR stream, which must be its
+// header, within RequestTimeout.
+func (h *Handler) recvHeader(ctx context.Context, cancel context.CancelCauseFunc, stream indexv1.IndexService_GetNarClient) (*indexv1.GetNarHeader, error) {
+	timer := time.AfterFunc(h.RequestTimeout, func() { cancel(errHeaderTimeout) })
+	msg, err := stream.Recv()
+	timer.Stop()
+	if errors.Is(context.Cause(ctx), errHeaderTimeout) {
+		return nil, status.Error(codes.DeadlineExceeded, errHeaderTimeout.Error())
+	}
+	if err == io.EOF {
+		return nil, status.Error(codes.Internal, "index ended the NAR stream without a header")
+	}
+	if err != nil {
+		return nil, err
+	}
+	hdr := msg.GetHeader()
+	if hdr == nil {
+		return nil, status.Error(codes.Internal, "index began the NAR stream without a header")
+	}
+	return hdr, nil
+}
+
+// copyNar writes the chunks of stream to w as they come; want is the
+// number of bytes announced in Content-Length.
+func (h *Handler) copyNar(w http.ResponseWriter, stream indexv1.IndexService_GetNarClient, want uint64) error {
+	rc := http.NewResponseController(w)
+	var sent uint64
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("receive from index after %d bytes: %w", sent, err)
+		}
+		chunk := msg.GetChunk()
+		if msg.GetHeader() != nil {
+			return fmt.Errorf("index sent a second header after %d bytes", sent)
+		}
+		if sent+uint64(len(chunk)) > want {
+			return fmt.Errorf("index sent more than the %d bytes announced", want)
+		}
+		if h.TransferIdleTimeout > 0 {
+			_ = rc.SetWriteDeadline(time.Now().Add(h.TransferIdleTimeout))
+		}
+		if _, err := w.Write(chunk); err != nil {
+			return fmt.Errorf("write to client after %d bytes: %w", sent, err)
+		}
+		// Chunks are large; flushing each lets a slow index's bytes reach
+		// the client as they come.
+		if err := rc.Flush(); err != nil {
+			return fmt.Errorf("write to client after %d bytes: %w", sent, err)
+		}
+		sent += uint64(len(chunk))
+	}
+	if sent != want {
+		return fmt.Errorf("index ended the stream after %d of %d bytes", sent, want)
+	}
+	return nil
+}
+
+// putNar answers PUT /nar/<file hash>.nar<ext>: it streams the body to the
+// index, which verifies and stores it.
+func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
+	if !h.authorize(w, r, auth.Push) {
+		return
+	}
+	t, err := parseNarPath(r.URL.Path)
+	if err == nil && t.fileHash == "" {
+		err = clientError(http.StatusBadRequest, "bad NAR URL %q: upload to nar/<52-character nix32 file hash>.nar[.xz|.zst|.bz2]", r.URL.Path)
+	}
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	stream, err := h.Index.PutNar(ctx)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	header := &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Header{Header: &indexv1.PutNarHeader{
+		ExpectedFileHash:    t.fileHash,
+		ExpectedCompression: t.compression,
+	}}}
+	err = stream.Send(header)
+	if err == nil {
+		err = h.sendBody(w, r, stream)
+	}
+	var reqErr *requestError
+	if errors.As(err, &reqErr) {
+		// Cancel before anything could close the stream: a cut upload must
+		// never look complete to the index.
+		cancel()
+		h.writeError(w, r, err)
+		return
+	}
+	// Send fails with io.EOF when the index has ended the call; its
+	// status comes with CloseAndRecv.
+	_, err = stream.CloseAndRecv()
+	if status.Code(err) == codes.AlreadyExists {
+		// The same bytes are already stored: the upload has succeeded.
+		err = nil
+	}
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// sendBody streams the request body to the index in chunks of
+// grpcutil.ChunkSize, a fresh buffer for each. A failure reading the body
+// is a *requestError; io.EOF means the index ended the call early.
+func (h *Handler) sendBody(w http.ResponseWriter, r *http.Request, stream indexv1.IndexService_PutNarClient) error {
+	rc := http.NewResponseController(w)
+	for {
+		buf := make([]byte, grpcutil.ChunkSize)
+		if h.TransferIdleTimeout > 0 {
+			_ = rc.SetReadDeadline(time.Now().Add(h.TransferIdleTimeout))
+		}
+		n, readErr := fill(r.Body, buf)
+		if n > 0 {
+			if err := stream.Send(&indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: buf[:n]}}); err != nil {
+				return err
+			}
+		}
+		switch {
+		case readErr == io.EOF:
+			return nil
+		case readErr != nil:
+			return clientError(http.StatusBadRequest, "read NAR upload: %v", readErr)
+		}
+	}
+}
+
+// fill reads into buf until it is full or r fails; unlike io.ReadFull it
+// returns io.EOF only for a clean end, whatever it read before, so a body
+// cut short (io.ErrUnexpectedEOF from net/http) stays an error.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,258 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/nixcache/nixcache/platform/grpcutil"
+)
+
+func TestGetNar(t *testing.T) {
+	e := newEnv(t)
+	p := e.addPath("hello-2.12", 5000) // the file is 2501 bytes
+	file, nar := p.file, p.nar
+	fileURL := "/nar/" + p.fileHash.NixBase32() + ".nar.xz"
+	serveURL := "/nar/" + p.hash + "-" + sha256Hash(nar).NixBase32() + ".nar"
+	tests := []struct {
+		name       string
+		method     string
+		path       string
+		rng        string
+		code       int
+		body       []byte // nil: not checked
+		length     int    // Content-Length; -1: not checked
+		contRange  string
+		wantOffset uint64 // of the GetNar request, when one is made
+		wantLength uint64
+	}{
+		{name: "whole file", path: fileURL, code: 200, body: file, length: len(file)},
+		{name: "head file", method: "HEAD", path: fileURL, code: 200, length: len(file)},
+		{name: "range", path: fileURL, rng: "bytes=10-1009", code: 206, body: file[10:1010], length: 1000, contRange: "bytes 10-1009/2501", wantOffset: 10, wantLength: 1000},
+		{name: "open range", path: fileURL, rng: "bytes=2000-", code: 206, body: file[2000:], length: 501, contRange: "bytes 2000-2500/2501", wantOffset: 2000, wantLength: 501},
+		{name: "range end past the end", path: fileURL, rng: "bytes=2500-9999", code: 206, body: file[2500:], length: 1, contRange: "bytes 2500-2500/2501", wantOffset: 2500, wantLength: 1},
+		{name: "suffix range", path: fileURL, rng: "bytes=-100", code: 206, body: file[2401:], length: 100, contRange: "bytes 2401-2500/2501", wantOffset: 2401, wantLength: 100},
+		{name: "suffix larger than file", path: fileURL, rng: "bytes=-99999", code: 206, body: file, length: len(file), contRange: "bytes 0-2500/2501", wantLength: 2501},
+		{name: "unsatisfiable", path: fileURL, rng: "bytes=2501-", code: 416, length: -1, contRange: "bytes */2501"},
+		{name: "empty suffix", path: fileURL, rng: "bytes=-0", code: 416, length: -1, contRange: "bytes */2501"},
+		{name: "multi-range gets everything", path: fileURL, rng: "bytes=0-1,5-6", code: 200, body: file, length: len(file)},
+		{name: "other unit gets everything", path: fileURL, rng: "items=0-1", code: 200, body: file, length: len(file)},
+		{name: "bad range gets everything", path: fileURL, rng: "bytes=9-2", code: 200, body: file, length: len(file)},
+		{name: "head ignores range", method: "HEAD", path: fileURL, rng: "bytes=0-9", code: 200, length: len(file)},
+		{name: "extension mismatch", path: "/nar/" + p.fileHash.NixBase32() + ".nar.zst", code: 404, length: -1},
+		{name: "extension mismatch head", method: "HEAD", path: "/nar/" + p.fileHash.NixBase32() + ".nar", code: 404, length: -1},
+		{name: "extension mismatch range", path: "/nar/" + p.fileHash.NixBase32() + ".nar.bz2", rng: "bytes=0-9", code: 404, length: -1},
+		{name: "unknown file", path: "/nar/" + sha256Hash([]byte("x")).NixBase32() + ".nar.xz", code: 404, length: -1},
+		{name: "unknown file head", method: "HEAD", path: "/nar/" + sha256Hash([]byte("x")).NixBase32() + ".nar.xz", code: 404, length: -1},
+		{name: "nix-serve store and nar hash", path: serveURL, code: 200, body: nar, length: len(nar)},
+		{name: "nix-serve store hash", path: "/nar/" + p.hash + ".nar", code: 200, body: nar, length: len(nar)},
+		{name: "nix-serve head", method: "HEAD", path: serveURL, code: 200, length: len(nar)},
+		{name: "nix-serve range", path: "/nar/" + p.hash + ".nar", rng: "bytes=-8", code: 206, body: nar[len(nar)-8:], length: 8, contRange: "bytes 4992-4999/5000", wantOffset: 4992, wantLength: 8},
+		{name: "nix-serve wrong nar hash", path: "/nar/" + p.hash + "-" + sha256Hash([]byte("x")).NixBase32() + ".nar", code: 404, length: -1},
+		{name: "nix-serve wrong nar hash head", method: "HEAD", path: "/nar/" + p.hash + "-" + sha256Hash([]byte("x")).NixBase32() + ".nar", code: 404, length: -1},
+		{name: "nix-serve compressed", path: "/nar/" + p.hash + ".nar.xz", code: 400, length: -1},
+		{name: "unknown store hash", path: "/nar/" + hashPart("absent") + ".nar", code: 404, length: -1},
+		{name: "bad name", path: "/nar/hello.nar", code: 400, length: -1},
+		{name: "bad extension", path: "/nar/" + p.fileHash.NixBase32() + ".nar.gz", code: 400, length: -1},
+		{name: "not nix32", path: "/nar/" + strings.Repeat("e", 52) + ".nar", code: 400, length: -1},
+		{name: "subdirectory", path: "/nar/a/" + p.fileHash.NixBase32() + ".nar.xz", code: 400, length: -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			method := tt.method
+			if method == "" {
+				method = "GET"
+			}
+			e.index.mu.Lock()
+			e.index.getNars = nil
+			e.index.mu.Unlock()
+			req := request{method: method, path: tt.path}
+			if tt.rng != "" {
+				req.header = map[string]string{"Range": tt.rng}
+			}
+			resp := e.do(t, req)
+			if resp.code != tt.code {
+				t.Fatalf("status %d, want %d (body %q)", resp.code, tt.code, clipBody(resp.body))
+			}
+			if tt.body != nil && !bytes.Equal(resp.body, tt.body) {
+				t.Errorf("body: %d bytes, want %d (equal prefix: %v)", len(resp.body), len(tt.body), bytes.HasPrefix(tt.body, resp.body))
+			}
+			if method == "HEAD" && len(resp.body) != 0 {
+				t.Errorf("HEAD answered %d bytes", len(resp.body))
+			}
+			if tt.length >= 0 && resp.header.Get("Content-Length") != strconv.Itoa(tt.length) {
+				t.Errorf("Content-Length %q, want %d", resp.header.Get("Content-Length"), tt.length)
+			}
+			if got := resp.header.Get("Content-Range"); got != tt.contRange {
+				t.Errorf("Content-Range %q, want %q", got, tt.contRange)
+			}
+			if tt.code == 200 || tt.code == 206 {
+				if got := resp.header.Get("Content-Type"); got != "application/x-nix-nar" {
+					t.Errorf("Content-Type %q", got)
+				}
+				if got := resp.header.Get("Accept-Ranges"); got != "bytes" {
+					t.Errorf("Accept-Ranges %q", got)
+				}
+				if got := resp.header.Get("Content-Encoding"); got != "" {
+					t.Errorf("Content-Encoding %q (Nix resumes only without one)", got)
+				}
+			}
+			if tt.code == 206 {
+				e.index.mu.Lock()
+				reqs := e.index.getNars
+				e.index.mu.Unlock()
+				if len(reqs) != 1 || reqs[0].GetOffset() != tt.wantOffset || reqs[0].GetLength() != tt.wantLength {
+					t.Errorf("GetNar requests %v, want one for offset %d length %d", reqs, tt.wantOffset, tt.wantLength)
+				}
+			}
+		})
+	}
+}
+
+func clipBody(b []byte) string {
+	if len(b) > 200 {
+		return string(b[:200]) + "..."
+	}
+	return string(b)
+}
+
+func TestPutNar(t *testing.T) {
+	body := pattern("upload", 2*grpcutil.ChunkSize+12345)
+	name := sha256Hash(body).NixBase32()
+	tests := []struct {
+		name        string
+		path        string
+		putErr      error
+		code        int
+		msg         string
+		wantHeader  [2]string // expected file hash, compression
+		wantReached bool
+	}{
+		{name: "xz", path: "/nar/" + name + ".nar.xz", code: 204, wantHeader: [2]string{"sha256:" + name, "xz"}, wantReached: true},
+		{name: "uncompressed", path: "/nar/" + name + ".nar", code: 204, wantHeader: [2]string{"sha256:" + name, "none"}, wantReached: true},
+		{name: "zstd", path: "/nar/" + name + ".nar.zst", code: 204, wantHeader: [2]string{"sha256:" + name, "zstd"}, wantReached: true},
+		{name: "bzip2", path: "/nar/" + name + ".nar.bz2", code: 204, wantHeader: [2]string{"sha256:" + name, "bzip2"}, wantReached: true},
+		{name: "already stored", path: "/nar/" + name + ".nar.xz", putErr: status.Error(codes.AlreadyExists, "stored"), code: 204, wantHeader: [2]string{"sha256:" + name, "xz"}, wantReached: true},
+		{name: "index refuses", path: "/nar/" + name + ".nar.xz", putErr: status.Error(codes.InvalidArgument, "file hash mismatch: got sha256:xyz"), code: 400, msg: "file hash mismatch", wantHeader: [2]string{"sha256:" + name, "xz"}, wantReached: true},
+		{name: "store hash form", path: "/nar/" + hashPart("x") + ".nar", code: 400, msg: "upload to"},
+		{name: "bad name", path: "/nar/foo.nar", code: 400, msg: "bad NAR URL"},
+		{name: "bad extension", path: "/nar/" + name + ".nar.lz4", code: 400, msg: "bad NAR URL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.index.putErr = tt.putErr
+			resp := e.do(t, request{method: "PUT", path: tt.path, body: body, bearer: pushToken,
+				header: map[string]string{"Content-Type": "application/x-nix-nar"}})
+			if resp.code != tt.code {
+				t.Fatalf("status %d, want %d (body %q)", resp.code, tt.code, resp.body)
+			}
+			if !strings.Contains(string(resp.body), tt.msg) {
+				t.Errorf("body %q does not contain %q", resp.body, tt.msg)
+			}
+			e.index.mu.Lock()
+			defer e.index.mu.Unlock()
+			if !tt.wantReached {
+				if len(e.index.putNars) != 0 {
+					t.Errorf("index got %d PutNar calls, want none", len(e.index.putNars))
+				}
+				return
+			}
+			if len(e.index.putNars) != 1 {
+				t.Fatalf("index got %d PutNar calls, want 1", len(e.index.putNars))
+			}
+			call := e.index.putNars[0]
+			if got := [2]string{call.header.GetExpectedFileHash(), call.header.GetExpectedCompression()}; got != tt.wantHeader {
+				t.Errorf("header %v, want %v", got, tt.wantHeader)
+			}
+			if !bytes.Equal(call.data, body) {
+				t.Errorf("index received %d bytes, want the %d sent", len(call.data), len(body))
+			}
+			for i, n := range call.chunks {
+				if n > grpcutil.ChunkSize || n == 0 {
+					t.Errorf("chunk %d is %d bytes (limit %d)", i, n, grpcutil.ChunkSize)
+				}
+			}
+		})
+	}
+}
+
+// TestPutNarCutShort checks that an upload the client cuts short never
+// reaches the index as complete.
+func TestPutNarCutShort(t *testing.T) {
+	e := newEnv(t)
+	body := pattern("cut", 100000)
+	name := sha256Hash(body).NixBase32()
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest("PUT", e.srv.URL+"/nar/"+name+".nar", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = int64(len(body))
+	req.Header.Set("Authorization", "Bearer "+pushToken)
+	go func() {
+		pw.Write(body[:5000])
+		pw.CloseWithError(io.ErrUnexpectedEOF)
+	}()
+	if resp, err := e.srv.Client().Do(req); err == nil {
+		resp.Body.Close()
+	}
+	// The handler has finished when the server has no active
+	// connections left; then the index must not have stored anything.
+	e.srv.Close()
+	e.index.mu.Lock()
+	defer e.index.mu.Unlock()
+	if len(e.index.putNars) != 0 {
+		t.Errorf("index completed %d PutNar calls for a cut upload", len(e.index.putNars))
+	}
+}
+
+// TestGetNarClientGone checks that a client hanging up mid-NAR cancels the
+// index's stream.
+func TestGetNarClientGone(t *testing.T) {
+	e := newEnv(t)
+	p := e.addPath("big-1.0", 100)
+	e.index.stall = true
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, "GET", e.srv.URL+"/nar/"+p.fileHash.NixBase32()+".nar.xz", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || resp.ContentLength != 1<<40 {
+		t.Fatalf("status %d, Content-Length %d", resp.StatusCode, resp.ContentLength)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, fakeChunk)); err != nil {
+		t.Fatalf("read first chunk: %v", err)
+	}
+	cancel()
+	resp.Body.Close()
+	select {
+	case <-e.index.streamDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the index's GetNar stream was not canceled after the client left")
+	}
+}
+
+// TestGetNarHeaderTimeout checks that a NAR stream that never starts ends
+// in a 503, not a hang.
+func TestGetNarHeaderTimeout(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.RequestTimeout = 200 * time.Millisecond })
+	p := e.addPath("slow-1.0", 100)
+	e.index.noHeader = true
+	resp := e.do(t, request{method: "GET", path: "/nar/" + p.fileHash.NixBase32() + ".nar.xz"})
+	if resp.code != 503 || resp.header.Get("Retry-After") == "" {
+		t.Errorf("status %d, Retry-After %q; want 503 with Retry-After", resp.code, resp.header.Get("Retry-After"))
+	}
+}

@@ -1,0 +1,67 @@
+// Command nixcache-gateway serves the Nix binary-cache HTTP protocol in
+// front of the nixcache index and signer services.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nixcache/nixcache/nix/storepath"
+	"github.com/nixcache/nixcache/platform/envflag"
+	"github.com/nixcache/nixcache/platform/logging"
+	"github.com/nixcache/nixcache/services/gateway/internal/app"
+)
+
+func main() {
+	err := run(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nixcache-gateway:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("nixcache-gateway", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:5000", "HTTP address to serve the binary cache on")
+	var o app.Options
+	fs.StringVar(&o.IndexAddr, "index-addr", "127.0.0.1:5011", "gRPC address of the index service")
+	fs.StringVar(&o.SignerAddr, "signer-addr", "127.0.0.1:5010", "gRPC address of the signer service")
+	fs.StringVar(&o.StoreDir, "store-dir", storepath.DefaultStoreDir, "Nix store directory the cache serves paths of")
+	fs.IntVar(&o.Priority, "priority", 30, "cache priority announced in nix-cache-info (lower is preferred; cache.nixos.org is 40)")
+	fs.StringVar(&o.AuthFile, "auth-file", "", `token file, one "<name> <scopes> <token>" a line, scopes a comma list of read,push,admin; empty disables pushing`)
+	fs.Int64Var(&o.MaxNarinfoSize, "max-narinfo-size", 64<<10, "largest narinfo a client may push, in bytes")
+	fs.DurationVar(&o.RequestTimeout, "request-timeout", 30*time.Second, "bound on each index or signer call, and on the wait for a NAR stream to start")
+	fs.DurationVar(&o.TransferIdleTimeout, "transfer-idle-timeout", 2*time.Minute, "longest a NAR upload or download may make no progress (0: unbounded)")
+	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
+	logFormat := fs.String("log-format", "json", "log format: json or text")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := envflag.Parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	log, err := logging.New(os.Stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	o.Log = log
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	return app.Run(ctx, o, lis)
+}
