@@ -128,9 +128,9 @@ func TestPushNeedsCredentials(t *testing.T) {
 	c := newCluster(t)
 	top, _ := buildClosure(t)
 	for name, config := range map[string]string{
-		"no credentials":   nixConfig(),
-		"read-only token":  nixConfig("netrc-file = " + c.netrc(c.readToken)),
-		"wrong token":      nixConfig("netrc-file = " + c.netrc("not-a-token")),
+		"no credentials":  nixConfig(),
+		"read-only token": nixConfig("netrc-file = " + c.netrc(c.readToken)),
+		"wrong token":     nixConfig("netrc-file = " + c.netrc("not-a-token")),
 	} {
 		if _, _, err := nixRun(t, config, "nix", "copy", "--to", c.URL, top); err == nil {
 			t.Errorf("%s: nix copy --to succeeded", name)
