@@ -41,21 +41,22 @@ for _ in $(seq 100); do # the signer writes the public key on first start
   [ -f "$data/signer/secret.key.pub" ] && break
   sleep 0.1
 done
+pub=$(cat "$data/signer/secret.key.pub" 2>/dev/null || echo "<see the signer's log above>")
 bin/nixcache-index -data-dir "$data/index" & pids+=($!)
 bin/nixcache-gateway -listen "$http" -auth-file "$auth" & pids+=($!)
 
 cat >&2 <<MSG
 
 nixcache is starting on http://$http (data in $data).
-  public key:  $(cat "$data/signer/secret.key.pub" 2>/dev/null || echo "see the signer's log above")
+  public key:  $pub
   push:        nix copy --to 'http://$http?compression=zstd' PATH
                with a netrc file holding: machine ${http%:*} login nixcache password $token
   clients:     substituters = http://$http
-               trusted-public-keys = <the public key above>
+               trusted-public-keys = $pub
 Ctrl-C stops all three.
 
 MSG
 
-# Stop everything as soon as one service exits.
-wait -n
-echo "nixcache: a service exited; stopping the others" >&2
+# Stop everything as soon as one service exits (or on Ctrl-C).
+wait -n || true
+echo "nixcache: stopping" >&2
