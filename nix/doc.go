@@ -7,4 +7,5 @@
 //   - signature: ed25519 key files, fingerprints and narinfo signatures.
 //   - nar: streaming NAR reader, writer, and dump of a directory tree.
 //   - compression: the compressions a binary cache speaks (none, xz, zstd, bzip2).
+//   - daemon: a client of the Nix daemon's worker protocol (Nix 2.3 and later).
 package nix
