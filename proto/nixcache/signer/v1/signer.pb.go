@@ -300,6 +300,182 @@ func (x *PublicKey) GetActive() bool {
 	return false
 }
 
+type GenerateKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateKeyRequest) Reset() {
+	*x = GenerateKeyRequest{}
+	mi := &file_nixcache_signer_v1_signer_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateKeyRequest) ProtoMessage() {}
+
+func (x *GenerateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_signer_v1_signer_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateKeyRequest.ProtoReflect.Descriptor instead.
+func (*GenerateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_signer_v1_signer_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GenerateKeyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type GenerateKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *PublicKey             `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateKeyResponse) Reset() {
+	*x = GenerateKeyResponse{}
+	mi := &file_nixcache_signer_v1_signer_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateKeyResponse) ProtoMessage() {}
+
+func (x *GenerateKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_signer_v1_signer_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateKeyResponse.ProtoReflect.Descriptor instead.
+func (*GenerateKeyResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_signer_v1_signer_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GenerateKeyResponse) GetKey() *PublicKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type RetireKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireKeyRequest) Reset() {
+	*x = RetireKeyRequest{}
+	mi := &file_nixcache_signer_v1_signer_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireKeyRequest) ProtoMessage() {}
+
+func (x *RetireKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_signer_v1_signer_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireKeyRequest.ProtoReflect.Descriptor instead.
+func (*RetireKeyRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_signer_v1_signer_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RetireKeyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RetireKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *PublicKey             `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireKeyResponse) Reset() {
+	*x = RetireKeyResponse{}
+	mi := &file_nixcache_signer_v1_signer_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireKeyResponse) ProtoMessage() {}
+
+func (x *RetireKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_signer_v1_signer_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireKeyResponse.ProtoReflect.Descriptor instead.
+func (*RetireKeyResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_signer_v1_signer_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RetireKeyResponse) GetKey() *PublicKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 var File_nixcache_signer_v1_signer_proto protoreflect.FileDescriptor
 
 const file_nixcache_signer_v1_signer_proto_rawDesc = "" +
@@ -320,10 +496,20 @@ const file_nixcache_signer_v1_signer_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x02 \x01(\tR\tpublicKey\x12\x16\n" +
-	"\x06active\x18\x03 \x01(\bR\x06active2\xb1\x01\n" +
+	"\x06active\x18\x03 \x01(\bR\x06active\"(\n" +
+	"\x12GenerateKeyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"F\n" +
+	"\x13GenerateKeyResponse\x12/\n" +
+	"\x03key\x18\x01 \x01(\v2\x1d.nixcache.signer.v1.PublicKeyR\x03key\"&\n" +
+	"\x10RetireKeyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"D\n" +
+	"\x11RetireKeyResponse\x12/\n" +
+	"\x03key\x18\x01 \x01(\v2\x1d.nixcache.signer.v1.PublicKeyR\x03key2\xeb\x02\n" +
 	"\rSignerService\x12I\n" +
 	"\x04Sign\x12\x1f.nixcache.signer.v1.SignRequest\x1a .nixcache.signer.v1.SignResponse\x12U\n" +
-	"\bListKeys\x12#.nixcache.signer.v1.ListKeysRequest\x1a$.nixcache.signer.v1.ListKeysResponseB@Z>github.com/nixcache/nixcache/proto/nixcache/signer/v1;signerv1b\x06proto3"
+	"\bListKeys\x12#.nixcache.signer.v1.ListKeysRequest\x1a$.nixcache.signer.v1.ListKeysResponse\x12^\n" +
+	"\vGenerateKey\x12&.nixcache.signer.v1.GenerateKeyRequest\x1a'.nixcache.signer.v1.GenerateKeyResponse\x12X\n" +
+	"\tRetireKey\x12$.nixcache.signer.v1.RetireKeyRequest\x1a%.nixcache.signer.v1.RetireKeyResponseB@Z>github.com/nixcache/nixcache/proto/nixcache/signer/v1;signerv1b\x06proto3"
 
 var (
 	file_nixcache_signer_v1_signer_proto_rawDescOnce sync.Once
@@ -337,7 +523,7 @@ func file_nixcache_signer_v1_signer_proto_rawDescGZIP() []byte {
 	return file_nixcache_signer_v1_signer_proto_rawDescData
 }
 
-var file_nixcache_signer_v1_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_nixcache_signer_v1_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_nixcache_signer_v1_signer_proto_goTypes = []any{
 	(*SignRequest)(nil),           // 0: nixcache.signer.v1.SignRequest
 	(*SignResponse)(nil),          // 1: nixcache.signer.v1.SignResponse
@@ -345,19 +531,29 @@ var file_nixcache_signer_v1_signer_proto_goTypes = []any{
 	(*ListKeysRequest)(nil),       // 3: nixcache.signer.v1.ListKeysRequest
 	(*ListKeysResponse)(nil),      // 4: nixcache.signer.v1.ListKeysResponse
 	(*PublicKey)(nil),             // 5: nixcache.signer.v1.PublicKey
+	(*GenerateKeyRequest)(nil),    // 6: nixcache.signer.v1.GenerateKeyRequest
+	(*GenerateKeyResponse)(nil),   // 7: nixcache.signer.v1.GenerateKeyResponse
+	(*RetireKeyRequest)(nil),      // 8: nixcache.signer.v1.RetireKeyRequest
+	(*RetireKeyResponse)(nil),     // 9: nixcache.signer.v1.RetireKeyResponse
 }
 var file_nixcache_signer_v1_signer_proto_depIdxs = []int32{
 	2, // 0: nixcache.signer.v1.SignResponse.results:type_name -> nixcache.signer.v1.FingerprintSignatures
 	5, // 1: nixcache.signer.v1.ListKeysResponse.keys:type_name -> nixcache.signer.v1.PublicKey
-	0, // 2: nixcache.signer.v1.SignerService.Sign:input_type -> nixcache.signer.v1.SignRequest
-	3, // 3: nixcache.signer.v1.SignerService.ListKeys:input_type -> nixcache.signer.v1.ListKeysRequest
-	1, // 4: nixcache.signer.v1.SignerService.Sign:output_type -> nixcache.signer.v1.SignResponse
-	4, // 5: nixcache.signer.v1.SignerService.ListKeys:output_type -> nixcache.signer.v1.ListKeysResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	5, // 2: nixcache.signer.v1.GenerateKeyResponse.key:type_name -> nixcache.signer.v1.PublicKey
+	5, // 3: nixcache.signer.v1.RetireKeyResponse.key:type_name -> nixcache.signer.v1.PublicKey
+	0, // 4: nixcache.signer.v1.SignerService.Sign:input_type -> nixcache.signer.v1.SignRequest
+	3, // 5: nixcache.signer.v1.SignerService.ListKeys:input_type -> nixcache.signer.v1.ListKeysRequest
+	6, // 6: nixcache.signer.v1.SignerService.GenerateKey:input_type -> nixcache.signer.v1.GenerateKeyRequest
+	8, // 7: nixcache.signer.v1.SignerService.RetireKey:input_type -> nixcache.signer.v1.RetireKeyRequest
+	1, // 8: nixcache.signer.v1.SignerService.Sign:output_type -> nixcache.signer.v1.SignResponse
+	4, // 9: nixcache.signer.v1.SignerService.ListKeys:output_type -> nixcache.signer.v1.ListKeysResponse
+	7, // 10: nixcache.signer.v1.SignerService.GenerateKey:output_type -> nixcache.signer.v1.GenerateKeyResponse
+	9, // 11: nixcache.signer.v1.SignerService.RetireKey:output_type -> nixcache.signer.v1.RetireKeyResponse
+	8, // [8:12] is the sub-list for method output_type
+	4, // [4:8] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_nixcache_signer_v1_signer_proto_init() }
@@ -371,7 +567,7 @@ func file_nixcache_signer_v1_signer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nixcache_signer_v1_signer_proto_rawDesc), len(file_nixcache_signer_v1_signer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,8 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SignerService_Sign_FullMethodName     = "/nixcache.signer.v1.SignerService/Sign"
-	SignerService_ListKeys_FullMethodName = "/nixcache.signer.v1.SignerService/ListKeys"
+	SignerService_Sign_FullMethodName        = "/nixcache.signer.v1.SignerService/Sign"
+	SignerService_ListKeys_FullMethodName    = "/nixcache.signer.v1.SignerService/ListKeys"
+	SignerService_GenerateKey_FullMethodName = "/nixcache.signer.v1.SignerService/GenerateKey"
+	SignerService_RetireKey_FullMethodName   = "/nixcache.signer.v1.SignerService/RetireKey"
 )
 
 // SignerServiceClient is the client API for SignerService service.
@@ -36,6 +38,12 @@ type SignerServiceClient interface {
 	Sign(ctx context.Context, in *SignRequest, opts ...grpc.CallOption) (*SignResponse, error)
 	// ListKeys lists the public halves of the keys the signer holds.
 	ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error)
+	// GenerateKey makes a new active key named name and keeps it with the
+	// others. A name already in use is AlreadyExists.
+	GenerateKey(ctx context.Context, in *GenerateKeyRequest, opts ...grpc.CallOption) (*GenerateKeyResponse, error)
+	// RetireKey stops signing with a key, for good. Retiring the last active
+	// key is FailedPrecondition.
+	RetireKey(ctx context.Context, in *RetireKeyRequest, opts ...grpc.CallOption) (*RetireKeyResponse, error)
 }
 
 type signerServiceClient struct {
@@ -66,6 +74,26 @@ func (c *signerServiceClient) ListKeys(ctx context.Context, in *ListKeysRequest,
 	return out, nil
 }
 
+func (c *signerServiceClient) GenerateKey(ctx context.Context, in *GenerateKeyRequest, opts ...grpc.CallOption) (*GenerateKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GenerateKeyResponse)
+	err := c.cc.Invoke(ctx, SignerService_GenerateKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *signerServiceClient) RetireKey(ctx context.Context, in *RetireKeyRequest, opts ...grpc.CallOption) (*RetireKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetireKeyResponse)
+	err := c.cc.Invoke(ctx, SignerService_RetireKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SignerServiceServer is the server API for SignerService service.
 // All implementations must embed UnimplementedSignerServiceServer
 // for forward compatibility.
@@ -79,6 +107,12 @@ type SignerServiceServer interface {
 	Sign(context.Context, *SignRequest) (*SignResponse, error)
 	// ListKeys lists the public halves of the keys the signer holds.
 	ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error)
+	// GenerateKey makes a new active key named name and keeps it with the
+	// others. A name already in use is AlreadyExists.
+	GenerateKey(context.Context, *GenerateKeyRequest) (*GenerateKeyResponse, error)
+	// RetireKey stops signing with a key, for good. Retiring the last active
+	// key is FailedPrecondition.
+	RetireKey(context.Context, *RetireKeyRequest) (*RetireKeyResponse, error)
 	mustEmbedUnimplementedSignerServiceServer()
 }
 
@@ -94,6 +128,12 @@ func (UnimplementedSignerServiceServer) Sign(context.Context, *SignRequest) (*Si
 }
 func (UnimplementedSignerServiceServer) ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListKeys not implemented")
+}
+func (UnimplementedSignerServiceServer) GenerateKey(context.Context, *GenerateKeyRequest) (*GenerateKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GenerateKey not implemented")
+}
+func (UnimplementedSignerServiceServer) RetireKey(context.Context, *RetireKeyRequest) (*RetireKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetireKey not implemented")
 }
 func (UnimplementedSignerServiceServer) mustEmbedUnimplementedSignerServiceServer() {}
 func (UnimplementedSignerServiceServer) testEmbeddedByValue()                       {}
@@ -152,6 +192,42 @@ func _SignerService_ListKeys_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SignerService_GenerateKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GenerateKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServiceServer).GenerateKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SignerService_GenerateKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServiceServer).GenerateKey(ctx, req.(*GenerateKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SignerService_RetireKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetireKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServiceServer).RetireKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SignerService_RetireKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServiceServer).RetireKey(ctx, req.(*RetireKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SignerService_ServiceDesc is the grpc.ServiceDesc for SignerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -166,6 +242,14 @@ var SignerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListKeys",
 			Handler:    _SignerService_ListKeys_Handler,
+		},
+		{
+			MethodName: "GenerateKey",
+			Handler:    _SignerService_GenerateKey_Handler,
+		},
+		{
+			MethodName: "RetireKey",
+			Handler:    _SignerService_RetireKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
