@@ -36,13 +36,14 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-bin/nixcache-signer -key-files "$data/signer/secret.key" -generate-key "$key_name" & pids+=($!)
+bin/nixcache-signer -key-files "$data/signer/secret.key" -generate-key "$key_name" \
+  -key-dir "$data/signer/keys" & pids+=($!)
 for _ in $(seq 100); do # the signer writes the public key on first start
   [ -f "$data/signer/secret.key.pub" ] && break
   sleep 0.1
 done
 pub=$(cat "$data/signer/secret.key.pub" 2>/dev/null || echo "<see the signer's log above>")
-bin/nixcache-index -data-dir "$data/index" & pids+=($!)
+bin/nixcache-index -data-dir "$data/index" -auth-file "$auth" & pids+=($!)
 bin/nixcache-gateway -listen "$http" -auth-file "$auth" & pids+=($!)
 
 cat >&2 <<MSG

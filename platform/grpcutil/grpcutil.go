@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -94,6 +95,21 @@ func Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 			Time:                30 * time.Second,
 			Timeout:             10 * time.Second,
 			PermitWithoutStream: true,
+		}),
+		// Upstreams are named by plain host:port; no service config is
+		// looked up in DNS (a TXT query that Docker's DNS on an internal
+		// network leaves hanging for 10 s).
+		grpc.WithDisableServiceConfig(),
+		// An upstream back after an outage is used again within seconds,
+		// not after gRPC's default backoff of up to two minutes.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  100 * time.Millisecond,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   3 * time.Second,
+			},
+			MinConnectTimeout: 5 * time.Second,
 		}),
 	}
 	cc, err := grpc.NewClient(target, append(base, opts...)...)

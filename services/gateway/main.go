@@ -15,11 +15,15 @@ import (
 
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/envflag"
+	"github.com/nixcache/nixcache/platform/healthcheck"
 	"github.com/nixcache/nixcache/platform/logging"
 	"github.com/nixcache/nixcache/services/gateway/internal/app"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(healthcheck.Main("nixcache-gateway", "127.0.0.1:5000", healthcheck.HTTPGet("/healthz"), os.Args[2:], os.Stderr))
+	}
 	err := run(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -39,9 +43,12 @@ func run(args []string) error {
 	fs.StringVar(&o.StoreDir, "store-dir", storepath.DefaultStoreDir, "Nix store directory the cache serves paths of")
 	fs.IntVar(&o.Priority, "priority", 30, "cache priority announced in nix-cache-info (lower is preferred; cache.nixos.org is 40)")
 	fs.StringVar(&o.AuthFile, "auth-file", "", `token file, one "<name> <scopes> <token>" a line, scopes a comma list of read,push,admin; empty disables pushing`)
+	publicRead := fs.Bool("public-read", true, "let anyone read (nix-cache-info, narinfos, NARs); false requires a token with the read scope (Nix clients send it from a netrc file) and -auth-file")
 	fs.Int64Var(&o.MaxNarinfoSize, "max-narinfo-size", 64<<10, "largest narinfo a client may push, in bytes")
 	fs.DurationVar(&o.RequestTimeout, "request-timeout", 30*time.Second, "bound on each index or signer call, and on the wait for a NAR stream to start")
 	fs.DurationVar(&o.TransferIdleTimeout, "transfer-idle-timeout", 2*time.Minute, "longest a NAR upload or download may make no progress (0: unbounded)")
+	fs.StringVar(&o.PublicURL, "public-url", "", "URL clients reach the cache at, as the landing page shows it (default: the scheme and Host of each request)")
+	fs.BoolVar(&o.ZstdLocal, "zstd-local", false, "compress NARs served uncompressed (the index's -local-store paths) with zstd on the fly for clients that send Accept-Encoding: zstd; costs CPU, pays off only on slow links")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
@@ -56,6 +63,7 @@ func run(args []string) error {
 		return err
 	}
 	o.Log = log
+	o.PrivateRead = !*publicRead
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -3,6 +3,8 @@
 //
 //	nixcache-signer [flags]                              serve
 //	nixcache-signer keygen NAME SECRET-FILE PUBLIC-FILE  make a key pair
+//	nixcache-signer list-keys [-addr ADDR]               print a running signer's public keys
+//	nixcache-signer healthcheck [-addr ADDR]             exit 0 if a running signer is healthy
 package main
 
 import (
@@ -19,12 +21,16 @@ import (
 	"time"
 
 	"github.com/nixcache/nixcache/platform/envflag"
+	"github.com/nixcache/nixcache/platform/healthcheck"
 	"github.com/nixcache/nixcache/platform/logging"
 	"github.com/nixcache/nixcache/services/signer/internal/app"
 	"github.com/nixcache/nixcache/services/signer/internal/keyfile"
 )
 
-const name = "nixcache-signer"
+const (
+	name          = "nixcache-signer"
+	defaultListen = "127.0.0.1:5010"
+)
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
@@ -33,8 +39,15 @@ func main() {
 // run is the program; it returns the exit code: 0, 1 when it failed, 2 on
 // bad usage.
 func run(args []string, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "keygen" {
-		return keygen(args[1:], stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "keygen":
+			return keygen(args[1:], stderr)
+		case "list-keys":
+			return listKeys(args[1:], os.Stdout, stderr)
+		case "healthcheck":
+			return healthcheck.Main(name, defaultListen, healthcheck.GRPC, args[1:], stderr)
+		}
 	}
 	return serve(args, stderr)
 }
@@ -42,16 +55,18 @@ func run(args []string, stderr io.Writer) int {
 func serve(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:5010", "gRPC listen address")
-	keyFiles := fs.String("key-files", "", "comma-separated Nix secret key files (mode 0600); every key signs, the first is the primary")
-	generateKey := fs.String("generate-key", "", "if set and the first key file does not exist, generate a key pair with this `name` into it (public key in <file>.pub)")
+	listen := fs.String("listen", defaultListen, "gRPC listen address")
+	keyFiles := fs.String("key-files", "", "comma-separated Nix secret key files (mode 0600); every key signs unless retired, the first is the primary")
+	keyDir := fs.String("key-dir", "", "directory of the keys made with GenerateKey (`dir`, e.g. data/signer/keys) and of the list of retired keys; loaded at start with -key-files; empty disables GenerateKey and RetireKey")
+	metricsListen := fs.String("metrics-listen", "127.0.0.1:9110", "HTTP address serving /metrics and /healthz; empty disables")
+	generateKey := fs.String("generate-key", "", "if set and the first key file does not exist, generate a key pair with this `name` into it (public key in <file>.pub); without -key-files, into -key-dir when it holds no active key")
 	storeDir := fs.String("store-dir", "/nix/store", "Nix store directory that fingerprints must name")
 	maxBatch := fs.Int("max-batch", 10000, "most fingerprints one Sign call may carry")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long in-flight calls may finish on SIGINT/SIGTERM")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage:\n  %s [flags]\n  %s keygen NAME SECRET-FILE PUBLIC-FILE\n\nFlags:\n", name, name)
+		fmt.Fprintf(stderr, "Usage:\n  %s [flags]\n  %s keygen NAME SECRET-FILE PUBLIC-FILE\n  %s list-keys [-addr ADDR]\n  %s healthcheck [-addr ADDR]\n\nFlags:\n", name, name, name, name)
 		fs.PrintDefaults()
 	}
 	if err := envflag.Parse(fs, args); err != nil {
@@ -81,14 +96,25 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	defer lis.Close()
 
+	var metricsLis net.Listener
+	if *metricsListen != "" {
+		if metricsLis, err = net.Listen("tcp", *metricsListen); err != nil {
+			log.Error("listen for metrics", "addr", *metricsListen, "err", err)
+			return 1
+		}
+		defer metricsLis.Close()
+	}
+
 	opts := app.Options{
-		KeyFiles:      splitList(*keyFiles),
-		GenerateKey:   *generateKey,
-		StoreDir:      *storeDir,
-		MaxBatch:      *maxBatch,
-		ShutdownGrace: *grace,
-		Log:           log,
-		Notices:       stderr,
+		KeyFiles:        splitList(*keyFiles),
+		KeyDir:          *keyDir,
+		MetricsListener: metricsLis,
+		GenerateKey:     *generateKey,
+		StoreDir:        *storeDir,
+		MaxBatch:        *maxBatch,
+		ShutdownGrace:   *grace,
+		Log:             log,
+		Notices:         stderr,
 	}
 	if err := app.Run(ctx, opts, lis); err != nil {
 		log.Error("signer failed", "err", err)

@@ -80,7 +80,7 @@ func TestUsage(t *testing.T) {
 		wantCode int
 		want     []string // substrings of stderr
 	}{
-		{name: "help", args: []string{"-h"}, wantCode: 0, want: []string{"keygen NAME SECRET-FILE PUBLIC-FILE", "-key-files", "$NIXCACHE_KEY_FILES", "-generate-key", "-max-batch"}},
+		{name: "help", args: []string{"-h"}, wantCode: 0, want: []string{"keygen NAME SECRET-FILE PUBLIC-FILE", "-key-files", "$NIXCACHE_KEY_FILES", "-generate-key", "-max-batch", "-key-dir", "-metrics-listen"}},
 		{name: "keygen help", args: []string{"keygen", "-h"}, wantCode: 0, want: []string{"nix-store --generate-binary-cache-key"}},
 		{name: "keygen too few args", args: []string{"keygen", "name", "secret"}, wantCode: 2, want: []string{"want 3 arguments"}},
 		{name: "unknown flag", args: []string{"-bogus"}, wantCode: 2, want: []string{"bogus"}},
@@ -94,6 +94,8 @@ func TestUsage(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// The default metrics address may be taken on this machine.
+			t.Setenv("NIXCACHE_METRICS_LISTEN", "")
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}

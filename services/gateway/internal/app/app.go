@@ -14,11 +14,13 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/nixcache/nixcache/nix/storepath"
+	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
-	"github.com/nixcache/nixcache/services/gateway/internal/auth"
+	"github.com/nixcache/nixcache/services/gateway/internal/adminapi"
 	"github.com/nixcache/nixcache/services/gateway/internal/httpapi"
+	"github.com/nixcache/nixcache/services/gateway/internal/landing"
 )
 
 // Server limits that are not worth a flag.
@@ -35,14 +37,24 @@ type Options struct {
 	StoreDir   string
 	Priority   int
 	// AuthFile is the token file; "" disables pushing.
-	AuthFile            string
+	AuthFile string
+	// PrivateRead makes reads need a token with the read scope
+	// (-public-read=false); it needs an AuthFile.
+	PrivateRead         bool
 	MaxNarinfoSize      int64
 	RequestTimeout      time.Duration
 	TransferIdleTimeout time.Duration
 	ShutdownGrace       time.Duration
 	Log                 *slog.Logger
+	// PublicURL is the cache's URL as the landing page shows it; "" uses
+	// the scheme and Host of each request.
+	PublicURL string
 	// DialOptions are added to both gRPC clients' (tests use them).
 	DialOptions []grpc.DialOption
+
+	// ZstdLocal compresses uncompressed NARs with zstd on the fly for
+	// clients that accept it (-zstd-local).
+	ZstdLocal bool
 }
 
 func (o Options) validate() error {
@@ -64,6 +76,11 @@ func (o Options) validate() error {
 	case o.Log == nil:
 		return errors.New("no logger")
 	}
+	if o.PublicURL != "" {
+		if _, err := landing.ParsePublicURL(o.PublicURL); err != nil {
+			return err
+		}
+	}
 	return storepath.ValidateStoreDir(o.StoreDir)
 }
 
@@ -73,32 +90,55 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 	if err := o.validate(); err != nil {
 		return fmt.Errorf("gateway options: %w", err)
 	}
-	policy := auth.Policy{PublicRead: true}
+	if o.PrivateRead && o.AuthFile == "" {
+		return errors.New("gateway options: -public-read=false needs -auth-file: nobody could read")
+	}
+	policy := auth.Policy{PublicRead: !o.PrivateRead}
 	if o.AuthFile != "" {
 		tokens, err := auth.LoadTokens(o.AuthFile)
 		if err != nil {
 			return fmt.Errorf("auth file: %w", err)
 		}
 		policy.Tokens = tokens
-		o.Log.Info("push tokens loaded", "file", o.AuthFile, "tokens", tokens)
+		o.Log.Info("tokens loaded", "file", o.AuthFile, "tokens", tokens, "public_read", policy.PublicRead)
 	} else {
 		o.Log.Warn("no -auth-file: pushing is disabled")
 	}
 
-	indexConn, err := grpcutil.Dial(o.IndexAddr, o.DialOptions...)
+	ops := newOps()
+	indexConn, err := grpcutil.Dial(o.IndexAddr, append(ops.dialOptions(), o.DialOptions...)...)
 	if err != nil {
 		return fmt.Errorf("index: %w", err)
 	}
 	defer indexConn.Close()
-	signerConn, err := grpcutil.Dial(o.SignerAddr, o.DialOptions...)
+	signerConn, err := grpcutil.Dial(o.SignerAddr, append(ops.dialOptions(), o.DialOptions...)...)
 	if err != nil {
 		return fmt.Errorf("signer: %w", err)
 	}
 	defer signerConn.Close()
 
+	signer := signerv1.NewSignerServiceClient(signerConn)
+	adminHandler, err := adminapi.New(adminapi.Config{
+		Index:          indexConn,
+		RequestTimeout: o.RequestTimeout,
+		Log:            o.Log,
+	})
+	if err != nil {
+		return err
+	}
+	landingHandler, err := landing.New(landing.Config{
+		Signer:    signer,
+		Admin:     indexv1.NewAdminServiceClient(indexConn),
+		PublicURL: o.PublicURL,
+		Timeout:   o.RequestTimeout,
+		Log:       o.Log,
+	})
+	if err != nil {
+		return err
+	}
 	handler, err := httpapi.New(httpapi.Config{
 		Index:               indexv1.NewIndexServiceClient(indexConn),
-		Signer:              signerv1.NewSignerServiceClient(signerConn),
+		Signer:              signer,
 		Auth:                policy,
 		Log:                 o.Log,
 		StoreDir:            o.StoreDir,
@@ -106,12 +146,15 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		MaxNarinfoSize:      o.MaxNarinfoSize,
 		RequestTimeout:      o.RequestTimeout,
 		TransferIdleTimeout: o.TransferIdleTimeout,
+		ZstdLocal:           o.ZstdLocal,
+		Landing:             landingHandler,
+		Admin:               adminHandler,
 	})
 	if err != nil {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           handler,
+		Handler:           ops.handler(handler, dependency{"index", indexConn}, dependency{"signer", signerConn}),
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,

@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/nixcache/nixcache/services/gateway/internal/auth"
+	"github.com/nixcache/nixcache/platform/auth"
 )
 
 // retryAfter is what 503 answers tell clients to wait, in seconds. Nix
@@ -67,12 +67,7 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		return
 	}
 	code, msg := h.classify(r, err)
-	switch code {
-	case http.StatusUnauthorized:
-		w.Header().Set("WWW-Authenticate", `Basic realm="nixcache"`)
-	case http.StatusServiceUnavailable:
-		w.Header().Set("Retry-After", retryAfter)
-	}
+	SetErrorHeaders(w.Header(), code)
 	writeText(w, code, msg)
 }
 

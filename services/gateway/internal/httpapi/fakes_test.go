@@ -21,11 +21,11 @@ import (
 
 	"github.com/nixcache/nixcache/nix/nixbase32"
 	"github.com/nixcache/nixcache/nix/nixhash"
+	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/logging"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
-	"github.com/nixcache/nixcache/services/gateway/internal/auth"
 )
 
 // fakeChunk is the chunk size of the fake index's NAR streams: small, so
@@ -57,6 +57,7 @@ type fakeIndex struct {
 	putErr    error                        // when set, PutNar fails with it after reading
 	stall     bool                         // GetNar stops after one chunk until canceled
 	noHeader  bool                         // GetNar waits for cancellation before its header
+	cutAfter  int                          // when > 0, GetNar fails after sending about this many bytes
 	putNars   []putNarCall
 	putInfos  []*indexv1.PathInfo
 	getNars   []*indexv1.GetNarRequest
@@ -129,7 +130,7 @@ func (f *fakeIndex) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexServi
 			found = false
 		}
 	}
-	stall, noHeader := f.stall, f.noHeader
+	stall, noHeader, cutAfter := f.stall, f.noHeader, f.cutAfter
 	f.mu.Unlock()
 	if noHeader {
 		<-ctx.Done()
@@ -162,13 +163,18 @@ func (f *fakeIndex) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexServi
 	if n := req.GetLength(); n != 0 && n < uint64(len(data)) {
 		data = data[:n]
 	}
+	sent := 0
 	for len(data) > 0 {
+		if cutAfter > 0 && sent >= cutAfter {
+			return status.Error(codes.Internal, "fake index cut the NAR stream")
+		}
 		n := min(fakeChunk, len(data))
 		chunk := bytes.Clone(data[:n])
 		data = data[n:]
 		if err := stream.Send(&indexv1.GetNarResponse{Msg: &indexv1.GetNarResponse_Chunk{Chunk: chunk}}); err != nil {
 			return err
 		}
+		sent += n
 	}
 	return nil
 }

@@ -10,10 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/logging"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
-	"github.com/nixcache/nixcache/services/gateway/internal/auth"
 )
 
 // Config configures a Handler.
@@ -35,6 +35,15 @@ type Config struct {
 	// TransferIdleTimeout bounds how long a NAR upload or download may make
 	// no progress on the client's side (0: no bound).
 	TransferIdleTimeout time.Duration
+	// ZstdLocal compresses NARs served uncompressed (paths of the index's
+	// local store, nix-serve URLs) with zstd on the fly for clients that
+	// send Accept-Encoding: zstd.
+	ZstdLocal bool
+
+	// Landing serves GET and HEAD /; nil answers 404.
+	Landing http.Handler
+	// Admin serves the JSON admin API under /api/v1/; nil answers 404.
+	Admin http.Handler
 }
 
 // Handler is the gateway's http.Handler.
@@ -95,9 +104,8 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case p == "/":
 		dispatch(w, r, methods{http.MethodGet: h.landing, http.MethodHead: h.landing})
-	case p == "/api/v1" || strings.HasPrefix(p, "/api/v1/"):
-		// Reserved for the admin API.
-		writeText(w, http.StatusNotFound, "not found")
+	case isAdminPath(p):
+		h.admin(w, r)
 	case p == "/nix-cache-info":
 		dispatch(w, r, methods{http.MethodGet: h.cacheInfo, http.MethodHead: h.cacheInfo, http.MethodPut: h.putCacheInfo})
 	case strings.HasPrefix(p, "/nar/"):

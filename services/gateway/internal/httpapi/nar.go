@@ -17,9 +17,9 @@ import (
 	"github.com/nixcache/nixcache/nix/nixbase32"
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
+	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
-	"github.com/nixcache/nixcache/services/gateway/internal/auth"
 )
 
 const (
@@ -176,10 +176,17 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req := t.getRequest()
+	// An uncompressed NAR may be compressed on the fly for a client that
+	// accepts zstd (-zstd-local): whole, of a length unknown in advance.
+	zstdOut := false
+	if h.ZstdLocal && t.compression == compression.None {
+		w.Header().Add("Vary", "Accept-Encoding")
+		zstdOut = acceptsZstd(r.Header)
+	}
 	var rng *byteRange
 	// Without validators of our own, a conditional range (If-Range) can
 	// never be known to match: serve everything, as RFC 9110 says.
-	if spec := r.Header.Get("Range"); spec != "" && r.Header.Get("If-Range") == "" {
+	if spec := r.Header.Get("Range"); spec != "" && r.Header.Get("If-Range") == "" && !zstdOut {
 		size, err := h.narSize(r.Context(), r.URL.Path, t)
 		if err != nil {
 			h.writeError(w, r, err)
@@ -212,6 +219,10 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, errNoSuchNar(r.URL.Path, "the file is compressed with "+hdr.GetCompression()))
 		return
 	}
+	if zstdOut && hdr.GetCompression() == compression.None {
+		h.sendZstd(w, r, stream, hdr.GetTotalSize())
+		return
+	}
 	length, code := hdr.GetTotalSize(), http.StatusOK
 	if rng != nil {
 		if hdr.GetTotalSize() != rng.total {
@@ -223,7 +234,7 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 	}
 	setNarHeaders(w, length)
 	w.WriteHeader(code)
-	if err := h.copyNar(w, stream, length); err != nil && r.Context().Err() == nil {
+	if err := h.copyNar(w, w, stream, length); err != nil && r.Context().Err() == nil {
 		// The status is sent; the connection closes short of
 		// Content-Length, and Nix resumes with a Range request.
 		h.Log.WarnContext(r.Context(), "NAR stream cut", "path", r.URL.Path, "err", err)
@@ -252,9 +263,9 @@ func (h *Handler) recvHeader(ctx context.Context, cancel context.CancelCauseFunc
 	return hdr, nil
 }
 
-// copyNar writes the chunks of stream to w as they come; want is the
-// number of bytes announced in Content-Length.
-func (h *Handler) copyNar(w http.ResponseWriter, stream indexv1.IndexService_GetNarClient, want uint64) error {
+// copyNar writes the chunks of stream to dst (w, or an encoder writing to
+// w) as they come; want is the number of bytes the stream must carry.
+func (h *Handler) copyNar(w http.ResponseWriter, dst io.Writer, stream indexv1.IndexService_GetNarClient, want uint64) error {
 	rc := http.NewResponseController(w)
 	var sent uint64
 	for {
@@ -275,7 +286,7 @@ func (h *Handler) copyNar(w http.ResponseWriter, stream indexv1.IndexService_Get
 		if h.TransferIdleTimeout > 0 {
 			_ = rc.SetWriteDeadline(time.Now().Add(h.TransferIdleTimeout))
 		}
-		if _, err := w.Write(chunk); err != nil {
+		if _, err := dst.Write(chunk); err != nil {
 			return fmt.Errorf("write to client after %d bytes: %w", sent, err)
 		}
 		// Chunks are large; flushing each lets a slow index's bytes reach

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/andybalholm/brotli"
 
@@ -16,8 +17,8 @@ import (
 	"github.com/nixcache/nixcache/nix/narinfo"
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
+	"github.com/nixcache/nixcache/platform/auth"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
-	"github.com/nixcache/nixcache/services/gateway/internal/auth"
 )
 
 const narinfoSuffix = ".narinfo"
@@ -173,6 +174,9 @@ func toPathInfo(ni *narinfo.NarInfo) *indexv1.PathInfo {
 
 // readNarinfoBody reads a pushed narinfo, decoded as its Content-Encoding
 // says, at most MaxNarinfoSize bytes before and after decoding.
+// narinfoReadTimeout bounds how long reading a narinfo body may take.
+const narinfoReadTimeout = 15 * time.Second
+
 func (h *Handler) readNarinfoBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	limit := h.MaxNarinfoSize
 	encoding := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
@@ -180,6 +184,11 @@ func (h *Handler) readNarinfoBody(w http.ResponseWriter, r *http.Request) ([]byt
 		return nil, clientError(http.StatusUnsupportedMediaType,
 			"unsupported Content-Encoding %q (want xz, zstd, bzip2, gzip or br)", encoding)
 	}
+	// A narinfo is small: a body that does not arrive promptly is not
+	// coming (Nix 2.8 retries a refused PUT without resending its body).
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(narinfoReadTimeout))
+	defer rc.SetReadDeadline(time.Time{})
 	body := &readErr{r: http.MaxBytesReader(w, r.Body, limit)}
 	data, err := readDecoded(encoding, body, limit)
 	// A decoder may hide the body's own error behind one of its own.

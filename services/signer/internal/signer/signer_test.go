@@ -14,6 +14,7 @@ import (
 
 	"github.com/nixcache/nixcache/nix/signature"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
+	"github.com/nixcache/nixcache/services/signer/internal/keyring"
 )
 
 const storeDir = "/nix/store"
@@ -38,13 +39,28 @@ func newKeys(t *testing.T, names ...string) []signature.SecretKey {
 	return keys
 }
 
+// newService returns a Signer with keys held in memory.
+func newService(keys []signature.SecretKey, storeDir string, maxBatch int) (*Signer, error) {
+	ring, err := keyring.FromKeys(keys)
+	if err != nil {
+		return nil, err
+	}
+	return New(Config{Ring: ring, StoreDir: storeDir, MaxBatch: maxBatch})
+}
+
 // serve starts the service on a bufconn and returns a client for it.
 func serve(t *testing.T, keys []signature.SecretKey, maxBatch int) signerv1.SignerServiceClient {
 	t.Helper()
-	svc, err := NewService(keys, storeDir, maxBatch)
+	svc, err := newService(keys, storeDir, maxBatch)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveService(t, svc)
+}
+
+// serveService serves svc on a bufconn and returns a client for it.
+func serveService(t *testing.T, svc *Signer) signerv1.SignerServiceClient {
+	t.Helper()
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
 	signerv1.RegisterSignerServiceServer(srv, svc)
@@ -157,7 +173,7 @@ func TestSignBatchLimit(t *testing.T) {
 }
 
 func TestSignCancelled(t *testing.T) {
-	svc, err := NewService(newKeys(t, "cache-1"), storeDir, 10)
+	svc, err := newService(newKeys(t, "cache-1"), storeDir, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +209,7 @@ func TestListKeys(t *testing.T) {
 	}
 }
 
-func TestNewServiceRejects(t *testing.T) {
+func TestNewRejects(t *testing.T) {
 	tests := []struct {
 		name     string
 		keys     []signature.SecretKey
@@ -209,7 +225,7 @@ func TestNewServiceRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewService(tt.keys, tt.storeDir, tt.maxBatch)
+			_, err := newService(tt.keys, tt.storeDir, tt.maxBatch)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("NewService error = %v, want one containing %q", err, tt.want)
 			}
@@ -219,7 +235,7 @@ func TestNewServiceRejects(t *testing.T) {
 
 func TestOtherStoreDir(t *testing.T) {
 	keys := newKeys(t, "cache-1")
-	svc, err := NewService(keys, "/gnu/store", 10)
+	svc, err := newService(keys, "/gnu/store", 10)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"strings"
@@ -8,7 +9,7 @@ import (
 )
 
 func TestAuthorize(t *testing.T) {
-	tokens, err := ParseTokens(strings.NewReader("ci read,push pushtok\nlaptop read readtok\nbot push pushonly\n"), "t")
+	tokens, err := ParseTokens(strings.NewReader("ci read,push pushtok\nlaptop read readtok\nbot push pushonly\nops admin admintok\n"), "t")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +43,13 @@ func TestAuthorize(t *testing.T) {
 		{"push, no tokens configured", Policy{PublicRead: true}, "Bearer pushtok", Push, ErrUnauthenticated, ""},
 		{"read, no tokens configured", Policy{PublicRead: true}, "", Read, nil, ""},
 		{"empty bearer", Policy{Tokens: tokens}, "Bearer ", Push, ErrUnauthenticated, ""},
+		{"lower-case basic", Policy{Tokens: tokens}, "basic " + base64.StdEncoding.EncodeToString([]byte("x:pushtok")), Push, nil, "ci"},
+		{"basic, not base64", Policy{Tokens: tokens}, "Basic pushtok", Push, ErrUnauthenticated, ""},
+		{"basic, no colon", Policy{Tokens: tokens}, "Basic " + base64.StdEncoding.EncodeToString([]byte("pushtok")), Push, ErrUnauthenticated, ""},
+		{"basic, empty password", Policy{Tokens: tokens}, basic("pushtok", ""), Push, ErrUnauthenticated, ""},
+		{"other scheme", Policy{Tokens: tokens}, "Digest pushtok", Push, ErrUnauthenticated, ""},
+		{"admin, admin token", Policy{Tokens: tokens}, "Bearer admintok", Admin, nil, "ops"},
+		{"private read, admin-only token", Policy{Tokens: tokens}, "Bearer admintok", Read, ErrForbidden, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -59,7 +67,7 @@ func TestAuthorize(t *testing.T) {
 			if id.Name != tt.who {
 				t.Errorf("identity %q, want %q", id.Name, tt.who)
 			}
-			for _, secret := range []string{"pushtok", "readtok", "nope"} {
+			for _, secret := range []string{"pushtok", "readtok", "nope", "admintok"} {
 				if err != nil && strings.Contains(err.Error(), secret) {
 					t.Errorf("error %q shows the token", err)
 				}
