@@ -8,7 +8,7 @@ export PATH := $(TOOLS):$(PATH)
 
 GO_BUILD := CGO_ENABLED=0 go build -trimpath -ldflags='-s -w'
 
-.PHONY: all build run test test-unit test-e2e tools tools-run proto proto-check lint vet fmt-check clean
+.PHONY: all build run test test-unit test-e2e tools tools-run proto proto-check lint vet fmt-check clean bench bench-smoke test-compose compose-up
 
 all: build
 
@@ -27,13 +27,33 @@ run: tools-run build
 	@scripts/run-local.sh
 
 ## test: everything CI runs.
-test: tools proto-check vet fmt-check build test-unit test-e2e
+test: tools proto-check vet fmt-check build test-unit test-e2e bench-smoke test-compose
 
 test-unit:
-	go test -count=1 ./nix/... ./platform/... ./services/signer/... ./services/index/... ./services/gateway/...
+	go test -count=1 ./bench/... ./nix/... ./platform/... ./services/signer/... ./services/index/... ./services/gateway/...
 
 test-e2e: build
-	NIXCACHE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m ./e2e/...
+	NIXCACHE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m -skip '^TestCompose$$' ./e2e/...
+
+## test-compose: docker-compose.yml run on this machine's Docker engine, driven by the real Nix client (e2e/compose_test.go).
+test-compose: build
+	NIXCACHE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 10m -run '^TestCompose$$' ./e2e/...
+
+## compose-up: the cache in Docker (README § Deploying with docker compose): images, a push token, start, public key.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
+compose-up: build
+	@docker/init-auth.sh
+	$(COMPOSE) up -d --build
+	@echo "nixcache: public key for trusted-public-keys (docker compose exec signer /nixcache-signer list-keys):" >&2
+	@$(COMPOSE) exec -T signer /nixcache-signer list-keys
+
+## bench: the cache shootout against nginx (bench/, README § Benchmarks); results in bench/results/<date>.{md,json,png}.
+bench: tools
+	go run ./bench -repo $(CURDIR) -out $(CURDIR)/bench/results
+
+## bench-smoke: the same, tiny (a few paths, one round), so that the benchmark keeps working; results in $$TMPDIR.
+bench-smoke: tools
+	go run ./bench -repo $(CURDIR) -smoke
 
 ## proto: regenerate the committed Go code from proto/.
 proto:
@@ -46,7 +66,7 @@ proto-check: proto
 	@test -z "$$(git status --porcelain -- proto)" || { git status --porcelain -- proto; echo "untracked generated files in proto/: run 'make proto' and commit" >&2; exit 1; }
 
 vet:
-	go vet ./nix/... ./platform/... ./proto/... ./services/signer/... ./services/index/... ./services/gateway/... ./e2e/...
+	go vet ./nix/... ./platform/... ./proto/... ./services/signer/... ./services/index/... ./services/gateway/... ./e2e/... ./bench/...
 
 fmt-check:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.\(gw\.\)\?go$$')); \

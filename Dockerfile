@@ -1,0 +1,44 @@
+# Images of the three nixcache services, one target each: signer, index,
+# gateway. They are built FROM scratch out of the static binaries that
+# `make build` writes to bin/, so building pulls nothing and works with the
+# classic builder as well as BuildKit:
+#
+#   make build && docker compose build     (or docker-compose build)
+#   docker build --target gateway -t nixcache-gateway .
+#
+# Each image holds its binary, /etc/passwd and /etc/group (user nixcache,
+# 65532) and, for the signer and the index, the directory that their volume
+# is mounted on, owned by that user (a new named volume takes its owner from
+# it). No CA certificates: the services speak plain gRPC and HTTP to each
+# other and to Nix clients, and make no TLS connection of their own.
+# The binaries are the entrypoints; `<binary> healthcheck` is each one's
+# health check (there is no shell).
+
+FROM scratch AS base
+COPY docker/passwd docker/group /etc/
+ENV NIXCACHE_LOG_FORMAT=json
+USER 65532:65532
+
+FROM base AS signer
+COPY --chown=65532:65532 docker/volumes/signer/ /var/lib/nixcache/signer/
+COPY bin/nixcache-signer /nixcache-signer
+ENV NIXCACHE_LISTEN=0.0.0.0:5010 \
+    NIXCACHE_KEY_FILES=/var/lib/nixcache/signer/secret.key
+EXPOSE 5010
+VOLUME /var/lib/nixcache/signer
+ENTRYPOINT ["/nixcache-signer"]
+
+FROM base AS index
+COPY --chown=65532:65532 docker/volumes/index/ /var/lib/nixcache/index/
+COPY bin/nixcache-index /nixcache-index
+ENV NIXCACHE_LISTEN=0.0.0.0:5011 \
+    NIXCACHE_DATA_DIR=/var/lib/nixcache/index
+EXPOSE 5011
+VOLUME /var/lib/nixcache/index
+ENTRYPOINT ["/nixcache-index"]
+
+FROM base AS gateway
+COPY bin/nixcache-gateway /nixcache-gateway
+ENV NIXCACHE_LISTEN=0.0.0.0:5000
+EXPOSE 5000
+ENTRYPOINT ["/nixcache-gateway"]

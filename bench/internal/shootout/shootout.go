@@ -1,0 +1,699 @@
+// Package shootout runs the whole benchmark: it builds the workload with
+// the real Nix, starts every server on loopback, measures them in
+// interleaved rounds, profiles nixcache, measures the catalogue at scale,
+// and writes the results.
+package shootout
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nixcache/nixcache/bench/internal/load"
+	"github.com/nixcache/nixcache/bench/internal/proc"
+	"github.com/nixcache/nixcache/bench/internal/prof"
+	"github.com/nixcache/nixcache/bench/internal/report"
+	"github.com/nixcache/nixcache/bench/internal/scale"
+	"github.com/nixcache/nixcache/bench/internal/servers"
+	"github.com/nixcache/nixcache/bench/internal/stats"
+)
+
+// Options configure Run.
+type Options struct {
+	Repo string // the repository root
+	// Ref, when set, is the git revision whose services are measured
+	// (exported with git archive); otherwise the working tree's.
+	Ref  string
+	Work string // scratch: binaries, workload expressions, data of every server
+	Out  string // where the results go
+	Mode string // "full" or "smoke", in the results
+
+	Paths, MiB int // the workload: gen-closure.py's N and TARGET_MIB
+	Rounds     int
+	BigMiB     int // the single large NAR
+	Conns      []int
+
+	CatalogPoints []int
+	SignedInserts int
+	Lookups       int
+
+	Profile bool // perf the nixcache services in extra passes
+	Keep    bool // keep servers' data in Work
+
+	Stdout io.Writer // the ratio table
+	Log    io.Writer // progress
+}
+
+type bench struct {
+	o       Options
+	bin     string
+	res     *report.Results
+	sampler *proc.Sampler
+	start   time.Time
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(b.o.Log, "bench %s: %s\n", time.Since(b.start).Round(time.Second), fmt.Sprintf(format, args...))
+}
+
+// target is one server being measured.
+type target struct {
+	name   string
+	url    string
+	pids   func() []int // the server's processes, for CPU time
+	nars   []load.Nar
+	big    []load.Nar
+	hashes []string
+}
+
+func (t *target) cpu() time.Duration {
+	var sum time.Duration
+	for _, p := range t.pids() {
+		if d, err := proc.CPUTime(p); err == nil {
+			sum += d
+		}
+	}
+	return sum
+}
+
+// Run runs the benchmark and writes the results into o.Out as
+// <date>.md, <date>.json and <date>.png.
+func Run(ctx context.Context, o Options) (*report.Results, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("the benchmark builds and copies store paths with the real Nix as root (single-user /nix/store); run it as root")
+	}
+	for _, d := range []string{o.Work, o.Out} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	b := &bench{o: o, start: time.Now(), res: &report.Results{Date: time.Now().UTC(), Mode: o.Mode, Rounds: o.Rounds}}
+	b.sampler = proc.NewSampler(50 * time.Millisecond)
+	defer b.sampler.Close()
+	b.res.Machine = describe(o.Repo, o.Ref)
+	b.logf("machine: %d cores, %s, %s, Linux %s", b.res.Machine.Cores, b.res.Machine.CPU, b.res.Machine.MemTotal, b.res.Machine.Kernel)
+
+	if err := b.buildBinaries(ctx); err != nil {
+		return nil, err
+	}
+	if err := b.run(ctx); err != nil {
+		return nil, err
+	}
+	b.res.Duration = time.Since(b.start)
+	return b.res, b.write()
+}
+
+// buildBinaries builds the services with their symbols (perf needs them;
+// `make build` strips them) into Work/bin.
+func (b *bench) buildBinaries(ctx context.Context) error {
+	b.bin = filepath.Join(b.o.Work, "bin")
+	src := b.o.Repo
+	if b.o.Ref != "" {
+		src = filepath.Join(b.o.Work, "src")
+		_ = os.RemoveAll(src)
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			return err
+		}
+		export := exec.CommandContext(ctx, "sh", "-c", `git -C "$1" archive --format=tar "$2" | tar -x -C "$3"`, "sh", b.o.Repo, b.o.Ref, src)
+		if out, err := export.CombinedOutput(); err != nil {
+			return fmt.Errorf("export %s: %v\n%s", b.o.Ref, err, out)
+		}
+		defer os.RemoveAll(src)
+	}
+	for _, s := range []string{"signer", "index", "gateway"} {
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(b.bin, "nixcache-"+s), "./services/"+s)
+		cmd.Dir = src
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build nixcache-%s: %v\n%s", s, err, out)
+		}
+	}
+	return nil
+}
+
+func (b *bench) run(ctx context.Context) error {
+	top, err := b.workload(ctx)
+	if err != nil {
+		return err
+	}
+	infos, err := b.closure(ctx, top)
+	if err != nil {
+		return err
+	}
+	var hashes []string
+	for _, pi := range infos {
+		hashes = append(hashes, hashPart(pi.Path))
+		b.res.Workload.NarBytes += pi.NarSize
+	}
+	b.res.Workload.Paths, b.res.Workload.TopPath = len(infos), top
+	b.res.Workload.Files = map[string]int64{}
+	b.logf("workload: %d paths, %.0f MiB of NAR: %s", len(infos), float64(b.res.Workload.NarBytes)/(1<<20), top)
+	big, err := b.bigNar(ctx, b.o.BigMiB)
+	if err != nil {
+		return err
+	}
+	b.res.BigSize = int64(b.o.BigMiB) << 20
+
+	// The servers.
+	var targets []*target
+	var stops []func()
+	defer func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}()
+	for _, comp := range []string{"none", "zstd"} {
+		name := "nixcache-" + comp
+		nc, err := b.startNixcache(ctx, name, nil)
+		if err != nil {
+			return err
+		}
+		stops = append(stops, nc.Stop)
+		b.logf("%s: pushing the closure and the big path", name)
+		if err := b.pushTo(ctx, nc, comp, top, big); err != nil {
+			return err
+		}
+		targets = append(targets, nixcacheTarget(nc))
+		b.res.Servers = append(b.res.Servers, report.Server{Name: name, Baseline: "nginx-" + comp, PushBaseline: "file-" + comp})
+	}
+	if nc, stop, note, err := b.startLocal(ctx); err != nil {
+		return err
+	} else if nc == nil {
+		b.logf("nixcache-local: not available: %s", note)
+		b.res.Servers = append(b.res.Servers, report.Server{Name: "nixcache-local", Baseline: "nginx-none", Unavailable: note})
+	} else {
+		stops = append(stops, stop)
+		targets = append(targets, nixcacheTarget(nc))
+		b.res.Servers = append(b.res.Servers, report.Server{Name: "nixcache-local", Baseline: "nginx-none"})
+	}
+	roots := map[string]string{}
+	for _, comp := range []string{"none", "zstd"} {
+		dir := filepath.Join(b.o.Work, "static-"+comp)
+		_ = os.RemoveAll(dir)
+		b.logf("nginx-%s: nix copy --to file://%s?compression=%s", comp, dir, comp)
+		paths := []string{top}
+		if comp == "none" {
+			paths = append(paths, big)
+		}
+		if _, err := b.nix(ctx, nixConfig(), "nix", append([]string{"copy", "--to", "file://" + dir + "?compression=" + comp}, paths...)...); err != nil {
+			return err
+		}
+		roots["nginx-"+comp] = dir
+		if !b.o.Keep {
+			stops = append(stops, func() { os.RemoveAll(dir) })
+		}
+	}
+	ng, err := servers.StartNginx(ctx, filepath.Join(b.o.Work, "nginx"), roots)
+	if err != nil {
+		return err
+	}
+	stops = append(stops, ng.Stop)
+	for _, comp := range []string{"none", "zstd"} {
+		name := "nginx-" + comp
+		targets = append(targets, &target{name: name, url: ng.URLs[name], pids: func() []int { return append(ng.Workers(), ng.Master.Pid()) }})
+		b.res.Servers = append(b.res.Servers, report.Server{Name: name})
+	}
+	b.res.Servers = append(b.res.Servers, report.Server{Name: "file-none"}, report.Server{Name: "file-zstd"})
+
+	// Warm-up: every narinfo (checking them) and every NAR once.
+	for _, t := range targets {
+		t.hashes = hashes
+		if t.nars, err = load.Narinfos(ctx, t.url, hashes); err != nil {
+			return err
+		}
+		var sum int64
+		for _, n := range t.nars {
+			sum += int64(n.Size)
+		}
+		b.res.Workload.Files[t.name] = sum
+		if _, err := load.NarPass(ctx, t.url, t.nars, 16); err != nil {
+			return err
+		}
+		if t.name != "nginx-zstd" {
+			if t.big, err = load.Narinfos(ctx, t.url, []string{hashPart(big)}); err != nil {
+				return err
+			}
+		}
+	}
+	b.logf("warm-up done; %d rounds", b.o.Rounds)
+
+	samples := map[string]map[string][]float64{} // server -> figure -> seconds
+	cpus := map[string]map[string][]float64{}
+	add := func(server, figure string, secs, cpu float64) {
+		if samples[server] == nil {
+			samples[server], cpus[server] = map[string][]float64{}, map[string][]float64{}
+		}
+		samples[server][figure] = append(samples[server][figure], secs)
+		cpus[server][figure] = append(cpus[server][figure], cpu)
+	}
+	for round := range b.o.Rounds {
+		// Rotate the order every round so no server always goes first.
+		order := slices.Clone(targets)
+		k := round % len(order)
+		order = append(order[k:], order[:k]...)
+		for _, t := range order {
+			c0 := t.cpu()
+			tm, err := load.NarinfoPass(ctx, t.url, t.hashes)
+			if err != nil {
+				return err
+			}
+			add(t.name, report.Narinfo, tm.Total.Seconds(), (t.cpu() - c0).Seconds())
+		}
+		// Diagnostic: as many requests for /nix-cache-info, which the
+		// gateway answers alone; the difference is the index hop.
+		for _, t := range order {
+			urls := make([]string, len(t.hashes))
+			for i := range urls {
+				urls[i] = t.url + "/nix-cache-info"
+			}
+			c0 := t.cpu()
+			tm, err := load.SequentialPass(ctx, t.url, urls)
+			if err != nil {
+				return err
+			}
+			add(t.name, report.CacheInfo, tm.Total.Seconds(), (t.cpu() - c0).Seconds())
+		}
+		for _, conns := range b.o.Conns {
+			fig := report.Nar1
+			if conns > 1 {
+				fig = report.Nar16
+			}
+			for _, t := range order {
+				c0 := t.cpu()
+				tm, err := load.NarPass(ctx, t.url, t.nars, conns)
+				if err != nil {
+					return err
+				}
+				add(t.name, fig, tm.Total.Seconds(), (t.cpu() - c0).Seconds())
+			}
+		}
+		for i, comp := range []string{"none", "zstd"} {
+			pushes := []func() error{
+				func() error {
+					secs, cpu, err := b.pushRound(ctx, comp, top)
+					add("nixcache-"+comp, report.Push, secs, cpu)
+					return err
+				},
+				func() error {
+					secs, err := b.fileRound(ctx, comp, top)
+					add("file-"+comp, report.Push, secs, 0)
+					return err
+				},
+			}
+			if (round+i)%2 == 1 {
+				slices.Reverse(pushes)
+			}
+			for _, p := range pushes {
+				if err := p(); err != nil {
+					return err
+				}
+			}
+		}
+		b.logf("round %d/%d done", round+1, b.o.Rounds)
+	}
+	for server, figs := range samples {
+		for fig, xs := range figs {
+			m := report.Measure{Server: server, Figure: fig, Rounds: xs, Median: stats.Median(xs), CPU: stats.Median(cpus[server][fig])}
+			if fig == report.Narinfo || fig == report.CacheInfo {
+				m.PerRequest = m.Median / float64(len(hashes))
+			}
+			b.res.Measures = append(b.res.Measures, m)
+		}
+	}
+	slices.SortFunc(b.res.Measures, func(a, c report.Measure) int {
+		return strings.Compare(a.Server+a.Figure, c.Server+c.Figure)
+	})
+	b.res.ComputeRatios()
+
+	if err := b.bigNarPhase(ctx, targets); err != nil {
+		return err
+	}
+	if b.o.Profile {
+		if err := b.profilePhase(ctx, targets, ng); err != nil {
+			return err
+		}
+	}
+	if len(b.o.CatalogPoints) > 0 {
+		dir := filepath.Join(b.o.Work, "catalog")
+		_ = os.RemoveAll(dir)
+		if !b.o.Keep {
+			defer os.RemoveAll(dir)
+		}
+		b.logf("catalogue scale: %v paths", b.o.CatalogPoints)
+		c, err := scale.Run(ctx, scale.Options{Bin: b.bin, Dir: dir, Points: b.o.CatalogPoints,
+			SignedInserts: b.o.SignedInserts, Lookups: b.o.Lookups, Sampler: b.sampler, Logf: b.logf})
+		if err != nil {
+			return fmt.Errorf("catalogue scale: %w", err)
+		}
+		b.res.Catalog = c
+	}
+
+	peaks := b.sampler.Peaks()
+	var names []string
+	for n := range peaks {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		p := peaks[n]
+		b.res.Memory = append(b.res.Memory, report.Memory{Name: n, Peak: p, Pass: max(p.RSS, p.HWM) < report.RSSLimit})
+	}
+	b.res.Notes = append(b.res.Notes,
+		"nixcache's services ran as deployed (JSON logs at info level: the gateway writes a line per request); nginx had its access log on.",
+		"NAR downloads read bodies into a 256 KiB buffer and discard them; the same client code for every server.",
+		"The catalogue's bulk-loaded paths were written into catalog.db in the index's layout (bucket paths: hash part -> indexv1.PathInfo, signed with the cache's key) and read back through the restarted index before measuring.",
+		"RssFile of the catalogue index is bbolt's mmap of catalog.db: page cache, shared and reclaimable.")
+	return nil
+}
+
+// startNixcache starts a deployment under Work/<name> and samples it.
+func (b *bench) startNixcache(ctx context.Context, name string, indexArgs []string) (*servers.Nixcache, error) {
+	dir := filepath.Join(b.o.Work, name)
+	_ = os.RemoveAll(dir)
+	nc, err := servers.StartNixcache(ctx, servers.NixcacheOptions{Bin: b.bin, Dir: dir, Name: name, IndexArgs: indexArgs})
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range nc.Procs() {
+		b.sampler.Watch(p.Name, p.Pid())
+	}
+	return nc, nil
+}
+
+// stopNixcache stops a deployment, keeps its peaks, and removes its data.
+func (b *bench) stopNixcache(nc *servers.Nixcache) {
+	for _, p := range nc.Procs() {
+		b.sampler.Forget(p.Name)
+	}
+	nc.Stop()
+	if !b.o.Keep {
+		os.RemoveAll(nc.Dir)
+	}
+}
+
+func nixcacheTarget(nc *servers.Nixcache) *target {
+	return &target{name: nc.Name, url: nc.URL, pids: func() []int {
+		var ps []int
+		for _, p := range nc.Procs() {
+			ps = append(ps, p.Pid())
+		}
+		return ps
+	}}
+}
+
+// pushTo copies paths to nc with nix copy.
+func (b *bench) pushTo(ctx context.Context, nc *servers.Nixcache, comp string, paths ...string) error {
+	netrc, err := nc.Netrc()
+	if err != nil {
+		return err
+	}
+	args := append([]string{"copy", "--to", nc.URL + "?compression=" + comp}, paths...)
+	_, err = b.nix(ctx, nixConfig("netrc-file = "+netrc), "nix", args...)
+	return err
+}
+
+// pushRound times one push of the closure to a fresh nixcache.
+func (b *bench) pushRound(ctx context.Context, comp, top string) (secs, cpu float64, err error) {
+	nc, err := b.startNixcache(ctx, "nixcache-push-"+comp, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer b.stopNixcache(nc)
+	t := nixcacheTarget(nc)
+	c0 := t.cpu()
+	start := time.Now()
+	if err := b.pushTo(ctx, nc, comp, top); err != nil {
+		return 0, 0, err
+	}
+	secs = time.Since(start).Seconds()
+	cpu = (t.cpu() - c0).Seconds()
+	// The push must have published the top path.
+	if _, err := load.Narinfos(ctx, nc.URL, []string{hashPart(top)}); err != nil {
+		return 0, 0, fmt.Errorf("after the push: %w", err)
+	}
+	return secs, cpu, nil
+}
+
+// fileRound times one nix copy of the closure to a fresh file:// cache.
+func (b *bench) fileRound(ctx context.Context, comp, top string) (float64, error) {
+	dir := filepath.Join(b.o.Work, "push-file-"+comp)
+	_ = os.RemoveAll(dir)
+	defer os.RemoveAll(dir)
+	start := time.Now()
+	if _, err := b.nix(ctx, nixConfig(), "nix", "copy", "--to", "file://"+dir+"?compression="+comp, top); err != nil {
+		return 0, err
+	}
+	return time.Since(start).Seconds(), nil
+}
+
+// startLocal starts nixcache serving the host store through a nix-daemon
+// on a private socket, when the index has that mode.
+func (b *bench) startLocal(ctx context.Context) (nc *servers.Nixcache, stop func(), note string, err error) {
+	help, _ := exec.CommandContext(ctx, filepath.Join(b.bin, "nixcache-index"), "-h").CombinedOutput()
+	if !strings.Contains(string(help), "-local-store") {
+		return nil, nil, "this nixcache-index has no -local-store flag (local-store serving not merged yet)", nil
+	}
+	d, err := servers.StartNixDaemon(ctx, filepath.Join(b.o.Work, "nix-daemon"), nil)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	args := []string{"-local-store", "-nix-daemon-socket", d.Socket}
+	nc, err = b.startNixcache(ctx, "nixcache-local", args)
+	if err != nil {
+		d.Stop()
+		return nil, nil, "", err
+	}
+	return nc, func() { nc.Stop(); d.Stop() }, "", nil
+}
+
+// bigNarPhase downloads the big NAR from each server that has it, while
+// the memory of the server's processes is recorded.
+func (b *bench) bigNarPhase(ctx context.Context, targets []*target) error {
+	for _, t := range targets {
+		if len(t.big) == 0 {
+			continue
+		}
+		var names []string
+		for n := range b.sampler.Peaks() {
+			if strings.HasPrefix(n, t.name+"/") {
+				names = append(names, n)
+			}
+		}
+		before := map[string]proc.Mem{}
+		for _, n := range names {
+			before[n] = b.memOf(n)
+		}
+		b.sampler.Record(names...)
+		start := time.Now()
+		tm, err := load.NarPass(ctx, t.url, t.big, 1)
+		if err != nil {
+			return err
+		}
+		secs := time.Since(start).Seconds()
+		series := b.sampler.Recorded()
+		bn := report.BigNar{Server: t.name, Bytes: tm.Bytes, Seconds: secs, Before: before, Max: map[string]proc.Mem{}, Series: series, Flat: true}
+		for _, n := range names {
+			var mx proc.Mem
+			for _, s := range series[n] {
+				mx.RSS = max(mx.RSS, s.Mem.RSS)
+				mx.RssAnon = max(mx.RssAnon, s.Mem.RssAnon)
+				mx.RssFile = max(mx.RssFile, s.Mem.RssFile)
+				mx.HWM = max(mx.HWM, s.Mem.HWM)
+			}
+			bn.Max[n] = mx
+			if mx.RSS >= before[n].RSS+report.FlatLimit {
+				bn.Flat = false
+			}
+		}
+		b.logf("big NAR from %s: %.2f s", t.name, secs)
+		b.res.BigNars = append(b.res.BigNars, bn)
+	}
+	return nil
+}
+
+// memOf reads the current memory of a sampled process by name.
+func (b *bench) memOf(name string) proc.Mem {
+	b.sampler.Record(name)
+	time.Sleep(120 * time.Millisecond) // two samples
+	rec := b.sampler.Recorded()[name]
+	if len(rec) == 0 {
+		return proc.Mem{}
+	}
+	return rec[len(rec)-1].Mem
+}
+
+// profilePhase perfs nixcache-none (and nginx-none, and nixcache-local)
+// during extra passes of the narinfo and NAR figures.
+func (b *bench) profilePhase(ctx context.Context, targets []*target, ng *servers.Nginx) error {
+	if err := prof.Available(); err != nil {
+		b.res.Notes = append(b.res.Notes, "no profiles: "+err.Error())
+		return nil
+	}
+	b.res.Profiles = map[string]*prof.Profile{}
+	dir := filepath.Join(b.o.Work, "perf")
+	for _, t := range targets {
+		if t.name != "nixcache-none" && t.name != "nginx-none" && t.name != "nixcache-local" {
+			continue
+		}
+		passes := []struct {
+			label string
+			run   func() error
+		}{
+			{"narinfo", func() error { _, err := load.NarinfoPass(ctx, t.url, t.hashes); return err }},
+			{"NAR 1 conn", func() error { _, err := load.NarPass(ctx, t.url, t.nars, 1); return err }},
+			{"NAR 16 conn", func() error { _, err := load.NarPass(ctx, t.url, t.nars, 16); return err }},
+		}
+		for _, p := range passes {
+			label := t.name + ", " + p.label
+			rec, err := prof.Record(ctx, dir, strings.NewReplacer(" ", "-", ",", "").Replace(label), t.pids())
+			if err != nil {
+				return err
+			}
+			// At least 3 s of samples.
+			for start := time.Now(); time.Since(start) < 3*time.Second; {
+				if err := p.run(); err != nil {
+					rec.Stop()
+					return err
+				}
+			}
+			pr, err := rec.Stop()
+			if err != nil {
+				return err
+			}
+			b.res.Profiles[label] = pr
+			b.logf("profiled %s", label)
+		}
+	}
+	// One push of the closure (compression=none) to a fresh deployment.
+	nc, err := b.startNixcache(ctx, "nixcache-push-none", nil)
+	if err != nil {
+		return err
+	}
+	defer b.stopNixcache(nc)
+	rec, err := prof.Record(ctx, dir, "push", nixcacheTarget(nc).pids())
+	if err != nil {
+		return err
+	}
+	if err := b.pushTo(ctx, nc, "none", b.res.Workload.TopPath); err != nil {
+		rec.Stop()
+		return err
+	}
+	pr, err := rec.Stop()
+	if err != nil {
+		return err
+	}
+	b.res.Profiles["nixcache-none, push (nix copy --to, compression=none)"] = pr
+	b.logf("profiled a push")
+	if !b.o.Keep {
+		os.RemoveAll(dir)
+	}
+	return nil
+}
+
+// Render writes the .md and .png of a results .json again.
+func Render(jsonPath string) error {
+	r, err := report.ReadJSON(jsonPath)
+	if err != nil {
+		return err
+	}
+	base := strings.TrimSuffix(jsonPath, ".json")
+	if a, err := os.ReadFile(base + "-analysis.md"); err == nil {
+		r.Analysis = string(a)
+	}
+	var md strings.Builder
+	r.Markdown(&md)
+	if err := os.WriteFile(base+".md", []byte(md.String()), 0o644); err != nil {
+		return err
+	}
+	return r.WritePNG(base + ".png")
+}
+
+// write writes the results files and prints the ratio table.
+func (b *bench) write() error {
+	base := filepath.Join(b.o.Out, b.res.Date.Format("2006-01-02"))
+	if b.o.Mode != "full" {
+		base += "-" + b.o.Mode
+	}
+	var md strings.Builder
+	b.res.Markdown(&md)
+	if err := os.WriteFile(base+".md", []byte(md.String()), 0o644); err != nil {
+		return err
+	}
+	if err := b.res.WriteJSON(base + ".json"); err != nil {
+		return err
+	}
+	if err := b.res.WritePNG(base + ".png"); err != nil {
+		return err
+	}
+	fmt.Fprintf(b.o.Stdout, "\nnixcache vs nginx (%s run, median of %d rounds, %d paths, %.0f MiB; lower is better)\n\n",
+		b.o.Mode, b.o.Rounds, b.res.Workload.Paths, float64(b.res.Workload.NarBytes)/(1<<20))
+	b.res.RatioTable(b.o.Stdout)
+	fmt.Fprintf(b.o.Stdout, "\nresults: %s.md, .json, .png\n", base)
+	return nil
+}
+
+// hashPart is the hash part of an absolute store path.
+func hashPart(path string) string {
+	base := filepath.Base(path)
+	if len(base) < 32 {
+		return base
+	}
+	return base[:32]
+}
+
+// describe says what machine this is.
+func describe(repo, ref string) report.Machine {
+	m := report.Machine{Cores: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
+				kb, _ := strconv.ParseFloat(f[1], 64)
+				m.MemTotal = fmt.Sprintf("%.1f GiB", kb/(1<<20))
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if out, err := exec.Command("nix", "--version").Output(); err == nil {
+		m.Nix = strings.TrimSpace(string(out))
+	}
+	if out, err := exec.Command("nginx", "-v").CombinedOutput(); err == nil {
+		m.Nginx = strings.TrimSpace(string(out))
+	}
+	rev := ref
+	if rev == "" {
+		rev = "HEAD"
+	}
+	if out, err := exec.Command("git", "-C", repo, "rev-parse", "--short", rev).Output(); err == nil {
+		m.Commit = strings.TrimSpace(string(out))
+		st, err := exec.Command("git", "-C", repo, "status", "--porcelain", "--", "services", "nix", "platform", "proto").Output()
+		if ref == "" && err == nil && len(st) > 0 {
+			m.Commit += " plus uncommitted changes"
+		}
+	}
+	if out, err := exec.Command("df", "-T", "/tmp").Output(); err == nil {
+		if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); len(lines) == 2 {
+			if f := strings.Fields(lines[1]); len(f) > 1 {
+				m.Filesystem = f[1]
+			}
+		}
+	}
+	return m
+}
