@@ -65,8 +65,15 @@ type cluster struct {
 	indexAddr  string
 	pushToken  string
 	readToken  string
+	adminToken string
 	publicKey  string // as trusted-public-keys takes it
 	procs      map[string]*proc
+
+	// signerMetrics and indexMetrics serve /metrics and /healthz.
+	signerMetrics string
+	indexMetrics  string
+	// extraArgs are added to a service's flags when it starts.
+	extraArgs map[string][]string
 }
 
 type proc struct {
@@ -74,7 +81,15 @@ type proc struct {
 	done chan struct{}
 }
 
-func newCluster(t *testing.T) *cluster {
+// clusterOption changes a cluster before its services start.
+type clusterOption func(*cluster)
+
+// withArgs adds flags to a service.
+func withArgs(service string, args ...string) clusterOption {
+	return func(c *cluster) { c.extraArgs[service] = append(c.extraArgs[service], args...) }
+}
+
+func newCluster(t *testing.T, opts ...clusterOption) *cluster {
 	t.Helper()
 	dir := t.TempDir()
 	c := &cluster{
@@ -85,7 +100,13 @@ func newCluster(t *testing.T) *cluster {
 		indexAddr:  freeAddr(t),
 		pushToken:  "push-" + randomHex(t, 16),
 		readToken:  "read-" + randomHex(t, 16),
+		adminToken: "admin-" + randomHex(t, 16),
 		procs:      map[string]*proc{},
+
+		// Fresh addresses: the defaults may be taken on this machine.
+		signerMetrics: freeAddr(t),
+		indexMetrics:  freeAddr(t),
+		extraArgs:     map[string][]string{},
 	}
 	c.URL = "http://" + c.httpAddr
 	for _, d := range []string{"signer", "index", "logs"} {
@@ -103,7 +124,7 @@ func newCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	c.publicKey = strings.TrimSpace(string(pub))
-	auth := fmt.Sprintf("# name scopes token\npusher push,read %s\nreader read %s\n", c.pushToken, c.readToken)
+	auth := fmt.Sprintf("# name scopes token\npusher push,read %s\nreader read %s\noperator admin,read %s\n", c.pushToken, c.readToken, c.adminToken)
 	if err := os.WriteFile(filepath.Join(dir, "auth"), []byte(auth), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +134,9 @@ func newCluster(t *testing.T) *cluster {
 			c.dumpLogs()
 		}
 	})
+	for _, o := range opts {
+		o(c)
+	}
 	c.startAll()
 	return c
 }
@@ -121,14 +145,15 @@ func (c *cluster) args(service string) []string {
 	common := []string{"-log-format", "text", "-log-level", "debug"}
 	switch service {
 	case "signer":
-		return append(common, "-listen", c.signerAddr,
-			"-key-files", filepath.Join(c.dir, "signer", "secret.key"))
+		return append(append(common, "-listen", c.signerAddr, "-metrics-listen", c.signerMetrics,
+			"-key-files", filepath.Join(c.dir, "signer", "secret.key"),
+			"-key-dir", filepath.Join(c.dir, "signer", "keys")), c.extraArgs[service]...)
 	case "index":
-		return append(common, "-listen", c.indexAddr,
-			"-data-dir", filepath.Join(c.dir, "index"), "-signer-addr", c.signerAddr)
+		return append(append(common, "-listen", c.indexAddr, "-metrics-listen", c.indexMetrics,
+			"-data-dir", filepath.Join(c.dir, "index"), "-signer-addr", c.signerAddr), c.extraArgs[service]...)
 	case "gateway":
-		return append(common, "-listen", c.httpAddr, "-index-addr", c.indexAddr,
-			"-signer-addr", c.signerAddr, "-auth-file", filepath.Join(c.dir, "auth"))
+		return append(append(common, "-listen", c.httpAddr, "-index-addr", c.indexAddr,
+			"-signer-addr", c.signerAddr, "-auth-file", filepath.Join(c.dir, "auth")), c.extraArgs[service]...)
 	}
 	panic("unknown service " + service)
 }
@@ -191,8 +216,8 @@ func (c *cluster) stopAll() {
 }
 
 // waitReady polls until the service answers: gRPC health SERVING for signer
-// and index, /nix-cache-info for the gateway. It fails the test if the
-// process exits first or 30 s pass.
+// and index, /healthz for the gateway (/nix-cache-info may need a token).
+// It fails the test if the process exits first or 30 s pass.
 func (c *cluster) waitReady(service string, p *proc) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -200,7 +225,7 @@ func (c *cluster) waitReady(service string, p *proc) {
 	ready := func() bool {
 		switch service {
 		case "gateway":
-			resp, err := http.Get(c.URL + "/nix-cache-info")
+			resp, err := http.Get(c.URL + "/healthz")
 			if err != nil {
 				return false
 			}

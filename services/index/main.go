@@ -15,11 +15,15 @@ import (
 
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/envflag"
+	"github.com/nixcache/nixcache/platform/healthcheck"
 	"github.com/nixcache/nixcache/platform/logging"
 	"github.com/nixcache/nixcache/services/index/internal/app"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(healthcheck.Main("nixcache-index", "127.0.0.1:5011", healthcheck.GRPC, os.Args[2:], os.Stderr))
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "nixcache-index:", err)
 		os.Exit(1)
@@ -37,6 +41,16 @@ func run(args []string) error {
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long calls in flight may finish at shutdown")
+	authFile := fs.String("auth-file", "", `token file, one "<name> <scopes> <token>" a line (scopes: read,push,admin); AdminService needs admin, except GetStats and ListKeys (read); empty disables those needing a token`)
+	publicRead := fs.Bool("public-read", true, "let callers without a token use the read-scoped admin RPCs (GetStats, ListKeys); false needs -auth-file")
+	metricsListen := fs.String("metrics-listen", "127.0.0.1:9111", "HTTP address serving /metrics and /healthz; empty disables")
+	localStore := fs.Bool("local-store", false, "also serve the host's Nix store (-store-dir, which must be readable), as nix-serve does, learning its paths from the Nix daemon")
+	daemonSocket := fs.String("nix-daemon-socket", "/nix/var/nix/daemon-socket/socket", "the Nix daemon's socket (with -local-store)")
+	nixDB := fs.String("nix-db", "/nix/var/nix/db/db.sqlite", "Nix's database, only stat'ed to notice new and deleted paths (with -local-store)")
+	localSyncInterval := fs.Duration("local-sync-interval", time.Second, "how often the host's store is checked for new and deleted paths (with -local-store)")
+	gcMaxSize := fs.Uint64("gc-max-size", 0, "garbage collection keeps at most this many bytes of NAR files, least recently downloaded deleted first (0: no limit)")
+	gcMaxAge := fs.Duration("gc-max-age", 0, "garbage collection deletes paths not downloaded for this long (0: no limit)")
+	gcInterval := fs.Duration("gc-interval", 0, "run garbage collection with -gc-max-size and -gc-max-age this often (0: only when asked, AdminService.CollectGarbage)")
 	if err := envflag.Parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -58,6 +72,17 @@ func run(args []string) error {
 		SignTimeout:   *signTimeout,
 		ShutdownGrace: *grace,
 		Log:           log,
+		AuthFile:      *authFile,
+		PrivateRead:   !*publicRead,
+
+		LocalStore:        *localStore,
+		NixDaemonSocket:   *daemonSocket,
+		NixDB:             *nixDB,
+		LocalSyncInterval: *localSyncInterval,
+
+		GCMaxSize:  *gcMaxSize,
+		GCMaxAge:   *gcMaxAge,
+		GCInterval: *gcInterval,
 	}
 	if err := opts.Validate(); err != nil {
 		return fmt.Errorf("bad configuration: %w", err)
@@ -68,6 +93,14 @@ func run(args []string) error {
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	if *metricsListen != "" {
+		mlis, err := net.Listen("tcp", *metricsListen)
+		if err != nil {
+			return fmt.Errorf("listen for metrics: %w", err)
+		}
+		defer mlis.Close()
+		opts.MetricsListener = mlis
 	}
 	return app.Run(ctx, opts, lis)
 }

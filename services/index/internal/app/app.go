@@ -1,11 +1,14 @@
 // Package app runs the index: it opens the catalogue and the NAR store,
-// connects to the signer, and serves IndexService until its context ends.
+// connects to the signer (and, with LocalStore, to the Nix daemon of the
+// host's store it then serves too), and serves IndexService until its
+// context ends.
 package app
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -15,11 +18,14 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/nixcache/nixcache/nix/daemon"
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
+	"github.com/nixcache/nixcache/services/index/internal/admin"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
+	"github.com/nixcache/nixcache/services/index/internal/localstore"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
 	"github.com/nixcache/nixcache/services/index/internal/publish"
 	"github.com/nixcache/nixcache/services/index/internal/server"
@@ -41,7 +47,44 @@ type Options struct {
 	// ShutdownGrace is how long calls in flight may finish at shutdown.
 	ShutdownGrace time.Duration
 	Log           *slog.Logger
+
+	// AuthFile is the token file (platform/auth); "" disables the admin
+	// RPCs that need a token.
+	AuthFile string
+	// PrivateRead makes the read-scoped admin RPCs (GetStats, ListKeys)
+	// need a token (-public-read=false); it needs an AuthFile.
+	PrivateRead bool
+	// MetricsListener, when set, serves /metrics and /healthz.
+	MetricsListener net.Listener
+
+	// LocalStore serves the host's Nix store (StoreDir, which must be
+	// readable) beside the pushed paths, as nix-serve does.
+	LocalStore bool
+	// NixDaemonSocket is the Nix daemon's socket (LocalStore only).
+	NixDaemonSocket string
+	// NixDB is Nix's database, watched for changes (LocalStore only).
+	NixDB string
+	// LocalSyncInterval is how often the store is checked for changes.
+	LocalSyncInterval time.Duration
+
+	// GCMaxSize and GCMaxAge are the default retention policies of
+	// garbage collection (0: none); GCInterval, when > 0, runs it that
+	// often.
+	GCMaxSize  uint64
+	GCMaxAge   time.Duration
+	GCInterval time.Duration
 }
+
+// accessFlushInterval is how often the NAR downloads noted in memory are
+// written to the catalogue (and once more at shutdown).
+const accessFlushInterval = 5 * time.Second
+
+// localDaemonConns is the most connections (daemon processes) the index
+// keeps to the Nix daemon.
+const localDaemonConns = 4
+
+// daemonDialTimeout bounds the handshake with the daemon at startup.
+const daemonDialTimeout = 10 * time.Second
 
 // Validate checks the options, naming the flag at fault.
 func (o Options) Validate() error {
@@ -66,6 +109,23 @@ func (o Options) Validate() error {
 	}
 	if o.Log == nil {
 		errs = append(errs, "no logger")
+	}
+	if o.LocalStore {
+		if o.NixDaemonSocket == "" {
+			errs = append(errs, "-nix-daemon-socket is empty")
+		}
+		if o.NixDB == "" {
+			errs = append(errs, "-nix-db is empty")
+		}
+		if o.LocalSyncInterval <= 0 {
+			errs = append(errs, "-local-sync-interval must be > 0")
+		}
+	}
+	if o.GCMaxAge < 0 {
+		errs = append(errs, "-gc-max-age must be >= 0")
+	}
+	if o.GCInterval < 0 {
+		errs = append(errs, "-gc-interval must be >= 0")
 	}
 	if len(errs) > 0 {
 		return errors.New(strings.Join(errs, "; "))
@@ -99,7 +159,12 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		lis.Close()
 		return err
 	}
-	conn, err := grpcutil.Dial(o.SignerAddr)
+	ops, err := newOps(o)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	conn, err := grpcutil.Dial(o.SignerAddr, ops.dialOptions()...)
 	if err != nil {
 		lis.Close()
 		return fmt.Errorf("signer: %w", err)
@@ -108,14 +173,103 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 
 	signer := signerclient.New(signerv1.NewSignerServiceClient(conn))
 	pub := publish.New(cat, signer, o.StoreDir, o.SignTimeout)
+
+	var local server.LocalStore
+	if o.LocalStore {
+		store, pool, err := openLocal(ctx, o, cat, signer)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		defer pool.Close()
+		runCtx, stop := context.WithCancel(ctx)
+		synced := make(chan struct{})
+		go func() {
+			defer close(synced)
+			store.Run(runCtx)
+		}()
+		// Stopped before the catalogue closes.
+		defer func() { stop(); <-synced }()
+		local = store
+	} else if err := cat.ClearLocal(); err != nil {
+		// Paths of a store served before must not linger.
+		lis.Close()
+		return err
+	}
+
 	// Handlers cut at the end of the grace period still finish before the
 	// catalogue closes.
-	srv := grpcutil.NewServer(o.Log, grpc.WaitForHandlers(true))
-	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(o.Log, cat, nars, pub))
+	tracker := admin.NewTracker(cat, o.Log.With("component", "admin"))
+	srvOpts := append(ops.serverOptions(), tracker.Interceptors()...)
+	srv := grpcutil.NewServer(o.Log, append(srvOpts, grpc.WaitForHandlers(true))...)
+	defer ops.serveMetrics(o.MetricsListener, srv.Health, o)()
+	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(o.Log, cat, nars, pub, local))
+	adminSvc := admin.New(admin.Config{StoreDir: o.StoreDir, SignTimeout: o.SignTimeout,
+		GCMaxSize: o.GCMaxSize, GCMaxAge: o.GCMaxAge, Log: o.Log.With("component", "admin")},
+		cat, nars, signerv1.NewSignerServiceClient(conn), tracker)
+	indexv1.RegisterAdminServiceServer(srv.GRPC, adminSvc)
+	// The last downloads are written, and a collection stops, after the
+	// server stopped and before the catalogue closes.
+	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
+	bgDone := make(chan struct{}, 2)
+	go func() { tracker.Run(bgCtx, accessFlushInterval); bgDone <- struct{}{} }()
+	bgs := 1
+	if o.GCInterval > 0 {
+		bgs++
+		go func() { adminSvc.RunGC(ctx, o.GCInterval); bgDone <- struct{}{} }()
+	}
+	defer func() {
+		stopBg()
+		for range bgs {
+			<-bgDone
+		}
+	}()
 
 	o.Log.Info("index serving", "addr", lis.Addr().String(), "data_dir", o.DataDir,
-		"signer", o.SignerAddr, "store_dir", o.StoreDir, "max_nar_size", o.MaxNarSize)
+		"signer", o.SignerAddr, "store_dir", o.StoreDir, "max_nar_size", o.MaxNarSize,
+		"local_store", o.LocalStore, "gc_max_size", o.GCMaxSize, "gc_max_age", o.GCMaxAge, "gc_interval", o.GCInterval)
 	err = srv.Serve(ctx, lis, o.ShutdownGrace)
 	o.Log.Info("index stopped")
 	return err
+}
+
+// openLocal checks that the host's store can be served, the store
+// directory readable and the daemon answering, and returns the local store
+// over a pool of daemon connections, which the caller closes.
+func openLocal(ctx context.Context, o Options, cat *catalog.Catalog, signer *signerclient.Client) (*localstore.Store, *daemon.Pool, error) {
+	d, err := os.Open(o.StoreDir)
+	if err == nil {
+		_, err = d.Readdirnames(1)
+		d.Close()
+		if err == io.EOF {
+			err = nil
+		}
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("-local-store: the store directory (-store-dir) must be a readable directory: %w", err)
+	}
+	pool, err := daemon.NewPool(o.NixDaemonSocket, localDaemonConns, daemon.WithStoreDir(o.StoreDir))
+	if err != nil {
+		return nil, nil, fmt.Errorf("-local-store: %w", err)
+	}
+	dialCtx, cancel := context.WithTimeout(ctx, daemonDialTimeout)
+	defer cancel()
+	if err := pool.Do(dialCtx, func(*daemon.Conn) error { return nil }); err != nil {
+		pool.Close()
+		return nil, nil, fmt.Errorf("-local-store: the Nix daemon (-nix-daemon-socket) does not answer: %w", err)
+	}
+	if _, err := os.Stat(o.NixDB); err != nil {
+		o.Log.Warn("Nix database not found: new and deleted store paths are noticed only by lookups and the periodic full sync",
+			"nix_db", o.NixDB, "err", err)
+	}
+	store := localstore.New(localstore.Config{
+		StoreDir:     o.StoreDir,
+		NixDB:        o.NixDB,
+		SyncInterval: o.LocalSyncInterval,
+		SignTimeout:  o.SignTimeout,
+		Log:          o.Log.With("component", "localstore"),
+	}, cat, localstore.PoolDaemon{Pool: pool}, signer)
+	o.Log.Info("serving the host's Nix store", "store_dir", o.StoreDir, "nix_daemon_socket", o.NixDaemonSocket,
+		"nix_db", o.NixDB, "sync_interval", o.LocalSyncInterval)
+	return store, pool, nil
 }

@@ -141,3 +141,60 @@ func TestRunRefusesBadOptions(t *testing.T) {
 		})
 	}
 }
+
+// TestRunRefusesUnservableLocalStore: with -local-store, a store
+// directory that cannot be read or a daemon that does not answer stops
+// the index at startup, with a message naming the flag.
+func TestRunRefusesUnservableLocalStore(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	if err := os.Mkdir(store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	notDir := filepath.Join(dir, "file")
+	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A socket nobody answers on: a listener that is closed at once.
+	dead := filepath.Join(dir, "dead.socket")
+	l, err := net.Listen("unix", dead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+
+	tests := []struct {
+		name   string
+		change func(*app.Options)
+		want   []string
+	}{
+		{"missing store directory", func(o *app.Options) { o.StoreDir = filepath.Join(dir, "missing") }, []string{"-store-dir", "no such file"}},
+		{"store directory is a file", func(o *app.Options) { o.StoreDir = notDir }, []string{"-store-dir", "not a directory"}},
+		{"missing socket", func(o *app.Options) { o.NixDaemonSocket = filepath.Join(dir, "missing.socket") }, []string{"-nix-daemon-socket", "no such file"}},
+		{"nobody listening", func(o *app.Options) { o.NixDaemonSocket = dead }, []string{"-nix-daemon-socket", "connection refused"}},
+		{"no socket", func(o *app.Options) { o.NixDaemonSocket = "" }, []string{"-nix-daemon-socket is empty"}},
+		{"no sync interval", func(o *app.Options) { o.LocalSyncInterval = 0 }, []string{"-local-sync-interval"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := options(t.TempDir(), "127.0.0.1:1")
+			o.LocalStore = true
+			o.StoreDir = store
+			o.NixDaemonSocket = filepath.Join(dir, "missing.socket")
+			o.NixDB = filepath.Join(dir, "db.sqlite")
+			o.LocalSyncInterval = time.Second
+			tt.change(&o)
+			lis := listen(t)
+			err := app.Run(context.Background(), o, lis)
+			for _, w := range tt.want {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("Run: %v, want an error saying %q", err, w)
+				}
+			}
+			if _, err := lis.Accept(); err == nil {
+				t.Errorf("the listener is still open")
+			}
+		})
+	}
+}

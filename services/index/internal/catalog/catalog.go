@@ -1,6 +1,8 @@
 // Package catalog is the index's record of what it holds: the NAR files
-// uploaded (by file hash) and the store paths published (by hash part), in
-// one bbolt database. Values are protobuf messages of nixcache.index.v1.
+// uploaded (by file hash), the store paths published (by hash part) and,
+// apart from them, the paths of the host's own store that it serves
+// (local.go), in one bbolt database. Values are protobuf messages of
+// nixcache.index.v1.
 package catalog
 
 import (
@@ -36,7 +38,7 @@ func Open(path string) (*Catalog, error) {
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{pathsBucket, narsBucket} {
+		for _, name := range append([][]byte{pathsBucket, narsBucket, localBucket, localUnsignedBucket}, adminBuckets...) {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}

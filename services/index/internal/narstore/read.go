@@ -29,6 +29,18 @@ type Range struct {
 	r       io.Reader
 	left    uint64
 	closers []io.Closer
+	// exact: r must end where the range does (see NewRange).
+	exact bool
+}
+
+// NewRange returns a Range of the first length bytes of r, which holds a
+// representation of total bytes in compression starting at the range's
+// offset; closing the Range closes c. With exact, the range ends where the
+// representation does and r must end there too: more bytes are an error.
+// Reads fail once ctx is done.
+func NewRange(ctx context.Context, r io.Reader, c io.Closer, total, length uint64, compression string, exact bool) *Range {
+	return &Range{ctx: ctx, r: r, closers: []io.Closer{c}, Total: total, Length: length, left: length,
+		Compression: compression, exact: exact}
 }
 
 // Open opens the byte range [offset, offset+length) of the file nf
@@ -109,9 +121,19 @@ func (r *Range) Read(p []byte) (int, error) {
 	r.left -= uint64(n)
 	if err == io.EOF {
 		if r.left > 0 {
-			return n, fmt.Errorf("NAR file ends %d bytes early: %w", r.left, io.ErrUnexpectedEOF)
+			return n, fmt.Errorf("NAR ends %d bytes early: %w", r.left, io.ErrUnexpectedEOF)
 		}
 		err = nil
+	}
+	if err == nil && r.left == 0 && r.exact {
+		var one [1]byte
+		m, perr := io.ReadFull(r.r, one[:])
+		switch {
+		case m > 0:
+			err = errors.New("NAR is longer than its registered size")
+		case perr != io.EOF:
+			err = perr
+		}
 	}
 	return n, err
 }

@@ -225,6 +225,8 @@ func (p *Publisher) checkFile(in *indexv1.PathInfo) (*indexv1.NarFile, error) {
 
 // checkReferences makes sure every reference but the path itself is
 // published, so that the cache never serves a path whose closure it lacks.
+// A path of the host's store the index serves counts: nix copy --to skips
+// what the cache already has, whichever way it has it.
 func (p *Publisher) checkReferences(in *indexv1.PathInfo, self storepath.Path) error {
 	for _, ref := range in.GetReferences() {
 		if ref == self.Base() {
@@ -232,6 +234,9 @@ func (p *Publisher) checkReferences(in *indexv1.PathInfo, self storepath.Path) e
 		}
 		rp, _ := storepath.ParseBase(ref)
 		info, err := p.catalog.PathInfo(rp.HashPart)
+		if errors.Is(err, fault.ErrNotFound) {
+			info, _, err = p.catalog.LocalPathInfo(rp.HashPart)
+		}
 		if errors.Is(err, fault.ErrNotFound) || (err == nil && info.GetStorePath() != rp.Absolute(p.storeDir)) {
 			return fault.Precondition("reference %s is not in the cache", ref)
 		}

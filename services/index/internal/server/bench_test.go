@@ -2,8 +2,14 @@ package server_test
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
+
+	"github.com/nixcache/nixcache/nix/daemon"
 
 	"github.com/nixcache/nixcache/nix/compression"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
@@ -70,4 +76,66 @@ func BenchmarkGetNar(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkGetNarLocal streams the NAR of a path of a (fake daemon's)
+// local store, dumped from the file system: one 64 MiB file, and 2048
+// files of 8 KiB.
+func BenchmarkGetNarLocal(b *testing.B) {
+	l := startLocalIndexB(b)
+	rng := rand.New(rand.NewPCG(5, 6))
+	data := func(n int) []byte {
+		d := make([]byte, n)
+		for i := range d {
+			d[i] = byte(rng.Uint32())
+		}
+		return d
+	}
+	big := l.daemon.Build(b, "big", nil, func(p string) {
+		os.MkdirAll(p, 0o755)
+		os.WriteFile(p+"/file", data(64<<20), 0o644)
+	})
+	small := data(8 << 10)
+	many := l.daemon.Build(b, "many", nil, func(p string) {
+		for i := range 2048 {
+			d := fmt.Sprintf("%s/d%02d", p, i%32)
+			os.MkdirAll(d, 0o755)
+			os.WriteFile(fmt.Sprintf("%s/f%04d", d, i), small, 0o644)
+		}
+	})
+	for _, p := range []*daemon.PathInfo{big, many} {
+		b.Run(filepath.Base(p.StorePath)[33:], func(b *testing.B) {
+			req := &indexv1.GetNarRequest{Selector: &indexv1.GetNarRequest_StoreHash{StoreHash: hashOf(p.StorePath)}}
+			b.SetBytes(int64(p.NarSize))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := drainNar(context.Background(), l.client, req, p.NarSize); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// drainNar reads a GetNar stream to the end, checking its size only.
+func drainNar(ctx context.Context, c indexv1.IndexServiceClient, req *indexv1.GetNarRequest, want uint64) error {
+	stream, err := c.GetNar(ctx, req)
+	if err != nil {
+		return err
+	}
+	var n uint64
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		n += uint64(len(msg.GetChunk()))
+	}
+	if n != want {
+		return fmt.Errorf("%d bytes, want %d", n, want)
+	}
+	return nil
 }

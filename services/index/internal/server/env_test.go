@@ -55,6 +55,19 @@ type signerConn struct {
 // startIndex runs the index on dir, its signer being sc.
 func startIndex(t testing.TB, dir string, sc signerConn) *index {
 	t.Helper()
+	return startIndexWith(t, dir, sc, localSetup{storeDir: storeDir})
+}
+
+// localSetup is the store directory of an index and, unless nil, how to
+// make the local store it serves.
+type localSetup struct {
+	storeDir string
+	newLocal func(*catalog.Catalog, *signerclient.Client) server.LocalStore
+}
+
+// startIndexWith runs the index on dir, its signer being sc, with ls.
+func startIndexWith(t testing.TB, dir string, sc signerConn, ls localSetup) *index {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	cat, err := catalog.Open(filepath.Join(dir, "catalog.db"))
 	if err != nil {
@@ -76,7 +89,12 @@ func startIndex(t testing.TB, dir string, sc signerConn) *index {
 	if timeout == 0 {
 		timeout = signTimeout
 	}
-	pub := publish.New(cat, signerclient.New(signerv1.NewSignerServiceClient(signerCC)), storeDir, timeout)
+	signer := signerclient.New(signerv1.NewSignerServiceClient(signerCC))
+	pub := publish.New(cat, signer, ls.storeDir, timeout)
+	var local server.LocalStore
+	if ls.newLocal != nil {
+		local = ls.newLocal(cat, signer)
+	}
 
 	idx := &index{dir: dir, handlerDone: make(chan error, 100)}
 	notify := grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
@@ -85,7 +103,7 @@ func startIndex(t testing.TB, dir string, sc signerConn) *index {
 		return err
 	})
 	srv := grpcutil.NewServer(log, notify)
-	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(log, cat, nars, pub))
+	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(log, cat, nars, pub, local))
 	lis := bufconn.Listen(1 << 20)
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)

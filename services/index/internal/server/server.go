@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync"
 
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
@@ -22,6 +23,20 @@ import (
 // MaxCheckPaths is the most hash parts one CheckPaths call may ask about.
 const MaxCheckPaths = 10000
 
+// LocalStore serves the paths of the host's Nix store (package
+// localstore): signed path infos, presence, and NARs dumped from the store.
+// Its errors are classified as the fault package says.
+type LocalStore interface {
+	// PathInfo returns the signed info of a local path.
+	PathInfo(ctx context.Context, hashPart string) (*indexv1.PathInfo, error)
+	// Find returns the info of a local path, signed or not.
+	Find(ctx context.Context, hashPart string) (*indexv1.PathInfo, error)
+	// Present returns the hash parts of local paths, in order, no repeats.
+	Present(ctx context.Context, hashParts []string) ([]string, error)
+	// OpenNar opens a byte range of a local path's NAR.
+	OpenNar(ctx context.Context, info *indexv1.PathInfo, offset, length uint64) (*narstore.Range, error)
+}
+
 // Server implements indexv1.IndexServiceServer.
 type Server struct {
 	indexv1.UnimplementedIndexServiceServer
@@ -30,11 +45,14 @@ type Server struct {
 	catalog   *catalog.Catalog
 	nars      *narstore.Store
 	publisher *publish.Publisher
+	// local is nil unless the index serves the host's store. A pushed
+	// path is always preferred to a local one of the same hash part.
+	local LocalStore
 }
 
-// New returns the service over its parts.
-func New(log *slog.Logger, c *catalog.Catalog, nars *narstore.Store, p *publish.Publisher) *Server {
-	return &Server{log: log, catalog: c, nars: nars, publisher: p}
+// New returns the service over its parts; local may be nil.
+func New(log *slog.Logger, c *catalog.Catalog, nars *narstore.Store, p *publish.Publisher, local LocalStore) *Server {
+	return &Server{log: log, catalog: c, nars: nars, publisher: p, local: local}
 }
 
 // PutNar receives, verifies and stores one NAR file.
@@ -119,37 +137,11 @@ func (s *Server) narFile(fileHash string) (*indexv1.NarFile, error) {
 	return s.catalog.NarFile(h.NixBase32())
 }
 
-// GetNar streams a stored file, or a published path's NAR uncompressed.
+// GetNar streams a stored file, or a published path's NAR uncompressed:
+// decompressed from its file, or dumped from the host's store.
 func (s *Server) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexService_GetNarServer) error {
 	ctx := stream.Context()
-	var (
-		nf         *indexv1.NarFile
-		decompress bool
-		err        error
-	)
-	switch sel := req.GetSelector().(type) {
-	case *indexv1.GetNarRequest_FileHash:
-		nf, err = s.narFile(sel.FileHash)
-	case *indexv1.GetNarRequest_StoreHash:
-		nf, err = s.pathNar(sel.StoreHash)
-		decompress = true
-	default:
-		err = fault.Invalid("no selector: set file_hash or store_hash")
-	}
-	if err != nil {
-		return toStatus(err)
-	}
-	if want := req.GetExpectedNarHash(); want != "" {
-		h, err := nixhash.Parse(want)
-		if err != nil {
-			return toStatus(fault.Invalid("expected_nar_hash: %v", err))
-		}
-		if h.String() != nf.GetNarHash() {
-			return toStatus(fault.NotFound("the NAR has hash %s, not %s", nf.GetNarHash(), h))
-		}
-	}
-
-	rg, err := s.nars.Open(ctx, nf, decompress, req.GetOffset(), req.GetLength())
+	rg, err := s.openNar(ctx, req)
 	if err != nil {
 		return toStatus(err)
 	}
@@ -161,9 +153,10 @@ func (s *Server) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexService_
 	if err != nil {
 		return err
 	}
+	bufp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bufp)
 	for left := rg.Length; left > 0; {
-		// A fresh buffer per Send: gRPC may still hold the last one.
-		buf := make([]byte, min(left, grpcutil.ChunkSize))
+		buf := (*bufp)[:min(left, grpcutil.ChunkSize)]
 		n, err := io.ReadFull(rg, buf)
 		if err != nil {
 			return toStatus(err)
@@ -176,19 +169,77 @@ func (s *Server) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexService_
 	return nil
 }
 
-// pathNar is the NAR file of the published path with this hash part.
-func (s *Server) pathNar(hashPart string) (*indexv1.NarFile, error) {
+// chunkPool holds the buffers GetNar reads chunks into, so that a NAR
+// stream allocates nothing in proportion to its size. A buffer is reused
+// as soon as Send returns: grpc-go's SendMsg marshals the message into
+// buffers of its own before returning and keeps no reference to it (only
+// a stats handler or grpc.EnableTracing could; grpcutil.NewServer sets
+// neither). Add one, and this needs a fresh buffer per Send again.
+var chunkPool = sync.Pool{New: func() any {
+	b := make([]byte, grpcutil.ChunkSize)
+	return &b
+}}
+
+// openNar opens the byte range req asks for.
+func (s *Server) openNar(ctx context.Context, req *indexv1.GetNarRequest) (*narstore.Range, error) {
+	var wantHash *nixhash.Hash
+	if want := req.GetExpectedNarHash(); want != "" {
+		h, err := nixhash.Parse(want)
+		if err != nil {
+			return nil, fault.Invalid("expected_nar_hash: %v", err)
+		}
+		wantHash = &h
+	}
+	checkHash := func(narHash string) error {
+		if wantHash != nil && wantHash.String() != narHash {
+			return fault.NotFound("the NAR has hash %s, not %s", narHash, wantHash)
+		}
+		return nil
+	}
+	switch sel := req.GetSelector().(type) {
+	case *indexv1.GetNarRequest_FileHash:
+		nf, err := s.narFile(sel.FileHash)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkHash(nf.GetNarHash()); err != nil {
+			return nil, err
+		}
+		return s.nars.Open(ctx, nf, false, req.GetOffset(), req.GetLength())
+	case *indexv1.GetNarRequest_StoreHash:
+		info, err := s.pathForNar(ctx, sel.StoreHash)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkHash(info.GetNarHash()); err != nil {
+			return nil, err
+		}
+		if nf := info.GetFile(); nf != nil {
+			return s.nars.Open(ctx, nf, true, req.GetOffset(), req.GetLength())
+		}
+		return s.local.OpenNar(ctx, info, req.GetOffset(), req.GetLength())
+	default:
+		return nil, fault.Invalid("no selector: set file_hash or store_hash")
+	}
+}
+
+// pathForNar is the published path with this hash part, pushed (with a
+// file) or else local.
+func (s *Server) pathForNar(ctx context.Context, hashPart string) (*indexv1.PathInfo, error) {
 	if err := storepath.ValidateHashPart(hashPart); err != nil {
 		return nil, fault.Invalid("store_hash: %v", err)
 	}
 	info, err := s.catalog.PathInfo(hashPart)
+	if errors.Is(err, fault.ErrNotFound) && s.local != nil {
+		return s.local.Find(ctx, hashPart)
+	}
 	if err != nil {
 		return nil, err
 	}
 	if info.GetFile() == nil {
 		return nil, fault.NotFound("store path %s has no NAR file", info.GetStorePath())
 	}
-	return info.GetFile(), nil
+	return info, nil
 }
 
 // PutPathInfo verifies, signs and publishes a store path.
@@ -209,6 +260,9 @@ func (s *Server) GetPathInfo(ctx context.Context, req *indexv1.GetPathInfoReques
 		return nil, toStatus(fault.Invalid("hash_part: %v", err))
 	}
 	info, err := s.catalog.PathInfo(req.GetHashPart())
+	if errors.Is(err, fault.ErrNotFound) && s.local != nil {
+		info, err = s.local.PathInfo(ctx, req.GetHashPart())
+	}
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -230,5 +284,42 @@ func (s *Server) CheckPaths(ctx context.Context, req *indexv1.CheckPathsRequest)
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	if s.local != nil {
+		if present, err = s.withLocal(ctx, hashes, present); err != nil {
+			return nil, toStatus(err)
+		}
+	}
 	return &indexv1.CheckPathsResponse{Present: present}, nil
+}
+
+// withLocal adds to pushed, the published hash parts of hashes, those
+// that are local paths, keeping the order of hashes.
+func (s *Server) withLocal(ctx context.Context, hashes, pushed []string) ([]string, error) {
+	isPushed := make(map[string]bool, len(pushed))
+	for _, h := range pushed {
+		isPushed[h] = true
+	}
+	var rest []string
+	for _, h := range hashes {
+		if !isPushed[h] {
+			rest = append(rest, h)
+		}
+	}
+	local, err := s.local.Present(ctx, rest)
+	if err != nil || len(local) == 0 {
+		return pushed, err
+	}
+	isLocal := make(map[string]bool, len(local))
+	for _, h := range local {
+		isLocal[h] = true
+	}
+	present := make([]string, 0, len(pushed)+len(local))
+	for _, h := range hashes {
+		if isPushed[h] || isLocal[h] {
+			present = append(present, h)
+			delete(isPushed, h)
+			delete(isLocal, h)
+		}
+	}
+	return present, nil
 }

@@ -1,0 +1,88 @@
+package app
+
+import (
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+
+	"github.com/nixcache/nixcache/platform/auth"
+	"github.com/nixcache/nixcache/platform/metrics"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+)
+
+// metricsShutdownGrace bounds how long a scrape may finish at shutdown.
+const metricsShutdownGrace = 2 * time.Second
+
+// ops is how the index is watched and guarded: the metrics registry (the
+// services register their counters in it: metrics.NewCache,
+// metrics.RegisterCatalog), the gRPC interceptors (metrics, then auth) and
+// the /metrics and /healthz server.
+type ops struct {
+	registry *prometheus.Registry
+	server   *metrics.GRPCServer
+	client   *metrics.GRPCClient
+	policy   auth.Policy
+	rules    auth.Rules
+}
+
+// adminRules are the scopes AdminService needs: GetStats and ListKeys need
+// read (anonymous while reads are public: the landing page shows them),
+// every other method admin. IndexService is not checked: the gateway
+// calls it, and the network protects it.
+func adminRules() (auth.Rules, error) {
+	return auth.ServiceRules(&indexv1.AdminService_ServiceDesc, auth.Admin, map[string]auth.Scope{
+		"GetStats": auth.Read,
+		"ListKeys": auth.Read,
+	})
+}
+
+// newOps loads the token file and builds the metrics.
+func newOps(o Options) (*ops, error) {
+	rules, err := adminRules()
+	if err != nil {
+		return nil, err
+	}
+	p := &ops{registry: metrics.NewRegistry(), rules: rules, policy: auth.Policy{PublicRead: !o.PrivateRead}}
+	p.server = metrics.NewGRPCServer(p.registry)
+	p.client = metrics.NewGRPCClient(p.registry)
+	switch {
+	case o.AuthFile != "":
+		tokens, err := auth.LoadTokens(o.AuthFile)
+		if err != nil {
+			return nil, fmt.Errorf("auth file: %w", err)
+		}
+		p.policy.Tokens = tokens
+		o.Log.Info("tokens loaded", "file", o.AuthFile, "tokens", tokens, "public_read", p.policy.PublicRead)
+	case o.PrivateRead:
+		return nil, fmt.Errorf("-public-read=false needs -auth-file: nobody could read")
+	default:
+		o.Log.Warn("no -auth-file: the admin RPCs are disabled")
+	}
+	return p, nil
+}
+
+// serverOptions measure every call, then check AdminService's scopes.
+func (p *ops) serverOptions() []grpc.ServerOption {
+	return append(p.server.ServerOptions(), p.policy.ServerOptions(p.rules)...)
+}
+
+// dialOptions measure the calls to the signer.
+func (p *ops) dialOptions() []grpc.DialOption { return p.client.DialOptions() }
+
+// serveMetrics serves /metrics and /healthz (following hs) on lis, when
+// set, until the returned function is called.
+func (p *ops) serveMetrics(lis net.Listener, hs *health.Server, o Options) (stop func()) {
+	if lis == nil {
+		return func() {}
+	}
+	s := metrics.Start(lis, metrics.OpsHandler(p.registry, metrics.GRPCHealthz(hs)), o.Log)
+	return func() {
+		if err := s.Shutdown(metricsShutdownGrace); err != nil {
+			o.Log.Warn("metrics server", "err", err)
+		}
+	}
+}

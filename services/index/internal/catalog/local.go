@@ -1,0 +1,267 @@
+package catalog
+
+import (
+	"bytes"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+	"github.com/nixcache/nixcache/services/index/internal/fault"
+)
+
+// The local store's buckets: the paths of the host's Nix store the index
+// serves (package localstore), kept apart from the published paths so that
+// nothing done to them can lose or change a pushed path.
+var (
+	// localBucket maps a hash part to the marshalled indexv1.PathInfo of a
+	// valid path of the host's store (without a file: its NAR is dumped
+	// from the store).
+	localBucket = []byte("local")
+	// localUnsignedBucket holds (as keys, with empty values) the hash parts
+	// of the local paths not yet signed with the cache's keys.
+	localUnsignedBucket = []byte("local-unsigned")
+)
+
+// LocalPath is a path of the host's store as recorded.
+type LocalPath struct {
+	Info *indexv1.PathInfo
+	// Signed is set once Info carries the cache's signatures.
+	Signed bool
+}
+
+// LocalPathInfo returns the local path with this hash part and whether it
+// is signed, or an error of class fault.ErrNotFound.
+func (c *Catalog) LocalPathInfo(hashPart string) (*indexv1.PathInfo, bool, error) {
+	info := new(indexv1.PathInfo)
+	var found, unsigned bool
+	err := c.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(localBucket).Get([]byte(hashPart))
+		if v == nil {
+			return nil
+		}
+		found = true
+		unsigned = tx.Bucket(localUnsignedBucket).Get([]byte(hashPart)) != nil
+		return proto.Unmarshal(v, info)
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("read local path %s: %w", hashPart, err)
+	}
+	if !found {
+		return nil, false, fault.NotFound("store path %s is not in the cache", hashPart)
+	}
+	return info, !unsigned, nil
+}
+
+// PutLocal records local paths, keyed by the hash parts of their store
+// paths, replacing what is there; except that an unsigned record never
+// replaces a signed one of the same path and NAR hash.
+func (c *Catalog) PutLocal(paths []LocalPath) error {
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		b, unsigned := tx.Bucket(localBucket), tx.Bucket(localUnsignedBucket)
+		for _, p := range paths {
+			key, err := localKey(p.Info)
+			if err != nil {
+				return err
+			}
+			if !p.Signed && unsigned.Get(key) == nil {
+				if old := b.Get(key); old != nil && sameLocal(old, p.Info) {
+					continue
+				}
+			}
+			if err := put(b, string(key), p.Info); err != nil {
+				return err
+			}
+			if p.Signed {
+				err = unsigned.Delete(key)
+			} else {
+				err = unsigned.Put(key, nil)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record local paths: %w", err)
+	}
+	return nil
+}
+
+// SignedLocal replaces unsigned local paths by their signed infos, for
+// those still recorded with the same store path and NAR hash (the sync may
+// have dropped a path while it was being signed). It returns how many it
+// replaced.
+func (c *Catalog) SignedLocal(infos []*indexv1.PathInfo) (int, error) {
+	n := 0
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		b, unsigned := tx.Bucket(localBucket), tx.Bucket(localUnsignedBucket)
+		for _, info := range infos {
+			key, err := localKey(info)
+			if err != nil {
+				return err
+			}
+			if old := b.Get(key); old == nil || !sameLocal(old, info) {
+				continue
+			}
+			if err := put(b, string(key), info); err != nil {
+				return err
+			}
+			if err := unsigned.Delete(key); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("record signatures of local paths: %w", err)
+	}
+	return n, nil
+}
+
+// DeleteLocal forgets the local paths with these hash parts.
+func (c *Catalog) DeleteLocal(hashParts []string) error {
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		b, unsigned := tx.Bucket(localBucket), tx.Bucket(localUnsignedBucket)
+		for _, h := range hashParts {
+			if err := b.Delete([]byte(h)); err != nil {
+				return err
+			}
+			if err := unsigned.Delete([]byte(h)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delete local paths: %w", err)
+	}
+	return nil
+}
+
+// ClearLocal forgets every local path.
+func (c *Catalog) ClearLocal() error {
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{localBucket, localUnsignedBucket} {
+			if err := tx.DeleteBucket(name); err != nil {
+				return err
+			}
+			if _, err := tx.CreateBucket(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("clear local paths: %w", err)
+	}
+	return nil
+}
+
+// DiffLocal compares the local paths recorded with hashParts, which must
+// be sorted: it returns the indices in hashParts of those not recorded, and
+// the recorded hash parts that are not in hashParts. It walks the bucket
+// in key order beside hashParts, holding nothing else in memory.
+func (c *Catalog) DiffLocal(hashParts []string) (missing []int, extra []string, err error) {
+	err = c.db.View(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(localBucket).Cursor()
+		k, _ := cur.First()
+		i := 0
+		for k != nil || i < len(hashParts) {
+			var cmp int
+			switch {
+			case k == nil:
+				cmp = 1
+			case i == len(hashParts):
+				cmp = -1
+			default:
+				cmp = bytes.Compare(k, []byte(hashParts[i]))
+			}
+			switch {
+			case cmp < 0:
+				extra = append(extra, string(k))
+				k, _ = cur.Next()
+			case cmp > 0:
+				missing = append(missing, i)
+				i++
+			default:
+				k, _ = cur.Next()
+				i++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("compare local paths: %w", err)
+	}
+	return missing, extra, nil
+}
+
+// UnsignedLocal returns at most limit of the local paths not yet signed.
+func (c *Catalog) UnsignedLocal(limit int) ([]*indexv1.PathInfo, error) {
+	var infos []*indexv1.PathInfo
+	err := c.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(localBucket)
+		cur := tx.Bucket(localUnsignedBucket).Cursor()
+		for k, _ := cur.First(); k != nil && len(infos) < limit; k, _ = cur.Next() {
+			v := b.Get(k)
+			if v == nil {
+				continue
+			}
+			info := new(indexv1.PathInfo)
+			if err := proto.Unmarshal(v, info); err != nil {
+				return fmt.Errorf("decode %s: %w", k, err)
+			}
+			infos = append(infos, info)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list unsigned local paths: %w", err)
+	}
+	return infos, nil
+}
+
+// PresentLocal returns the hash parts, in the order given and without
+// repeats, of the local paths recorded, signed or not.
+func (c *Catalog) PresentLocal(hashParts []string) ([]string, error) {
+	var present []string
+	err := c.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(localBucket)
+		seen := make(map[string]bool, len(hashParts))
+		for _, h := range hashParts {
+			if !seen[h] && b.Get([]byte(h)) != nil {
+				present = append(present, h)
+			}
+			seen[h] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("check local paths: %w", err)
+	}
+	return present, nil
+}
+
+// localKey is the key of info: its store path's hash part.
+func localKey(info *indexv1.PathInfo) ([]byte, error) {
+	sp := info.GetStorePath()
+	i := bytes.LastIndexByte([]byte(sp), '/')
+	if i < 0 || len(sp)-i-1 < 33 {
+		return nil, fmt.Errorf("local path %q: not a store path", sp)
+	}
+	return []byte(sp[i+1 : i+33]), nil
+}
+
+// sameLocal reports whether the marshalled record old is of the same store
+// path and NAR as info.
+func sameLocal(old []byte, info *indexv1.PathInfo) bool {
+	o := new(indexv1.PathInfo)
+	if err := proto.Unmarshal(old, o); err != nil {
+		return false
+	}
+	return o.GetStorePath() == info.GetStorePath() && o.GetNarHash() == info.GetNarHash()
+}
