@@ -56,6 +56,12 @@ func TestMetricsAndHealth(t *testing.T) {
 	if n := metric(t, signer, signCalls); n < 1 {
 		t.Errorf("signer: %s = %v after a push", signCalls, n)
 	}
+	if n := metric(t, index, `nixcache_catalog_paths{source="pushed"}`); n != float64(len(closure)) {
+		t.Errorf("index: catalogue gauge of pushed paths = %v after pushing %d paths", n, len(closure))
+	}
+	if n := metric(t, index, `nixcache_catalog_nar_bytes`); n <= 0 {
+		t.Errorf("index: catalogue NAR bytes = %v after a push", n)
+	}
 
 	type snapshot struct{ hits, misses, narinfo200, found, absent float64 }
 	take := func() snapshot {

@@ -21,6 +21,7 @@ import (
 	"github.com/nixcache/nixcache/nix/daemon"
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/grpcutil"
+	"github.com/nixcache/nixcache/platform/metrics"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 	"github.com/nixcache/nixcache/services/index/internal/admin"
@@ -208,6 +209,9 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		GCMaxSize: o.GCMaxSize, GCMaxAge: o.GCMaxAge, Log: o.Log.With("component", "admin")},
 		cat, nars, signerv1.NewSignerServiceClient(conn), tracker)
 	indexv1.RegisterAdminServiceServer(srv.GRPC, adminSvc)
+	if err := metrics.RegisterCatalog(ops.registry, adminSvc.CatalogStats); err != nil {
+		return fmt.Errorf("catalogue metrics: %w", err)
+	}
 	// The last downloads are written, and a collection stops, after the
 	// server stopped and before the catalogue closes.
 	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
