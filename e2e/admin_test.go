@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -346,3 +347,48 @@ type nixError struct {
 }
 
 func (e *nixError) Error() string { return e.err.Error() + "\n" + e.stderr }
+
+// TestAdminJSONWithCurl drives the JSON admin API with the real curl, as
+// the README shows it: the token as a Bearer header, answers in JSON.
+func TestAdminJSONWithCurl(t *testing.T) {
+	c := newCluster(t, withAdmin())
+	top, closure := buildClosure(t)
+	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL, top)
+
+	curl := func(token string, args ...string) (status int, body string) {
+		t.Helper()
+		full := []string{"-sS", "-w", "\n%{http_code}"}
+		if token != "" {
+			full = append(full, "-H", "Authorization: Bearer "+token)
+		}
+		out, err := exec.Command("curl", append(full, args...)...).Output()
+		if err != nil {
+			t.Fatalf("curl %v: %v", args, err)
+		}
+		i := strings.LastIndexByte(string(out), '\n')
+		if _, err := fmt.Sscan(string(out[i+1:]), &status); err != nil {
+			t.Fatalf("curl %v: no status in %q", args, out)
+		}
+		return status, string(out[:i])
+	}
+
+	status, body := curl(c.adminToken, c.URL+"/api/v1/stats")
+	var stats struct {
+		PushedPaths string `json:"pushed_paths"`
+	}
+	if err := json.Unmarshal([]byte(body), &stats); status != http.StatusOK || err != nil || stats.PushedPaths != fmt.Sprint(len(closure)) {
+		t.Errorf("curl /api/v1/stats: %d %v %s, want pushed_paths %d", status, err, body, len(closure))
+	}
+	if status, body = curl(c.adminToken, c.URL+"/api/v1/paths/"+hashPart(top)); status != http.StatusOK || !strings.Contains(body, top) {
+		t.Errorf("curl /api/v1/paths/<hash>: %d %s", status, body)
+	}
+	if status, body = curl(c.adminToken, "-X", "POST", "-d", `{"dry_run": true}`, c.URL+"/api/v1/gc"); status != http.StatusOK || !strings.Contains(body, `"done":true`) {
+		t.Errorf("curl POST /api/v1/gc: %d %s", status, body)
+	}
+	if status, _ = curl("", c.URL+"/api/v1/paths"); status != http.StatusUnauthorized {
+		t.Errorf("curl /api/v1/paths without a token: %d, want 401", status)
+	}
+	if status, _ = curl(c.readToken, "-X", "DELETE", c.URL+"/api/v1/paths/"+hashPart(top)); status != http.StatusForbidden {
+		t.Errorf("curl DELETE with a read token: %d, want 403", status)
+	}
+}
