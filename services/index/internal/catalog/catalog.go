@@ -89,6 +89,10 @@ func (c *Catalog) AddNarFile(fileHash string, nf *indexv1.NarFile) (*indexv1.Nar
 			stored = old
 			return nil
 		}
+		// The file was just verified: a quarantined record of it is void.
+		if err := tx.Bucket(quarantineNarsBucket).Delete([]byte(fileHash)); err != nil {
+			return err
+		}
 		return put(b, fileHash, nf)
 	})
 	if err != nil {
@@ -137,6 +141,11 @@ func (c *Catalog) UpdatePathInfo(hashPart string, fn func(old *indexv1.PathInfo)
 			return nil
 		}
 		stored = next
+		// Published again (pushed anew after Verify quarantined it): the
+		// path is served from its new record, not left quarantined too.
+		if err := tx.Bucket(quarantineBucket).Delete([]byte(hashPart)); err != nil {
+			return err
+		}
 		return put(b, hashPart, next)
 	})
 	if fnErr != nil {

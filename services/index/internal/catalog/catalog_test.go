@@ -129,3 +129,45 @@ func TestReopen(t *testing.T) {
 		t.Errorf("NarFile after reopening: %v, %v", got, err)
 	}
 }
+
+// TestRepublishAfterQuarantine: a path that Verify quarantined and that is
+// pushed again (its NAR file, then its narinfo) is served again, and no
+// longer counted as quarantined.
+func TestRepublishAfterQuarantine(t *testing.T) {
+	c := open(t, filepath.Join(t.TempDir(), "catalog.db"))
+	defer c.Close()
+	fileX := strings.Repeat("0", 52) // a valid nix32 digest: Quarantine parses it
+	nf := &indexv1.NarFile{FileHash: "sha256:" + fileX, FileSize: 10, Compression: "none", NarHash: "sha256:" + fileX, NarSize: 10}
+	info := &indexv1.PathInfo{StorePath: "/nix/store/" + hashA + "-a", NarHash: nf.NarHash, NarSize: 10, File: nf}
+	publish := func() {
+		t.Helper()
+		if _, err := c.AddNarFile(fileX, nf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.UpdatePathInfo(hashA, func(*indexv1.PathInfo) (*indexv1.PathInfo, error) { return info, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish()
+	if moved, err := c.Quarantine(hashA, info.NarHash); err != nil || !moved {
+		t.Fatalf("Quarantine: %v, %v", moved, err)
+	}
+	if _, err := c.NarFile(fileX); !errors.Is(err, fault.ErrNotFound) {
+		t.Fatalf("NarFile after quarantine: %v, want ErrNotFound", err)
+	}
+	publish()
+	if _, err := c.PathInfo(hashA); err != nil {
+		t.Errorf("PathInfo after pushing again: %v", err)
+	}
+	snap, err := c.Snapshot(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := snap.Paths[hashA]; e == nil || e.Quarantined {
+		t.Errorf("after pushing again the path is %+v, want published and not quarantined", e)
+	}
+	n, err := c.Counts()
+	if err != nil || n.Pushed != 1 || n.Quarantined != 0 {
+		t.Errorf("Counts = %+v, %v; want 1 pushed, 0 quarantined", n, err)
+	}
+}

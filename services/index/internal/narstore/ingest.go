@@ -34,7 +34,7 @@ type Expect struct {
 // their compression, and decompresses them into a NAR parser that
 // validates the archive and hashes it; nothing is ever held whole in
 // memory. Only a file that passed every check is moved into place; when an
-// identical file is already there, that one is kept.
+// identical file is already there, it is replaced (it may have rotted).
 //
 // The errors that blame the upload are of class fault.ErrInvalid; an error
 // reading r (the uploader went away) is returned wrapped as is. A failed
@@ -291,9 +291,9 @@ func (s *Store) commit(tmp *os.File, fileHash, comp string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(final); err == nil {
-		return os.Remove(tmp.Name())
-	}
+	// A file already at final is replaced all the same: these bytes were
+	// just verified, that file may have rotted on disk since (a path that
+	// Verify quarantined is pushed again to repair it).
 	shard := filepath.Dir(final)
 	if _, err := os.Stat(shard); errors.Is(err, os.ErrNotExist) {
 		if err := os.Mkdir(shard, 0o755); err != nil && !errors.Is(err, os.ErrExist) {

@@ -92,6 +92,36 @@ func TestIngestValid(t *testing.T) {
 	}
 }
 
+// TestIngestRepairsRottedFile: a stored file damaged on disk is replaced
+// by the verified bytes of the same file uploaded again.
+func TestIngestRepairsRottedFile(t *testing.T) {
+	narData := nartest.Small(t, 2)
+	dir := t.TempDir()
+	s := open(t, dir, testLimit)
+	if _, err := s.Ingest(context.Background(), bytes.NewReader(narData), narstore.Expect{}); err != nil {
+		t.Fatalf("Ingest: %v", err)
+	}
+	files := storedFiles(t, dir, "nars")
+	if len(files) != 1 {
+		t.Fatalf("stored files: %v, want one", files)
+	}
+	rotted := bytes.Clone(narData)
+	rotted[len(rotted)/2] ^= 0xff
+	if err := os.WriteFile(files[0], rotted, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Ingest(context.Background(), bytes.NewReader(narData), narstore.Expect{}); err != nil {
+		t.Fatalf("Ingest again: %v", err)
+	}
+	got, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, narData) {
+		t.Error("the rotted file was kept; want it replaced by the verified upload")
+	}
+}
+
 // TestIngestRealNix uploads files the real Nix wrote with nix copy, in
 // every compression, and compares with the hashes its narinfo states.
 func TestIngestRealNix(t *testing.T) {
