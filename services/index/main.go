@@ -46,6 +46,7 @@ func run(args []string) error {
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:9111", "HTTP address serving /metrics and /healthz; empty disables")
 	localStore := fs.Bool("local-store", false, "also serve the host's Nix store (-store-dir, which must be readable), as nix-serve does, learning its paths from the Nix daemon")
 	daemonSocket := fs.String("nix-daemon-socket", "/nix/var/nix/daemon-socket/socket", "the Nix daemon's socket (with -local-store)")
+	nixLogDir := fs.String("nix-log-dir", "/nix/var/log/nix/drvs", "the host's build-log directory, served as GET /log/<drv> (with -local-store; \"\" for none)")
 	nixDB := fs.String("nix-db", "/nix/var/nix/db/db.sqlite", "Nix's database, only stat'ed to notice new and deleted paths (with -local-store)")
 	localSyncInterval := fs.Duration("local-sync-interval", time.Second, "how often the host's store is checked for new and deleted paths (with -local-store)")
 	gcMaxSize := fs.Uint64("gc-max-size", 0, "garbage collection keeps at most this many bytes of NAR files, least recently downloaded deleted first (0: no limit)")
@@ -78,6 +79,7 @@ func run(args []string) error {
 		LocalStore:        *localStore,
 		NixDaemonSocket:   *daemonSocket,
 		NixDB:             *nixDB,
+		NixLogDir:         *nixLogDir,
 		LocalSyncInterval: *localSyncInterval,
 
 		GCMaxSize:  *gcMaxSize,

@@ -22,6 +22,445 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ArtifactKind names the kind of a side file, and so the form of its key.
+type ArtifactKind int32
+
+const (
+	ArtifactKind_ARTIFACT_KIND_UNSPECIFIED ArtifactKind = 0
+	// A build log; key: the derivation's base name, "<hash>-<name>.drv".
+	ArtifactKind_ARTIFACT_KIND_LOG ArtifactKind = 1
+	// A NAR listing (JSON, version 1); key: the store path's hash part.
+	ArtifactKind_ARTIFACT_KIND_LISTING ArtifactKind = 2
+	// A realisation of a content-addressed derivation output (JSON); key:
+	// "sha256:<hex or nix32 derivation hash>!<output name>".
+	ArtifactKind_ARTIFACT_KIND_REALISATION ArtifactKind = 3
+	// A debug-info link (JSON, {"archive", "member"}); key: the ELF build
+	// id, lowercase hex.
+	ArtifactKind_ARTIFACT_KIND_DEBUG_INFO ArtifactKind = 4
+)
+
+// Enum value maps for ArtifactKind.
+var (
+	ArtifactKind_name = map[int32]string{
+		0: "ARTIFACT_KIND_UNSPECIFIED",
+		1: "ARTIFACT_KIND_LOG",
+		2: "ARTIFACT_KIND_LISTING",
+		3: "ARTIFACT_KIND_REALISATION",
+		4: "ARTIFACT_KIND_DEBUG_INFO",
+	}
+	ArtifactKind_value = map[string]int32{
+		"ARTIFACT_KIND_UNSPECIFIED": 0,
+		"ARTIFACT_KIND_LOG":         1,
+		"ARTIFACT_KIND_LISTING":     2,
+		"ARTIFACT_KIND_REALISATION": 3,
+		"ARTIFACT_KIND_DEBUG_INFO":  4,
+	}
+)
+
+func (x ArtifactKind) Enum() *ArtifactKind {
+	p := new(ArtifactKind)
+	*p = x
+	return p
+}
+
+func (x ArtifactKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ArtifactKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_nixcache_index_v1_index_proto_enumTypes[0].Descriptor()
+}
+
+func (ArtifactKind) Type() protoreflect.EnumType {
+	return &file_nixcache_index_v1_index_proto_enumTypes[0]
+}
+
+func (x ArtifactKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ArtifactKind.Descriptor instead.
+func (ArtifactKind) EnumDescriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{0}
+}
+
+type PutArtifactRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*PutArtifactRequest_Header
+	//	*PutArtifactRequest_Chunk
+	Msg           isPutArtifactRequest_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutArtifactRequest) Reset() {
+	*x = PutArtifactRequest{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutArtifactRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutArtifactRequest) ProtoMessage() {}
+
+func (x *PutArtifactRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutArtifactRequest.ProtoReflect.Descriptor instead.
+func (*PutArtifactRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PutArtifactRequest) GetMsg() isPutArtifactRequest_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *PutArtifactRequest) GetHeader() *PutArtifactHeader {
+	if x != nil {
+		if x, ok := x.Msg.(*PutArtifactRequest_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *PutArtifactRequest) GetChunk() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*PutArtifactRequest_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+type isPutArtifactRequest_Msg interface {
+	isPutArtifactRequest_Msg()
+}
+
+type PutArtifactRequest_Header struct {
+	Header *PutArtifactHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type PutArtifactRequest_Chunk struct {
+	Chunk []byte `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+func (*PutArtifactRequest_Header) isPutArtifactRequest_Msg() {}
+
+func (*PutArtifactRequest_Chunk) isPutArtifactRequest_Msg() {}
+
+type PutArtifactHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  ArtifactKind           `protobuf:"varint,1,opt,name=kind,proto3,enum=nixcache.index.v1.ArtifactKind" json:"kind,omitempty"`
+	Key   string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// The compression of the data as sent: "none" (or empty), "bzip2", "xz"
+	// or "zstd". Only logs may be compressed; they are stored as sent.
+	ContentEncoding string `protobuf:"bytes,3,opt,name=content_encoding,json=contentEncoding,proto3" json:"content_encoding,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PutArtifactHeader) Reset() {
+	*x = PutArtifactHeader{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutArtifactHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutArtifactHeader) ProtoMessage() {}
+
+func (x *PutArtifactHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutArtifactHeader.ProtoReflect.Descriptor instead.
+func (*PutArtifactHeader) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PutArtifactHeader) GetKind() ArtifactKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ArtifactKind_ARTIFACT_KIND_UNSPECIFIED
+}
+
+func (x *PutArtifactHeader) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *PutArtifactHeader) GetContentEncoding() string {
+	if x != nil {
+		return x.ContentEncoding
+	}
+	return ""
+}
+
+type PutArtifactResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes stored.
+	Size          uint64 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutArtifactResponse) Reset() {
+	*x = PutArtifactResponse{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutArtifactResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutArtifactResponse) ProtoMessage() {}
+
+func (x *PutArtifactResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutArtifactResponse.ProtoReflect.Descriptor instead.
+func (*PutArtifactResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PutArtifactResponse) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+type GetArtifactRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          ArtifactKind           `protobuf:"varint,1,opt,name=kind,proto3,enum=nixcache.index.v1.ArtifactKind" json:"kind,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetArtifactRequest) Reset() {
+	*x = GetArtifactRequest{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetArtifactRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetArtifactRequest) ProtoMessage() {}
+
+func (x *GetArtifactRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetArtifactRequest.ProtoReflect.Descriptor instead.
+func (*GetArtifactRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetArtifactRequest) GetKind() ArtifactKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ArtifactKind_ARTIFACT_KIND_UNSPECIFIED
+}
+
+func (x *GetArtifactRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+type GetArtifactResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*GetArtifactResponse_Header
+	//	*GetArtifactResponse_Chunk
+	Msg           isGetArtifactResponse_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetArtifactResponse) Reset() {
+	*x = GetArtifactResponse{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetArtifactResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetArtifactResponse) ProtoMessage() {}
+
+func (x *GetArtifactResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetArtifactResponse.ProtoReflect.Descriptor instead.
+func (*GetArtifactResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GetArtifactResponse) GetMsg() isGetArtifactResponse_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *GetArtifactResponse) GetHeader() *GetArtifactHeader {
+	if x != nil {
+		if x, ok := x.Msg.(*GetArtifactResponse_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *GetArtifactResponse) GetChunk() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*GetArtifactResponse_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+type isGetArtifactResponse_Msg interface {
+	isGetArtifactResponse_Msg()
+}
+
+type GetArtifactResponse_Header struct {
+	Header *GetArtifactHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type GetArtifactResponse_Chunk struct {
+	Chunk []byte `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+func (*GetArtifactResponse_Header) isGetArtifactResponse_Msg() {}
+
+func (*GetArtifactResponse_Chunk) isGetArtifactResponse_Msg() {}
+
+type GetArtifactHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Size of the data that follow, as stored.
+	Size uint64 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	// Their compression: "none", "bzip2", "xz" or "zstd".
+	ContentEncoding string `protobuf:"bytes,2,opt,name=content_encoding,json=contentEncoding,proto3" json:"content_encoding,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GetArtifactHeader) Reset() {
+	*x = GetArtifactHeader{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetArtifactHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetArtifactHeader) ProtoMessage() {}
+
+func (x *GetArtifactHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetArtifactHeader.ProtoReflect.Descriptor instead.
+func (*GetArtifactHeader) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetArtifactHeader) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *GetArtifactHeader) GetContentEncoding() string {
+	if x != nil {
+		return x.ContentEncoding
+	}
+	return ""
+}
+
 // NarFile describes one stored NAR file.
 type NarFile struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -39,7 +478,7 @@ type NarFile struct {
 
 func (x *NarFile) Reset() {
 	*x = NarFile{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[0]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -51,7 +490,7 @@ func (x *NarFile) String() string {
 func (*NarFile) ProtoMessage() {}
 
 func (x *NarFile) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[0]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -64,7 +503,7 @@ func (x *NarFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NarFile.ProtoReflect.Descriptor instead.
 func (*NarFile) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{0}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NarFile) GetFileHash() string {
@@ -130,7 +569,7 @@ type PathInfo struct {
 
 func (x *PathInfo) Reset() {
 	*x = PathInfo{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[1]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -142,7 +581,7 @@ func (x *PathInfo) String() string {
 func (*PathInfo) ProtoMessage() {}
 
 func (x *PathInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[1]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -155,7 +594,7 @@ func (x *PathInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathInfo.ProtoReflect.Descriptor instead.
 func (*PathInfo) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{1}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PathInfo) GetStorePath() string {
@@ -241,7 +680,7 @@ type PutNarRequest struct {
 
 func (x *PutNarRequest) Reset() {
 	*x = PutNarRequest{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[2]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -253,7 +692,7 @@ func (x *PutNarRequest) String() string {
 func (*PutNarRequest) ProtoMessage() {}
 
 func (x *PutNarRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[2]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -266,7 +705,7 @@ func (x *PutNarRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNarRequest.ProtoReflect.Descriptor instead.
 func (*PutNarRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{2}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PutNarRequest) GetMsg() isPutNarRequest_Msg {
@@ -324,7 +763,7 @@ type PutNarHeader struct {
 
 func (x *PutNarHeader) Reset() {
 	*x = PutNarHeader{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[3]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -336,7 +775,7 @@ func (x *PutNarHeader) String() string {
 func (*PutNarHeader) ProtoMessage() {}
 
 func (x *PutNarHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[3]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -349,7 +788,7 @@ func (x *PutNarHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNarHeader.ProtoReflect.Descriptor instead.
 func (*PutNarHeader) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{3}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PutNarHeader) GetExpectedFileHash() string {
@@ -375,7 +814,7 @@ type PutNarResponse struct {
 
 func (x *PutNarResponse) Reset() {
 	*x = PutNarResponse{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[4]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -387,7 +826,7 @@ func (x *PutNarResponse) String() string {
 func (*PutNarResponse) ProtoMessage() {}
 
 func (x *PutNarResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[4]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -400,7 +839,7 @@ func (x *PutNarResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNarResponse.ProtoReflect.Descriptor instead.
 func (*PutNarResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{4}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PutNarResponse) GetFile() *NarFile {
@@ -419,7 +858,7 @@ type StatNarRequest struct {
 
 func (x *StatNarRequest) Reset() {
 	*x = StatNarRequest{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[5]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -431,7 +870,7 @@ func (x *StatNarRequest) String() string {
 func (*StatNarRequest) ProtoMessage() {}
 
 func (x *StatNarRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[5]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -444,7 +883,7 @@ func (x *StatNarRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatNarRequest.ProtoReflect.Descriptor instead.
 func (*StatNarRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{5}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StatNarRequest) GetFileHash() string {
@@ -463,7 +902,7 @@ type StatNarResponse struct {
 
 func (x *StatNarResponse) Reset() {
 	*x = StatNarResponse{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[6]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -475,7 +914,7 @@ func (x *StatNarResponse) String() string {
 func (*StatNarResponse) ProtoMessage() {}
 
 func (x *StatNarResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[6]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -488,7 +927,7 @@ func (x *StatNarResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatNarResponse.ProtoReflect.Descriptor instead.
 func (*StatNarResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{6}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StatNarResponse) GetFile() *NarFile {
@@ -517,7 +956,7 @@ type GetNarRequest struct {
 
 func (x *GetNarRequest) Reset() {
 	*x = GetNarRequest{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[7]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +968,7 @@ func (x *GetNarRequest) String() string {
 func (*GetNarRequest) ProtoMessage() {}
 
 func (x *GetNarRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[7]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +981,7 @@ func (x *GetNarRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNarRequest.ProtoReflect.Descriptor instead.
 func (*GetNarRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{7}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetNarRequest) GetSelector() isGetNarRequest_Selector {
@@ -623,7 +1062,7 @@ type GetNarResponse struct {
 
 func (x *GetNarResponse) Reset() {
 	*x = GetNarResponse{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[8]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +1074,7 @@ func (x *GetNarResponse) String() string {
 func (*GetNarResponse) ProtoMessage() {}
 
 func (x *GetNarResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[8]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +1087,7 @@ func (x *GetNarResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNarResponse.ProtoReflect.Descriptor instead.
 func (*GetNarResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{8}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetNarResponse) GetMsg() isGetNarResponse_Msg {
@@ -704,7 +1143,7 @@ type GetNarHeader struct {
 
 func (x *GetNarHeader) Reset() {
 	*x = GetNarHeader{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[9]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -716,7 +1155,7 @@ func (x *GetNarHeader) String() string {
 func (*GetNarHeader) ProtoMessage() {}
 
 func (x *GetNarHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[9]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -729,7 +1168,7 @@ func (x *GetNarHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNarHeader.ProtoReflect.Descriptor instead.
 func (*GetNarHeader) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{9}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetNarHeader) GetTotalSize() uint64 {
@@ -755,7 +1194,7 @@ type PutPathInfoRequest struct {
 
 func (x *PutPathInfoRequest) Reset() {
 	*x = PutPathInfoRequest{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[10]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -767,7 +1206,7 @@ func (x *PutPathInfoRequest) String() string {
 func (*PutPathInfoRequest) ProtoMessage() {}
 
 func (x *PutPathInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[10]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -780,7 +1219,7 @@ func (x *PutPathInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPathInfoRequest.ProtoReflect.Descriptor instead.
 func (*PutPathInfoRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{10}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PutPathInfoRequest) GetInfo() *PathInfo {
@@ -799,7 +1238,7 @@ type PutPathInfoResponse struct {
 
 func (x *PutPathInfoResponse) Reset() {
 	*x = PutPathInfoResponse{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[11]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -811,7 +1250,7 @@ func (x *PutPathInfoResponse) String() string {
 func (*PutPathInfoResponse) ProtoMessage() {}
 
 func (x *PutPathInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[11]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -824,7 +1263,7 @@ func (x *PutPathInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPathInfoResponse.ProtoReflect.Descriptor instead.
 func (*PutPathInfoResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{11}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PutPathInfoResponse) GetInfo() *PathInfo {
@@ -844,7 +1283,7 @@ type GetPathInfoRequest struct {
 
 func (x *GetPathInfoRequest) Reset() {
 	*x = GetPathInfoRequest{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[12]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -856,7 +1295,7 @@ func (x *GetPathInfoRequest) String() string {
 func (*GetPathInfoRequest) ProtoMessage() {}
 
 func (x *GetPathInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[12]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -869,7 +1308,7 @@ func (x *GetPathInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPathInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetPathInfoRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{12}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetPathInfoRequest) GetHashPart() string {
@@ -888,7 +1327,7 @@ type GetPathInfoResponse struct {
 
 func (x *GetPathInfoResponse) Reset() {
 	*x = GetPathInfoResponse{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[13]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -900,7 +1339,7 @@ func (x *GetPathInfoResponse) String() string {
 func (*GetPathInfoResponse) ProtoMessage() {}
 
 func (x *GetPathInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[13]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -913,7 +1352,7 @@ func (x *GetPathInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPathInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetPathInfoResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{13}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetPathInfoResponse) GetInfo() *PathInfo {
@@ -932,7 +1371,7 @@ type CheckPathsRequest struct {
 
 func (x *CheckPathsRequest) Reset() {
 	*x = CheckPathsRequest{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[14]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -944,7 +1383,7 @@ func (x *CheckPathsRequest) String() string {
 func (*CheckPathsRequest) ProtoMessage() {}
 
 func (x *CheckPathsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[14]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -957,7 +1396,7 @@ func (x *CheckPathsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckPathsRequest.ProtoReflect.Descriptor instead.
 func (*CheckPathsRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{14}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CheckPathsRequest) GetHashParts() []string {
@@ -977,7 +1416,7 @@ type CheckPathsResponse struct {
 
 func (x *CheckPathsResponse) Reset() {
 	*x = CheckPathsResponse{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[15]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1428,7 @@ func (x *CheckPathsResponse) String() string {
 func (*CheckPathsResponse) ProtoMessage() {}
 
 func (x *CheckPathsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[15]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1441,7 @@ func (x *CheckPathsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckPathsResponse.ProtoReflect.Descriptor instead.
 func (*CheckPathsResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{15}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CheckPathsResponse) GetPresent() []string {
@@ -1016,7 +1455,27 @@ var File_nixcache_index_v1_index_proto protoreflect.FileDescriptor
 
 const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\n" +
-	"\x1dnixcache/index/v1/index.proto\x12\x11nixcache.index.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x01\n" +
+	"\x1dnixcache/index/v1/index.proto\x12\x11nixcache.index.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n" +
+	"\x12PutArtifactRequest\x12>\n" +
+	"\x06header\x18\x01 \x01(\v2$.nixcache.index.v1.PutArtifactHeaderH\x00R\x06header\x12\x16\n" +
+	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x05\n" +
+	"\x03msg\"\x85\x01\n" +
+	"\x11PutArtifactHeader\x123\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1f.nixcache.index.v1.ArtifactKindR\x04kind\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12)\n" +
+	"\x10content_encoding\x18\x03 \x01(\tR\x0fcontentEncoding\")\n" +
+	"\x13PutArtifactResponse\x12\x12\n" +
+	"\x04size\x18\x01 \x01(\x04R\x04size\"[\n" +
+	"\x12GetArtifactRequest\x123\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1f.nixcache.index.v1.ArtifactKindR\x04kind\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"t\n" +
+	"\x13GetArtifactResponse\x12>\n" +
+	"\x06header\x18\x01 \x01(\v2$.nixcache.index.v1.GetArtifactHeaderH\x00R\x06header\x12\x16\n" +
+	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x05\n" +
+	"\x03msg\"R\n" +
+	"\x11GetArtifactHeader\x12\x12\n" +
+	"\x04size\x18\x01 \x01(\x04R\x04size\x12)\n" +
+	"\x10content_encoding\x18\x02 \x01(\tR\x0fcontentEncoding\"\x9b\x01\n" +
 	"\aNarFile\x12\x1b\n" +
 	"\tfile_hash\x18\x01 \x01(\tR\bfileHash\x12\x1b\n" +
 	"\tfile_size\x18\x02 \x01(\x04R\bfileSize\x12 \n" +
@@ -1082,7 +1541,13 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\n" +
 	"hash_parts\x18\x01 \x03(\tR\thashParts\".\n" +
 	"\x12CheckPathsResponse\x12\x18\n" +
-	"\apresent\x18\x01 \x03(\tR\apresent2\x99\x04\n" +
+	"\apresent\x18\x01 \x03(\tR\apresent*\x9c\x01\n" +
+	"\fArtifactKind\x12\x1d\n" +
+	"\x19ARTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11ARTIFACT_KIND_LOG\x10\x01\x12\x19\n" +
+	"\x15ARTIFACT_KIND_LISTING\x10\x02\x12\x1d\n" +
+	"\x19ARTIFACT_KIND_REALISATION\x10\x03\x12\x1c\n" +
+	"\x18ARTIFACT_KIND_DEBUG_INFO\x10\x042\xd9\x05\n" +
 	"\fIndexService\x12O\n" +
 	"\x06PutNar\x12 .nixcache.index.v1.PutNarRequest\x1a!.nixcache.index.v1.PutNarResponse(\x01\x12P\n" +
 	"\aStatNar\x12!.nixcache.index.v1.StatNarRequest\x1a\".nixcache.index.v1.StatNarResponse\x12O\n" +
@@ -1090,7 +1555,9 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\vPutPathInfo\x12%.nixcache.index.v1.PutPathInfoRequest\x1a&.nixcache.index.v1.PutPathInfoResponse\x12\\\n" +
 	"\vGetPathInfo\x12%.nixcache.index.v1.GetPathInfoRequest\x1a&.nixcache.index.v1.GetPathInfoResponse\x12Y\n" +
 	"\n" +
-	"CheckPaths\x12$.nixcache.index.v1.CheckPathsRequest\x1a%.nixcache.index.v1.CheckPathsResponseB>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
+	"CheckPaths\x12$.nixcache.index.v1.CheckPathsRequest\x1a%.nixcache.index.v1.CheckPathsResponse\x12^\n" +
+	"\vPutArtifact\x12%.nixcache.index.v1.PutArtifactRequest\x1a&.nixcache.index.v1.PutArtifactResponse(\x01\x12^\n" +
+	"\vGetArtifact\x12%.nixcache.index.v1.GetArtifactRequest\x1a&.nixcache.index.v1.GetArtifactResponse0\x01B>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
 
 var (
 	file_nixcache_index_v1_index_proto_rawDescOnce sync.Once
@@ -1104,53 +1571,69 @@ func file_nixcache_index_v1_index_proto_rawDescGZIP() []byte {
 	return file_nixcache_index_v1_index_proto_rawDescData
 }
 
-var file_nixcache_index_v1_index_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_nixcache_index_v1_index_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_nixcache_index_v1_index_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_nixcache_index_v1_index_proto_goTypes = []any{
-	(*NarFile)(nil),               // 0: nixcache.index.v1.NarFile
-	(*PathInfo)(nil),              // 1: nixcache.index.v1.PathInfo
-	(*PutNarRequest)(nil),         // 2: nixcache.index.v1.PutNarRequest
-	(*PutNarHeader)(nil),          // 3: nixcache.index.v1.PutNarHeader
-	(*PutNarResponse)(nil),        // 4: nixcache.index.v1.PutNarResponse
-	(*StatNarRequest)(nil),        // 5: nixcache.index.v1.StatNarRequest
-	(*StatNarResponse)(nil),       // 6: nixcache.index.v1.StatNarResponse
-	(*GetNarRequest)(nil),         // 7: nixcache.index.v1.GetNarRequest
-	(*GetNarResponse)(nil),        // 8: nixcache.index.v1.GetNarResponse
-	(*GetNarHeader)(nil),          // 9: nixcache.index.v1.GetNarHeader
-	(*PutPathInfoRequest)(nil),    // 10: nixcache.index.v1.PutPathInfoRequest
-	(*PutPathInfoResponse)(nil),   // 11: nixcache.index.v1.PutPathInfoResponse
-	(*GetPathInfoRequest)(nil),    // 12: nixcache.index.v1.GetPathInfoRequest
-	(*GetPathInfoResponse)(nil),   // 13: nixcache.index.v1.GetPathInfoResponse
-	(*CheckPathsRequest)(nil),     // 14: nixcache.index.v1.CheckPathsRequest
-	(*CheckPathsResponse)(nil),    // 15: nixcache.index.v1.CheckPathsResponse
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(ArtifactKind)(0),             // 0: nixcache.index.v1.ArtifactKind
+	(*PutArtifactRequest)(nil),    // 1: nixcache.index.v1.PutArtifactRequest
+	(*PutArtifactHeader)(nil),     // 2: nixcache.index.v1.PutArtifactHeader
+	(*PutArtifactResponse)(nil),   // 3: nixcache.index.v1.PutArtifactResponse
+	(*GetArtifactRequest)(nil),    // 4: nixcache.index.v1.GetArtifactRequest
+	(*GetArtifactResponse)(nil),   // 5: nixcache.index.v1.GetArtifactResponse
+	(*GetArtifactHeader)(nil),     // 6: nixcache.index.v1.GetArtifactHeader
+	(*NarFile)(nil),               // 7: nixcache.index.v1.NarFile
+	(*PathInfo)(nil),              // 8: nixcache.index.v1.PathInfo
+	(*PutNarRequest)(nil),         // 9: nixcache.index.v1.PutNarRequest
+	(*PutNarHeader)(nil),          // 10: nixcache.index.v1.PutNarHeader
+	(*PutNarResponse)(nil),        // 11: nixcache.index.v1.PutNarResponse
+	(*StatNarRequest)(nil),        // 12: nixcache.index.v1.StatNarRequest
+	(*StatNarResponse)(nil),       // 13: nixcache.index.v1.StatNarResponse
+	(*GetNarRequest)(nil),         // 14: nixcache.index.v1.GetNarRequest
+	(*GetNarResponse)(nil),        // 15: nixcache.index.v1.GetNarResponse
+	(*GetNarHeader)(nil),          // 16: nixcache.index.v1.GetNarHeader
+	(*PutPathInfoRequest)(nil),    // 17: nixcache.index.v1.PutPathInfoRequest
+	(*PutPathInfoResponse)(nil),   // 18: nixcache.index.v1.PutPathInfoResponse
+	(*GetPathInfoRequest)(nil),    // 19: nixcache.index.v1.GetPathInfoRequest
+	(*GetPathInfoResponse)(nil),   // 20: nixcache.index.v1.GetPathInfoResponse
+	(*CheckPathsRequest)(nil),     // 21: nixcache.index.v1.CheckPathsRequest
+	(*CheckPathsResponse)(nil),    // 22: nixcache.index.v1.CheckPathsResponse
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
 }
 var file_nixcache_index_v1_index_proto_depIdxs = []int32{
-	0,  // 0: nixcache.index.v1.PathInfo.file:type_name -> nixcache.index.v1.NarFile
-	16, // 1: nixcache.index.v1.PathInfo.registration_time:type_name -> google.protobuf.Timestamp
-	3,  // 2: nixcache.index.v1.PutNarRequest.header:type_name -> nixcache.index.v1.PutNarHeader
-	0,  // 3: nixcache.index.v1.PutNarResponse.file:type_name -> nixcache.index.v1.NarFile
-	0,  // 4: nixcache.index.v1.StatNarResponse.file:type_name -> nixcache.index.v1.NarFile
-	9,  // 5: nixcache.index.v1.GetNarResponse.header:type_name -> nixcache.index.v1.GetNarHeader
-	1,  // 6: nixcache.index.v1.PutPathInfoRequest.info:type_name -> nixcache.index.v1.PathInfo
-	1,  // 7: nixcache.index.v1.PutPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
-	1,  // 8: nixcache.index.v1.GetPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
-	2,  // 9: nixcache.index.v1.IndexService.PutNar:input_type -> nixcache.index.v1.PutNarRequest
-	5,  // 10: nixcache.index.v1.IndexService.StatNar:input_type -> nixcache.index.v1.StatNarRequest
-	7,  // 11: nixcache.index.v1.IndexService.GetNar:input_type -> nixcache.index.v1.GetNarRequest
-	10, // 12: nixcache.index.v1.IndexService.PutPathInfo:input_type -> nixcache.index.v1.PutPathInfoRequest
-	12, // 13: nixcache.index.v1.IndexService.GetPathInfo:input_type -> nixcache.index.v1.GetPathInfoRequest
-	14, // 14: nixcache.index.v1.IndexService.CheckPaths:input_type -> nixcache.index.v1.CheckPathsRequest
-	4,  // 15: nixcache.index.v1.IndexService.PutNar:output_type -> nixcache.index.v1.PutNarResponse
-	6,  // 16: nixcache.index.v1.IndexService.StatNar:output_type -> nixcache.index.v1.StatNarResponse
-	8,  // 17: nixcache.index.v1.IndexService.GetNar:output_type -> nixcache.index.v1.GetNarResponse
-	11, // 18: nixcache.index.v1.IndexService.PutPathInfo:output_type -> nixcache.index.v1.PutPathInfoResponse
-	13, // 19: nixcache.index.v1.IndexService.GetPathInfo:output_type -> nixcache.index.v1.GetPathInfoResponse
-	15, // 20: nixcache.index.v1.IndexService.CheckPaths:output_type -> nixcache.index.v1.CheckPathsResponse
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	2,  // 0: nixcache.index.v1.PutArtifactRequest.header:type_name -> nixcache.index.v1.PutArtifactHeader
+	0,  // 1: nixcache.index.v1.PutArtifactHeader.kind:type_name -> nixcache.index.v1.ArtifactKind
+	0,  // 2: nixcache.index.v1.GetArtifactRequest.kind:type_name -> nixcache.index.v1.ArtifactKind
+	6,  // 3: nixcache.index.v1.GetArtifactResponse.header:type_name -> nixcache.index.v1.GetArtifactHeader
+	7,  // 4: nixcache.index.v1.PathInfo.file:type_name -> nixcache.index.v1.NarFile
+	23, // 5: nixcache.index.v1.PathInfo.registration_time:type_name -> google.protobuf.Timestamp
+	10, // 6: nixcache.index.v1.PutNarRequest.header:type_name -> nixcache.index.v1.PutNarHeader
+	7,  // 7: nixcache.index.v1.PutNarResponse.file:type_name -> nixcache.index.v1.NarFile
+	7,  // 8: nixcache.index.v1.StatNarResponse.file:type_name -> nixcache.index.v1.NarFile
+	16, // 9: nixcache.index.v1.GetNarResponse.header:type_name -> nixcache.index.v1.GetNarHeader
+	8,  // 10: nixcache.index.v1.PutPathInfoRequest.info:type_name -> nixcache.index.v1.PathInfo
+	8,  // 11: nixcache.index.v1.PutPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
+	8,  // 12: nixcache.index.v1.GetPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
+	9,  // 13: nixcache.index.v1.IndexService.PutNar:input_type -> nixcache.index.v1.PutNarRequest
+	12, // 14: nixcache.index.v1.IndexService.StatNar:input_type -> nixcache.index.v1.StatNarRequest
+	14, // 15: nixcache.index.v1.IndexService.GetNar:input_type -> nixcache.index.v1.GetNarRequest
+	17, // 16: nixcache.index.v1.IndexService.PutPathInfo:input_type -> nixcache.index.v1.PutPathInfoRequest
+	19, // 17: nixcache.index.v1.IndexService.GetPathInfo:input_type -> nixcache.index.v1.GetPathInfoRequest
+	21, // 18: nixcache.index.v1.IndexService.CheckPaths:input_type -> nixcache.index.v1.CheckPathsRequest
+	1,  // 19: nixcache.index.v1.IndexService.PutArtifact:input_type -> nixcache.index.v1.PutArtifactRequest
+	4,  // 20: nixcache.index.v1.IndexService.GetArtifact:input_type -> nixcache.index.v1.GetArtifactRequest
+	11, // 21: nixcache.index.v1.IndexService.PutNar:output_type -> nixcache.index.v1.PutNarResponse
+	13, // 22: nixcache.index.v1.IndexService.StatNar:output_type -> nixcache.index.v1.StatNarResponse
+	15, // 23: nixcache.index.v1.IndexService.GetNar:output_type -> nixcache.index.v1.GetNarResponse
+	18, // 24: nixcache.index.v1.IndexService.PutPathInfo:output_type -> nixcache.index.v1.PutPathInfoResponse
+	20, // 25: nixcache.index.v1.IndexService.GetPathInfo:output_type -> nixcache.index.v1.GetPathInfoResponse
+	22, // 26: nixcache.index.v1.IndexService.CheckPaths:output_type -> nixcache.index.v1.CheckPathsResponse
+	3,  // 27: nixcache.index.v1.IndexService.PutArtifact:output_type -> nixcache.index.v1.PutArtifactResponse
+	5,  // 28: nixcache.index.v1.IndexService.GetArtifact:output_type -> nixcache.index.v1.GetArtifactResponse
+	21, // [21:29] is the sub-list for method output_type
+	13, // [13:21] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_nixcache_index_v1_index_proto_init() }
@@ -1158,15 +1641,23 @@ func file_nixcache_index_v1_index_proto_init() {
 	if File_nixcache_index_v1_index_proto != nil {
 		return
 	}
-	file_nixcache_index_v1_index_proto_msgTypes[2].OneofWrappers = []any{
+	file_nixcache_index_v1_index_proto_msgTypes[0].OneofWrappers = []any{
+		(*PutArtifactRequest_Header)(nil),
+		(*PutArtifactRequest_Chunk)(nil),
+	}
+	file_nixcache_index_v1_index_proto_msgTypes[4].OneofWrappers = []any{
+		(*GetArtifactResponse_Header)(nil),
+		(*GetArtifactResponse_Chunk)(nil),
+	}
+	file_nixcache_index_v1_index_proto_msgTypes[8].OneofWrappers = []any{
 		(*PutNarRequest_Header)(nil),
 		(*PutNarRequest_Chunk)(nil),
 	}
-	file_nixcache_index_v1_index_proto_msgTypes[7].OneofWrappers = []any{
+	file_nixcache_index_v1_index_proto_msgTypes[13].OneofWrappers = []any{
 		(*GetNarRequest_FileHash)(nil),
 		(*GetNarRequest_StoreHash)(nil),
 	}
-	file_nixcache_index_v1_index_proto_msgTypes[8].OneofWrappers = []any{
+	file_nixcache_index_v1_index_proto_msgTypes[14].OneofWrappers = []any{
 		(*GetNarResponse_Header)(nil),
 		(*GetNarResponse_Chunk)(nil),
 	}
@@ -1175,13 +1666,14 @@ func file_nixcache_index_v1_index_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nixcache_index_v1_index_proto_rawDesc), len(file_nixcache_index_v1_index_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   16,
+			NumEnums:      1,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_nixcache_index_v1_index_proto_goTypes,
 		DependencyIndexes: file_nixcache_index_v1_index_proto_depIdxs,
+		EnumInfos:         file_nixcache_index_v1_index_proto_enumTypes,
 		MessageInfos:      file_nixcache_index_v1_index_proto_msgTypes,
 	}.Build()
 	File_nixcache_index_v1_index_proto = out.File

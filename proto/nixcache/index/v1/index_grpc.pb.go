@@ -25,6 +25,8 @@ const (
 	IndexService_PutPathInfo_FullMethodName = "/nixcache.index.v1.IndexService/PutPathInfo"
 	IndexService_GetPathInfo_FullMethodName = "/nixcache.index.v1.IndexService/GetPathInfo"
 	IndexService_CheckPaths_FullMethodName  = "/nixcache.index.v1.IndexService/CheckPaths"
+	IndexService_PutArtifact_FullMethodName = "/nixcache.index.v1.IndexService/PutArtifact"
+	IndexService_GetArtifact_FullMethodName = "/nixcache.index.v1.IndexService/GetArtifact"
 )
 
 // IndexServiceClient is the client API for IndexService service.
@@ -52,6 +54,15 @@ type IndexServiceClient interface {
 	GetPathInfo(ctx context.Context, in *GetPathInfoRequest, opts ...grpc.CallOption) (*GetPathInfoResponse, error)
 	// CheckPaths tells which of many hash parts are published.
 	CheckPaths(ctx context.Context, in *CheckPathsRequest, opts ...grpc.CallOption) (*CheckPathsResponse, error)
+	// PutArtifact stores one small side file of the cache (a build log, a
+	// NAR listing, a realisation, a debug-info link): a header message, then
+	// data chunks. A second upload under the same kind and key replaces it.
+	PutArtifact(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutArtifactRequest, PutArtifactResponse], error)
+	// GetArtifact streams a side file: a header message, then data chunks.
+	// NAR listings missing for a published path are made from its NAR (and
+	// kept); build logs are also looked up in the host's log directory when
+	// the index serves the host's store.
+	GetArtifact(ctx context.Context, in *GetArtifactRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetArtifactResponse], error)
 }
 
 type indexServiceClient struct {
@@ -134,6 +145,38 @@ func (c *indexServiceClient) CheckPaths(ctx context.Context, in *CheckPathsReque
 	return out, nil
 }
 
+func (c *indexServiceClient) PutArtifact(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutArtifactRequest, PutArtifactResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &IndexService_ServiceDesc.Streams[2], IndexService_PutArtifact_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PutArtifactRequest, PutArtifactResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type IndexService_PutArtifactClient = grpc.ClientStreamingClient[PutArtifactRequest, PutArtifactResponse]
+
+func (c *indexServiceClient) GetArtifact(ctx context.Context, in *GetArtifactRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetArtifactResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &IndexService_ServiceDesc.Streams[3], IndexService_GetArtifact_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GetArtifactRequest, GetArtifactResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type IndexService_GetArtifactClient = grpc.ServerStreamingClient[GetArtifactResponse]
+
 // IndexServiceServer is the server API for IndexService service.
 // All implementations must embed UnimplementedIndexServiceServer
 // for forward compatibility.
@@ -159,6 +202,15 @@ type IndexServiceServer interface {
 	GetPathInfo(context.Context, *GetPathInfoRequest) (*GetPathInfoResponse, error)
 	// CheckPaths tells which of many hash parts are published.
 	CheckPaths(context.Context, *CheckPathsRequest) (*CheckPathsResponse, error)
+	// PutArtifact stores one small side file of the cache (a build log, a
+	// NAR listing, a realisation, a debug-info link): a header message, then
+	// data chunks. A second upload under the same kind and key replaces it.
+	PutArtifact(grpc.ClientStreamingServer[PutArtifactRequest, PutArtifactResponse]) error
+	// GetArtifact streams a side file: a header message, then data chunks.
+	// NAR listings missing for a published path are made from its NAR (and
+	// kept); build logs are also looked up in the host's log directory when
+	// the index serves the host's store.
+	GetArtifact(*GetArtifactRequest, grpc.ServerStreamingServer[GetArtifactResponse]) error
 	mustEmbedUnimplementedIndexServiceServer()
 }
 
@@ -186,6 +238,12 @@ func (UnimplementedIndexServiceServer) GetPathInfo(context.Context, *GetPathInfo
 }
 func (UnimplementedIndexServiceServer) CheckPaths(context.Context, *CheckPathsRequest) (*CheckPathsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CheckPaths not implemented")
+}
+func (UnimplementedIndexServiceServer) PutArtifact(grpc.ClientStreamingServer[PutArtifactRequest, PutArtifactResponse]) error {
+	return status.Error(codes.Unimplemented, "method PutArtifact not implemented")
+}
+func (UnimplementedIndexServiceServer) GetArtifact(*GetArtifactRequest, grpc.ServerStreamingServer[GetArtifactResponse]) error {
+	return status.Error(codes.Unimplemented, "method GetArtifact not implemented")
 }
 func (UnimplementedIndexServiceServer) mustEmbedUnimplementedIndexServiceServer() {}
 func (UnimplementedIndexServiceServer) testEmbeddedByValue()                      {}
@@ -298,6 +356,24 @@ func _IndexService_CheckPaths_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _IndexService_PutArtifact_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(IndexServiceServer).PutArtifact(&grpc.GenericServerStream[PutArtifactRequest, PutArtifactResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type IndexService_PutArtifactServer = grpc.ClientStreamingServer[PutArtifactRequest, PutArtifactResponse]
+
+func _IndexService_GetArtifact_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GetArtifactRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(IndexServiceServer).GetArtifact(m, &grpc.GenericServerStream[GetArtifactRequest, GetArtifactResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type IndexService_GetArtifactServer = grpc.ServerStreamingServer[GetArtifactResponse]
+
 // IndexService_ServiceDesc is the grpc.ServiceDesc for IndexService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -331,6 +407,16 @@ var IndexService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "GetNar",
 			Handler:       _IndexService_GetNar_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "PutArtifact",
+			Handler:       _IndexService_PutArtifact_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "GetArtifact",
+			Handler:       _IndexService_GetArtifact_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -112,6 +112,8 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request) {
 		dispatch(w, r, methods{http.MethodGet: h.getNar, http.MethodHead: h.headNar, http.MethodPut: h.putNar})
 	case isNarinfoPath(p):
 		dispatch(w, r, methods{http.MethodGet: h.getNarinfo, http.MethodHead: h.getNarinfo, http.MethodPut: h.putNarinfo})
+	case isLogPath(p), isListingPath(p), isRealisationPath(p), isDebugInfoPath(p):
+		dispatch(w, r, h.artifactMethods())
 	default:
 		dispatch(w, r, methods{http.MethodGet: notFound, http.MethodHead: notFound, http.MethodPut: h.putUnsupported})
 	}
@@ -136,15 +138,14 @@ func notFound(w http.ResponseWriter, r *http.Request) {
 	writeText(w, http.StatusNotFound, "not found")
 }
 
-// putUnsupported answers the uploads Nix makes only when asked to (NAR
-// listings, build logs, realisations, debug info): 501, after the same
+// putUnsupported answers uploads of anything else: 501, after the same
 // authorization as every push, so the user learns why.
 func (h *Handler) putUnsupported(w http.ResponseWriter, r *http.Request) {
 	if !h.authorize(w, r, auth.Push) {
 		return
 	}
 	writeText(w, http.StatusNotImplemented, "nixcache does not store "+r.URL.Path+
-		" yet: it accepts only NARs and narinfos (turn off write-nar-listing, build log upload, index-debug-info and CA realisations for this cache)")
+		": it accepts narinfos, NARs, build logs (log/), NAR listings (.ls), realisations (realisations/) and debug info (debuginfo/)")
 }
 
 // unary returns a context bounding one unary upstream call.

@@ -12,7 +12,12 @@ const (
 	RouteNar       = "nar"
 	RouteAPI       = "api"
 	RouteLanding   = "landing"
-	RouteOther     = "other"
+	// The side files (artifact.go).
+	RouteLog         = "log"
+	RouteListing     = "listing"
+	RouteRealisation = "realisation"
+	RouteDebugInfo   = "debuginfo"
+	RouteOther       = "other"
 )
 
 // RouteClass names the kind of resource r asks for, by the same tests as
@@ -30,6 +35,14 @@ func RouteClass(r *http.Request) string {
 		return RouteNar
 	case isNarinfoPath(p):
 		return RouteNarinfo
+	case isLogPath(p):
+		return RouteLog
+	case isListingPath(p):
+		return RouteListing
+	case isRealisationPath(p):
+		return RouteRealisation
+	case isDebugInfoPath(p):
+		return RouteDebugInfo
 	default:
 		return RouteOther
 	}

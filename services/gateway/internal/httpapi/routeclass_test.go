@@ -16,7 +16,11 @@ func TestRouteClass(t *testing.T) {
 		{"/0123456789abcdfghijklmnpqrsvwxyz.narinfo", RouteNarinfo},
 		{"/bad.narinfo", RouteNarinfo}, // the handler answers 400
 		{"/x/y.narinfo", RouteOther},
-		{"/log/foo", RouteOther},
+		{"/log/foo", RouteLog},
+		{"/0123456789abcdfghijklmnpqrsvwxyz.ls", RouteListing},
+		{"/x/y.ls", RouteOther},
+		{"/realisations/sha256:00!out.doi", RouteRealisation},
+		{"/debuginfo/c89156eb", RouteDebugInfo},
 		{"/metrics", RouteOther},
 	}
 	for _, tt := range tests {

@@ -25,6 +25,7 @@ import (
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 	"github.com/nixcache/nixcache/services/index/internal/admin"
+	"github.com/nixcache/nixcache/services/index/internal/artifact"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/localstore"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
@@ -65,6 +66,9 @@ type Options struct {
 	NixDaemonSocket string
 	// NixDB is Nix's database, watched for changes (LocalStore only).
 	NixDB string
+	// NixLogDir is the host's build-log directory (LocalStore only; ""
+	// for none).
+	NixLogDir string
 	// LocalSyncInterval is how often the store is checked for changes.
 	LocalSyncInterval time.Duration
 
@@ -160,6 +164,11 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		lis.Close()
 		return err
 	}
+	artifacts, err := artifact.Open(o.DataDir)
+	if err != nil {
+		lis.Close()
+		return err
+	}
 	ops, err := newOps(o)
 	if err != nil {
 		lis.Close()
@@ -204,7 +213,11 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	srvOpts := append(ops.serverOptions(), tracker.Interceptors()...)
 	srv := grpcutil.NewServer(o.Log, append(srvOpts, grpc.WaitForHandlers(true))...)
 	defer ops.serveMetrics(o.MetricsListener, srv.Health, o)()
-	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(o.Log, cat, nars, pub, local))
+	logDir := ""
+	if o.LocalStore {
+		logDir = o.NixLogDir
+	}
+	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir))
 	adminSvc := admin.New(admin.Config{StoreDir: o.StoreDir, SignTimeout: o.SignTimeout,
 		GCMaxSize: o.GCMaxSize, GCMaxAge: o.GCMaxAge, Log: o.Log.With("component", "admin")},
 		cat, nars, signerv1.NewSignerServiceClient(conn), tracker)
@@ -231,7 +244,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 
 	o.Log.Info("index serving", "addr", lis.Addr().String(), "data_dir", o.DataDir,
 		"signer", o.SignerAddr, "store_dir", o.StoreDir, "max_nar_size", o.MaxNarSize,
-		"local_store", o.LocalStore, "gc_max_size", o.GCMaxSize, "gc_max_age", o.GCMaxAge, "gc_interval", o.GCInterval)
+		"local_store", o.LocalStore, "nix_log_dir", logDir, "gc_max_size", o.GCMaxSize, "gc_max_age", o.GCMaxAge, "gc_interval", o.GCInterval)
 	err = srv.Serve(ctx, lis, o.ShutdownGrace)
 	o.Log.Info("index stopped")
 	return err

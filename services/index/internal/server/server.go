@@ -14,6 +14,7 @@ import (
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+	"github.com/nixcache/nixcache/services/index/internal/artifact"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
@@ -48,6 +49,11 @@ type Server struct {
 	// local is nil unless the index serves the host's store. A pushed
 	// path is always preferred to a local one of the same hash part.
 	local LocalStore
+	// artifacts holds build logs, listings, realisations and debug-info
+	// links (artifact.go); nil stores none. logDir is the host's
+	// build-log directory, "" for none.
+	artifacts *artifact.Store
+	logDir    string
 }
 
 // New returns the service over its parts; local may be nil.

@@ -1,0 +1,326 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/nixcache/nixcache/nix/compression"
+	"github.com/nixcache/nixcache/nix/storepath"
+	"github.com/nixcache/nixcache/platform/auth"
+	"github.com/nixcache/nixcache/platform/grpcutil"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+)
+
+// The side files of a binary cache, beside narinfos and NARs: build logs
+// (log/<drv>), NAR listings (<hash>.ls), realisations of content-addressed
+// derivations (realisations/<id>.doi) and debug-info links
+// (debuginfo/<build id>). The index stores them and validates their keys
+// and contents; the gateway checks the URL's form, bounds bodies and
+// handles encodings.
+
+const (
+	logPrefix         = "/log/"
+	listingSuffix     = ".ls"
+	realisationPrefix = "/realisations/"
+	realisationSuffix = ".doi"
+	debugInfoPrefix   = "/debuginfo/"
+)
+
+// artifactLimits bound an uploaded side file, by kind (the index's limits).
+var artifactLimits = map[indexv1.ArtifactKind]int64{
+	indexv1.ArtifactKind_ARTIFACT_KIND_LOG:         256 << 20,
+	indexv1.ArtifactKind_ARTIFACT_KIND_LISTING:     64 << 20,
+	indexv1.ArtifactKind_ARTIFACT_KIND_REALISATION: 64 << 10,
+	indexv1.ArtifactKind_ARTIFACT_KIND_DEBUG_INFO:  64 << 10,
+}
+
+// artifactTarget is what a side-file URL names.
+type artifactTarget struct {
+	kind indexv1.ArtifactKind
+	key  string
+}
+
+func isLogPath(p string) bool { return strings.HasPrefix(p, logPrefix) }
+
+func isListingPath(p string) bool {
+	name, ok := strings.CutSuffix(p, listingSuffix)
+	return ok && len(name) > 1 && !strings.Contains(name[1:], "/")
+}
+
+func isRealisationPath(p string) bool { return strings.HasPrefix(p, realisationPrefix) }
+
+func isDebugInfoPath(p string) bool { return strings.HasPrefix(p, debugInfoPrefix) }
+
+// parseArtifactPath checks a side-file URL path; the index checks the
+// keys strictly again.
+func parseArtifactPath(p string) (artifactTarget, error) {
+	switch {
+	case isLogPath(p):
+		drv := strings.TrimPrefix(p, logPrefix)
+		sp, err := storepath.ParseBase(drv)
+		if err == nil && !strings.HasSuffix(sp.Name, ".drv") {
+			err = errors.New("not a derivation (no .drv suffix)")
+		}
+		if err != nil {
+			return artifactTarget{}, clientError(http.StatusBadRequest, "bad build log URL: log/<hash>-<name>.drv: %v", err)
+		}
+		return artifactTarget{indexv1.ArtifactKind_ARTIFACT_KIND_LOG, drv}, nil
+	case isListingPath(p):
+		hash := strings.TrimSuffix(strings.TrimPrefix(p, "/"), listingSuffix)
+		if err := storepath.ValidateHashPart(hash); err != nil {
+			return artifactTarget{}, clientError(http.StatusBadRequest, "bad NAR listing URL: <hash part>.ls: %v", err)
+		}
+		return artifactTarget{indexv1.ArtifactKind_ARTIFACT_KIND_LISTING, hash}, nil
+	case isRealisationPath(p):
+		id, ok := strings.CutSuffix(strings.TrimPrefix(p, realisationPrefix), realisationSuffix)
+		if !ok || id == "" || strings.Contains(id, "/") {
+			return artifactTarget{}, clientError(http.StatusBadRequest, "bad realisation URL: want realisations/sha256:<hash>!<output>.doi")
+		}
+		return artifactTarget{indexv1.ArtifactKind_ARTIFACT_KIND_REALISATION, id}, nil
+	case isDebugInfoPath(p):
+		// Nix 2.8 names the file debuginfo/<build id>.debug; later
+		// versions drop the suffix. Both name the same link.
+		id := strings.TrimSuffix(strings.TrimPrefix(p, debugInfoPrefix), ".debug")
+		if id == "" || strings.Contains(id, "/") {
+			return artifactTarget{}, clientError(http.StatusBadRequest, "bad debug info URL: want debuginfo/<hex build id>")
+		}
+		return artifactTarget{indexv1.ArtifactKind_ARTIFACT_KIND_DEBUG_INFO, id}, nil
+	}
+	return artifactTarget{}, clientError(http.StatusNotFound, "not found")
+}
+
+func (t artifactTarget) contentType() string {
+	if t.kind == indexv1.ArtifactKind_ARTIFACT_KIND_LOG {
+		return "text/plain; charset=utf-8"
+	}
+	return "application/json"
+}
+
+// artifactMethods are the methods of a side-file resource.
+func (h *Handler) artifactMethods() methods {
+	return methods{http.MethodGet: h.getArtifact, http.MethodHead: h.getArtifact, http.MethodPut: h.putArtifact}
+}
+
+// getArtifact answers GET and HEAD of a side file: as stored, with its
+// Content-Encoding when the client accepts that encoding, else decoded.
+func (h *Handler) getArtifact(w http.ResponseWriter, r *http.Request) {
+	if !h.authorize(w, r, auth.Read) {
+		return
+	}
+	t, err := parseArtifactPath(r.URL.Path)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	stream, err := h.Index.GetArtifact(ctx, &indexv1.GetArtifactRequest{Kind: t.kind, Key: t.key})
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	hdr, err := h.recvArtifactHeader(ctx, cancel, stream)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	body := &artifactStream{stream: stream, left: hdr.GetSize()}
+	var out io.Reader = body
+	enc := hdr.GetContentEncoding()
+	w.Header().Set("Content-Type", t.contentType())
+	w.Header().Add("Vary", "Accept-Encoding")
+	if enc == "" || enc == compression.None || acceptsEncoding(r, enc) {
+		if enc != "" && enc != compression.None {
+			w.Header().Set("Content-Encoding", enc)
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(hdr.GetSize()))
+	} else {
+		dec, err := compression.NewReader(enc, body)
+		if err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		defer dec.Close()
+		out = dec
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return
+	}
+	if _, err := io.Copy(w, out); err != nil {
+		h.Log.WarnContext(r.Context(), "side file stream cut", "path", r.URL.Path, "err", err)
+	}
+}
+
+// acceptsEncoding reports whether r's Accept-Encoding lists enc.
+func acceptsEncoding(r *http.Request, enc string) bool {
+	for _, v := range r.Header.Values("Accept-Encoding") {
+		for _, part := range strings.Split(v, ",") {
+			name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+			if strings.EqualFold(strings.TrimSpace(name), enc) && !strings.Contains(strings.ReplaceAll(params, " ", ""), "q=0") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// recvArtifactHeader receives the header of a side-file stream within
+// RequestTimeout.
+func (h *Handler) recvArtifactHeader(ctx context.Context, cancel context.CancelCauseFunc, stream indexv1.IndexService_GetArtifactClient) (*indexv1.GetArtifactHeader, error) {
+	timer := time.AfterFunc(h.RequestTimeout, func() { cancel(errHeaderTimeout) })
+	msg, err := stream.Recv()
+	timer.Stop()
+	if errors.Is(context.Cause(ctx), errHeaderTimeout) {
+		return nil, status.Error(codes.DeadlineExceeded, errHeaderTimeout.Error())
+	}
+	if err == io.EOF {
+		return nil, status.Error(codes.Internal, "index ended the stream without a header")
+	}
+	if err != nil {
+		return nil, err
+	}
+	hdr := msg.GetHeader()
+	if hdr == nil {
+		return nil, status.Error(codes.Internal, "index began the stream without a header")
+	}
+	return hdr, nil
+}
+
+// artifactStream reads the data chunks of a GetArtifact stream, exactly
+// the announced size.
+type artifactStream struct {
+	stream indexv1.IndexService_GetArtifactClient
+	buf    []byte
+	left   uint64
+}
+
+func (s *artifactStream) Read(p []byte) (int, error) {
+	for len(s.buf) == 0 {
+		msg, err := s.stream.Recv()
+		if err == io.EOF {
+			if s.left > 0 {
+				return 0, io.ErrUnexpectedEOF
+			}
+			return 0, io.EOF
+		}
+		if err != nil {
+			return 0, err
+		}
+		if msg.GetHeader() != nil || uint64(len(msg.GetChunk())) > s.left {
+			return 0, errors.New("index sent more than it announced")
+		}
+		s.buf = msg.GetChunk()
+		s.left -= uint64(len(s.buf))
+	}
+	n := copy(p, s.buf)
+	s.buf = s.buf[n:]
+	return n, nil
+}
+
+// putArtifact answers PUT of a side file: it streams the body, bounded,
+// to the index. Logs compressed with xz, zstd or bzip2 are stored as
+// sent; other encodings are decoded here.
+func (h *Handler) putArtifact(w http.ResponseWriter, r *http.Request) {
+	if !h.authorize(w, r, auth.Push) {
+		return
+	}
+	t, err := parseArtifactPath(r.URL.Path)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	limit := artifactLimits[t.kind]
+	encoding := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
+	if !supportedEncoding(encoding) {
+		h.writeError(w, r, clientError(http.StatusUnsupportedMediaType,
+			"unsupported Content-Encoding %q (want xz, zstd, bzip2, gzip or br)", encoding))
+		return
+	}
+	raw := &readErr{r: http.MaxBytesReader(w, r.Body, limit)}
+	var body io.Reader = raw
+	storedEnc := compression.None
+	switch {
+	case t.kind == indexv1.ArtifactKind_ARTIFACT_KIND_LOG &&
+		(encoding == compression.XZ || encoding == compression.Zstd || encoding == compression.Bzip2):
+		storedEnc = encoding
+	default:
+		dec, err := decoder(encoding, raw)
+		if err != nil {
+			h.writeError(w, r, clientError(http.StatusBadRequest, "decode upload (Content-Encoding %s): %v", encoding, err))
+			return
+		}
+		defer dec.Close()
+		body = &limitedDecode{r: dec, left: limit}
+	}
+
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	stream, err := h.Index.PutArtifact(ctx)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	err = stream.Send(&indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Header{Header: &indexv1.PutArtifactHeader{
+		Kind: t.kind, Key: t.key, ContentEncoding: storedEnc,
+	}}})
+	for err == nil {
+		buf := make([]byte, grpcutil.ChunkSize)
+		n, readErr := fill(body, buf)
+		if n > 0 {
+			if err = stream.Send(&indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Chunk{Chunk: buf[:n]}}); err != nil {
+				break
+			}
+		}
+		if readErr == io.EOF {
+			break
+		}
+		if readErr != nil {
+			var tooLarge *http.MaxBytesError
+			switch {
+			case errors.As(raw.err, &tooLarge), errors.Is(readErr, errDecodedTooLarge):
+				err = clientError(http.StatusRequestEntityTooLarge, "%s is larger than %d bytes", r.URL.Path, limit)
+			case raw.err != nil:
+				err = clientError(http.StatusBadRequest, "read upload: %v", raw.err)
+			default:
+				err = clientError(http.StatusBadRequest, "decode upload (Content-Encoding %s): %v", encoding, readErr)
+			}
+		}
+	}
+	var reqErr *requestError
+	if errors.As(err, &reqErr) {
+		cancel() // a cut upload must never look complete to the index
+		h.writeError(w, r, err)
+		return
+	}
+	if _, err := stream.CloseAndRecv(); err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+var errDecodedTooLarge = errors.New("decoded upload too large")
+
+// limitedDecode fails once more than left bytes were decoded.
+type limitedDecode struct {
+	r    io.Reader
+	left int64
+}
+
+func (l *limitedDecode) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	if l.left < 0 {
+		return n, errDecodedTooLarge
+	}
+	return n, err
+}

@@ -1,0 +1,175 @@
+package artifact
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/nixcache/nixcache/nix/nar"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+	"github.com/nixcache/nixcache/services/index/internal/fault"
+)
+
+const (
+	kLog  = indexv1.ArtifactKind_ARTIFACT_KIND_LOG
+	kLs   = indexv1.ArtifactKind_ARTIFACT_KIND_LISTING
+	kReal = indexv1.ArtifactKind_ARTIFACT_KIND_REALISATION
+	kDbg  = indexv1.ArtifactKind_ARTIFACT_KIND_DEBUG_INFO
+
+	hashPart = "0123456789abcdfghijklmnpqrsvwxyz"
+	drvHash  = "sha256:" + "c89156ebdabf859f4ee70cb0c303004dccf1ae51c89156ebdabf859f4ee70cb0"
+)
+
+func TestValidateKey(t *testing.T) {
+	tests := []struct {
+		kind indexv1.ArtifactKind
+		key  string
+		ok   bool
+	}{
+		{kLog, hashPart + "-hello.drv", true},
+		{kLog, hashPart + "-hello", false},
+		{kLog, "../../etc/passwd.drv", false},
+		{kLog, hashPart + "-a/b.drv", false},
+		{kLog, "", false},
+		{kLs, hashPart, true},
+		{kLs, "../" + hashPart[3:], false},
+		{kLs, strings.ToUpper(hashPart), false},
+		{kReal, drvHash + "!out", true},
+		{kReal, drvHash + "!dev.x-1", true},
+		{kReal, drvHash, false},
+		{kReal, drvHash + "!", false},
+		{kReal, drvHash + "!a/b", false},
+		{kReal, drvHash + "!..", false},
+		{kReal, "sha1:abc!out", false},
+		{kReal, strings.ToUpper(drvHash) + "!out", false},
+		{kDbg, "c89156ebdabf859f4ee70cb0c303004dccf1ae51", true},
+		{kDbg, "c", false},
+		{kDbg, "C8", false},
+		{kDbg, "../x", false},
+		{kDbg, strings.Repeat("ab", 65), false},
+		{indexv1.ArtifactKind_ARTIFACT_KIND_UNSPECIFIED, hashPart, false},
+	}
+	for _, tt := range tests {
+		err := ValidateKey(tt.kind, tt.key)
+		if (err == nil) != tt.ok || (err != nil && !errors.Is(err, fault.ErrInvalid)) {
+			t.Errorf("ValidateKey(%v, %q) = %v, want ok=%v (invalid class)", tt.kind, tt.key, err, tt.ok)
+		}
+	}
+}
+
+func TestValidateContent(t *testing.T) {
+	id := drvHash + "!out"
+	tests := []struct {
+		name string
+		kind indexv1.ArtifactKind
+		data string
+		ok   bool
+	}{
+		{"listing", kLs, `{"version":1,"root":{"type":"directory","entries":{"f":{"type":"regular","size":3,"narOffset":232},"l":{"type":"symlink","target":"f"},"e":{"type":"directory","entries":{}}}}}`, true},
+		{"listing v2", kLs, `{"version":2,"root":{"type":"regular","size":1}}`, false},
+		{"listing no root", kLs, `{"version":1}`, false},
+		{"listing regular without size", kLs, `{"version":1,"root":{"type":"regular"}}`, false},
+		{"listing bad type", kLs, `{"version":1,"root":{"type":"fifo"}}`, false},
+		{"listing bad name", kLs, `{"version":1,"root":{"type":"directory","entries":{"..":{"type":"regular","size":1}}}}`, false},
+		{"listing null entry", kLs, `{"version":1,"root":{"type":"directory","entries":{"a":null}}}`, false},
+		{"listing trailing", kLs, `{"version":1,"root":{"type":"regular","size":1}} {}`, false},
+		{"listing not json", kLs, `<html>`, false},
+		{"realisation", kReal, `{"id":"` + id + `","outPath":"` + hashPart + `-x","signatures":[],"dependentRealisations":{}}`, true},
+		{"realisation other id", kReal, `{"id":"` + drvHash + `!dev","outPath":"` + hashPart + `-x","signatures":[]}`, false},
+		{"realisation bad outPath", kReal, `{"id":"` + id + `","outPath":"../x"}`, false},
+		{"realisation bad dependency", kReal, `{"id":"` + id + `","outPath":"` + hashPart + `-x","dependentRealisations":{"x":"y"}}`, false},
+		{"debuginfo", kDbg, `{"archive":"../nar/abc.nar.xz","member":"lib/debug/.build-id/c8/9156.debug"}`, true},
+		{"debuginfo elsewhere", kDbg, `{"archive":"../../etc/passwd","member":"x"}`, false},
+		{"debuginfo member escapes", kDbg, `{"archive":"../nar/a.nar","member":"a/../../x"}`, false},
+	}
+	for _, tt := range tests {
+		err := ValidateContent(tt.kind, id, []byte(tt.data))
+		if (err == nil) != tt.ok {
+			t.Errorf("%s: ValidateContent = %v, want ok=%v", tt.name, err, tt.ok)
+		}
+	}
+}
+
+func TestStorePutOpen(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := hashPart + "-hello.drv"
+	if _, err := s.Open(kLog, drv); !errors.Is(err, fault.ErrNotFound) {
+		t.Fatalf("Open before Put: %v, want not found", err)
+	}
+	if _, err := s.Put(kLog, drv, "bzip2", strings.NewReader("BZh-ish")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(kLog, drv, "", strings.NewReader("plain log")); err != nil {
+		t.Fatal(err)
+	}
+	f, err := s.Open(kLog, drv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(f)
+	f.Close()
+	if string(data) != "plain log" || f.Encoding != "none" || f.Size != 9 {
+		t.Errorf("Open after two Puts: %q %s %d, want the last upload", data, f.Encoding, f.Size)
+	}
+	for _, tt := range []struct {
+		name string
+		kind indexv1.ArtifactKind
+		key  string
+		enc  string
+		data string
+	}{
+		{"compressed listing", kLs, hashPart, "xz", `{}`},
+		{"unknown encoding", kLog, drv, "gzip", "x"},
+		{"bad key", kLog, "../x.drv", "", "x"},
+		{"too large", kReal, drvHash + "!out", "", strings.Repeat(" ", MaxRealisationSize+1)},
+		{"bad listing", kLs, hashPart, "", `{"version":1}`},
+	} {
+		if _, err := s.Put(tt.kind, tt.key, tt.enc, strings.NewReader(tt.data)); !errors.Is(err, fault.ErrInvalid) {
+			t.Errorf("%s: Put = %v, want invalid", tt.name, err)
+		}
+	}
+	if _, err := s.Open(kLs, hashPart); !errors.Is(err, fault.ErrNotFound) {
+		t.Errorf("a refused listing was stored: %v", err)
+	}
+}
+
+func TestMakeListing(t *testing.T) {
+	var buf bytes.Buffer
+	w := nar.NewWriter(&buf)
+	for _, h := range []nar.Header{
+		{Path: "/", Type: nar.TypeDirectory},
+		{Path: "/empty", Type: nar.TypeDirectory},
+		{Path: "/file", Type: nar.TypeRegular, Size: 3},
+		{Path: "/link", Type: nar.TypeSymlink, LinkTarget: "file"},
+		{Path: "/run", Type: nar.TypeRegular, Executable: true},
+	} {
+		if err := w.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Path == "/file" {
+			w.Write([]byte("hi\n"))
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := MakeListing(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"version":1,"root":{"type":"directory","entries":{"empty":{"type":"directory","entries":{}},"file":{"type":"regular","size":3},"link":{"type":"symlink","target":"file"},"run":{"type":"regular","size":0,"executable":true}}}}`
+	if string(got) != want {
+		t.Errorf("MakeListing:\n got %s\nwant %s", got, want)
+	}
+	if err := ValidateListing(got); err != nil {
+		t.Errorf("the listing made does not validate: %v", err)
+	}
+	if _, err := MakeListing(strings.NewReader("not a NAR")); err == nil {
+		t.Error("MakeListing of garbage succeeded")
+	}
+}

@@ -1,0 +1,155 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+
+	"github.com/nixcache/nixcache/platform/grpcutil"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+	"github.com/nixcache/nixcache/services/index/internal/artifact"
+	"github.com/nixcache/nixcache/services/index/internal/fault"
+)
+
+// WithArtifacts makes s store and serve side files (PutArtifact,
+// GetArtifact) in a; logDir, when not "", is the host's build-log
+// directory (/nix/var/log/nix/drvs) looked in for logs not pushed.
+func (s *Server) WithArtifacts(a *artifact.Store, logDir string) *Server {
+	s.artifacts, s.logDir = a, logDir
+	return s
+}
+
+// PutArtifact stores one side file.
+func (s *Server) PutArtifact(stream indexv1.IndexService_PutArtifactServer) error {
+	ctx := stream.Context()
+	if s.artifacts == nil {
+		return toStatus(fault.Precondition("this index stores no side files"))
+	}
+	first, err := stream.Recv()
+	if err == io.EOF {
+		return toStatus(fault.Invalid("empty request: the first message must be a header"))
+	}
+	if err != nil {
+		return toStatus(err)
+	}
+	hdr := first.GetHeader()
+	if hdr == nil {
+		return toStatus(fault.Invalid("the first message must be a header, not data"))
+	}
+	if err := artifact.ValidateKey(hdr.GetKind(), hdr.GetKey()); err != nil {
+		return toStatus(err)
+	}
+	n, err := s.artifacts.Put(hdr.GetKind(), hdr.GetKey(), hdr.GetContentEncoding(), &artifactChunks{stream: stream})
+	if err != nil {
+		if errors.Is(err, fault.ErrInvalid) {
+			s.log.WarnContext(ctx, "refused artifact", "kind", hdr.GetKind().String(), "err", err)
+		}
+		return toStatus(err)
+	}
+	s.log.InfoContext(ctx, "stored artifact", "kind", hdr.GetKind().String(), "key", hdr.GetKey(),
+		"content_encoding", hdr.GetContentEncoding(), "size", n)
+	return stream.SendAndClose(&indexv1.PutArtifactResponse{Size: uint64(n)})
+}
+
+// artifactChunks reads the data chunks of a PutArtifact stream.
+type artifactChunks struct {
+	stream indexv1.IndexService_PutArtifactServer
+	buf    []byte
+}
+
+func (r *artifactChunks) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		msg, err := r.stream.Recv()
+		if err != nil {
+			return 0, err // io.EOF at the end
+		}
+		if msg.GetHeader() != nil {
+			return 0, fault.Invalid("a second header after the first message")
+		}
+		r.buf = msg.GetChunk()
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+// GetArtifact streams one side file: stored, or a host build log, or a
+// listing made from a published path's NAR (and stored).
+func (s *Server) GetArtifact(req *indexv1.GetArtifactRequest, stream indexv1.IndexService_GetArtifactServer) error {
+	ctx := stream.Context()
+	if s.artifacts == nil {
+		return toStatus(fault.NotFound("this index stores no side files"))
+	}
+	kind, key := req.GetKind(), req.GetKey()
+	if err := artifact.ValidateKey(kind, key); err != nil {
+		return toStatus(err)
+	}
+	var (
+		r    io.Reader
+		size int64
+		enc  string
+	)
+	f, err := s.artifacts.Open(kind, key)
+	switch {
+	case err == nil:
+		defer f.Close()
+		r, size, enc = f, f.Size, f.Encoding
+	case !errors.Is(err, fault.ErrNotFound):
+		return toStatus(err)
+	case kind == indexv1.ArtifactKind_ARTIFACT_KIND_LOG && s.logDir != "" && s.local != nil:
+		f, err := artifact.OpenLocalLog(s.logDir, key)
+		if err != nil {
+			return toStatus(err)
+		}
+		defer f.Close()
+		r, size, enc = f, f.Size, f.Encoding
+	case kind == indexv1.ArtifactKind_ARTIFACT_KIND_LISTING:
+		data, err := s.makeListing(ctx, key)
+		if err != nil {
+			return toStatus(err)
+		}
+		r, size, enc = bytes.NewReader(data), int64(len(data)), "none"
+	default:
+		return toStatus(err)
+	}
+	err = stream.Send(&indexv1.GetArtifactResponse{Msg: &indexv1.GetArtifactResponse_Header{Header: &indexv1.GetArtifactHeader{
+		Size: uint64(size), ContentEncoding: enc,
+	}}})
+	if err != nil {
+		return err
+	}
+	for left := size; left > 0; {
+		buf := make([]byte, min(left, grpcutil.ChunkSize))
+		n, err := io.ReadFull(r, buf)
+		if err != nil {
+			return toStatus(err)
+		}
+		left -= int64(n)
+		if err := stream.Send(&indexv1.GetArtifactResponse{Msg: &indexv1.GetArtifactResponse_Chunk{Chunk: buf}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// makeListing lists the NAR of the published path hashPart and stores
+// the listing for the next time.
+func (s *Server) makeListing(ctx context.Context, hashPart string) ([]byte, error) {
+	rg, err := s.openNar(ctx, &indexv1.GetNarRequest{Selector: &indexv1.GetNarRequest_StoreHash{StoreHash: hashPart}})
+	if err != nil {
+		return nil, err
+	}
+	defer rg.Close()
+	data, err := artifact.MakeListing(rg)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > artifact.MaxListingSize {
+		return nil, fault.Precondition("the listing of %s is larger than %d bytes", hashPart, artifact.MaxListingSize)
+	}
+	if _, err := s.artifacts.Put(indexv1.ArtifactKind_ARTIFACT_KIND_LISTING, hashPart, "", bytes.NewReader(data)); err != nil {
+		s.log.WarnContext(ctx, "could not keep a NAR listing", "hash_part", hashPart, "err", err)
+	}
+	return data, nil
+}
