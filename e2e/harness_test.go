@@ -152,6 +152,11 @@ func (c *cluster) args(service string) []string {
 		return append(append(common, "-listen", c.indexAddr, "-metrics-listen", c.indexMetrics,
 			"-data-dir", filepath.Join(c.dir, "index"), "-signer-addr", c.signerAddr), c.extraArgs[service]...)
 	case "gateway":
+		// No narinfo cache: the tests check that what the index does
+		// (delete, GC, quarantine, re-sign) shows at once; the cache and
+		// its TTL bound are unit-tested in the gateway. withArgs may turn
+		// it on again (the last flag wins).
+		common = append(common, "-narinfo-cache-ttl", "0")
 		return append(append(common, "-listen", c.httpAddr, "-index-addr", c.indexAddr,
 			"-signer-addr", c.signerAddr, "-auth-file", filepath.Join(c.dir, "auth")), c.extraArgs[service]...)
 	}

@@ -55,6 +55,9 @@ type Options struct {
 	// ZstdLocal compresses uncompressed NARs with zstd on the fly for
 	// clients that accept it (-zstd-local).
 	ZstdLocal bool
+	// NarinfoCacheTTL bounds how long a narinfo is served from the
+	// gateway's cache (0: no cache); see httpapi.Config.
+	NarinfoCacheTTL time.Duration
 }
 
 func (o Options) validate() error {
@@ -71,6 +74,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("request timeout %s is not positive", o.RequestTimeout)
 	case o.TransferIdleTimeout < 0:
 		return fmt.Errorf("transfer idle timeout %s is negative", o.TransferIdleTimeout)
+	case o.NarinfoCacheTTL < 0:
+		return fmt.Errorf("narinfo cache TTL %s is negative", o.NarinfoCacheTTL)
 	case o.ShutdownGrace < 0:
 		return fmt.Errorf("shutdown grace %s is negative", o.ShutdownGrace)
 	case o.Log == nil:
@@ -147,6 +152,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		RequestTimeout:      o.RequestTimeout,
 		TransferIdleTimeout: o.TransferIdleTimeout,
 		ZstdLocal:           o.ZstdLocal,
+		NarinfoCacheTTL:     o.NarinfoCacheTTL,
 		Landing:             landingHandler,
 		Admin:               adminHandler,
 	})

@@ -39,6 +39,12 @@ type Config struct {
 	// local store, nix-serve URLs) with zstd on the fly for clients that
 	// send Accept-Encoding: zstd.
 	ZstdLocal bool
+	// NarinfoCacheTTL is how long a rendered narinfo is served from the
+	// gateway's memory without asking the index again, and so the bound on
+	// how long a deleted, collected or quarantined path may still be
+	// served by this gateway; 0 turns the cache off. Only found paths
+	// are cached.
+	NarinfoCacheTTL time.Duration
 
 	// Landing serves GET and HEAD /; nil answers 404.
 	Landing http.Handler
@@ -49,6 +55,7 @@ type Config struct {
 // Handler is the gateway's http.Handler.
 type Handler struct {
 	Config
+	narinfos *narinfoCache // nil when NarinfoCacheTTL is 0
 }
 
 // New returns a Handler serving the cache protocol.
@@ -62,8 +69,10 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("httpapi: max narinfo size must be positive")
 	case cfg.RequestTimeout <= 0:
 		return nil, errors.New("httpapi: request timeout must be positive")
+	case cfg.NarinfoCacheTTL < 0:
+		return nil, errors.New("httpapi: narinfo cache TTL must not be negative")
 	}
-	return &Handler{Config: cfg}, nil
+	return &Handler{Config: cfg, narinfos: newNarinfoCache(cfg.NarinfoCacheTTL, narinfoCacheEntries)}, nil
 }
 
 // ServeHTTP tags the request with an id, routes it and logs it.
@@ -76,9 +85,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &recorder{ResponseWriter: w}
 	h.route(rec, r)
 	code := rec.status(r.Context())
-	level := slog.LevelInfo
-	if code >= 500 && code != statusClientClosed && code != http.StatusNotImplemented {
-		level = slog.LevelWarn
+	level := accessLevel(r.Method, code)
+	if !h.Log.Enabled(r.Context(), level) {
+		return
 	}
 	h.Log.Log(r.Context(), level, "http request",
 		"user", rec.user,
@@ -90,6 +99,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		"request_id", id,
 		"remote", r.RemoteAddr,
 	)
+}
+
+// accessLevel is the level of a request's access log line: successful
+// reads, the bulk of the traffic, at debug (a line per narinfo costs as
+// much as a cached narinfo answer); pushes and failures at info, server
+// failures at warn.
+func accessLevel(method string, code int) slog.Level {
+	switch {
+	case code >= 500 && code != statusClientClosed && code != http.StatusNotImplemented:
+		return slog.LevelWarn
+	case code < 400 && (method == http.MethodGet || method == http.MethodHead):
+		return slog.LevelDebug
+	default:
+		return slog.LevelInfo
+	}
 }
 
 // methods maps HTTP methods to the handler of one resource.

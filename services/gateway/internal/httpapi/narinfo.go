@@ -49,6 +49,10 @@ func (h *Handler) getNarinfo(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
+	if body, ok := h.narinfos.get(hash); ok {
+		writeNarinfo(w, body)
+		return
+	}
 	ctx, cancel := h.unary(r.Context())
 	defer cancel()
 	resp, err := h.Index.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hash})
@@ -62,6 +66,12 @@ func (h *Handler) getNarinfo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body := ni.String()
+	h.narinfos.put(hash, body)
+	writeNarinfo(w, body)
+}
+
+// writeNarinfo answers with a rendered narinfo.
+func writeNarinfo(w http.ResponseWriter, body string) {
 	w.Header().Set("Content-Type", "text/x-nix-narinfo")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	io.WriteString(w, body)
@@ -144,6 +154,9 @@ func (h *Handler) putNarinfo(w http.ResponseWriter, r *http.Request) {
 			"narinfo for %s was PUT to /%s.narinfo: the URL must name the store path's hash part %s", ni.StorePath, hash, sp.HashPart))
 		return
 	}
+	// This gateway's cached answer, if any, is dropped; others' expire
+	// within their TTL.
+	h.narinfos.forget(hash)
 	ctx, cancel := h.unary(r.Context())
 	defer cancel()
 	if _, err := h.Index.PutPathInfo(ctx, &indexv1.PutPathInfoRequest{Info: toPathInfo(ni)}); err != nil {
