@@ -1,0 +1,49 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// TestNarinfoCacheBound runs the gateway with its narinfo cache on, as
+// deployed: a second lookup within the TTL does not reach the index, and a
+// deleted path stops being served within the TTL (plus polling slack).
+func TestNarinfoCacheBound(t *testing.T) {
+	const ttl = 2 * time.Second
+	c := newCluster(t, withAdmin(), withArgs("gateway", "-narinfo-cache-ttl", ttl.String()))
+	top, _ := buildClosure(t)
+	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL, top)
+
+	index := "http://" + c.indexMetrics + "/metrics"
+	const found = `grpc_server_handled_total{grpc_code="OK",grpc_method="GetPathInfo",grpc_service="nixcache.index.v1.IndexService",grpc_type="unary"}`
+	url := c.URL + "/" + hashPart(top) + ".narinfo"
+	if got := httpStatus(t, "GET", url, "", nil); got != http.StatusOK {
+		t.Fatalf("narinfo: %d", got)
+	}
+	before := metric(t, index, found)
+	for range 5 {
+		if got := httpStatus(t, "GET", url, "", nil); got != http.StatusOK {
+			t.Fatalf("narinfo again: %d", got)
+		}
+	}
+	if after := metric(t, index, found); after != before {
+		t.Errorf("5 lookups within the TTL reached the index %v times, want 0 (cached)", after-before)
+	}
+
+	c.admin("DeletePath", `{"path": "`+top+`"}`)
+	deleted := time.Now()
+	ctx, cancel := context.WithTimeout(t.Context(), ttl+3*time.Second)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for httpStatus(t, "GET", url, "", nil) != http.StatusNotFound {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("a deleted path is still served %v after the delete (TTL %v)", time.Since(deleted), ttl)
+		case <-tick.C:
+		}
+	}
+	t.Logf("deleted path 404 after %v (TTL %v)", time.Since(deleted).Round(time.Millisecond), ttl)
+}
