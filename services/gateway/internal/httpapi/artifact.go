@@ -7,10 +7,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"time"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/storepath"
@@ -127,7 +123,7 @@ func (h *Handler) getArtifact(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	hdr, err := h.recvArtifactHeader(ctx, cancel, stream)
+	hdr, err := recvHeader(h, ctx, cancel, stream.Recv, "side-file")
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -171,28 +167,6 @@ func acceptsEncoding(r *http.Request, enc string) bool {
 		}
 	}
 	return false
-}
-
-// recvArtifactHeader receives the header of a side-file stream within
-// RequestTimeout.
-func (h *Handler) recvArtifactHeader(ctx context.Context, cancel context.CancelCauseFunc, stream indexv1.IndexService_GetArtifactClient) (*indexv1.GetArtifactHeader, error) {
-	timer := time.AfterFunc(h.RequestTimeout, func() { cancel(errHeaderTimeout) })
-	msg, err := stream.Recv()
-	timer.Stop()
-	if errors.Is(context.Cause(ctx), errHeaderTimeout) {
-		return nil, status.Error(codes.DeadlineExceeded, errHeaderTimeout.Error())
-	}
-	if err == io.EOF {
-		return nil, status.Error(codes.Internal, "index ended the stream without a header")
-	}
-	if err != nil {
-		return nil, err
-	}
-	hdr := msg.GetHeader()
-	if hdr == nil {
-		return nil, status.Error(codes.Internal, "index began the stream without a header")
-	}
-	return hdr, nil
 }
 
 // artifactStream reads the data chunks of a GetArtifact stream, exactly

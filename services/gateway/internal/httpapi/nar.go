@@ -210,7 +210,7 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	hdr, err := h.recvHeader(ctx, cancel, stream)
+	hdr, err := recvHeader(h, ctx, cancel, stream.Recv, "NAR")
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -241,24 +241,31 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// recvHeader receives the first message of a NAR stream, which must be its
-// header, within RequestTimeout.
-func (h *Handler) recvHeader(ctx context.Context, cancel context.CancelCauseFunc, stream indexv1.IndexService_GetNarClient) (*indexv1.GetNarHeader, error) {
+// streamMessage is the first message of an index stream (GetNar,
+// GetArtifact): it must carry the stream's header.
+type streamMessage[H comparable] interface {
+	GetHeader() H
+}
+
+// recvHeader receives the first message of a stream, which must be its
+// header, within RequestTimeout; what names the stream in errors.
+func recvHeader[M streamMessage[H], H comparable](h *Handler, ctx context.Context, cancel context.CancelCauseFunc, recv func() (M, error), what string) (H, error) {
+	var none H
 	timer := time.AfterFunc(h.RequestTimeout, func() { cancel(errHeaderTimeout) })
-	msg, err := stream.Recv()
+	msg, err := recv()
 	timer.Stop()
 	if errors.Is(context.Cause(ctx), errHeaderTimeout) {
-		return nil, status.Error(codes.DeadlineExceeded, errHeaderTimeout.Error())
+		return none, status.Error(codes.DeadlineExceeded, errHeaderTimeout.Error())
 	}
 	if err == io.EOF {
-		return nil, status.Error(codes.Internal, "index ended the NAR stream without a header")
+		return none, status.Errorf(codes.Internal, "index ended the %s stream without a header", what)
 	}
 	if err != nil {
-		return nil, err
+		return none, err
 	}
 	hdr := msg.GetHeader()
-	if hdr == nil {
-		return nil, status.Error(codes.Internal, "index began the NAR stream without a header")
+	if hdr == none {
+		return none, status.Errorf(codes.Internal, "index began the %s stream without a header", what)
 	}
 	return hdr, nil
 }
