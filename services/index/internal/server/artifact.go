@@ -40,7 +40,7 @@ func (s *Server) PutArtifact(stream indexv1.IndexService_PutArtifactServer) erro
 	if err := artifact.ValidateKey(hdr.GetKind(), hdr.GetKey()); err != nil {
 		return toStatus(err)
 	}
-	n, err := s.artifacts.Put(hdr.GetKind(), hdr.GetKey(), hdr.GetContentEncoding(), &artifactChunks{stream: stream})
+	n, err := s.artifacts.Put(hdr.GetKind(), hdr.GetKey(), hdr.GetContentEncoding(), &chunkReader[*indexv1.PutArtifactRequest, *indexv1.PutArtifactHeader]{recv: stream.Recv})
 	if err != nil {
 		if errors.Is(err, fault.ErrInvalid) {
 			s.log.WarnContext(ctx, "refused artifact", "kind", hdr.GetKind().String(), "err", err)
@@ -50,28 +50,6 @@ func (s *Server) PutArtifact(stream indexv1.IndexService_PutArtifactServer) erro
 	s.log.InfoContext(ctx, "stored artifact", "kind", hdr.GetKind().String(), "key", hdr.GetKey(),
 		"content_encoding", hdr.GetContentEncoding(), "size", n)
 	return stream.SendAndClose(&indexv1.PutArtifactResponse{Size: uint64(n)})
-}
-
-// artifactChunks reads the data chunks of a PutArtifact stream.
-type artifactChunks struct {
-	stream indexv1.IndexService_PutArtifactServer
-	buf    []byte
-}
-
-func (r *artifactChunks) Read(p []byte) (int, error) {
-	for len(r.buf) == 0 {
-		msg, err := r.stream.Recv()
-		if err != nil {
-			return 0, err // io.EOF at the end
-		}
-		if msg.GetHeader() != nil {
-			return 0, fault.Invalid("a second header after the first message")
-		}
-		r.buf = msg.GetChunk()
-	}
-	n := copy(p, r.buf)
-	r.buf = r.buf[n:]
-	return n, nil
 }
 
 // GetArtifact streams one side file: stored, or a host build log, or a

@@ -83,7 +83,7 @@ func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 	}
 	want.Compression = hdr.GetExpectedCompression()
 
-	nf, err := s.nars.Ingest(ctx, &chunkReader{stream: stream}, want)
+	nf, err := s.nars.Ingest(ctx, &chunkReader[*indexv1.PutNarRequest, *indexv1.PutNarHeader]{recv: stream.Recv}, want)
 	if err != nil {
 		if errors.Is(err, fault.ErrInvalid) {
 			s.log.WarnContext(ctx, "refused NAR upload", "err", err)
@@ -100,19 +100,27 @@ func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 	return stream.SendAndClose(&indexv1.PutNarResponse{File: stored})
 }
 
-// chunkReader reads the data chunks of a PutNar stream.
-type chunkReader struct {
-	stream indexv1.IndexService_PutNarServer
-	buf    []byte
+// uploadMessage is a message of a client stream (PutNar, PutArtifact):
+// a header first, then data chunks.
+type uploadMessage[H comparable] interface {
+	GetHeader() H
+	GetChunk() []byte
 }
 
-func (r *chunkReader) Read(p []byte) (int, error) {
+// chunkReader reads the data chunks that follow an upload's header.
+type chunkReader[M uploadMessage[H], H comparable] struct {
+	recv func() (M, error)
+	buf  []byte
+}
+
+func (r *chunkReader[M, H]) Read(p []byte) (int, error) {
+	var none H
 	for len(r.buf) == 0 {
-		msg, err := r.stream.Recv()
+		msg, err := r.recv()
 		if err != nil {
 			return 0, err // io.EOF at the end
 		}
-		if msg.GetHeader() != nil {
+		if msg.GetHeader() != none {
 			return 0, fault.Invalid("a second header after the first message")
 		}
 		r.buf = msg.GetChunk()
