@@ -8,7 +8,7 @@ export PATH := $(TOOLS):$(PATH)
 
 GO_BUILD := CGO_ENABLED=0 go build -trimpath -ldflags='-s -w'
 
-.PHONY: all build run test test-unit test-e2e tools tools-run proto proto-check lint vet fmt-check clean bench bench-smoke test-compose compose-up
+.PHONY: all build run test test-unit test-e2e tools tools-run proto proto-check lint vet fmt-check clean bench bench-smoke test-compose compose-up fuzz-smoke
 
 all: build
 
@@ -27,7 +27,7 @@ run: tools-run build
 	@scripts/run-local.sh
 
 ## test: everything CI runs.
-test: tools proto-check vet fmt-check build test-unit test-e2e bench-smoke test-compose
+test: tools proto-check vet fmt-check build test-unit test-e2e bench-smoke test-compose fuzz-smoke
 
 test-unit:
 	go test -count=1 ./bench/... ./nix/... ./platform/... ./services/signer/... ./services/index/... ./services/gateway/...
@@ -64,6 +64,17 @@ proto:
 proto-check: proto
 	@git diff --exit-code -- proto || { echo "generated code in proto/ is stale: run 'make proto' and commit" >&2; exit 1; }
 	@test -z "$$(git status --porcelain -- proto)" || { git status --porcelain -- proto; echo "untracked generated files in proto/: run 'make proto' and commit" >&2; exit 1; }
+
+## fuzz-smoke: every `go test -fuzz` target in the repo for FUZZTIME each (one package and one target per run).
+FUZZTIME ?= 8s
+fuzz-smoke:
+	@set -e; grep -rl --include='*_test.go' '^func Fuzz' . | grep -v '^./.tools/' | sort | while read -r f; do \
+	  dir=$$(dirname "$$f"); \
+	  for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$$f"); do \
+	    echo "fuzz $$dir $$t ($(FUZZTIME))"; \
+	    go test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) "$$dir" || exit 1; \
+	  done; \
+	done
 
 vet:
 	go vet ./nix/... ./platform/... ./proto/... ./services/signer/... ./services/index/... ./services/gateway/... ./e2e/... ./bench/...

@@ -3,6 +3,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,9 +26,11 @@ import (
 
 // Server limits that are not worth a flag.
 const (
-	readHeaderTimeout = 10 * time.Second
-	idleTimeout       = 2 * time.Minute
-	maxHeaderBytes    = 64 << 10
+	// defaultReadHeaderTimeout is the ReadHeaderTimeout when
+	// Options.ReadHeaderTimeout is 0.
+	defaultReadHeaderTimeout = 10 * time.Second
+	idleTimeout              = 2 * time.Minute
+	maxHeaderBytes           = 64 << 10
 )
 
 // Options configures Run.
@@ -58,6 +61,9 @@ type Options struct {
 	// NarinfoCacheTTL bounds how long a narinfo is served from the
 	// gateway's cache (0: no cache); see httpapi.Config.
 	NarinfoCacheTTL time.Duration
+	// ReadHeaderTimeout bounds how long a client may take to send a
+	// request's headers (slowloris); 0 means 10 s.
+	ReadHeaderTimeout time.Duration
 }
 
 func (o Options) validate() error {
@@ -70,6 +76,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("priority %d is negative", o.Priority)
 	case o.MaxNarinfoSize <= 0:
 		return fmt.Errorf("max narinfo size %d is not positive", o.MaxNarinfoSize)
+	case o.ReadHeaderTimeout < 0:
+		return fmt.Errorf("read header timeout %s is negative", o.ReadHeaderTimeout)
 	case o.RequestTimeout <= 0:
 		return fmt.Errorf("request timeout %s is not positive", o.RequestTimeout)
 	case o.TransferIdleTimeout < 0:
@@ -161,7 +169,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 	}
 	srv := &http.Server{
 		Handler:           ops.handler(handler, dependency{"index", indexConn}, dependency{"signer", signerConn}),
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: cmp.Or(o.ReadHeaderTimeout, defaultReadHeaderTimeout),
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		// No WriteTimeout: it would cut large NARs. Transfers are bounded

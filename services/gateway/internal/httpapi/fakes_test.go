@@ -269,7 +269,7 @@ type env struct {
 }
 
 // newEnv starts a gateway; configure may change its Config.
-func newEnv(t *testing.T, configure ...func(*Config)) *env {
+func newEnv(t testing.TB, configure ...func(*Config)) *env {
 	t.Helper()
 	e := &env{
 		index: newFakeIndex(),

@@ -154,6 +154,10 @@ func (h *Handler) putNarinfo(w http.ResponseWriter, r *http.Request) {
 			"narinfo for %s was PUT to /%s.narinfo: the URL must name the store path's hash part %s", ni.StorePath, hash, sp.HashPart))
 		return
 	}
+	if err := checkNarinfoURL(ni.URL); err != nil {
+		h.writeError(w, r, clientError(http.StatusBadRequest, "bad narinfo: %v", err))
+		return
+	}
 	// This gateway's cached answer, if any, is dropped; others' expire
 	// within their TTL.
 	h.narinfos.forget(hash)
@@ -164,6 +168,25 @@ func (h *Handler) putNarinfo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// checkNarinfoURL refuses a pushed narinfo's URL that could name
+// something outside the cache: absolute, or with a ".", ".." or empty
+// segment, a backslash or a control character. The index serves its own
+// URL, but a hostile one is a mistake to answer, not to store.
+func checkNarinfoURL(u string) error {
+	if u == "" {
+		return nil
+	}
+	if strings.ContainsAny(u, "\\:?#") || strings.IndexFunc(u, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+		return fmt.Errorf("URL %q: want a relative path such as nar/<file hash>.nar.xz", u)
+	}
+	for _, seg := range strings.Split(u, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return fmt.Errorf("URL %q: want a relative path such as nar/<file hash>.nar.xz", u)
+		}
+	}
+	return nil
 }
 
 // toPathInfo converts a pushed narinfo for the index.

@@ -42,6 +42,10 @@ func TestValidateKey(t *testing.T) {
 		{kReal, drvHash + "!", false},
 		{kReal, drvHash + "!a/b", false},
 		{kReal, drvHash + "!..", false},
+		// The id with ",bzip2" must fit NAME_MAX (255): outputs up to 177.
+		{kReal, drvHash + "!" + strings.Repeat("o", 177), true},
+		{kReal, drvHash + "!" + strings.Repeat("o", 178), false},
+		{kReal, drvHash + "!" + strings.Repeat("o", 211), false},
 		{kReal, "sha1:abc!out", false},
 		{kReal, strings.ToUpper(drvHash) + "!out", false},
 		{kDbg, "c89156ebdabf859f4ee70cb0c303004dccf1ae51", true},

@@ -15,8 +15,11 @@ const (
 	// maxBuildIDLen bounds a build id, in hex digits (a GNU build id is
 	// 40; other linkers make up to 64).
 	maxBuildIDLen = 128
-	// maxOutputNameLen bounds an output name of a realisation id.
-	maxOutputNameLen = 211
+	// maxOutputNameLen bounds an output name of a realisation id, so
+	// that the id, "sha256:<64 hex>!<output>" (72 + output bytes), with
+	// the longest encoding suffix (",bzip2") is a file name Linux takes
+	// (NAME_MAX 255).
+	maxOutputNameLen = 255 - len(",bzip2") - len("sha256:!") - 64
 	// maxListingDepth bounds how deep a listing's directories nest
 	// (PATH_MAX allows no more than 2048 levels).
 	maxListingDepth = 2048
