@@ -7,8 +7,10 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/logging"
@@ -125,6 +127,12 @@ var methodOrder = []string{http.MethodGet, http.MethodHead, http.MethodPut}
 // route dispatches r by path, then by method.
 func (h *Handler) route(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
+	// Every name the routes pass on travels in a protobuf string, which
+	// must be UTF-8: anything else is the client's mistake, said here once.
+	if q, err := url.QueryUnescape(r.URL.RawQuery); !utf8.ValidString(p) || err == nil && !utf8.ValidString(q) {
+		h.writeError(w, r, clientError(http.StatusBadRequest, "the request URL is not valid UTF-8"))
+		return
+	}
 	switch {
 	case p == "/":
 		dispatch(w, r, methods{http.MethodGet: h.landing, http.MethodHead: h.landing})
