@@ -168,6 +168,13 @@ func (b *Bucket) Put(ctx context.Context, key string, file *os.File, size int64)
 	_, err := b.client.PutObject(ctx, b.bucket, b.object(key), file, size, minio.PutObjectOptions{
 		ContentType: "application/x-nix-nar",
 		PartSize:    b.partSize,
+		// An unsigned payload, not the streaming signature the library
+		// uses over plain HTTP: that one is sent as Content-Encoding
+		// aws-chunked, which some servers (Versity Gateway 1.8) keep and
+		// serve back, and Nix, following -nar-redirect, then fails to
+		// decode the NAR. The bytes were verified before; Verify checks
+		// them in the bucket.
+		DisableContentSha256: true,
 	})
 	if err != nil {
 		return b.classify(fmt.Errorf("upload %s: %w", b.object(key), err))
