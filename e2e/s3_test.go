@@ -571,3 +571,37 @@ func withoutAWS(env []string) []string {
 	}
 	return out
 }
+
+// TestS3CreateBucket: with -s3-create-bucket the index makes a missing
+// bucket at start (docker/s3.yml relies on it) and serves.
+func TestS3CreateBucket(t *testing.T) {
+	s := startS3(t)
+	const bucket = "made-by-the-index"
+	addr := freeAddr(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "nixcache-index"), "-listen", addr, "-metrics-listen", "",
+		"-data-dir", t.TempDir(), "-signer-addr", freeAddr(t), "-nar-backend", "s3", "-s3-endpoint", s.endpoint,
+		"-s3-path-style", "-s3-bucket", bucket, "-s3-create-bucket")
+	cmd.Env = append(withoutAWS(os.Environ()), "AWS_ACCESS_KEY_ID="+s.access, "AWS_SECRET_ACCESS_KEY="+s.secret)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-exited }()
+	for !healthServing(ctx, addr) {
+		select {
+		case <-exited:
+			t.Fatalf("the index exited:\n%s", out.String())
+		case <-ctx.Done():
+			t.Fatalf("the index is not serving after 60s")
+		case <-time.After(20 * time.Millisecond): // polling interval
+		}
+	}
+	if ok, err := s.client.BucketExists(context.Background(), bucket); !ok || err != nil {
+		t.Errorf("bucket %s after the index started: exists %v, %v", bucket, ok, err)
+	}
+}

@@ -56,6 +56,7 @@ func run(args []string) error {
 	narBackend := fs.String("nar-backend", "disk", "where the NAR files are kept: disk (<data-dir>/nars) or s3 (an S3-compatible bucket, -s3-*)")
 	s3Endpoint := fs.String("s3-endpoint", "https://s3.amazonaws.com", "URL of the S3 API (with -nar-backend=s3); http:// or https://")
 	s3Bucket := fs.String("s3-bucket", "", "bucket of the NAR files (with -nar-backend=s3); it must exist")
+	s3CreateBucket := fs.Bool("s3-create-bucket", false, "make the bucket at start when it does not exist (otherwise a missing bucket stops the index)")
 	s3Prefix := fs.String("s3-prefix", "", "prefix of the object names in the bucket: the files are <prefix>nars/<2 chars>/<file hash>.nar<ext>")
 	s3Region := fs.String("s3-region", "us-east-1", "region of the bucket (part of every signature)")
 	s3PathStyle := fs.Bool("s3-path-style", false, "address the bucket as <endpoint>/<bucket> (self-hosted servers); default: virtual-hosted <bucket>.<endpoint> for AWS, path style elsewhere")
@@ -107,6 +108,7 @@ func run(args []string) error {
 			PathStyle:       *s3PathStyle,
 			CredentialsFile: *s3CredentialsFile,
 			PartSize:        *s3PartSize,
+			CreateBucket:    *s3CreateBucket,
 		},
 		PresignExpiry: *s3PresignExpiry,
 	}

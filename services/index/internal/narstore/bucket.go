@@ -44,6 +44,9 @@ type BucketConfig struct {
 	PartSize uint64
 	// MaxRetries bounds the attempts of one request (0: the library's 10).
 	MaxRetries int
+	// CreateBucket makes the bucket when it does not exist, rather than
+	// refusing to start.
+	CreateBucket bool
 }
 
 // MinPartSize is the smallest part S3 accepts in a multipart upload.
@@ -102,8 +105,14 @@ func OpenBucket(ctx context.Context, cfg BucketConfig) (*Bucket, error) {
 			return nil, fmt.Errorf("%s: %w", b.where, err)
 		}
 	}
+	if !exists && cfg.CreateBucket {
+		if err := client.MakeBucket(ctx, cfg.Bucket, minio.MakeBucketOptions{Region: cfg.Region}); err != nil {
+			return nil, fmt.Errorf("-s3-create-bucket: make bucket %q at %s: %w", cfg.Bucket, endpoint, err)
+		}
+		exists = true
+	}
 	if !exists {
-		return nil, fmt.Errorf("-s3-bucket: there is no bucket %q at %s; create it first", cfg.Bucket, endpoint)
+		return nil, fmt.Errorf("-s3-bucket: there is no bucket %q at %s; create it first (or -s3-create-bucket)", cfg.Bucket, endpoint)
 	}
 	return b, nil
 }
