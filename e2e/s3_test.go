@@ -451,6 +451,7 @@ func TestS3VerifyDeleteGC(t *testing.T) {
 type faultProxy struct {
 	endpoint string
 	failing  atomic.Bool
+	down     atomic.Bool // cut every request
 	cut      atomic.Int64
 }
 
@@ -468,7 +469,7 @@ func newFaultProxy(t *testing.T, target string) *faultProxy {
 	}
 	p.endpoint = "http://" + ln.Addr().String()
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if p.failing.Load() && r.Method == http.MethodPut && r.URL.Query().Has("partNumber") {
+		if p.down.Load() || p.failing.Load() && r.Method == http.MethodPut && r.URL.Query().Has("partNumber") {
 			p.cut.Add(1)
 			_, _ = io.CopyN(io.Discard, r.Body, 1<<20)
 			panic(http.ErrAbortHandler) // closes the connection without an answer
@@ -482,7 +483,8 @@ func newFaultProxy(t *testing.T, target string) *faultProxy {
 
 // TestS3FailedUpload: an upload to the bucket that fails part-way is
 // aborted: no object, no parts, nothing in the catalogue, the path not
-// served; the push works once the bucket is reachable again.
+// served; the push works once the bucket is reachable again. A download
+// while the bucket is unreachable is a 503.
 func TestS3FailedUpload(t *testing.T) {
 	s := startS3(t)
 	proxy := newFaultProxy(t, s.endpoint)
@@ -522,6 +524,12 @@ func TestS3FailedUpload(t *testing.T) {
 	store := filepath.Join(t.TempDir(), "store")
 	mustNix(t, nixConfig("substituters = "+c.URL, "trusted-public-keys = "+c.publicKey), "nix-store", "--store", store, "--realise", big)
 	assertSameTree(t, big, filepath.Join(store, strings.TrimPrefix(big, "/")))
+
+	proxy.down.Store(true)
+	bigURL, _ := narObject(t, c, big)
+	if resp := httpDo(t, "GET", c.URL+"/"+bigURL, "", nil, nil); resp.status != http.StatusServiceUnavailable {
+		t.Errorf("GET %s with the bucket unreachable: %d, want 503", bigURL, resp.status)
+	}
 }
 
 // TestS3StartupErrors: a missing bucket, refused credentials and no
