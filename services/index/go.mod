@@ -9,6 +9,7 @@ replace (
 )
 
 require (
+	github.com/minio/minio-go/v7 v7.4.1
 	github.com/nixcache/nixcache/nix v0.0.0-00010101000000-000000000000
 	github.com/nixcache/nixcache/platform v0.0.0-00010101000000-000000000000
 	github.com/nixcache/nixcache/proto v0.0.0-00010101000000-000000000000
@@ -29,7 +30,6 @@ require (
 	github.com/klauspost/crc32 v1.3.0 // indirect
 	github.com/minio/crc64nvme v1.1.1 // indirect
 	github.com/minio/md5-simd v1.1.2 // indirect
-	github.com/minio/minio-go/v7 v7.4.1 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/philhofer/fwd v1.2.0 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
