@@ -333,11 +333,14 @@ func rangeGet(t *testing.T, client *http.Client, url string, from, to int) respo
 }
 
 // TestS3Redirect: with -nar-redirect the gateway sends NAR downloads to
-// presigned bucket URLs; the real Nix substitutes through them and curl's
+// presigned bucket URLs, signed for the endpoint clients use
+// (-s3-presign-endpoint); the real Nix substitutes through them and curl's
 // byte ranges work against the bucket.
 func TestS3Redirect(t *testing.T) {
 	s := startS3(t)
-	c := newCluster(t, withS3(s, ""), withArgs("gateway", "-nar-redirect"), withAdmin())
+	// Clients reach the bucket under another name than the index does.
+	public := strings.Replace(s.endpoint, "127.0.0.1", "localhost", 1)
+	c := newCluster(t, withS3(s, "", "-s3-presign-endpoint", public), withArgs("gateway", "-nar-redirect"), withAdmin())
 	top, closure := buildClosure(t)
 	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL+"?compression=zstd", top)
 
@@ -349,7 +352,7 @@ func TestS3Redirect(t *testing.T) {
 	}
 	resp.Body.Close()
 	loc := resp.Header.Get("Location")
-	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, s.endpoint+"/"+s.bucket+"/"+topObj+"?") ||
+	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, public+"/"+s.bucket+"/"+topObj+"?") ||
 		!strings.Contains(loc, "X-Amz-Signature=") || resp.Header.Get("Cache-Control") != "no-store" {
 		t.Fatalf("GET %s: %d, Location %q, Cache-Control %q; want 307 to a presigned URL of %s", topURL, resp.StatusCode, loc, resp.Header.Get("Cache-Control"), topObj)
 	}
