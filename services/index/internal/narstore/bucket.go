@@ -186,7 +186,7 @@ func (b *Bucket) Put(ctx context.Context, key string, file *os.File, size int64)
 		DisableContentSha256: true,
 	})
 	if err != nil {
-		return b.classify(fmt.Errorf("upload %s: %w", b.object(key), err))
+		return b.classify(err, "upload", b.object(key))
 	}
 	return nil
 }
@@ -206,7 +206,7 @@ func (b *Bucket) Open(ctx context.Context, key string, offset, length int64) (io
 	}
 	body, _, _, err := minio.Core{Client: b.client}.GetObject(ctx, b.bucket, b.object(key), opts)
 	if err != nil {
-		return nil, b.classify(fmt.Errorf("get %s: %w", b.object(key), err))
+		return nil, b.classify(err, "get", b.object(key))
 	}
 	return body, nil
 }
@@ -214,7 +214,7 @@ func (b *Bucket) Open(ctx context.Context, key string, offset, length int64) (io
 // Remove deletes the object (S3 deletes a missing one without error).
 func (b *Bucket) Remove(ctx context.Context, key string) error {
 	if err := b.client.RemoveObject(ctx, b.bucket, b.object(key), minio.RemoveObjectOptions{}); err != nil {
-		return b.classify(fmt.Errorf("delete %s: %w", b.object(key), err))
+		return b.classify(err, "delete", b.object(key))
 	}
 	return nil
 }
@@ -223,7 +223,7 @@ func (b *Bucket) Remove(ctx context.Context, key string) error {
 func (b *Bucket) Stat(ctx context.Context, key string) (int64, error) {
 	info, err := b.client.StatObject(ctx, b.bucket, b.object(key), minio.StatObjectOptions{})
 	if err != nil {
-		return 0, b.classify(fmt.Errorf("stat %s: %w", b.object(key), err))
+		return 0, b.classify(err, "stat", b.object(key))
 	}
 	return info.Size, nil
 }
@@ -234,7 +234,7 @@ func (b *Bucket) Walk(ctx context.Context, fn func(key string, size int64) error
 	defer cancel() // stops the listing when fn fails
 	for obj := range b.client.ListObjects(ctx, b.bucket, minio.ListObjectsOptions{Prefix: b.names, Recursive: true}) {
 		if obj.Err != nil {
-			return b.classify(fmt.Errorf("list %s: %w", b.names, obj.Err))
+			return b.classify(obj.Err, "list", b.names)
 		}
 		if err := fn(strings.TrimPrefix(obj.Key, b.names), obj.Size); err != nil {
 			return err
@@ -252,18 +252,18 @@ func (b *Bucket) Presign(ctx context.Context, key string, expiry time.Duration) 
 	return u.String(), nil
 }
 
-// classify makes err match fs.ErrNotExist when the object is missing, and
+// classify describes err, the library's error for the operation op on
+// name, making it match fs.ErrNotExist when the object is missing, and
 // fault.ErrUnavailable when the S3 server could not be reached or failed.
-func (b *Bucket) classify(err error) error {
+func (b *Bucket) classify(err error, op, name string) error {
 	resp := minio.ToErrorResponse(err)
 	switch {
 	case resp.Code == "NoSuchKey" || resp.StatusCode == http.StatusNotFound && resp.Code != "NoSuchBucket":
-		return fmt.Errorf("%w: %w", err, fs.ErrNotExist)
+		return fmt.Errorf("%s %s: %w: %w", op, name, err, fs.ErrNotExist)
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s %s: %w", op, name, err)
 	case resp.Code == "" || resp.StatusCode >= 500:
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return err
-		}
-		return fault.Unavailable("%s: %v", b.where, err)
+		return fault.Unavailable("%s: %s %s: %v", b.where, op, name, err)
 	}
-	return err
+	return fmt.Errorf("%s %s: %w", op, name, err)
 }
