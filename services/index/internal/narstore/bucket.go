@@ -144,7 +144,7 @@ func newS3Client(flag, rawURL string, cfg BucketConfig, creds *credentials.Crede
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
 		return nil, "", fmt.Errorf("%s %q: want http://host[:port] or https://host[:port]", flag, rawURL)
 	}
-	lookup := minio.BucketLookupDNS
+	lookup := minio.BucketLookupAuto
 	if cfg.PathStyle {
 		lookup = minio.BucketLookupPath
 	}

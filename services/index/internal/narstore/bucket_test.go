@@ -80,6 +80,9 @@ func TestBucket(t *testing.T) {
 		t.Fatal("OpenBucket of a missing bucket succeeded")
 	}
 	cfg.CreateBucket = true
+	// Without PathStyle the library chooses: path style for a server that
+	// is not AWS's, as this one.
+	cfg.PathStyle = false
 	bucket, err := narstore.OpenBucket(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
