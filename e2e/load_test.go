@@ -878,7 +878,11 @@ func vmRSS(pid int) (int64, error) {
 // (about 17 MiB), where 25% is within the noise of stacks and pools.
 func (r *rssSampler) rssRule(service string) (ref, last int64, ok bool) {
 	all := r.samples[service]
-	warm, load := all[:r.loadAt[service]], all[r.loadAt[service]:]
+	return rssRule(all[:r.loadAt[service]], all[r.loadAt[service]:])
+}
+
+// rssRule is the rule on the samples of the warm-up and of the load.
+func rssRule(warm, load []int64) (ref, last int64, ok bool) {
 	n := len(load) / 3
 	if n < 2 {
 		return 0, 0, false
@@ -901,12 +905,15 @@ func (r *rssSampler) check(service string) string {
 	if !ok {
 		return fmt.Sprintf("%s: only %d RSS samples in the load, too few for the rule", service, len(r.samples[service])-r.loadAt[service])
 	}
-	if limit := int64(float64(ref)*rssGrowth) + rssSlack; last > limit {
+	if limit := rssLimit(ref); last > limit {
 		return fmt.Sprintf("%s: RSS grows under steady load: largest of the last third %.1f MiB > %.1f MiB (largest before %.1f MiB × %.2f + %d MiB); samples (MiB, load from #%d) %v",
 			service, mib(last), mib(limit), mib(ref), rssGrowth, rssSlack>>20, r.loadAt[service], mibs(r.samples[service]))
 	}
 	return ""
 }
+
+// rssLimit is the largest RSS allowed in the last third of the load.
+func rssLimit(ref int64) int64 { return int64(float64(ref)*rssGrowth) + rssSlack }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
@@ -1061,5 +1068,47 @@ func (lt *loadTest) deleteBuilt(t *testing.T) {
 	out, err := exec.Command("nix-store", append([]string{"--delete"}, lt.built...)...).CombinedOutput()
 	if err != nil {
 		t.Logf("nix-store --delete of the %d paths built: %v\n%s", len(lt.built), err, out)
+	}
+}
+
+// TestRSSRule: the RSS rule passes a garbage collector's sawtooth whose
+// peaks are steady, and fails one whose peaks climb with a leak, for the
+// two shapes seen here: the index's large slow cycle in a 60 s run, and the
+// gateway's small fast one in the 15 s of CI.
+func TestRSSRule(t *testing.T) {
+	// sawtooth samples one per second: from low to high MiB over cycle
+	// seconds, then back, plus leak MiB a second.
+	sawtooth := func(seconds int, low, high, cycle, leak float64) []int64 {
+		var out []int64
+		for i := range seconds {
+			phase := float64(i%int(cycle)) / (cycle - 1)
+			out = append(out, int64((low+(high-low)*phase+leak*float64(i))*(1<<20)))
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name           string
+		warm, load     int
+		low, high, cyc float64
+		leak           float64 // MiB/s
+		want           bool    // the rule holds
+	}{
+		{"index, 60 s, steady", 15, 60, 60, 130, 15, 0, true},
+		{"index, 60 s, leak of 2 MiB/s", 15, 60, 60, 130, 15, 2, false},
+		{"gateway, 15 s, steady", 10, 15, 30, 45, 5, 0, true},
+		{"gateway, 15 s, leak of 4 MiB/s", 10, 15, 30, 45, 5, 4, false},
+	} {
+		all := sawtooth(tc.warm+tc.load, tc.low, tc.high, tc.cyc, tc.leak)
+		ref, last, ok := rssRule(all[:tc.warm], all[tc.warm:])
+		if !ok {
+			t.Fatalf("%s: too few samples", tc.name)
+		}
+		if holds := last <= rssLimit(ref); holds != tc.want {
+			t.Errorf("%s: largest before %.0f MiB, in the last third %.0f MiB, limit %.0f MiB: holds %v, want %v",
+				tc.name, mib(ref), mib(last), mib(rssLimit(ref)), holds, tc.want)
+		}
+	}
+	if _, _, ok := rssRule(nil, make([]int64, 5)); ok {
+		t.Error("5 samples of load: the rule applied, want too few (a third of 1)")
 	}
 }
