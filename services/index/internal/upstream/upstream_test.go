@@ -723,4 +723,3 @@ func TestResolveNar(t *testing.T) {
 		}
 	}
 }
-
