@@ -69,6 +69,10 @@ func (p *Puller) fetch(ctx context.Context, hashPart string) (*indexv1.PathInfo,
 		})
 	}
 	if err := g.Wait(); err != nil {
+		// What was verified is published all the same, so that its NAR
+		// file is not left unused: each path whose NAR file was stored
+		// and whose references are published.
+		p.publishVerified(ctx, nodes, order)
 		return nil, 0, err
 	}
 	for _, h := range order {
@@ -78,6 +82,27 @@ func (p *Puller) fetch(ctx context.Context, hashPart string) (*indexv1.PathInfo,
 	}
 	info, err := p.catalog.PathInfo(hashPart)
 	return info, len(order), err
+}
+
+// publishVerified publishes, references first, the nodes whose NAR file
+// is stored and whose references are published, after a fetch failed.
+func (p *Puller) publishVerified(ctx context.Context, nodes map[string]*node, order []string) {
+	published := map[string]bool{}
+	for _, h := range order {
+		n := nodes[h]
+		ok := n.file != nil
+		for _, r := range n.refs {
+			ok = ok && published[r]
+		}
+		if !ok {
+			continue
+		}
+		if err := p.publish(ctx, n); err != nil {
+			p.log.Warn("publish a verified path of a failed upstream fetch", "store_path", n.ni.StorePath, "err", err)
+			continue
+		}
+		published[h] = true
+	}
 }
 
 // lookup asks each upstream in order for the narinfo of hashPart and

@@ -723,3 +723,37 @@ func TestResolveNar(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedFetchPublishesVerified: when a path of a closure is refused,
+// the paths whose NARs were verified and whose references are published
+// are published all the same; the refused one and those above it are not.
+func TestFailedFetchPublishesVerified(t *testing.T) {
+	up := newFakeUpstream(t)
+	e := newEnv(t, []string{up.srv.URL}, nil)
+	leaf, top := newPath(t, "leaf"), newPath(t, "top")
+	leafP := up.add(t, leaf, 1, compression.XZ, nil, e.upKey)
+	topP := up.add(t, top, 2, compression.XZ, []storepath.Path{leaf}, e.upKey)
+	up.set(topP.narPath, nartest.Compress(t, compression.XZ, nartest.Small(t, 97)))
+	// The top's NAR fails only once the leaf's is stored.
+	release := up.holdPath(t, topP.narPath)
+	done := make(chan error, 1)
+	go func() { _, err := e.p.PathInfo(context.Background(), top.HashPart); done <- err }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := e.cat.NarFile(leafP.ni.FileHash.NixBase32()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the leaf's NAR was not stored")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	release()
+	wantNotFound(t, <-done, "file hash mismatch")
+	if _, err := e.cat.PathInfo(leaf.HashPart); err != nil {
+		t.Errorf("the verified leaf is not published: %v", err)
+	}
+	if _, err := e.cat.PathInfo(top.HashPart); !errors.Is(err, fault.ErrNotFound) {
+		t.Errorf("the refused top is published (err %v)", err)
+	}
+}
