@@ -382,6 +382,11 @@ func (p *Puller) download(ctx context.Context, n *node, narURL string) (*indexv1
 		return nil, fmt.Errorf("%s: store NAR: %w", ni.StorePath, err)
 	}
 	p.metrics.narBytes(n.up.name, nf.GetFileSize())
+	if ni.FileSize != 0 && nf.GetFileSize() != ni.FileSize {
+		p.dropUnrecorded(nf)
+		return nil, &missError{result: resultRefused, remember: true, err: fmt.Errorf(
+			"%s: NAR %s is %d bytes, the narinfo says %d", ni.StorePath, narURL, nf.GetFileSize(), ni.FileSize)}
+	}
 	if nf.GetNarHash() != ni.NarHash.String() || nf.GetNarSize() != ni.NarSize {
 		p.dropUnrecorded(nf)
 		return nil, &missError{result: resultRefused, remember: true, err: fmt.Errorf(

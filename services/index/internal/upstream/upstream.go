@@ -272,6 +272,12 @@ func (p *Puller) fetchRoot(hashPart string) (*indexv1.PathInfo, error) {
 		return nil, fault.NotFound("store path %s is not in the cache: %v", hashPart, miss.err)
 	case p.ctx.Err() != nil:
 		return nil, errClosed
+	case errors.Is(err, context.DeadlineExceeded):
+		p.metrics.lookup(resultUnreachable)
+		p.log.Warn("upstream fetch took longer than -upstream-fetch-timeout", "hash_part", hashPart,
+			"fetch_timeout", p.cfg.FetchTimeout, "err", err)
+		return nil, fault.NotFound("store path %s is not in the cache: fetching it from upstream took longer than -upstream-fetch-timeout %s",
+			hashPart, p.cfg.FetchTimeout)
 	case errors.Is(err, fault.ErrUnavailable):
 		p.metrics.lookup(resultFailed)
 		p.log.Warn("upstream path not published", "hash_part", hashPart, "err", err)

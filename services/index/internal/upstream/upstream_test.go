@@ -22,6 +22,7 @@ import (
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/narinfo"
 	"github.com/nixcache/nixcache/nix/nixbase32"
+	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/signature"
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
@@ -386,6 +387,13 @@ func TestRefused(t *testing.T) {
 			p := up.add(t, newPath(t, "p"), 1, compression.XZ, nil, e.upKey)
 			up.set(p.narPath, nartest.Compress(t, compression.XZ, nartest.Small(t, 98)))
 			return p, "file hash mismatch"
+		}},
+		{name: "FileSize wrong", narFetched: true, make: func(t *testing.T, e *env, up *fakeUpstream) (upPath, string) {
+			p := up.add(t, newPath(t, "p"), 1, compression.XZ, nil, e.upKey)
+			p.ni.FileHash = nixhash.Hash{} // unsigned fields: only the size is left to check
+			p.ni.FileSize++
+			up.set(p.narinfoPath(), []byte(p.ni.String()))
+			return p, "the narinfo says"
 		}},
 		{name: "NAR missing", narFetched: true, make: func(t *testing.T, e *env, up *fakeUpstream) (upPath, string) {
 			p := up.add(t, newPath(t, "p"), 1, compression.XZ, nil, e.upKey)
@@ -755,5 +763,20 @@ func TestFailedFetchPublishesVerified(t *testing.T) {
 	}
 	if _, err := e.cat.PathInfo(top.HashPart); !errors.Is(err, fault.ErrNotFound) {
 		t.Errorf("the refused top is published (err %v)", err)
+	}
+}
+
+// TestFetchTimeout: a fetch that outlasts -upstream-fetch-timeout ends
+// with a NotFound saying so, and is tried again on the next request.
+func TestFetchTimeout(t *testing.T) {
+	up := newFakeUpstream(t)
+	e := newEnv(t, []string{up.srv.URL}, func(c *Config) { c.FetchTimeout = 300 * time.Millisecond })
+	p := up.add(t, newPath(t, "p"), 1, compression.XZ, nil, e.upKey)
+	release := up.holdPath(t, p.narPath)
+	_, err := e.p.PathInfo(context.Background(), p.sp.HashPart)
+	wantNotFound(t, err, "longer than -upstream-fetch-timeout")
+	release()
+	if _, err := e.p.PathInfo(context.Background(), p.sp.HashPart); err != nil {
+		t.Fatalf("the next request: %v", err)
 	}
 }
