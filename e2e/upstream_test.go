@@ -22,8 +22,8 @@ type staticCache struct {
 }
 
 // startNginx serves root on a free loopback port until stop or the end
-// of the test.
-func startNginx(t *testing.T, root string) *staticCache {
+// of the test; extra is added to its server block.
+func startNginx(t *testing.T, root, extra string) *staticCache {
 	t.Helper()
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
@@ -58,9 +58,10 @@ http {
   server {
     listen %[2]s;
     root %[4]s;
+    %[5]s
   }
 }
-`, dir, addr, user, root)
+`, dir, addr, user, root, extra)
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +185,7 @@ func TestUpstreamPullThrough(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	nginx := startNginx(t, cacheDir)
+	nginx := startNginx(t, cacheDir, "")
 	c := newCluster(t, withArgs("index", "-upstream", nginx.URL, "-upstream-key", upPublic,
 		"-upstream-timeout", "2s", "-upstream-negative-ttl", "30s"))
 	trusting := nixConfig("trusted-public-keys = " + c.publicKey)
@@ -262,5 +263,39 @@ func TestUpstreamPullThrough(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("index metrics lack %q", want)
 		}
+	}
+}
+
+// TestUpstreamSlowFetch: a fetch longer than the gateway's deadline is
+// answered 503 with Retry-After and goes on in the index, so that a
+// retry finds the path; the real client then substitutes it.
+func TestUpstreamSlowFetch(t *testing.T) {
+	upSecret, upPublic := binaryCacheKey(t, "e2e-upstream-1")
+	cacheDir := filepath.Join(t.TempDir(), "upstream")
+	top, closure := buildClosure(t)
+	mustNix(t, nixConfig(), "nix", "copy", "--to", "file://"+cacheDir+"?compression=xz&secret-key="+upSecret, top)
+	// The closure's largest NAR (about 300 kB) takes 3 s at this rate.
+	nginx := startNginx(t, cacheDir, "limit_rate 100k;")
+	c := newCluster(t, withArgs("index", "-upstream", nginx.URL, "-upstream-key", upPublic),
+		withArgs("gateway", "-request-timeout", "1s"))
+
+	url := c.URL + "/" + hashPart(top) + ".narinfo"
+	resp := httpDo(t, "GET", url, "", nil, nil)
+	if resp.status != http.StatusServiceUnavailable || resp.header.Get("Retry-After") == "" || !strings.Contains(resp.body, "being fetched from upstream") {
+		t.Fatalf("first GET: %d (Retry-After %q) %q, want 503 with Retry-After saying the path is being fetched",
+			resp.status, resp.header.Get("Retry-After"), resp.body)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for resp.status != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatalf("not served 60s after the first request: %d %q", resp.status, resp.body)
+		}
+		time.Sleep(200 * time.Millisecond)
+		resp = httpDo(t, "GET", url, "", nil, nil)
+	}
+	store := filepath.Join(t.TempDir(), "store")
+	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", "copy", "--from", c.URL, "--to", store, top)
+	if got := pathInfos(t, nixConfig(), "--store", store, "--recursive", top); len(got) != len(closure) {
+		t.Errorf("fresh store has %d paths of the closure, want %d", len(got), len(closure))
 	}
 }

@@ -45,14 +45,15 @@ type httpClient struct {
 }
 
 func newHTTPClient(timeout time.Duration, m *metricSet) *httpClient {
+	// The wait for response headers is bounded by the caller's context
+	// (narinfo) or the silence timer (nar), which say why they ended.
 	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout:   timeout,
-		ResponseHeaderTimeout: timeout,
-		MaxIdleConnsPerHost:   lookupConcurrency + narConcurrency,
-		IdleConnTimeout:       90 * time.Second,
-		ForceAttemptHTTP2:     true,
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout: timeout,
+		MaxIdleConnsPerHost: lookupConcurrency + narConcurrency,
+		IdleConnTimeout:     90 * time.Second,
+		ForceAttemptHTTP2:   true,
 	}
 	return &httpClient{c: &http.Client{Transport: tr}, timeout: timeout, metrics: m}
 }

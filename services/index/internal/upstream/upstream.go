@@ -123,9 +123,9 @@ func parseBase(raw string) (*url.URL, error) {
 	return u, nil
 }
 
-// replyMargin is how long before the caller's deadline a lookup still in
-// progress answers Unavailable, so that the caller reads that answer and
-// not its own deadline.
+// replyMargin is how long (at most) before the caller's deadline a
+// lookup still in progress answers Unavailable, so that the caller reads
+// that answer and not its own deadline.
 const replyMargin = 500 * time.Millisecond
 
 // Puller fetches paths from the upstream caches into the index.
@@ -225,14 +225,15 @@ func (p *Puller) PathInfo(ctx context.Context, hashPart string) (*indexv1.PathIn
 	}
 }
 
-// replyBy returns ctx shortened by replyMargin when it has a deadline
-// further away than twice that.
+// replyBy returns ctx shortened by replyMargin, or by a fifth of the
+// time left when that is shorter.
 func replyBy(ctx context.Context) (context.Context, context.CancelFunc) {
 	deadline, ok := ctx.Deadline()
-	if !ok || time.Until(deadline) < 2*replyMargin {
+	if !ok {
 		return context.WithCancel(ctx)
 	}
-	return context.WithDeadline(ctx, deadline.Add(-replyMargin))
+	margin := min(replyMargin, time.Until(deadline)/5)
+	return context.WithDeadline(ctx, deadline.Add(-max(margin, 0)))
 }
 
 // errClosed is the answer once Close was called.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -485,12 +487,11 @@ func TestMissNegativeCache(t *testing.T) {
 // answering, a miss is a quick NotFound, the upstream is then skipped
 // for the negative TTL, and a later upstream still serves.
 func TestUpstreamDown(t *testing.T) {
-	closed := httptest.NewServer(http.NotFoundHandler())
-	closed.Close()
+	closed := refusingURL(t)
 	hung := newFakeUpstream(t)
 	good := newFakeUpstream(t)
 	const timeout = 300 * time.Millisecond
-	e := newEnv(t, []string{closed.URL, hung.srv.URL, good.srv.URL}, func(c *Config) { c.Timeout = timeout })
+	e := newEnv(t, []string{closed, hung.srv.URL, good.srv.URL}, func(c *Config) { c.Timeout = timeout })
 	now := time.Now()
 	e.p.now = func() time.Time { return now }
 
@@ -779,4 +780,24 @@ func TestFetchTimeout(t *testing.T) {
 	if _, err := e.p.PathInfo(context.Background(), p.sp.HashPart); err != nil {
 		t.Fatalf("the next request: %v", err)
 	}
+}
+
+// refusingURL returns the URL of a loopback port that refuses
+// connections until the test ends: a socket bound to it that does not
+// listen keeps any other server from taking the port.
+func refusingURL(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
