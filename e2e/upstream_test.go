@@ -187,7 +187,7 @@ func TestUpstreamPullThrough(t *testing.T) {
 
 	nginx := startNginx(t, cacheDir, "")
 	c := newCluster(t, withArgs("index", "-upstream", nginx.URL, "-upstream-key", upPublic,
-		"-upstream-timeout", "2s", "-upstream-negative-ttl", "30s"))
+		"-upstream-timeout", "10s", "-upstream-negative-ttl", "30s"))
 	trusting := nixConfig("trusted-public-keys = " + c.publicKey)
 
 	// The closure is substituted through nixcache into a fresh store
@@ -248,8 +248,9 @@ func TestUpstreamPullThrough(t *testing.T) {
 		if resp.status != http.StatusNotFound {
 			t.Errorf("miss %d with the upstream down: %d %q, want 404", i, resp.status, resp.body)
 		}
-		if took > time.Second {
-			t.Errorf("miss %d with the upstream down took %s, want under 1s", i, took)
+		// Well under -upstream-timeout: nothing waits for the upstream.
+		if took > 3*time.Second {
+			t.Errorf("miss %d with the upstream down took %s, want under 3s", i, took)
 		}
 	}
 
