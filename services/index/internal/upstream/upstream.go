@@ -200,10 +200,10 @@ func (p *Puller) Close() {
 // retry finds it) or the signer is down. The caller has checked that the
 // index does not hold the path.
 func (p *Puller) PathInfo(ctx context.Context, hashPart string) (*indexv1.PathInfo, error) {
-	if until, ok := p.negative.get(hashPart, p.now()); ok {
+	if e, ok := p.negative.get(hashPart, p.now()); ok {
 		p.metrics.lookup(resultNegativeCached)
-		return nil, fault.NotFound("store path %s is not in the cache, nor on any upstream (an answer remembered until %s)",
-			hashPart, until.UTC().Format(time.RFC3339))
+		return nil, fault.NotFound("store path %s is not in the cache: %s (an answer remembered until %s)",
+			hashPart, e.reason, e.until.UTC().Format(time.RFC3339))
 	}
 	ch := p.roots.DoChan(hashPart, func() (any, error) { return p.fetchRoot(hashPart) })
 	waitCtx, cancel := replyBy(ctx)
@@ -265,7 +265,7 @@ func (p *Puller) fetchRoot(hashPart string) (*indexv1.PathInfo, error) {
 	case errors.As(err, &miss):
 		p.metrics.lookup(miss.result)
 		if miss.remember && p.cfg.NegativeTTL > 0 {
-			p.negative.put(hashPart, p.now().Add(p.cfg.NegativeTTL), p.now())
+			p.negative.put(hashPart, negativeEntry{until: p.now().Add(p.cfg.NegativeTTL), reason: miss.Error()}, p.now())
 		}
 		if miss.result != resultMiss {
 			p.log.Warn("upstream path not fetched", "hash_part", hashPart, "result", miss.result, "err", miss.err)
@@ -331,47 +331,52 @@ func (u *upstreamCache) markDown(now, until time.Time) bool {
 // negativeCacheSize bounds the hash parts remembered as absent.
 const negativeCacheSize = 1 << 16
 
-// negativeCache remembers hash parts found on no upstream, until a time.
+// negativeEntry is a path found absent: why, and until when that holds.
+type negativeEntry struct {
+	until  time.Time
+	reason string
+}
+
+// negativeCache remembers hash parts found on no upstream, or refused.
 type negativeCache struct {
-	mu    sync.Mutex
-	max   int
-	until map[string]time.Time
+	mu      sync.Mutex
+	max     int
+	entries map[string]negativeEntry
 }
 
 func newNegativeCache(max int) *negativeCache {
-	return &negativeCache{max: max, until: map[string]time.Time{}}
+	return &negativeCache{max: max, entries: map[string]negativeEntry{}}
 }
 
-// get returns when the absence of hashPart expires, if it is remembered
-// at now.
-func (c *negativeCache) get(hashPart string, now time.Time) (time.Time, bool) {
+// get returns the entry of hashPart, if one holds at now.
+func (c *negativeCache) get(hashPart string, now time.Time) (negativeEntry, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	until, ok := c.until[hashPart]
-	if ok && !now.Before(until) {
-		delete(c.until, hashPart)
-		return time.Time{}, false
+	e, ok := c.entries[hashPart]
+	if ok && !now.Before(e.until) {
+		delete(c.entries, hashPart)
+		return negativeEntry{}, false
 	}
-	return until, ok
+	return e, ok
 }
 
-// put remembers hashPart as absent until until. When full, it forgets
-// the expired entries, then any, to make room.
-func (c *negativeCache) put(hashPart string, until, now time.Time) {
+// put remembers hashPart as absent. When full, it forgets the expired
+// entries, then any, to make room.
+func (c *negativeCache) put(hashPart string, e negativeEntry, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.until) >= c.max {
-		for h, u := range c.until {
-			if !now.Before(u) {
-				delete(c.until, h)
+	if len(c.entries) >= c.max {
+		for h, old := range c.entries {
+			if !now.Before(old.until) {
+				delete(c.entries, h)
 			}
 		}
-		for h := range c.until {
-			if len(c.until) < c.max {
+		for h := range c.entries {
+			if len(c.entries) < c.max {
 				break
 			}
-			delete(c.until, h)
+			delete(c.entries, h)
 		}
 	}
-	c.until[hashPart] = until
+	c.entries[hashPart] = e
 }

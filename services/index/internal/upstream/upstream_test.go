@@ -439,10 +439,11 @@ func TestRefused(t *testing.T) {
 			if got := e.lookups(resultRefused); got != 1 {
 				t.Errorf("lookups{refused} = %v, want 1", got)
 			}
-			// Refusals are remembered like misses.
+			// Refusals are remembered like misses, with their reason.
 			hits := up.count(p.narinfoPath())
 			_, err = e.p.PathInfo(context.Background(), p.sp.HashPart)
 			wantNotFound(t, err, "remembered")
+			wantNotFound(t, err, msg)
 			if up.count(p.narinfoPath()) != hits {
 				t.Error("a refused path was asked for again within the negative TTL")
 			}
@@ -800,4 +801,31 @@ func refusingURL(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return fmt.Sprintf("http://127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+}
+
+// TestNegativeCacheBounded: a full negative cache drops expired entries
+// first, then others, and never grows past its bound.
+func TestNegativeCacheBounded(t *testing.T) {
+	c := newNegativeCache(3)
+	now := time.Now()
+	c.put("old", negativeEntry{until: now.Add(time.Second)}, now)
+	c.put("a", negativeEntry{until: now.Add(time.Hour)}, now)
+	c.put("b", negativeEntry{until: now.Add(time.Hour)}, now)
+	later := now.Add(time.Minute)
+	c.put("c", negativeEntry{until: later.Add(time.Hour), reason: "why"}, later)
+	if _, ok := c.get("old", now); ok {
+		t.Error("the expired entry was kept over live ones")
+	}
+	if e, ok := c.get("c", later); !ok || e.reason != "why" {
+		t.Errorf("the new entry: %+v, %v", e, ok)
+	}
+	for _, h := range []string{"d", "e", "f", "g"} {
+		c.put(h, negativeEntry{until: later.Add(time.Hour)}, later)
+		if len(c.entries) > 3 {
+			t.Fatalf("%d entries, bound 3", len(c.entries))
+		}
+	}
+	if _, ok := c.get("c", later.Add(2*time.Hour)); ok {
+		t.Error("an entry is returned after it expired")
+	}
 }
