@@ -52,6 +52,12 @@ func run(args []string) error {
 	gcMaxSize := fs.Uint64("gc-max-size", 0, "garbage collection keeps at most this many bytes of NAR files, least recently downloaded deleted first (0: no limit)")
 	gcMaxAge := fs.Duration("gc-max-age", 0, "garbage collection deletes paths not downloaded for this long (0: no limit)")
 	gcInterval := fs.Duration("gc-interval", 0, "run garbage collection with -gc-max-size and -gc-max-age this often (0: only when asked, AdminService.CollectGarbage)")
+	var upstreams, upstreamKeys envflag.List
+	fs.Var(&upstreams, "upstream", "upstream binary cache (http:// or https://) where a path the index lacks is looked up, fetched and then served; repeatable or comma-separated, asked in order")
+	fs.Var(&upstreamKeys, "upstream-key", `trusted public key of the upstreams, "name:base64" as in trusted-public-keys; an upstream path is accepted only with a valid signature by one; repeatable or comma-separated`)
+	upstreamTimeout := fs.Duration("upstream-timeout", 5*time.Second, "bound on connecting to an upstream, each narinfo lookup, and any silence of an upstream during a NAR download")
+	upstreamNegativeTTL := fs.Duration("upstream-negative-ttl", 30*time.Second, "how long a path no upstream has is answered absent without asking again, and an unreachable upstream is skipped (0: not remembered)")
+	upstreamFetchTimeout := fs.Duration("upstream-fetch-timeout", 30*time.Minute, "bound on fetching one upstream path with the part of its closure the index lacks; it goes on after the caller gave up, so a retry finds it")
 	if err := envflag.Parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -85,6 +91,12 @@ func run(args []string) error {
 		GCMaxSize:  *gcMaxSize,
 		GCMaxAge:   *gcMaxAge,
 		GCInterval: *gcInterval,
+
+		Upstreams:            upstreams.Values,
+		UpstreamKeys:         upstreamKeys.Values,
+		UpstreamTimeout:      *upstreamTimeout,
+		UpstreamNegativeTTL:  *upstreamNegativeTTL,
+		UpstreamFetchTimeout: *upstreamFetchTimeout,
 	}
 	if err := opts.Validate(); err != nil {
 		return fmt.Errorf("bad configuration: %w", err)

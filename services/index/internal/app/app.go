@@ -78,6 +78,19 @@ type Options struct {
 	GCMaxSize  uint64
 	GCMaxAge   time.Duration
 	GCInterval time.Duration
+
+	// Upstreams are the upstream caches a path the index lacks is
+	// fetched from, in order (package upstream); UpstreamKeys the trusted
+	// public keys ("name:base64") one of whose signatures it must carry.
+	Upstreams    []string
+	UpstreamKeys []string
+	// UpstreamTimeout bounds connecting, each narinfo lookup and any
+	// silence of an upstream; UpstreamNegativeTTL is how long a path no
+	// upstream has, or an unreachable upstream, is not asked again;
+	// UpstreamFetchTimeout bounds fetching one path with its closure.
+	UpstreamTimeout      time.Duration
+	UpstreamNegativeTTL  time.Duration
+	UpstreamFetchTimeout time.Duration
 }
 
 // accessFlushInterval is how often the NAR downloads noted in memory are
@@ -131,6 +144,11 @@ func (o Options) Validate() error {
 	}
 	if o.GCInterval < 0 {
 		errs = append(errs, "-gc-interval must be >= 0")
+	}
+	if len(o.Upstreams) > 0 || len(o.UpstreamKeys) > 0 {
+		if _, err := o.upstreamConfig(); err != nil {
+			errs = append(errs, err.Error())
+		}
 	}
 	if len(errs) > 0 {
 		return errors.New(strings.Join(errs, "; "))
@@ -217,7 +235,18 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	if o.LocalStore {
 		logDir = o.NixLogDir
 	}
-	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir))
+	indexSvc := server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir)
+	if len(o.Upstreams) > 0 {
+		puller, err := openUpstream(o, ops, cat, nars, pub)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		// Fetches in progress end before the catalogue closes.
+		defer puller.Close()
+		indexSvc.WithUpstream(puller)
+	}
+	indexv1.RegisterIndexServiceServer(srv.GRPC, indexSvc)
 	adminSvc := admin.New(admin.Config{StoreDir: o.StoreDir, SignTimeout: o.SignTimeout,
 		GCMaxSize: o.GCMaxSize, GCMaxAge: o.GCMaxAge, Log: o.Log.With("component", "admin")},
 		cat, nars, signerv1.NewSignerServiceClient(conn), tracker)

@@ -54,6 +54,9 @@ type Server struct {
 	// build-log directory, "" for none.
 	artifacts *artifact.Store
 	logDir    string
+	// upstream, when set, fetches the paths looked up and not found
+	// (upstream.go).
+	upstream Upstream
 }
 
 // New returns the service over its parts; local may be nil.
@@ -276,6 +279,9 @@ func (s *Server) GetPathInfo(ctx context.Context, req *indexv1.GetPathInfoReques
 	info, err := s.catalog.PathInfo(req.GetHashPart())
 	if errors.Is(err, fault.ErrNotFound) && s.local != nil {
 		info, err = s.local.PathInfo(ctx, req.GetHashPart())
+	}
+	if errors.Is(err, fault.ErrNotFound) && s.upstream != nil {
+		info, err = s.upstream.PathInfo(ctx, req.GetHashPart())
 	}
 	if err != nil {
 		return nil, toStatus(err)
