@@ -8,7 +8,7 @@ export PATH := $(TOOLS):$(PATH)
 
 GO_BUILD := CGO_ENABLED=0 go build -trimpath -ldflags='-s -w'
 
-.PHONY: all build run test test-unit test-e2e tools tools-run proto proto-check lint vet fmt-check clean bench bench-smoke test-compose compose-up compose-s3-up fuzz-smoke
+.PHONY: all build run test test-unit test-e2e test-load tools tools-run proto proto-check lint vet fmt-check clean bench bench-smoke test-compose compose-up compose-s3-up fuzz-smoke
 
 all: build
 
@@ -34,6 +34,14 @@ test-unit:
 
 test-e2e: build
 	NIXCACHE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m -skip '^TestCompose$$' ./e2e/...
+
+## test-load: the load test (e2e/load_test.go, README § Load test) for LOAD_DURATION; load.json and load.md in LOAD_OUT.
+## (make test-e2e runs the same test for 15 s.)
+LOAD_DURATION ?= 60s
+LOAD_OUT ?= $(or $(TMPDIR),/tmp)/nixcache-load
+test-load: build
+	NIXCACHE_BIN=$(CURDIR)/$(BIN) NIXCACHE_LOAD_DURATION=$(LOAD_DURATION) NIXCACHE_ARTIFACTS=$(LOAD_OUT) \
+	  go test -count=1 -timeout 15m -v -run '^TestLoad$$' ./e2e/...
 
 ## test-compose: docker-compose.yml run on this machine's Docker engine, driven by the real Nix client (e2e/compose_test.go).
 test-compose: build

@@ -37,7 +37,7 @@ if [ "$mode" != --run ]; then
   need xz xz-utils
   need zstd zstd
   need bzip2 bzip2
-  need nginx nginx # bench/: the static-cache baseline of `make bench` and `make bench-smoke`
+  need nginx nginx # bench/: the static-cache baseline of `make bench` and `make bench-smoke`; e2e/upstream_test.go: the upstream cache
   need python3 python3 # bench/workload/gen-closure.py
   need chromium chromium # e2e/landing_test.go: the landing page in a headless browser
   need docker-compose docker-compose # e2e/compose_test.go (the Docker engine itself comes with the machine)

@@ -64,6 +64,12 @@ func run(args []string) error {
 	s3PartSize := fs.Uint64("s3-part-size", 16<<20, "part size of multipart uploads; larger files are uploaded in parts, read from the verified upload file (at least 5 MiB)")
 	s3PresignEndpoint := fs.String("s3-presign-endpoint", "", "URL of the S3 API as clients reach it, for presigned NAR URLs (gateway -nar-redirect); empty: -s3-endpoint")
 	s3PresignExpiry := fs.Duration("s3-presign-expiry", time.Hour, "how long a presigned NAR URL works (gateway -nar-redirect); 0 makes none")
+	var upstreams, upstreamKeys envflag.List
+	fs.Var(&upstreams, "upstream", "upstream binary cache (http:// or https://) where a path the index lacks is looked up, fetched and then served; repeatable or comma-separated, asked in order")
+	fs.Var(&upstreamKeys, "upstream-key", `trusted public key of the upstreams, "name:base64" as in trusted-public-keys; an upstream path is accepted only with a valid signature by one; repeatable or comma-separated`)
+	upstreamTimeout := fs.Duration("upstream-timeout", 5*time.Second, "bound on connecting to an upstream, each narinfo lookup, and any silence of an upstream during a NAR download")
+	upstreamNegativeTTL := fs.Duration("upstream-negative-ttl", 30*time.Second, "how long a path no upstream has is answered absent without asking again, and an unreachable upstream is skipped (0: not remembered)")
+	upstreamFetchTimeout := fs.Duration("upstream-fetch-timeout", 30*time.Minute, "bound on fetching one upstream path with the part of its closure the index lacks; it goes on after the caller gave up, so a retry finds it")
 	if err := envflag.Parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -97,6 +103,12 @@ func run(args []string) error {
 		GCMaxSize:  *gcMaxSize,
 		GCMaxAge:   *gcMaxAge,
 		GCInterval: *gcInterval,
+
+		Upstreams:            upstreams.Values,
+		UpstreamKeys:         upstreamKeys.Values,
+		UpstreamTimeout:      *upstreamTimeout,
+		UpstreamNegativeTTL:  *upstreamNegativeTTL,
+		UpstreamFetchTimeout: *upstreamFetchTimeout,
 
 		NarBackend: *narBackend,
 		Bucket: narstore.BucketConfig{

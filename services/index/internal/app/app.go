@@ -79,6 +79,19 @@ type Options struct {
 	GCMaxAge   time.Duration
 	GCInterval time.Duration
 
+	// Upstreams are the upstream caches a path the index lacks is
+	// fetched from, in order (package upstream); UpstreamKeys the trusted
+	// public keys ("name:base64") one of whose signatures it must carry.
+	Upstreams    []string
+	UpstreamKeys []string
+	// UpstreamTimeout bounds connecting, each narinfo lookup and any
+	// silence of an upstream; UpstreamNegativeTTL is how long a path no
+	// upstream has, or an unreachable upstream, is not asked again;
+	// UpstreamFetchTimeout bounds fetching one path with its closure.
+	UpstreamTimeout      time.Duration
+	UpstreamNegativeTTL  time.Duration
+	UpstreamFetchTimeout time.Duration
+
 	// NarBackend is where the NAR files are kept: "disk" (DataDir/nars,
 	// also for "") or "s3" (Bucket).
 	NarBackend string
@@ -152,6 +165,11 @@ func (o Options) Validate() error {
 	}
 	if o.GCInterval < 0 {
 		errs = append(errs, "-gc-interval must be >= 0")
+	}
+	if len(o.Upstreams) > 0 || len(o.UpstreamKeys) > 0 {
+		if _, err := o.upstreamConfig(); err != nil {
+			errs = append(errs, err.Error())
+		}
 	}
 	switch o.NarBackend {
 	case "", BackendDisk:
@@ -264,7 +282,18 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	if o.LocalStore {
 		logDir = o.NixLogDir
 	}
-	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir).WithPresign(o.PresignExpiry))
+	indexSvc := server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir).WithPresign(o.PresignExpiry)
+	if len(o.Upstreams) > 0 {
+		puller, err := openUpstream(o, ops, cat, nars, pub)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		// Fetches in progress end before the catalogue closes.
+		defer puller.Close()
+		indexSvc.WithUpstream(puller)
+	}
+	indexv1.RegisterIndexServiceServer(srv.GRPC, indexSvc)
 	adminSvc := admin.New(admin.Config{StoreDir: o.StoreDir, SignTimeout: o.SignTimeout,
 		GCMaxSize: o.GCMaxSize, GCMaxAge: o.GCMaxAge, Log: o.Log.With("component", "admin")},
 		cat, nars, signerv1.NewSignerServiceClient(conn), tracker)

@@ -57,6 +57,9 @@ type Server struct {
 	// build-log directory, "" for none.
 	artifacts *artifact.Store
 	logDir    string
+	// upstream, when set, fetches the paths looked up and not found
+	// (upstream.go).
+	upstream Upstream
 	// presignExpiry is how long a presigned URL of StatNar works; 0
 	// makes none.
 	presignExpiry time.Duration
@@ -301,6 +304,9 @@ func (s *Server) GetPathInfo(ctx context.Context, req *indexv1.GetPathInfoReques
 	info, err := s.catalog.PathInfo(req.GetHashPart())
 	if errors.Is(err, fault.ErrNotFound) && s.local != nil {
 		info, err = s.local.PathInfo(ctx, req.GetHashPart())
+	}
+	if errors.Is(err, fault.ErrNotFound) && s.upstream != nil {
+		info, err = s.upstream.PathInfo(ctx, req.GetHashPart())
 	}
 	if err != nil {
 		return nil, toStatus(err)
