@@ -74,6 +74,8 @@ type cluster struct {
 	indexMetrics  string
 	// extraArgs are added to a service's flags when it starts.
 	extraArgs map[string][]string
+	// extraEnv are added to a service's environment ("NAME=value").
+	extraEnv map[string][]string
 }
 
 type proc struct {
@@ -107,6 +109,7 @@ func newCluster(t *testing.T, opts ...clusterOption) *cluster {
 		signerMetrics: freeAddr(t),
 		indexMetrics:  freeAddr(t),
 		extraArgs:     map[string][]string{},
+		extraEnv:      map[string][]string{},
 	}
 	c.URL = "http://" + c.httpAddr
 	for _, d := range []string{"signer", "index", "logs"} {
@@ -175,6 +178,7 @@ func (c *cluster) start(service string) {
 	}
 	cmd := exec.Command(filepath.Join(binDir, "nixcache-"+service), c.args(service)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), c.extraEnv[service]...)
 	if err := cmd.Start(); err != nil {
 		c.t.Fatalf("start %s: %v", service, err)
 	}

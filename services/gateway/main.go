@@ -48,6 +48,7 @@ func run(args []string) error {
 	fs.DurationVar(&o.RequestTimeout, "request-timeout", 30*time.Second, "bound on each index or signer call, and on the wait for a NAR stream to start")
 	fs.DurationVar(&o.TransferIdleTimeout, "transfer-idle-timeout", 2*time.Minute, "longest a NAR upload or download may make no progress (0: unbounded)")
 	fs.StringVar(&o.PublicURL, "public-url", "", "URL clients reach the cache at, as the landing page shows it (default: the scheme and Host of each request)")
+	fs.BoolVar(&o.NarRedirect, "nar-redirect", false, "answer GET /nar/<file hash>.nar* with a redirect (307) to a presigned URL of the file when the index keeps NARs in a bucket (index -nar-backend=s3): clients download from the bucket, which they must be able to reach (index -s3-presign-endpoint)")
 	fs.BoolVar(&o.ZstdLocal, "zstd-local", false, "compress NARs served uncompressed (the index's -local-store paths) with zstd on the fly for clients that send Accept-Encoding: zstd; costs CPU, pays off only on slow links")
 	fs.DurationVar(&o.NarinfoCacheTTL, "narinfo-cache-ttl", 2*time.Second, "how long a narinfo found in the index is served from the gateway's memory (up to 16384 paths); a deleted, collected or quarantined path may be served this long after; 0 disables")
 	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "longest a client may take to send a request's headers; slower ones (slowloris) are cut off")

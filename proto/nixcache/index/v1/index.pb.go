@@ -850,8 +850,12 @@ func (x *PutNarResponse) GetFile() *NarFile {
 }
 
 type StatNarRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	FileHash      string                 `protobuf:"bytes,1,opt,name=file_hash,json=fileHash,proto3" json:"file_hash,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	FileHash string                 `protobuf:"bytes,1,opt,name=file_hash,json=fileHash,proto3" json:"file_hash,omitempty"`
+	// Also make a presigned URL the client can read the file from directly,
+	// when the index keeps its files in a bucket (-nar-backend=s3). A request
+	// with presign counts as a download of the file.
+	Presign       bool `protobuf:"varint,3,opt,name=presign,proto3" json:"presign,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -893,9 +897,20 @@ func (x *StatNarRequest) GetFileHash() string {
 	return ""
 }
 
+func (x *StatNarRequest) GetPresign() bool {
+	if x != nil {
+		return x.Presign
+	}
+	return false
+}
+
 type StatNarResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	File          *NarFile               `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	File  *NarFile               `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
+	// With presign and a bucket backend: a URL that serves the file (GET,
+	// Range too) without credentials until url_expires; empty otherwise.
+	Url           string                 `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	UrlExpires    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=url_expires,json=urlExpires,proto3" json:"url_expires,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -933,6 +948,20 @@ func (*StatNarResponse) Descriptor() ([]byte, []int) {
 func (x *StatNarResponse) GetFile() *NarFile {
 	if x != nil {
 		return x.File
+	}
+	return nil
+}
+
+func (x *StatNarResponse) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *StatNarResponse) GetUrlExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UrlExpires
 	}
 	return nil
 }
@@ -1507,11 +1536,15 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\x12expected_file_hash\x18\x01 \x01(\tR\x10expectedFileHash\x121\n" +
 	"\x14expected_compression\x18\x02 \x01(\tR\x13expectedCompression\"@\n" +
 	"\x0ePutNarResponse\x12.\n" +
-	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\"-\n" +
+	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\"G\n" +
 	"\x0eStatNarRequest\x12\x1b\n" +
-	"\tfile_hash\x18\x01 \x01(\tR\bfileHash\"A\n" +
+	"\tfile_hash\x18\x01 \x01(\tR\bfileHash\x12\x18\n" +
+	"\apresign\x18\x03 \x01(\bR\apresign\"\x90\x01\n" +
 	"\x0fStatNarResponse\x12.\n" +
-	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\"\xb7\x01\n" +
+	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\x12\x10\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x12;\n" +
+	"\vurl_expires\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"urlExpires\"\xb7\x01\n" +
 	"\rGetNarRequest\x12\x1d\n" +
 	"\tfile_hash\x18\x01 \x01(\tH\x00R\bfileHash\x12\x1f\n" +
 	"\n" +
@@ -1609,31 +1642,32 @@ var file_nixcache_index_v1_index_proto_depIdxs = []int32{
 	10, // 6: nixcache.index.v1.PutNarRequest.header:type_name -> nixcache.index.v1.PutNarHeader
 	7,  // 7: nixcache.index.v1.PutNarResponse.file:type_name -> nixcache.index.v1.NarFile
 	7,  // 8: nixcache.index.v1.StatNarResponse.file:type_name -> nixcache.index.v1.NarFile
-	16, // 9: nixcache.index.v1.GetNarResponse.header:type_name -> nixcache.index.v1.GetNarHeader
-	8,  // 10: nixcache.index.v1.PutPathInfoRequest.info:type_name -> nixcache.index.v1.PathInfo
-	8,  // 11: nixcache.index.v1.PutPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
-	8,  // 12: nixcache.index.v1.GetPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
-	9,  // 13: nixcache.index.v1.IndexService.PutNar:input_type -> nixcache.index.v1.PutNarRequest
-	12, // 14: nixcache.index.v1.IndexService.StatNar:input_type -> nixcache.index.v1.StatNarRequest
-	14, // 15: nixcache.index.v1.IndexService.GetNar:input_type -> nixcache.index.v1.GetNarRequest
-	17, // 16: nixcache.index.v1.IndexService.PutPathInfo:input_type -> nixcache.index.v1.PutPathInfoRequest
-	19, // 17: nixcache.index.v1.IndexService.GetPathInfo:input_type -> nixcache.index.v1.GetPathInfoRequest
-	21, // 18: nixcache.index.v1.IndexService.CheckPaths:input_type -> nixcache.index.v1.CheckPathsRequest
-	1,  // 19: nixcache.index.v1.IndexService.PutArtifact:input_type -> nixcache.index.v1.PutArtifactRequest
-	4,  // 20: nixcache.index.v1.IndexService.GetArtifact:input_type -> nixcache.index.v1.GetArtifactRequest
-	11, // 21: nixcache.index.v1.IndexService.PutNar:output_type -> nixcache.index.v1.PutNarResponse
-	13, // 22: nixcache.index.v1.IndexService.StatNar:output_type -> nixcache.index.v1.StatNarResponse
-	15, // 23: nixcache.index.v1.IndexService.GetNar:output_type -> nixcache.index.v1.GetNarResponse
-	18, // 24: nixcache.index.v1.IndexService.PutPathInfo:output_type -> nixcache.index.v1.PutPathInfoResponse
-	20, // 25: nixcache.index.v1.IndexService.GetPathInfo:output_type -> nixcache.index.v1.GetPathInfoResponse
-	22, // 26: nixcache.index.v1.IndexService.CheckPaths:output_type -> nixcache.index.v1.CheckPathsResponse
-	3,  // 27: nixcache.index.v1.IndexService.PutArtifact:output_type -> nixcache.index.v1.PutArtifactResponse
-	5,  // 28: nixcache.index.v1.IndexService.GetArtifact:output_type -> nixcache.index.v1.GetArtifactResponse
-	21, // [21:29] is the sub-list for method output_type
-	13, // [13:21] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	23, // 9: nixcache.index.v1.StatNarResponse.url_expires:type_name -> google.protobuf.Timestamp
+	16, // 10: nixcache.index.v1.GetNarResponse.header:type_name -> nixcache.index.v1.GetNarHeader
+	8,  // 11: nixcache.index.v1.PutPathInfoRequest.info:type_name -> nixcache.index.v1.PathInfo
+	8,  // 12: nixcache.index.v1.PutPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
+	8,  // 13: nixcache.index.v1.GetPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
+	9,  // 14: nixcache.index.v1.IndexService.PutNar:input_type -> nixcache.index.v1.PutNarRequest
+	12, // 15: nixcache.index.v1.IndexService.StatNar:input_type -> nixcache.index.v1.StatNarRequest
+	14, // 16: nixcache.index.v1.IndexService.GetNar:input_type -> nixcache.index.v1.GetNarRequest
+	17, // 17: nixcache.index.v1.IndexService.PutPathInfo:input_type -> nixcache.index.v1.PutPathInfoRequest
+	19, // 18: nixcache.index.v1.IndexService.GetPathInfo:input_type -> nixcache.index.v1.GetPathInfoRequest
+	21, // 19: nixcache.index.v1.IndexService.CheckPaths:input_type -> nixcache.index.v1.CheckPathsRequest
+	1,  // 20: nixcache.index.v1.IndexService.PutArtifact:input_type -> nixcache.index.v1.PutArtifactRequest
+	4,  // 21: nixcache.index.v1.IndexService.GetArtifact:input_type -> nixcache.index.v1.GetArtifactRequest
+	11, // 22: nixcache.index.v1.IndexService.PutNar:output_type -> nixcache.index.v1.PutNarResponse
+	13, // 23: nixcache.index.v1.IndexService.StatNar:output_type -> nixcache.index.v1.StatNarResponse
+	15, // 24: nixcache.index.v1.IndexService.GetNar:output_type -> nixcache.index.v1.GetNarResponse
+	18, // 25: nixcache.index.v1.IndexService.PutPathInfo:output_type -> nixcache.index.v1.PutPathInfoResponse
+	20, // 26: nixcache.index.v1.IndexService.GetPathInfo:output_type -> nixcache.index.v1.GetPathInfoResponse
+	22, // 27: nixcache.index.v1.IndexService.CheckPaths:output_type -> nixcache.index.v1.CheckPathsResponse
+	3,  // 28: nixcache.index.v1.IndexService.PutArtifact:output_type -> nixcache.index.v1.PutArtifactResponse
+	5,  // 29: nixcache.index.v1.IndexService.GetArtifact:output_type -> nixcache.index.v1.GetArtifactResponse
+	22, // [22:30] is the sub-list for method output_type
+	14, // [14:22] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_nixcache_index_v1_index_proto_init() }

@@ -58,6 +58,8 @@ type Options struct {
 	// ZstdLocal compresses uncompressed NARs with zstd on the fly for
 	// clients that accept it (-zstd-local).
 	ZstdLocal bool
+	// NarRedirect redirects NAR downloads to presigned bucket URLs.
+	NarRedirect bool
 	// NarinfoCacheTTL bounds how long a narinfo is served from the
 	// gateway's cache (0: no cache); see httpapi.Config.
 	NarinfoCacheTTL time.Duration
@@ -160,6 +162,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		RequestTimeout:      o.RequestTimeout,
 		TransferIdleTimeout: o.TransferIdleTimeout,
 		ZstdLocal:           o.ZstdLocal,
+		NarRedirect:         o.NarRedirect,
 		NarinfoCacheTTL:     o.NarinfoCacheTTL,
 		Landing:             landingHandler,
 		Admin:               adminHandler,

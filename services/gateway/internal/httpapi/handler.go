@@ -41,6 +41,11 @@ type Config struct {
 	// local store, nix-serve URLs) with zstd on the fly for clients that
 	// send Accept-Encoding: zstd.
 	ZstdLocal bool
+	// NarRedirect answers GET of a stored NAR file with a redirect (307) to
+	// a presigned URL of it when the index keeps its files in a bucket,
+	// so that the client downloads it from the bucket; otherwise, or for
+	// the nix-serve URL forms, the NAR streams through the gateway.
+	NarRedirect bool
 	// NarinfoCacheTTL is how long a rendered narinfo is served from the
 	// gateway's memory without asking the index again, and so the bound on
 	// how long a deleted, collected or quarantined path may still be
