@@ -214,9 +214,11 @@ func TestSeveralGateways(t *testing.T) {
 	c.stop("index")
 	waitMetric(t, b, watchUp, 0, 10*time.Second)
 	c.start("index")
+	restarted := time.Now()
 	for _, g := range []string{a, b} {
 		waitMetric(t, g, watchUp, 1, 10*time.Second)
 	}
+	t.Logf("both gateways in sync %v after the index was serving again", time.Since(restarted).Round(time.Millisecond))
 	if got := metric(t, b+"/metrics", "nixcache_index_watch_syncs_total"); got != syncs+1 {
 		t.Errorf("B got in sync %v times over the restart, want once", got-syncs)
 	}
