@@ -199,13 +199,18 @@ func (c *narinfoCache) invalidate(hashes ...string) {
 }
 
 // setLive drops every entry and says whether the watch is in sync: from
-// now on, entries live maxAge (live) or ttl.
+// now on, entries live maxAge (live) or ttl. Saying again that it is not
+// (another failed attempt to watch) changes nothing: what was cached
+// since is cached by the TTL rule.
 func (c *narinfoCache) setLive(live bool) {
 	if c == nil {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !live && !c.live {
+		return
+	}
 	c.evictedDropped.Add(uint64(c.order.Len()))
 	c.order.Init()
 	clear(c.items)

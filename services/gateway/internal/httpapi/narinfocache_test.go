@@ -59,8 +59,13 @@ func TestNarinfoCacheTTL(t *testing.T) {
 	if got := cached(c, "a"); got != "" {
 		t.Errorf("a after the TTL: %q, want a miss", got)
 	}
-	// A pushed path is dropped at once.
+	// Failed attempts to watch keep what the TTL rule cached.
 	lookup(c, "a", true, "A")
+	c.setLive(false)
+	if got := cached(c, "a"); got != "found A" {
+		t.Errorf("a after a failed watch attempt: %q, want still cached for the TTL", got)
+	}
+	// A pushed path is dropped at once.
 	c.invalidate("a")
 	if got := cached(c, "a"); got != "" {
 		t.Errorf("a after invalidate: %q, want a miss", got)
