@@ -1648,7 +1648,13 @@ type WatchPathsResponse struct {
 	Synced bool `protobuf:"varint,1,opt,name=synced,proto3" json:"synced,omitempty"`
 	// The changes since the previous message, in commit order per path. A
 	// message with neither synced nor events is a heartbeat.
-	Events        []*PathEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	Events []*PathEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	// Set on the first message when a NOT_FOUND answer of GetPathInfo holds
+	// until a PUBLISHED event names the path, so the watcher may cache it.
+	// Unset when the index may also find a path on lookup that nothing
+	// published before (upstream caches, which it asks on a miss): then a
+	// NOT_FOUND must not be cached.
+	CacheNotFound bool `protobuf:"varint,3,opt,name=cache_not_found,json=cacheNotFound,proto3" json:"cache_not_found,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1695,6 +1701,13 @@ func (x *WatchPathsResponse) GetEvents() []*PathEvent {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *WatchPathsResponse) GetCacheNotFound() bool {
+	if x != nil {
+		return x.CacheNotFound
+	}
+	return false
 }
 
 var File_nixcache_index_v1_index_proto protoreflect.FileDescriptor
@@ -1797,10 +1810,11 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\tPathEvent\x124\n" +
 	"\x04kind\x18\x01 \x01(\x0e2 .nixcache.index.v1.PathEventKindR\x04kind\x12\x1d\n" +
 	"\n" +
-	"hash_parts\x18\x02 \x03(\tR\thashParts\"b\n" +
+	"hash_parts\x18\x02 \x03(\tR\thashParts\"\x8a\x01\n" +
 	"\x12WatchPathsResponse\x12\x16\n" +
 	"\x06synced\x18\x01 \x01(\bR\x06synced\x124\n" +
-	"\x06events\x18\x02 \x03(\v2\x1c.nixcache.index.v1.PathEventR\x06events*\x9c\x01\n" +
+	"\x06events\x18\x02 \x03(\v2\x1c.nixcache.index.v1.PathEventR\x06events\x12&\n" +
+	"\x0fcache_not_found\x18\x03 \x01(\bR\rcacheNotFound*\x9c\x01\n" +
 	"\fArtifactKind\x12\x1d\n" +
 	"\x19ARTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ARTIFACT_KIND_LOG\x10\x01\x12\x19\n" +

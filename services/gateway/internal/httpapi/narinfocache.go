@@ -21,7 +21,8 @@ const narinfoEntryOverhead = 320
 //     change the index reports drops the entries of its paths: a path
 //     deleted, collected or quarantined stops being served as soon as its
 //     event arrives. Events that raced with a lookup in flight keep that
-//     lookup's answer out of the cache.
+//     lookup's answer out of the cache. 404s are cached too, unless the
+//     index said its absences may end without an event (upstreams).
 //   - Otherwise (no watch, or it is down) only found paths are cached,
 //     each for ttl after the index gave it; 0 caches nothing then.
 //
@@ -33,13 +34,16 @@ type narinfoCache struct {
 	maxBytes int64
 	now      func() time.Time
 
-	mu      sync.Mutex
-	order   *list.List // of *narinfoEntry, most recently used first
-	items   map[string]*list.Element
-	bytes   int64
-	live    bool
-	epoch   uint64                  // bumped at every change of state
-	pending map[string]*narinfoFill // lookups in flight, by hash part
+	mu    sync.Mutex
+	order *list.List // of *narinfoEntry, most recently used first
+	items map[string]*list.Element
+	bytes int64
+	live  bool
+	// negatives: 404s are cached while live (the index's absences end
+	// only with a published event).
+	negatives bool
+	epoch     uint64                  // bumped at every change of state
+	pending   map[string]*narinfoFill // lookups in flight, by hash part
 
 	hits, misses                                    atomic.Uint64
 	evictedSize, evictedExpired, evictedInvalidated atomic.Uint64
@@ -145,7 +149,7 @@ func (c *narinfoCache) finish(tok fillToken, found bool, body string) {
 		return
 	}
 	switch {
-	case c.live && c.maxAge > 0:
+	case c.live && c.maxAge > 0 && (found || c.negatives):
 		e.expires = c.now().Add(c.maxAge)
 	case found && c.ttl > 0:
 		e.expires = c.now().Add(c.ttl)
@@ -199,10 +203,10 @@ func (c *narinfoCache) invalidate(hashes ...string) {
 }
 
 // setLive drops every entry and says whether the watch is in sync: from
-// now on, entries live maxAge (live) or ttl. Saying again that it is not
-// (another failed attempt to watch) changes nothing: what was cached
-// since is cached by the TTL rule.
-func (c *narinfoCache) setLive(live bool) {
+// now on, entries live maxAge (live; 404s too when negatives) or ttl.
+// Saying again that it is not (another failed attempt to watch) changes
+// nothing: what was cached since is cached by the TTL rule.
+func (c *narinfoCache) setLive(live, negatives bool) {
 	if c == nil {
 		return
 	}
@@ -215,7 +219,7 @@ func (c *narinfoCache) setLive(live bool) {
 	c.order.Init()
 	clear(c.items)
 	c.bytes = 0
-	c.live = live
+	c.live, c.negatives = live, live && negatives
 	c.epoch++
 	c.watchUp.Store(live)
 	if live {

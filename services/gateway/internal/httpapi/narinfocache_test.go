@@ -61,7 +61,7 @@ func TestNarinfoCacheTTL(t *testing.T) {
 	}
 	// Failed attempts to watch keep what the TTL rule cached.
 	lookup(c, "a", true, "A")
-	c.setLive(false)
+	c.setLive(false, false)
 	if got := cached(c, "a"); got != "found A" {
 		t.Errorf("a after a failed watch attempt: %q, want still cached for the TTL", got)
 	}
@@ -76,7 +76,7 @@ func TestNarinfoCacheTTL(t *testing.T) {
 // max age, an event drops them at once, and a change of state drops all.
 func TestNarinfoCacheLive(t *testing.T) {
 	c, clk := newTestCache(2*time.Second, time.Hour, 1<<20)
-	c.setLive(true)
+	c.setLive(true, true)
 	lookup(c, "a", true, "A")
 	lookup(c, "b", false, "no b")
 	clk.t = clk.t.Add(59 * time.Minute)
@@ -99,12 +99,12 @@ func TestNarinfoCacheLive(t *testing.T) {
 	}
 
 	lookup(c, "a", true, "A")
-	c.setLive(false)
+	c.setLive(false, false)
 	if got := cached(c, "a"); got != "" {
 		t.Errorf("a after the watch was lost: %q, want dropped (events may be missed)", got)
 	}
 	lookup(c, "a", true, "A")
-	c.setLive(true)
+	c.setLive(true, true)
 	if got := cached(c, "a"); got != "" {
 		t.Errorf("a cached before the watch got in sync: %q, want dropped", got)
 	}
@@ -115,6 +115,17 @@ func TestNarinfoCacheLive(t *testing.T) {
 	if !st.WatchUp || st.WatchSyncs != 2 {
 		t.Errorf("watch up %v, syncs %d; want true, 2", st.WatchUp, st.WatchSyncs)
 	}
+
+	// An index whose absences may end without an event (upstreams): found
+	// paths live max age, 404s are not cached.
+	c.setLive(false, false)
+	c.setLive(true, false)
+	lookup(c, "a", true, "A")
+	lookup(c, "b", false, "no b")
+	clk.t = clk.t.Add(59 * time.Minute)
+	if got, got2 := cached(c, "a"), cached(c, "b"); got != "found A" || got2 != "" {
+		t.Errorf("in sync without cache_not_found: a %q, b %q; want a cached, b not", got, got2)
+	}
 }
 
 // TestNarinfoCacheRaces: an answer the index gave before a change, but
@@ -122,7 +133,7 @@ func TestNarinfoCacheLive(t *testing.T) {
 // before a change of state.
 func TestNarinfoCacheRaces(t *testing.T) {
 	c, _ := newTestCache(2*time.Second, time.Hour, 1<<20)
-	c.setLive(true)
+	c.setLive(true, true)
 
 	tok := c.begin("a") // the lookup asks the index...
 	c.invalidate("a")   // ...the path is deleted, the event arrives...
@@ -132,8 +143,8 @@ func TestNarinfoCacheRaces(t *testing.T) {
 	}
 
 	tok = c.begin("b")
-	c.setLive(false)
-	c.setLive(true)
+	c.setLive(false, false)
+	c.setLive(true, true)
 	c.finish(tok, false, "no b")
 	if got := cached(c, "b"); got != "" {
 		t.Errorf("an answer from before a resubscription is cached: %q", got)
@@ -201,7 +212,7 @@ func TestNarinfoCacheOff(t *testing.T) {
 			var c *narinfoCache
 			lookup(c, "a", true, "A")
 			c.invalidate("a")
-			c.setLive(true)
+			c.setLive(true, true)
 			if _, ok := c.get("a"); ok {
 				t.Error("a cache that is off returned an entry")
 			}
@@ -214,7 +225,7 @@ func TestNarinfoCacheOff(t *testing.T) {
 func TestNarinfoCacheMemory(t *testing.T) {
 	const n = 20000
 	c, _ := newTestCache(time.Hour, time.Hour, 1<<40)
-	c.setLive(true)
+	c.setLive(true, true)
 	bodies := make([]string, n)
 	hashes := make([]string, n)
 	for i := range n {
@@ -257,7 +268,7 @@ func TestNarinfoHitAllocs(t *testing.T) {
 	h := &Handler{Config: Config{Auth: auth.Policy{PublicRead: true}, Log: slog.Default()}}
 	h.narinfos, _ = newTestCache(time.Hour, time.Hour, 1<<20)
 	h.narinfos.now = time.Now
-	h.narinfos.setLive(true)
+	h.narinfos.setLive(true, true)
 	hash := hashPart("hot")
 	lookup(h.narinfos, hash, true, "StorePath: /nix/store/"+hash+"-hot\n")
 	lookup(h.narinfos, hashPart("gone"), false, "store path is not in the cache")

@@ -44,7 +44,7 @@ func (h *Handler) WatchIndex(ctx context.Context) {
 	quiet := false // a failure was logged; later ones at debug until in sync
 	for {
 		synced, err := h.watchOnce(ctx)
-		c.setLive(false)
+		c.setLive(false, false)
 		if ctx.Err() != nil {
 			return
 		}
@@ -96,8 +96,9 @@ func (h *Handler) watchOnce(ctx context.Context) (synced bool, err error) {
 				return true, errors.New("watch index: a second synced marker")
 			}
 			synced = true
-			c.setLive(true)
-			h.Log.InfoContext(ctx, "index watch in sync: narinfos cached up to -narinfo-cache-max-age", "max_age", c.maxAge)
+			c.setLive(true, msg.GetCacheNotFound())
+			h.Log.InfoContext(ctx, "index watch in sync: narinfos cached up to -narinfo-cache-max-age", "max_age", c.maxAge,
+				"cache_not_found", msg.GetCacheNotFound())
 		}
 		if len(msg.GetEvents()) > 0 && !synced {
 			return false, errors.New("watch index: events before the synced marker")

@@ -157,7 +157,7 @@ func TestWatchIndex(t *testing.T) {
 	if n := lookupsFor(t, e, wi, p.hash, 3, 200); n != 3 {
 		t.Errorf("before the watch is in sync: %d of 3 lookups reached the index, want 3", n)
 	}
-	s.send <- &indexv1.WatchPathsResponse{Synced: true}
+	s.send <- &indexv1.WatchPathsResponse{Synced: true, CacheNotFound: true}
 	waitFor(t, "the watch in sync", func() bool { return h.NarinfoCacheStats().WatchUp })
 
 	// In sync: found and absent paths are asked once.
@@ -201,7 +201,7 @@ func TestWatchIndex(t *testing.T) {
 	if n := lookupsFor(t, e, wi, q.hash, 2, 200); n != 2 {
 		t.Errorf("while resubscribing: %d of 2 lookups reached the index, want 2", n)
 	}
-	s.send <- &indexv1.WatchPathsResponse{Synced: true}
+	s.send <- &indexv1.WatchPathsResponse{Synced: true, CacheNotFound: true}
 	waitFor(t, "the watch in sync again", func() bool { return h.NarinfoCacheStats().WatchUp })
 	if n := lookupsFor(t, e, wi, q.hash, 2, 200); n != 1 {
 		t.Errorf("in sync again: %d of 2 lookups reached the index, want 1", n)
@@ -217,7 +217,7 @@ func TestWatchIndexStalled(t *testing.T) {
 	e, wi, h := newWatchEnv(t, time.Minute)
 	p := e.addPath("stalled", 100)
 	s := nextSession(t, wi, 5*time.Second)
-	s.send <- &indexv1.WatchPathsResponse{Synced: true}
+	s.send <- &indexv1.WatchPathsResponse{Synced: true, CacheNotFound: true}
 	waitFor(t, "the watch in sync", func() bool { return h.NarinfoCacheStats().WatchUp })
 	lookupsFor(t, e, wi, p.hash, 1, 200)
 	silent := time.Now()

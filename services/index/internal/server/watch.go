@@ -36,7 +36,9 @@ func (s *Server) WatchPaths(req *indexv1.WatchPathsRequest, stream indexv1.Index
 	// watcher reads the marker is missed.
 	w := s.catalog.Changes().Subscribe()
 	defer w.Close()
-	if err := stream.Send(&indexv1.WatchPathsResponse{Synced: true}); err != nil {
+	// A path the index lacks may be found upstream on the next lookup,
+	// with no event before: then absences are not the watcher's to cache.
+	if err := stream.Send(&indexv1.WatchPathsResponse{Synced: true, CacheNotFound: s.upstream == nil}); err != nil {
 		return err
 	}
 	s.log.DebugContext(ctx, "path watcher subscribed", "heartbeat", interval)

@@ -3,15 +3,23 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/nixcache/nixcache/nix/compression"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/nartest"
+	"github.com/nixcache/nixcache/services/index/internal/server"
 )
 
 // watch opens a WatchPaths stream and checks its first message is the
@@ -28,6 +36,11 @@ func watch(t *testing.T, ctx context.Context, c indexv1.IndexServiceClient, hear
 	}
 	if !first.GetSynced() || len(first.GetEvents()) != 0 {
 		t.Fatalf("first message %v, want the synced marker alone", first)
+	}
+	// These indexes have no upstream: a path they lack is found only once
+	// published.
+	if !first.GetCacheNotFound() {
+		t.Errorf("first message %v: cache_not_found unset for an index without upstreams", first)
 	}
 	return stream
 }
@@ -146,5 +159,41 @@ func TestWatchPathsSlowWatcher(t *testing.T) {
 	}
 	if st := idx.cat.Changes().Stats(); st.Overflows != 1 || st.Watchers != 1 {
 		t.Errorf("hub stats %+v, want 1 overflow and the fast watcher left", st)
+	}
+}
+
+// noUpstream is an Upstream that has nothing.
+type noUpstream struct{}
+
+func (noUpstream) PathInfo(context.Context, string) (*indexv1.PathInfo, error) {
+	return nil, status.Error(codes.NotFound, "not upstream either")
+}
+
+// TestWatchPathsWithUpstream: an index that looks misses up upstream
+// tells its watchers not to cache its NOT_FOUND answers.
+func TestWatchPathsWithUpstream(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cat, err := catalog.Open(filepath.Join(t.TempDir(), "catalog.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cat.Close()
+	srv := grpc.NewServer()
+	indexv1.RegisterIndexServiceServer(srv, server.New(log, cat, nil, nil, nil).WithUpstream(noUpstream{}))
+	lis := bufconn.Listen(1 << 20)
+	go srv.Serve(lis)
+	defer srv.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := indexv1.NewIndexServiceClient(dialBuf(t, lis)).WatchPaths(ctx, &indexv1.WatchPathsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !first.GetSynced() || first.GetCacheNotFound() {
+		t.Errorf("first message %v, want synced with cache_not_found unset", first)
 	}
 }
