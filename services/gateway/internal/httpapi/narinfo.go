@@ -201,6 +201,9 @@ func (h *Handler) putNarinfo(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
+	// And again: a 404 a concurrent lookup cached before the commit would
+	// last until the index's event arrives; the pusher reads its write.
+	h.narinfos.invalidate(hash)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -27,6 +27,9 @@ type watchIndex struct {
 	*fakeIndex
 	lookups  atomic.Int64 // GetPathInfo calls
 	sessions chan *watchSession
+	// duringPut, when set, runs inside PutPathInfo before the path is
+	// published (added to the fake's paths).
+	duringPut func()
 }
 
 // watchSession is one WatchPaths stream: the test sends its messages and
@@ -39,6 +42,19 @@ type watchSession struct {
 func (w *watchIndex) GetPathInfo(ctx context.Context, req *indexv1.GetPathInfoRequest) (*indexv1.GetPathInfoResponse, error) {
 	w.lookups.Add(1)
 	return w.fakeIndex.GetPathInfo(ctx, req)
+}
+
+func (w *watchIndex) PutPathInfo(ctx context.Context, req *indexv1.PutPathInfoRequest) (*indexv1.PutPathInfoResponse, error) {
+	if w.duringPut != nil {
+		w.duringPut()
+	}
+	resp, err := w.fakeIndex.PutPathInfo(ctx, req)
+	if err == nil {
+		w.mu.Lock()
+		w.paths[req.GetInfo().GetStorePath()[len("/nix/store/"):][:32]] = req.GetInfo()
+		w.mu.Unlock()
+	}
+	return resp, err
 }
 
 func (w *watchIndex) WatchPaths(req *indexv1.WatchPathsRequest, stream indexv1.IndexService_WatchPathsServer) error {
@@ -84,10 +100,14 @@ func newWatchEnv(t *testing.T, ttl time.Duration) (*env, *watchIndex, *Handler) 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	tokens, err := auth.ParseTokens(strings.NewReader(testTokenFile), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
 	h, err := New(Config{
 		Index:              indexv1.NewIndexServiceClient(conn),
 		Signer:             signerv1.NewSignerServiceClient(conn),
-		Auth:               auth.Policy{PublicRead: true},
+		Auth:               auth.Policy{Tokens: tokens, PublicRead: true},
 		Log:                log,
 		StoreDir:           "/nix/store",
 		MaxNarinfoSize:     64 << 10,
@@ -236,4 +256,28 @@ func TestWatchIndexStalled(t *testing.T) {
 		t.Errorf("the log does not say why the watch was lost:\n%s", e.logs.String())
 	}
 	close(next.end)
+}
+
+// TestPushReadsItsWrite: a 404 cached by a lookup while the path was being
+// pushed through this gateway (before the index's event) is not served
+// after the push answered.
+func TestPushReadsItsWrite(t *testing.T) {
+	e, wi, h := newWatchEnv(t, 0)
+	s := nextSession(t, wi, 5*time.Second)
+	s.send <- &indexv1.WatchPathsResponse{Synced: true, CacheNotFound: true}
+	waitFor(t, "the watch in sync", func() bool { return h.NarinfoCacheStats().WatchUp })
+	hash := hashPart("pushed")
+	url := "/" + hash + ".narinfo"
+	wi.duringPut = func() {
+		if got := e.do(t, request{method: "GET", path: url}).code; got != 404 {
+			t.Errorf("GET during the push: %d, want 404 (not published yet)", got)
+		}
+	}
+	resp := e.do(t, request{method: "PUT", path: url, body: []byte(pushedNarinfo(hash).String()), bearer: pushToken})
+	if resp.code != 204 {
+		t.Fatalf("PUT: %d %s", resp.code, resp.body)
+	}
+	if got := e.do(t, request{method: "GET", path: url}).code; got != 200 {
+		t.Errorf("GET after the push answered: %d, want 200", got)
+	}
 }
