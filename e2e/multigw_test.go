@@ -154,6 +154,9 @@ func TestSeveralGateways(t *testing.T) {
 	for _, g := range []string{a, b} {
 		waitMetric(t, g, watchUp, 1, 10*time.Second)
 	}
+	if n := metric(t, "http://"+c.indexMetrics+"/metrics", "nixcache_watch_watchers"); n != 2 {
+		t.Errorf("the index counts %v watchers, want 2 (one per gateway)", n)
+	}
 	push := nixConfig("netrc-file = " + c.netrc(c.pushToken))
 	trusting := nixConfig("trusted-public-keys = " + c.publicKey)
 
