@@ -157,9 +157,10 @@ func (c *cluster) args(service string) []string {
 	case "gateway":
 		// No narinfo cache: the tests check that what the index does
 		// (delete, GC, quarantine, re-sign) shows at once; the cache and
-		// its TTL bound are unit-tested in the gateway. withArgs may turn
-		// it on again (the last flag wins).
-		common = append(common, "-narinfo-cache-ttl", "0")
+		// its bounds are tested in the gateway, narinfocache_test.go and
+		// multigw_test.go. withArgs may turn it on again (the last flag
+		// wins).
+		common = append(common, "-narinfo-cache-ttl", "0", "-narinfo-cache-max-age", "0")
 		return append(append(common, "-listen", c.httpAddr, "-index-addr", c.indexAddr,
 			"-signer-addr", c.signerAddr, "-auth-file", filepath.Join(c.dir, "auth")), c.extraArgs[service]...)
 	}

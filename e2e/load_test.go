@@ -147,8 +147,9 @@ func TestLoad(t *testing.T) {
 	if duration < loadMinDuration {
 		t.Fatalf("NIXCACHE_LOAD_DURATION=%v: at least %v is needed for the RSS rule", duration, loadMinDuration)
 	}
-	// As deployed: the gateway's narinfo cache on, with its default TTL.
-	c := newCluster(t, withArgs("gateway", "-narinfo-cache-ttl", "2s"))
+	// As deployed: the gateway's narinfo cache on, with its defaults
+	// (following the index's changes, TTL when that is down).
+	c := newCluster(t, withArgs("gateway", "-narinfo-cache-ttl", "2s", "-narinfo-cache-max-age", "1h"))
 	pub, err := signature.ParsePublicKey(c.publicKey)
 	if err != nil {
 		t.Fatal(err)

@@ -301,6 +301,12 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	if err := metrics.RegisterCatalog(ops.registry, adminSvc.CatalogStats); err != nil {
 		return fmt.Errorf("catalogue metrics: %w", err)
 	}
+	if err := ops.registry.Register(watchCollector{cat.Changes()}); err != nil {
+		return fmt.Errorf("watch metrics: %w", err)
+	}
+	// WatchPaths streams never end by themselves: they are ended when the
+	// shutdown begins, or the graceful stop would wait for them.
+	defer context.AfterFunc(ctx, cat.Changes().Close)()
 	// The last downloads are written, and a collection stops, after the
 	// server stopped and before the catalogue closes.
 	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
