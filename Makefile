@@ -8,7 +8,7 @@ export PATH := $(TOOLS):$(PATH)
 
 GO_BUILD := CGO_ENABLED=0 go build -trimpath -ldflags='-s -w'
 
-.PHONY: all build run test test-unit test-e2e test-load tools tools-run proto proto-check lint vet fmt-check clean bench bench-smoke test-compose compose-up compose-s3-up fuzz-smoke
+.PHONY: all build run test test-unit test-e2e test-load test-crash-long tools tools-run proto proto-check lint vet fmt-check clean bench bench-smoke test-compose compose-up compose-s3-up fuzz-smoke
 
 all: build
 
@@ -42,6 +42,11 @@ LOAD_OUT ?= $(or $(TMPDIR),/tmp)/nixcache-load
 test-load: build
 	NIXCACHE_BIN=$(CURDIR)/$(BIN) NIXCACHE_LOAD_DURATION=$(LOAD_DURATION) NIXCACHE_ARTIFACTS=$(LOAD_OUT) \
 	  go test -count=1 -timeout 15m -v -run '^TestLoad$$' ./e2e/...
+
+## test-crash-long: the crash test (e2e/crash_test.go) with 200 kills instead of CI's 20; CRASH_KILLS=n, NIXCACHE_CRASH_SEED=s to replay.
+CRASH_KILLS ?= 200
+test-crash-long: build
+	NIXCACHE_BIN=$(CURDIR)/$(BIN) NIXCACHE_CRASH_KILLS=$(CRASH_KILLS) go test -count=1 -timeout 60m -run '^TestCrashConsistency$$' -v ./e2e/...
 
 ## test-compose: docker-compose.yml run on this machine's Docker engine, driven by the real Nix client (e2e/compose_test.go).
 test-compose: build

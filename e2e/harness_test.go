@@ -219,6 +219,21 @@ func (c *cluster) stop(service string) {
 	}
 }
 
+// kill sends SIGKILL, as a crash or the OOM killer would, and waits for
+// the process to be gone; start brings the service back.
+func (c *cluster) kill(service string) {
+	c.t.Helper()
+	p := c.procs[service]
+	if p == nil {
+		c.t.Fatalf("kill %s: not running", service)
+	}
+	delete(c.procs, service)
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		c.t.Fatalf("kill %s: %v", service, err)
+	}
+	<-p.done
+}
+
 func (c *cluster) stopAll() {
 	for i := len(services) - 1; i >= 0; i-- {
 		c.stop(services[i])

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -24,6 +25,13 @@ import (
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
 		os.Exit(healthcheck.Main("nixcache-index", "127.0.0.1:5011", healthcheck.GRPC, os.Args[2:], os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "check" {
+		if err := runCheck(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "nixcache-index check:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "nixcache-index:", err)
@@ -143,4 +151,43 @@ func run(args []string) error {
 		opts.MetricsListener = mlis
 	}
 	return app.Run(ctx, opts, lis)
+}
+
+// runCheck is `nixcache-index check`: the startup consistency check of a
+// stopped index's data directory, with its repairs, and nothing else.
+func runCheck(args []string) error {
+	fs := flag.NewFlagSet("nixcache-index check", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: nixcache-index check [flags]\n\n"+
+			"Checks a stopped index's data directory as every start does: each catalogued NAR file\n"+
+			"exists with its recorded size (a published path whose file does not is quarantined),\n"+
+			"files no record names are moved to orphans/, tmp/ is emptied. Prints the report.\n"+
+			"NAR files in an S3 bucket (-s3-*) are checked by every start of the index, not here.")
+		fs.PrintDefaults()
+	}
+	dataDir := fs.String("data-dir", "data/index", "directory of the catalogue (catalog.db) and the NAR files")
+	maxNarSize := fs.Uint64("max-nar-size", 64<<30, "largest NAR file accepted, in bytes (as the index's flag)")
+	logFormat := fs.String("log-format", "text", "log format: json or text")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := envflag.Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	log, err := logging.New(os.Stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	r, err := app.Check(context.Background(), *dataDir, *maxNarSize, log)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%d mismatches repaired: %d paths quarantined, %d NAR file records dropped, %d orphan files moved to %s; checked %d paths, %d NAR file records, %d files in %s\n",
+		r.Mismatches(), r.QuarantinedPaths, r.DroppedNarFiles, r.Orphans, filepath.Join(*dataDir, "orphans"),
+		r.Paths, r.NarFiles, r.Files, r.Duration.Round(time.Millisecond))
+	return nil
 }

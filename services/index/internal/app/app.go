@@ -234,8 +234,19 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		lis.Close()
 		return err
 	}
+	// Before anything is served: the catalogue and the files agree.
+	leftovers := nars.LeftoverUploads() + artifacts.LeftoverUploads()
+	report, err := startupCheck(ctx, o.Log, cat, nars, leftovers)
+	if err != nil {
+		lis.Close()
+		return err
+	}
 	ops, err := newOps(o)
 	if err != nil {
+		lis.Close()
+		return err
+	}
+	if err := registerStartupCheck(ops.registry, report, leftovers); err != nil {
 		lis.Close()
 		return err
 	}

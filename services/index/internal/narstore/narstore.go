@@ -8,7 +8,10 @@
 // or an S3-compatible bucket (Bucket), under the same names. Either way an
 // upload is first written to the local tmp/ directory (emptied at Open)
 // while it is verified, and handed to the backend only once it passed
-// every check; the caller records it in the catalogue after that.
+// every check; the caller records it in the catalogue after that. The
+// startup check (package consistency, through check.go) moves files of
+// the local directory that no catalogue record names to orphans/ beside
+// nars/, rather than deleting them.
 package narstore
 
 import (
@@ -27,9 +30,12 @@ import (
 
 // Store is the NAR files of one index.
 type Store struct {
-	files   Backend
-	tmpDir  string
-	maxSize uint64
+	files      Backend
+	tmpDir     string
+	orphansDir string
+	maxSize    uint64
+	// leftovers counts the files Open found, and removed, in tmp/.
+	leftovers int
 }
 
 // Open opens the store with its files on the local disk, in dataDir/nars;
@@ -47,9 +53,10 @@ func OpenWith(dataDir string, maxSize uint64, files Backend) (*Store, error) {
 		return nil, fmt.Errorf("open NAR store: the size limit is 0")
 	}
 	s := &Store{
-		files:   files,
-		tmpDir:  filepath.Join(dataDir, "tmp"),
-		maxSize: maxSize,
+		files:      files,
+		tmpDir:     filepath.Join(dataDir, "tmp"),
+		orphansDir: filepath.Join(dataDir, "orphans"),
+		maxSize:    maxSize,
 	}
 	if s.files == nil {
 		dir, err := NewDir(filepath.Join(dataDir, "nars"))
@@ -57,6 +64,13 @@ func OpenWith(dataDir string, maxSize uint64, files Backend) (*Store, error) {
 			return nil, fmt.Errorf("open NAR store: %w", err)
 		}
 		s.files = dir
+	}
+	// What is in tmp/ is an upload a killed run never finished: no
+	// catalogue record can name it.
+	if names, err := readDirNames(s.tmpDir); err == nil {
+		s.leftovers = len(names)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("open NAR store: %w", err)
 	}
 	if err := os.RemoveAll(s.tmpDir); err != nil {
 		return nil, fmt.Errorf("open NAR store: clear %s: %w", s.tmpDir, err)
@@ -66,6 +80,10 @@ func OpenWith(dataDir string, maxSize uint64, files Backend) (*Store, error) {
 	}
 	return s, nil
 }
+
+// LeftoverUploads is how many unfinished uploads of an earlier run Open
+// removed from tmp/.
+func (s *Store) LeftoverUploads() int { return s.leftovers }
 
 // MaxSize is the size limit the store enforces on uploads.
 func (s *Store) MaxSize() uint64 { return s.maxSize }
@@ -167,4 +185,18 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
+}
+
+// readDirNames lists the names in dir, unsorted.
+func readDirNames(dir string) ([]string, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("read directory %s: %w", dir, err)
+	}
+	return names, nil
 }
