@@ -108,4 +108,3 @@ func (ca *CA) Issue(name string, sans ...string) (certFile, keyFile string) {
 	writePEM(t, keyFile, "PRIVATE KEY", keyDER)
 	return certFile, keyFile
 }
-
