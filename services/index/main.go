@@ -15,6 +15,7 @@ import (
 
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/envflag"
+	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/healthcheck"
 	"github.com/nixcache/nixcache/platform/logging"
 	"github.com/nixcache/nixcache/services/index/internal/app"
@@ -22,7 +23,7 @@ import (
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(healthcheck.Main("nixcache-index", "127.0.0.1:5011", healthcheck.GRPC, os.Args[2:], os.Stderr))
+		os.Exit(healthcheck.GRPCMain("nixcache-index", "127.0.0.1:5011", os.Args[2:], os.Stderr))
 	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "nixcache-index:", err)
@@ -52,6 +53,8 @@ func run(args []string) error {
 	gcMaxSize := fs.Uint64("gc-max-size", 0, "garbage collection keeps at most this many bytes of NAR files, least recently downloaded deleted first (0: no limit)")
 	gcMaxAge := fs.Duration("gc-max-age", 0, "garbage collection deletes paths not downloaded for this long (0: no limit)")
 	gcInterval := fs.Duration("gc-interval", 0, "run garbage collection with -gc-max-size and -gc-max-age this often (0: only when asked, AdminService.CollectGarbage)")
+	serverTLS := grpcutil.ServerTLSFlags(fs)
+	signerTLS := grpcutil.ClientTLSFlags(fs)
 	if err := envflag.Parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -85,6 +88,9 @@ func run(args []string) error {
 		GCMaxSize:  *gcMaxSize,
 		GCMaxAge:   *gcMaxAge,
 		GCInterval: *gcInterval,
+
+		TLS:       *serverTLS,
+		SignerTLS: *signerTLS,
 	}
 	if err := opts.Validate(); err != nil {
 		return fmt.Errorf("bad configuration: %w", err)

@@ -78,6 +78,12 @@ type Options struct {
 	GCMaxSize  uint64
 	GCMaxAge   time.Duration
 	GCInterval time.Duration
+
+	// TLS, when enabled, serves gRPC over mutual TLS only (-tls-cert,
+	// -tls-key, -tls-client-ca); SignerTLS calls the signer over it
+	// (-grpc-tls-cert, -grpc-tls-key, -grpc-tls-ca).
+	TLS       grpcutil.TLSFiles
+	SignerTLS grpcutil.TLSFiles
 }
 
 // accessFlushInterval is how often the NAR downloads noted in memory are
@@ -132,6 +138,11 @@ func (o Options) Validate() error {
 	if o.GCInterval < 0 {
 		errs = append(errs, "-gc-interval must be >= 0")
 	}
+	for _, f := range []grpcutil.TLSFiles{o.TLS, o.SignerTLS} {
+		if err := f.Validate(); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
 	if len(errs) > 0 {
 		return errors.New(strings.Join(errs, "; "))
 	}
@@ -174,7 +185,17 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		lis.Close()
 		return err
 	}
-	conn, err := grpcutil.Dial(o.SignerAddr, ops.dialOptions()...)
+	signerCreds, err := o.SignerTLS.DialOption(o.SignerAddr, o.Log)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	tlsOpts, err := o.TLS.ServerOptions(o.Log)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	conn, err := grpcutil.Dial(o.SignerAddr, append(ops.dialOptions(), signerCreds)...)
 	if err != nil {
 		lis.Close()
 		return fmt.Errorf("signer: %w", err)
@@ -210,7 +231,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	// Handlers cut at the end of the grace period still finish before the
 	// catalogue closes.
 	tracker := admin.NewTracker(cat, o.Log.With("component", "admin"))
-	srvOpts := append(ops.serverOptions(), tracker.Interceptors()...)
+	srvOpts := append(append(ops.serverOptions(), tracker.Interceptors()...), tlsOpts...)
 	srv := grpcutil.NewServer(o.Log, append(srvOpts, grpc.WaitForHandlers(true))...)
 	defer ops.serveMetrics(o.MetricsListener, srv.Health, o)()
 	logDir := ""
@@ -244,7 +265,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 
 	o.Log.Info("index serving", "addr", lis.Addr().String(), "data_dir", o.DataDir,
 		"signer", o.SignerAddr, "store_dir", o.StoreDir, "max_nar_size", o.MaxNarSize,
-		"local_store", o.LocalStore, "nix_log_dir", logDir, "gc_max_size", o.GCMaxSize, "gc_max_age", o.GCMaxAge, "gc_interval", o.GCInterval)
+		"local_store", o.LocalStore, "mutual_tls", o.TLS.Enabled(), "signer_mutual_tls", o.SignerTLS.Enabled(), "nix_log_dir", logDir, "gc_max_size", o.GCMaxSize, "gc_max_age", o.GCMaxAge, "gc_interval", o.GCInterval)
 	err = srv.Serve(ctx, lis, o.ShutdownGrace)
 	o.Log.Info("index stopped")
 	return err
