@@ -118,9 +118,13 @@ func (h *Handler) getArtifact(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	stream, err := h.Index.GetArtifact(ctx, &indexv1.GetArtifactRequest{Kind: t.kind, Key: t.key})
-	if err != nil {
-		h.writeError(w, r, err)
+	guard := h.newStallGuard(cancel)
+	var stream indexv1.IndexService_GetArtifactClient
+	if err := guard.open("side-file", func() (err error) {
+		stream, err = h.Index.GetArtifact(ctx, &indexv1.GetArtifactRequest{Kind: t.kind, Key: t.key})
+		return err
+	}); err != nil {
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
 	hdr, err := recvHeader(h, ctx, cancel, stream.Recv, "side-file")
@@ -128,7 +132,7 @@ func (h *Handler) getArtifact(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	body := &artifactStream{stream: guardRecv(stream, h.newStallGuard(cancel)), left: hdr.GetSize()}
+	body := &artifactStream{stream: guardRecv(stream, guard), left: hdr.GetSize()}
 	var out io.Reader = body
 	enc := hdr.GetContentEncoding()
 	w.Header().Set("Content-Type", t.contentType())
@@ -238,12 +242,16 @@ func (h *Handler) putArtifact(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	upstream, err := h.Index.PutArtifact(ctx)
-	if err != nil {
-		h.writeError(w, r, err)
+	guard := h.newStallGuard(cancel)
+	var upstream indexv1.IndexService_PutArtifactClient
+	if err := guard.open("side-file upload", func() (err error) {
+		upstream, err = h.Index.PutArtifact(ctx)
+		return err
+	}); err != nil {
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
-	stream := guardSend(upstream, h.newStallGuard(cancel))
+	stream := guardSend(upstream, guard)
 	err = stream.Send(&indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Header{Header: &indexv1.PutArtifactHeader{
 		Kind: t.kind, Key: t.key, ContentEncoding: storedEnc,
 	}}})

@@ -205,9 +205,13 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	stream, err := h.Index.GetNar(ctx, req)
-	if err != nil {
-		h.writeError(w, r, err)
+	guard := h.newStallGuard(cancel)
+	var stream indexv1.IndexService_GetNarClient
+	if err := guard.open("NAR", func() (err error) {
+		stream, err = h.Index.GetNar(ctx, req)
+		return err
+	}); err != nil {
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
 	hdr, err := recvHeader(h, ctx, cancel, stream.Recv, "NAR")
@@ -220,7 +224,7 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// From here every chunk must come within TransferIdleTimeout.
-	body := guardRecv(stream, h.newStallGuard(cancel))
+	body := guardRecv(stream, guard)
 	if zstdOut && hdr.GetCompression() == compression.None {
 		h.sendZstd(w, r, body, hdr.GetTotalSize())
 		return
@@ -327,14 +331,18 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	raw, err := h.Index.PutNar(ctx)
-	if err != nil {
-		h.writeError(w, r, err)
+	// An index that does not open the stream, stops taking chunks, or
+	// does not answer after the last, cannot hold the upload forever.
+	guard := h.newStallGuard(cancel)
+	var raw indexv1.IndexService_PutNarClient
+	if err := guard.open("NAR upload", func() (err error) {
+		raw, err = h.Index.PutNar(ctx)
+		return err
+	}); err != nil {
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
-	// An index that stops taking chunks, or does not answer after the
-	// last, cannot hold the upload forever.
-	stream := guardSend(raw, h.newStallGuard(cancel))
+	stream := guardSend(raw, guard)
 	header := &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Header{Header: &indexv1.PutNarHeader{
 		ExpectedFileHash:    t.fileHash,
 		ExpectedCompression: t.compression,

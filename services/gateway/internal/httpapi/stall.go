@@ -45,6 +45,13 @@ func (g stallGuard) run(d time.Duration, what string, op func() error) error {
 	return op()
 }
 
+// open opens a stream with op within the final bound: while the
+// connection to the index is still being made (an address that takes
+// TCP connections and never answers), opening a stream waits.
+func (g stallGuard) open(what string, op func() error) error {
+	return g.run(g.final, what+" stream opened", op)
+}
+
 // stalledError is what to answer for err, an error of a stream on ctx: a
 // stream its guard cancelled is Unavailable (503), saying so.
 func stalledError(ctx context.Context, err error) error {
