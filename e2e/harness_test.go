@@ -78,6 +78,8 @@ type cluster struct {
 	// grpcCreds are the credentials of the harness's own health checks
 	// of the signer and the index; nil: plain text.
 	grpcCreds credentials.TransportCredentials
+	// extraEnv are added to a service's environment ("NAME=value").
+	extraEnv map[string][]string
 }
 
 type proc struct {
@@ -111,6 +113,7 @@ func newCluster(t *testing.T, opts ...clusterOption) *cluster {
 		signerMetrics: freeAddr(t),
 		indexMetrics:  freeAddr(t),
 		extraArgs:     map[string][]string{},
+		extraEnv:      map[string][]string{},
 	}
 	c.URL = "http://" + c.httpAddr
 	for _, d := range []string{"signer", "index", "logs"} {
@@ -158,9 +161,10 @@ func (c *cluster) args(service string) []string {
 	case "gateway":
 		// No narinfo cache: the tests check that what the index does
 		// (delete, GC, quarantine, re-sign) shows at once; the cache and
-		// its TTL bound are unit-tested in the gateway. withArgs may turn
-		// it on again (the last flag wins).
-		common = append(common, "-narinfo-cache-ttl", "0")
+		// its bounds are tested in the gateway, narinfocache_test.go and
+		// multigw_test.go. withArgs may turn it on again (the last flag
+		// wins).
+		common = append(common, "-narinfo-cache-ttl", "0", "-narinfo-cache-max-age", "0")
 		return append(append(common, "-listen", c.httpAddr, "-index-addr", c.indexAddr,
 			"-signer-addr", c.signerAddr, "-auth-file", filepath.Join(c.dir, "auth")), c.extraArgs[service]...)
 	}
@@ -179,6 +183,7 @@ func (c *cluster) start(service string) {
 	}
 	cmd := exec.Command(filepath.Join(binDir, "nixcache-"+service), c.args(service)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), c.extraEnv[service]...)
 	if err := cmd.Start(); err != nil {
 		c.t.Fatalf("start %s: %v", service, err)
 	}

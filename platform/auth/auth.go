@@ -54,6 +54,11 @@ func (p Policy) Authorize(r *http.Request, need Scope) (Identity, error) {
 // not held against it (a stale token in a netrc file must not break a
 // public cache).
 func (p Policy) AuthorizeHeader(header string, need Scope) (Identity, error) {
+	if need == Read && p.PublicRead && header == "" {
+		// The common case of a public cache, answered without building
+		// the error authenticate would return only to be dropped.
+		return Identity{}, nil
+	}
 	id, err := p.authenticate(header, need)
 	if need == Read && p.PublicRead {
 		return id, nil // anonymous when authentication failed

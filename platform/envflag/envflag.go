@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"unicode"
 )
 
 // Prefix is the prefix of every nixcache environment variable.
@@ -47,10 +48,39 @@ func parse(fs *flag.FlagSet, args []string, twinned func(string) bool) error {
 			if err := f.Value.Set(v); err != nil {
 				errs = append(errs, fmt.Sprintf("$%s=%q: %v", name, v, err))
 			}
+			if l, ok := f.Value.(*List); ok {
+				l.fromEnv = true
+			}
 		}
 	})
 	if len(errs) > 0 {
 		return fmt.Errorf("invalid environment: %s", strings.Join(errs, "; "))
 	}
 	return fs.Parse(args)
+}
+
+// List is a flag that may be repeated, each value a comma- or
+// space-separated list: -upstream a -upstream b,c gives [a b c]. Its
+// environment twin takes a list too; command-line values replace the
+// twin's instead of adding to them.
+type List struct {
+	Values  []string
+	fromEnv bool // Values came from the environment
+}
+
+// String joins the values with commas.
+func (l *List) String() string {
+	if l == nil {
+		return ""
+	}
+	return strings.Join(l.Values, ",")
+}
+
+// Set adds the values of s, after dropping those of the environment.
+func (l *List) Set(s string) error {
+	if l.fromEnv {
+		l.Values, l.fromEnv = nil, false
+	}
+	l.Values = append(l.Values, strings.FieldsFunc(s, func(r rune) bool { return r == ',' || unicode.IsSpace(r) })...)
+	return nil
 }

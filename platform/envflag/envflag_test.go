@@ -3,6 +3,7 @@ package envflag
 import (
 	"flag"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -74,5 +75,35 @@ func TestParseOnly(t *testing.T) {
 	}
 	if *addr != "def" || *cert != "cert.pem" {
 		t.Errorf("addr %q, cert %q; want def (no twin) and cert.pem (twin)", *addr, *cert)
+	}
+}
+
+func TestList(t *testing.T) {
+	tests := []struct {
+		name string
+		env  string
+		args []string
+		want []string
+	}{
+		{name: "none", want: nil},
+		{name: "repeated and comma-separated", args: []string{"-up", "a", "-up", "b,c", "-up", "d e"}, want: []string{"a", "b", "c", "d", "e"}},
+		{name: "env", env: "a, b c", want: []string{"a", "b", "c"}},
+		{name: "flags replace env", env: "a,b", args: []string{"-up", "c", "-up", "d"}, want: []string{"c", "d"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.env != "" {
+				t.Setenv("NIXCACHE_UP", tt.env)
+			}
+			fs := flag.NewFlagSet("x", flag.ContinueOnError)
+			var l List
+			fs.Var(&l, "up", "upstreams")
+			if err := Parse(fs, tt.args); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(l.Values, tt.want) {
+				t.Errorf("values = %q, want %q", l.Values, tt.want)
+			}
+		})
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/nixcache/nixcache/platform/healthcheck"
 	"github.com/nixcache/nixcache/platform/logging"
 	"github.com/nixcache/nixcache/services/index/internal/app"
+	"github.com/nixcache/nixcache/services/index/internal/narstore"
 )
 
 func main() {
@@ -55,6 +56,24 @@ func run(args []string) error {
 	gcInterval := fs.Duration("gc-interval", 0, "run garbage collection with -gc-max-size and -gc-max-age this often (0: only when asked, AdminService.CollectGarbage)")
 	serverTLS := grpcutil.ServerTLSFlags(fs)
 	signerTLS := grpcutil.ClientTLSFlags(fs)
+
+	narBackend := fs.String("nar-backend", "disk", "where the NAR files are kept: disk (<data-dir>/nars) or s3 (an S3-compatible bucket, -s3-*)")
+	s3Endpoint := fs.String("s3-endpoint", "https://s3.amazonaws.com", "URL of the S3 API (with -nar-backend=s3); http:// or https://")
+	s3Bucket := fs.String("s3-bucket", "", "bucket of the NAR files (with -nar-backend=s3); it must exist")
+	s3CreateBucket := fs.Bool("s3-create-bucket", false, "make the bucket at start when it does not exist (otherwise a missing bucket stops the index)")
+	s3Prefix := fs.String("s3-prefix", "", "prefix of the object names in the bucket: the files are <prefix>nars/<2 chars>/<file hash>.nar<ext>")
+	s3Region := fs.String("s3-region", "us-east-1", "region of the bucket (part of every signature)")
+	s3PathStyle := fs.Bool("s3-path-style", false, "address the bucket as <endpoint>/<bucket> (self-hosted servers); default: virtual-hosted <bucket>.<endpoint> for AWS, path style elsewhere")
+	s3CredentialsFile := fs.String("s3-credentials-file", "", "AWS shared-credentials file (profile $AWS_PROFILE, else default); empty: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) from the environment")
+	s3PartSize := fs.Uint64("s3-part-size", 16<<20, "part size of multipart uploads; larger files are uploaded in parts, read from the verified upload file (at least 5 MiB)")
+	s3PresignEndpoint := fs.String("s3-presign-endpoint", "", "URL of the S3 API as clients reach it, for presigned NAR URLs (gateway -nar-redirect); empty: -s3-endpoint")
+	s3PresignExpiry := fs.Duration("s3-presign-expiry", time.Hour, "how long a presigned NAR URL works (gateway -nar-redirect); 0 makes none")
+	var upstreams, upstreamKeys envflag.List
+	fs.Var(&upstreams, "upstream", "upstream binary cache (http:// or https://) where a path the index lacks is looked up, fetched and then served; repeatable or comma-separated, asked in order")
+	fs.Var(&upstreamKeys, "upstream-key", `trusted public key of the upstreams, "name:base64" as in trusted-public-keys; an upstream path is accepted only with a valid signature by one; repeatable or comma-separated`)
+	upstreamTimeout := fs.Duration("upstream-timeout", 5*time.Second, "bound on connecting to an upstream, each narinfo lookup, and any silence of an upstream during a NAR download")
+	upstreamNegativeTTL := fs.Duration("upstream-negative-ttl", 30*time.Second, "how long a path no upstream has is answered absent without asking again, and an unreachable upstream is skipped (0: not remembered)")
+	upstreamFetchTimeout := fs.Duration("upstream-fetch-timeout", 30*time.Minute, "bound on fetching one upstream path with the part of its closure the index lacks; it goes on after the caller gave up, so a retry finds it")
 	if err := envflag.Parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -91,6 +110,26 @@ func run(args []string) error {
 
 		TLS:       *serverTLS,
 		SignerTLS: *signerTLS,
+
+		Upstreams:            upstreams.Values,
+		UpstreamKeys:         upstreamKeys.Values,
+		UpstreamTimeout:      *upstreamTimeout,
+		UpstreamNegativeTTL:  *upstreamNegativeTTL,
+		UpstreamFetchTimeout: *upstreamFetchTimeout,
+
+		NarBackend: *narBackend,
+		Bucket: narstore.BucketConfig{
+			Endpoint:        *s3Endpoint,
+			PresignEndpoint: *s3PresignEndpoint,
+			Bucket:          *s3Bucket,
+			Prefix:          *s3Prefix,
+			Region:          *s3Region,
+			PathStyle:       *s3PathStyle,
+			CredentialsFile: *s3CredentialsFile,
+			PartSize:        *s3PartSize,
+			CreateBucket:    *s3CreateBucket,
+		},
+		PresignExpiry: *s3PresignExpiry,
 	}
 	if err := opts.Validate(); err != nil {
 		return fmt.Errorf("bad configuration: %w", err)

@@ -61,9 +61,18 @@ type Options struct {
 	// ZstdLocal compresses uncompressed NARs with zstd on the fly for
 	// clients that accept it (-zstd-local).
 	ZstdLocal bool
+	// NarRedirect redirects NAR downloads to presigned bucket URLs.
+	NarRedirect bool
 	// NarinfoCacheTTL bounds how long a narinfo is served from the
 	// gateway's cache (0: no cache); see httpapi.Config.
 	NarinfoCacheTTL time.Duration
+	// NarinfoCacheMaxAge is how long narinfos (and 404s) are cached while
+	// the gateway watches the index's changes (0: no watch); see
+	// httpapi.Config.
+	NarinfoCacheMaxAge time.Duration
+	// NarinfoCacheSize bounds the narinfo cache's memory in bytes (0: the
+	// default).
+	NarinfoCacheSize int64
 	// ReadHeaderTimeout bounds how long a client may take to send a
 	// request's headers (slowloris); 0 means 10 s.
 	ReadHeaderTimeout time.Duration
@@ -87,6 +96,10 @@ func (o Options) validate() error {
 		return fmt.Errorf("transfer idle timeout %s is negative", o.TransferIdleTimeout)
 	case o.NarinfoCacheTTL < 0:
 		return fmt.Errorf("narinfo cache TTL %s is negative", o.NarinfoCacheTTL)
+	case o.NarinfoCacheMaxAge < 0:
+		return fmt.Errorf("narinfo cache max age %s is negative", o.NarinfoCacheMaxAge)
+	case o.NarinfoCacheSize < 0:
+		return fmt.Errorf("narinfo cache size %d is negative", o.NarinfoCacheSize)
 	case o.ShutdownGrace < 0:
 		return fmt.Errorf("shutdown grace %s is negative", o.ShutdownGrace)
 	case o.Log == nil:
@@ -174,13 +187,23 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		RequestTimeout:      o.RequestTimeout,
 		TransferIdleTimeout: o.TransferIdleTimeout,
 		ZstdLocal:           o.ZstdLocal,
+		NarRedirect:         o.NarRedirect,
 		NarinfoCacheTTL:     o.NarinfoCacheTTL,
+		NarinfoCacheMaxAge:  o.NarinfoCacheMaxAge,
+		NarinfoCacheSize:    o.NarinfoCacheSize,
 		Landing:             landingHandler,
 		Admin:               adminHandler,
 	})
 	if err != nil {
 		return err
 	}
+	ops.registerNarinfoCache(handler.NarinfoCacheStats)
+	// The narinfo cache follows the index's changes until the gateway
+	// stops.
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { defer close(watched); handler.WatchIndex(watchCtx) }()
+	defer func() { stopWatch(); <-watched }()
 	srv := &http.Server{
 		Handler:           ops.handler(handler, dependency{"index", indexConn}, dependency{"signer", signerConn}),
 		ReadHeaderTimeout: cmp.Or(o.ReadHeaderTimeout, defaultReadHeaderTimeout),

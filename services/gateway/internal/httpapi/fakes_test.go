@@ -58,6 +58,7 @@ type fakeIndex struct {
 	stall     bool                         // GetNar stops after one chunk until canceled
 	noHeader  bool                         // GetNar waits for cancellation before its header
 	cutAfter  int                          // when > 0, GetNar fails after sending about this many bytes
+	presign   string                       // StatNar with presign answers this URL (+ the file hash); "": none
 	putNars   []putNarCall
 	putInfos  []*indexv1.PathInfo
 	getNars   []*indexv1.GetNarRequest
@@ -113,9 +114,13 @@ func (f *fakeIndex) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "no NAR file %s", req.GetFileHash())
 	}
-	return &indexv1.StatNarResponse{File: &indexv1.NarFile{
+	resp := &indexv1.StatNarResponse{File: &indexv1.NarFile{
 		FileHash: req.GetFileHash(), FileSize: uint64(len(file.data)), Compression: file.compression,
-	}}, nil
+	}}
+	if req.GetPresign() && f.presign != "" {
+		resp.Url = f.presign + req.GetFileHash()
+	}
+	return resp, nil
 }
 
 func (f *fakeIndex) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexService_GetNarServer) error {

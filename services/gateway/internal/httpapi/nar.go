@@ -128,6 +128,21 @@ func (h *Handler) narSize(ctx context.Context, p string, t narTarget) (uint64, e
 	return resp.GetInfo().GetNarSize(), nil
 }
 
+// presignedNar asks the index for a presigned URL of the stored file t
+// names; "" when the index cannot make one (its files are on its disk).
+func (h *Handler) presignedNar(ctx context.Context, p string, t narTarget) (string, error) {
+	ctx, cancel := h.unary(ctx)
+	defer cancel()
+	resp, err := h.Index.StatNar(ctx, &indexv1.StatNarRequest{FileHash: t.fileHash, Presign: true})
+	if err != nil {
+		return "", err
+	}
+	if c := resp.GetFile().GetCompression(); c != t.compression {
+		return "", errNoSuchNar(p, "the file is compressed with "+c)
+	}
+	return resp.GetUrl(), nil
+}
+
 // sameHash reports whether two hash strings denote the same hash.
 func sameHash(a, b string) bool {
 	ha, errA := nixhash.Parse(a)
@@ -174,6 +189,20 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		h.writeError(w, r, err)
 		return
+	}
+	if h.NarRedirect && t.fileHash != "" {
+		url, err := h.presignedNar(r.Context(), r.URL.Path, t)
+		if err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		if url != "" {
+			// The URL works for anyone until it expires: no shared cache
+			// may keep the redirect.
+			w.Header().Set("Cache-Control", "no-store")
+			http.Redirect(w, r, url, http.StatusTemporaryRedirect)
+			return
+		}
 	}
 	req := t.getRequest()
 	// An uncompressed NAR may be compressed on the fly for a client that

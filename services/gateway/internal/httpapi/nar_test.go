@@ -333,3 +333,52 @@ func TestPutNarIndexStalls(t *testing.T) {
 		})
 	}
 }
+
+// TestGetNarRedirect: with NarRedirect, GET of a stored file is a 307 to
+// the URL the index presigns, when it makes one; HEAD, the nix-serve
+// forms, and an index without presigned URLs stream as before.
+func TestGetNarRedirect(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.NarRedirect = true })
+	p := e.addPath("hello-2.12", 5000)
+	fileURL := "/nar/" + p.fileHash.NixBase32() + ".nar.xz"
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func(method, path string) *http.Response {
+		t.Helper()
+		req, err := http.NewRequest(method, e.srv.URL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+
+	// The index keeps its files on disk: no URL, the NAR streams.
+	if resp := get("GET", fileURL); resp.StatusCode != 200 {
+		t.Errorf("GET without a presigned URL: %d, want 200", resp.StatusCode)
+	}
+
+	e.index.mu.Lock()
+	e.index.presign = "http://bucket.example/signed?f="
+	e.index.mu.Unlock()
+	resp := get("GET", fileURL)
+	if want := "http://bucket.example/signed?f=" + p.fileHash.String(); resp.StatusCode != http.StatusTemporaryRedirect || resp.Header.Get("Location") != want {
+		t.Errorf("GET: %d to %q, want 307 to %q", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+	if got := resp.Header.Get("Cache-Control"); got != "no-store" {
+		t.Errorf("Cache-Control of the redirect %q, want no-store", got)
+	}
+	if resp := get("GET", "/nar/"+p.fileHash.NixBase32()+".nar.zst"); resp.StatusCode != 404 {
+		t.Errorf("GET with the wrong extension: %d, want 404", resp.StatusCode)
+	}
+	if resp := get("HEAD", fileURL); resp.StatusCode != 200 {
+		t.Errorf("HEAD: %d, want 200", resp.StatusCode)
+	}
+	if resp := get("GET", "/nar/"+p.hash+".nar"); resp.StatusCode != 200 {
+		t.Errorf("GET of the nix-serve form: %d, want 200", resp.StatusCode)
+	}
+}

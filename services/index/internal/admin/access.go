@@ -43,8 +43,9 @@ func NewTracker(cat *catalog.Catalog, log *slog.Logger) *Tracker {
 		byPath: map[string]catalog.Access{}, byFile: map[string]catalog.Access{}}
 }
 
-// Interceptors observe IndexService's GetPathInfo (hits and misses) and
-// GetNar (downloads, bytes, last access).
+// Interceptors observe IndexService's GetPathInfo (hits and misses), GetNar
+// (downloads, bytes, last access) and StatNar with a presigned URL (a
+// download the client makes from the bucket: counted, no bytes).
 func (t *Tracker) Interceptors() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(t.unary),
@@ -55,6 +56,7 @@ func (t *Tracker) Interceptors() []grpc.ServerOption {
 const (
 	getPathInfoMethod = "/" + "nixcache.index.v1.IndexService" + "/GetPathInfo"
 	getNarMethod      = "/" + "nixcache.index.v1.IndexService" + "/GetNar"
+	statNarMethod     = "/" + "nixcache.index.v1.IndexService" + "/StatNar"
 )
 
 func (t *Tracker) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -65,6 +67,11 @@ func (t *Tracker) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 			t.narinfoHits.Add(1)
 		case codes.NotFound:
 			t.narinfoMisses.Add(1)
+		}
+	}
+	if info.FullMethod == statNarMethod && err == nil {
+		if r, ok := resp.(*indexv1.StatNarResponse); ok && r.GetUrl() != "" {
+			t.download(&indexv1.GetNarRequest{Selector: &indexv1.GetNarRequest_FileHash{FileHash: r.GetFile().GetFileHash()}})
 		}
 	}
 	return resp, err
