@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -74,6 +75,9 @@ type cluster struct {
 	indexMetrics  string
 	// extraArgs are added to a service's flags when it starts.
 	extraArgs map[string][]string
+	// grpcCreds are the credentials of the harness's own health checks
+	// of the signer and the index; nil: plain text.
+	grpcCreds credentials.TransportCredentials
 	// extraEnv are added to a service's environment ("NAME=value").
 	extraEnv map[string][]string
 }
@@ -261,7 +265,7 @@ func (c *cluster) waitReady(service string, p *proc) {
 			if service == "index" {
 				addr = c.indexAddr
 			}
-			return healthServing(ctx, addr)
+			return healthServingWith(ctx, addr, c.grpcCreds)
 		}
 	}
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -280,7 +284,15 @@ func (c *cluster) waitReady(service string, p *proc) {
 }
 
 func healthServing(ctx context.Context, addr string) bool {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return healthServingWith(ctx, addr, nil)
+}
+
+// healthServingWith is healthServing over creds (nil: plain text).
+func healthServingWith(ctx context.Context, addr string, creds credentials.TransportCredentials) bool {
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return false
 	}

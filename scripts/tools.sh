@@ -32,6 +32,7 @@ need() { # need COMMAND PACKAGE
 }
 need nix-store nix-bin
 need curl curl
+need openssl openssl # scripts/gen-certs.sh: certificates for mutual TLS (e2e/mtls_test.go)
 need make make
 if [ "$mode" != --run ]; then
   need xz xz-utils

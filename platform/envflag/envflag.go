@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"unicode"
 )
@@ -25,8 +26,22 @@ func EnvName(flagName string) string {
 // args. Each flag's usage text gains its variable's name, so -h documents
 // both.
 func Parse(fs *flag.FlagSet, args []string) error {
+	return parse(fs, args, func(string) bool { return true })
+}
+
+// ParseOnly is Parse with only the flags named taking their environment
+// twins (those that exist in fs); the others are set on the command line
+// only.
+func ParseOnly(fs *flag.FlagSet, args []string, names ...string) error {
+	return parse(fs, args, func(name string) bool { return slices.Contains(names, name) })
+}
+
+func parse(fs *flag.FlagSet, args []string, twinned func(string) bool) error {
 	var errs []string
 	fs.VisitAll(func(f *flag.Flag) {
+		if !twinned(f.Name) {
+			return
+		}
 		name := EnvName(f.Name)
 		f.Usage = fmt.Sprintf("%s [$%s]", f.Usage, name)
 		if v, ok := os.LookupEnv(name); ok {

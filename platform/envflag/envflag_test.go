@@ -64,6 +64,20 @@ func TestParseBadEnv(t *testing.T) {
 	}
 }
 
+func TestParseOnly(t *testing.T) {
+	t.Setenv("NIXCACHE_ADDR", "fromenv")
+	t.Setenv("NIXCACHE_CERT", "cert.pem")
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	addr := fs.String("addr", "def", "address")
+	cert := fs.String("cert", "", "certificate")
+	if err := ParseOnly(fs, nil, "cert"); err != nil {
+		t.Fatal(err)
+	}
+	if *addr != "def" || *cert != "cert.pem" {
+		t.Errorf("addr %q, cert %q; want def (no twin) and cert.pem (twin)", *addr, *cert)
+	}
+}
+
 func TestList(t *testing.T) {
 	tests := []struct {
 		name string

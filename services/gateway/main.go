@@ -15,6 +15,7 @@ import (
 
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/envflag"
+	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/healthcheck"
 	"github.com/nixcache/nixcache/platform/logging"
 	"github.com/nixcache/nixcache/services/gateway/internal/app"
@@ -55,6 +56,7 @@ func run(args []string) error {
 	fs.Int64Var(&o.NarinfoCacheSize, "narinfo-cache-size", 64<<20, "memory of the narinfo cache, in bytes (a narinfo plus about 320 bytes an entry); least recently used entries go first")
 	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "longest a client may take to send a request's headers; slower ones (slowloris) are cut off")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
+	upstreamTLS := grpcutil.ClientTLSFlags(fs)
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := envflag.Parse(fs, args); err != nil {
@@ -69,6 +71,7 @@ func run(args []string) error {
 	}
 	o.Log = log
 	o.PrivateRead = !*publicRead
+	o.UpstreamTLS = *upstreamTLS
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

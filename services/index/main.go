@@ -16,6 +16,7 @@ import (
 
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/envflag"
+	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/healthcheck"
 	"github.com/nixcache/nixcache/platform/logging"
 	"github.com/nixcache/nixcache/services/index/internal/app"
@@ -24,7 +25,7 @@ import (
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(healthcheck.Main("nixcache-index", "127.0.0.1:5011", healthcheck.GRPC, os.Args[2:], os.Stderr))
+		os.Exit(healthcheck.GRPCMain("nixcache-index", "127.0.0.1:5011", os.Args[2:], os.Stderr))
 	}
 	if len(os.Args) > 1 && os.Args[1] == "check" {
 		if err := runCheck(os.Args[2:]); err != nil {
@@ -61,6 +62,9 @@ func run(args []string) error {
 	gcMaxSize := fs.Uint64("gc-max-size", 0, "garbage collection keeps at most this many bytes of NAR files, least recently downloaded deleted first (0: no limit)")
 	gcMaxAge := fs.Duration("gc-max-age", 0, "garbage collection deletes paths not downloaded for this long (0: no limit)")
 	gcInterval := fs.Duration("gc-interval", 0, "run garbage collection with -gc-max-size and -gc-max-age this often (0: only when asked, AdminService.CollectGarbage)")
+	serverTLS := grpcutil.ServerTLSFlags(fs)
+	signerTLS := grpcutil.ClientTLSFlags(fs)
+
 	narBackend := fs.String("nar-backend", "disk", "where the NAR files are kept: disk (<data-dir>/nars) or s3 (an S3-compatible bucket, -s3-*)")
 	s3Endpoint := fs.String("s3-endpoint", "https://s3.amazonaws.com", "URL of the S3 API (with -nar-backend=s3); http:// or https://")
 	s3Bucket := fs.String("s3-bucket", "", "bucket of the NAR files (with -nar-backend=s3); it must exist")
@@ -111,6 +115,9 @@ func run(args []string) error {
 		GCMaxSize:  *gcMaxSize,
 		GCMaxAge:   *gcMaxAge,
 		GCInterval: *gcInterval,
+
+		TLS:       *serverTLS,
+		SignerTLS: *signerTLS,
 
 		Upstreams:            upstreams.Values,
 		UpstreamKeys:         upstreamKeys.Values,

@@ -52,6 +52,9 @@ type Options struct {
 	// PublicURL is the cache's URL as the landing page shows it; "" uses
 	// the scheme and Host of each request.
 	PublicURL string
+	// UpstreamTLS, when enabled, calls the index and the signer over
+	// mutual TLS (-grpc-tls-cert, -grpc-tls-key, -grpc-tls-ca).
+	UpstreamTLS grpcutil.TLSFiles
 	// DialOptions are added to both gRPC clients' (tests use them).
 	DialOptions []grpc.DialOption
 
@@ -107,6 +110,9 @@ func (o Options) validate() error {
 			return err
 		}
 	}
+	if err := o.UpstreamTLS.Validate(); err != nil {
+		return err
+	}
 	return storepath.ValidateStoreDir(o.StoreDir)
 }
 
@@ -132,12 +138,20 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 	}
 
 	ops := newOps()
-	indexConn, err := grpcutil.Dial(o.IndexAddr, append(ops.dialOptions(), o.DialOptions...)...)
+	indexCreds, err := o.UpstreamTLS.DialOption(o.IndexAddr, o.Log)
+	if err != nil {
+		return err
+	}
+	signerCreds, err := o.UpstreamTLS.DialOption(o.SignerAddr, o.Log)
+	if err != nil {
+		return err
+	}
+	indexConn, err := grpcutil.Dial(o.IndexAddr, append(append(ops.dialOptions(), indexCreds), o.DialOptions...)...)
 	if err != nil {
 		return fmt.Errorf("index: %w", err)
 	}
 	defer indexConn.Close()
-	signerConn, err := grpcutil.Dial(o.SignerAddr, append(ops.dialOptions(), o.DialOptions...)...)
+	signerConn, err := grpcutil.Dial(o.SignerAddr, append(append(ops.dialOptions(), signerCreds), o.DialOptions...)...)
 	if err != nil {
 		return fmt.Errorf("signer: %w", err)
 	}

@@ -65,6 +65,12 @@ type fakeIndex struct {
 	requestID string // of the last call
 
 	streamDone chan struct{} // closed when a stalled GetNar's context ends
+
+	// putStall makes PutNar read nothing (putStall < 0) or every chunk
+	// but answer nothing (putStall > 0) until canceled; putStallDone is
+	// closed when its context ends.
+	putStall     int
+	putStallDone chan struct{}
 }
 
 func newFakeIndex() *fakeIndex {
@@ -73,6 +79,8 @@ func newFakeIndex() *fakeIndex {
 		paths:      map[string]*indexv1.PathInfo{},
 		storeNars:  map[string][]byte{},
 		streamDone: make(chan struct{}),
+
+		putStallDone: make(chan struct{}),
 	}
 }
 
@@ -187,6 +195,19 @@ func (f *fakeIndex) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexServi
 func (f *fakeIndex) PutNar(stream indexv1.IndexService_PutNarServer) error {
 	if err := f.begin(stream.Context()); err != nil {
 		return err
+	}
+	f.mu.Lock()
+	putStall := f.putStall
+	f.mu.Unlock()
+	if putStall != 0 {
+		for putStall > 0 {
+			if _, err := stream.Recv(); err != nil {
+				break
+			}
+		}
+		<-stream.Context().Done()
+		close(f.putStallDone)
+		return stream.Context().Err()
 	}
 	var call putNarCall
 	for {

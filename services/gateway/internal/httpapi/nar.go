@@ -234,9 +234,13 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	stream, err := h.Index.GetNar(ctx, req)
-	if err != nil {
-		h.writeError(w, r, err)
+	guard := h.newStallGuard(cancel)
+	var stream indexv1.IndexService_GetNarClient
+	if err := guard.open("NAR", func() (err error) {
+		stream, err = h.Index.GetNar(ctx, req)
+		return err
+	}); err != nil {
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
 	hdr, err := recvHeader(h, ctx, cancel, stream.Recv, "NAR")
@@ -248,8 +252,10 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, errNoSuchNar(r.URL.Path, "the file is compressed with "+hdr.GetCompression()))
 		return
 	}
+	// From here every chunk must come within TransferIdleTimeout.
+	body := guardRecv(stream, guard)
 	if zstdOut && hdr.GetCompression() == compression.None {
-		h.sendZstd(w, r, stream, hdr.GetTotalSize())
+		h.sendZstd(w, r, body, hdr.GetTotalSize())
 		return
 	}
 	length, code := hdr.GetTotalSize(), http.StatusOK
@@ -263,10 +269,10 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 	}
 	setNarHeaders(w, length)
 	w.WriteHeader(code)
-	if err := h.copyNar(w, w, stream, length); err != nil && r.Context().Err() == nil {
+	if err := h.copyNar(w, w, body, length); err != nil && r.Context().Err() == nil {
 		// The status is sent; the connection closes short of
 		// Content-Length, and Nix resumes with a Range request.
-		h.Log.WarnContext(r.Context(), "NAR stream cut", "path", r.URL.Path, "err", err)
+		h.Log.WarnContext(r.Context(), "NAR stream cut", "path", r.URL.Path, "err", stalledError(ctx, err))
 	}
 }
 
@@ -352,13 +358,20 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	stream, err := h.Index.PutNar(ctx)
-	if err != nil {
-		h.writeError(w, r, err)
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	// An index that does not open the stream, stops taking chunks, or
+	// does not answer after the last, cannot hold the upload forever.
+	guard := h.newStallGuard(cancel)
+	var raw indexv1.IndexService_PutNarClient
+	if err := guard.open("NAR upload", func() (err error) {
+		raw, err = h.Index.PutNar(ctx)
+		return err
+	}); err != nil {
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
+	stream := guardSend(raw, guard)
 	header := &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Header{Header: &indexv1.PutNarHeader{
 		ExpectedFileHash:    t.fileHash,
 		ExpectedCompression: t.compression,
@@ -371,7 +384,7 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 	if errors.As(err, &reqErr) {
 		// Cancel before anything could close the stream: a cut upload must
 		// never look complete to the index.
-		cancel()
+		cancel(nil)
 		h.writeError(w, r, err)
 		return
 	}
@@ -383,7 +396,7 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 		err = nil
 	}
 	if err != nil {
-		h.writeError(w, r, err)
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"io"
 	"net/http"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/nixcache/nixcache/nix/nixbase32"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 )
 
@@ -254,6 +256,81 @@ func TestGetNarHeaderTimeout(t *testing.T) {
 	resp := e.do(t, request{method: "GET", path: "/nar/" + p.fileHash.NixBase32() + ".nar.xz"})
 	if resp.code != 503 || resp.header.Get("Retry-After") == "" {
 		t.Errorf("status %d, Retry-After %q; want 503 with Retry-After", resp.code, resp.header.Get("Retry-After"))
+	}
+}
+
+// TestGetNarIndexStalls: an index that stops sending mid-NAR is cut off
+// after TransferIdleTimeout (the client sees the body end short, not a
+// hang), and its stream is canceled.
+func TestGetNarIndexStalls(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.TransferIdleTimeout = 200 * time.Millisecond })
+	p := e.addPath("stuck-1.0", 100)
+	e.index.stall = true
+	resp, err := e.srv.Client().Get(e.srv.URL + "/nar/" + p.fileHash.NixBase32() + ".nar.xz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	start := time.Now()
+	n, err := io.Copy(io.Discard, resp.Body)
+	took := time.Since(start)
+	if err == nil || n != fakeChunk {
+		t.Errorf("read %d bytes, err %v; want the one chunk sent and then an error", n, err)
+	}
+	if took > 5*time.Second {
+		t.Errorf("the body ended %s after the index stalled, want about 200ms", took)
+	}
+	select {
+	case <-e.index.streamDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stalled GetNar stream was not canceled")
+	}
+	if !strings.Contains(e.logs.String(), "no data from the index within 200ms") {
+		t.Errorf("log does not say why the NAR was cut:\n%s", e.logs.String())
+	}
+}
+
+// TestPutNarIndexStalls: an index that stops taking an upload, or takes
+// it all and never answers, gets a 503 with Retry-After within the
+// bounds, and its stream is canceled.
+func TestPutNarIndexStalls(t *testing.T) {
+	tests := []struct {
+		name     string
+		putStall int
+		size     int
+		want     string
+	}{
+		// Far more than the flow-control windows: Send blocks.
+		{"stops reading", -1, 8 << 20, "no room to send to the index within 200ms"},
+		{"never answers", 1, 1000, "no answer from the index after the upload within 300ms"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, func(c *Config) {
+				c.TransferIdleTimeout = 200 * time.Millisecond
+				c.RequestTimeout = 300 * time.Millisecond
+			})
+			e.index.putStall = tt.putStall
+			body := bytes.Repeat([]byte{'n'}, tt.size)
+			sum := sha256.Sum256(body)
+			start := time.Now()
+			resp := e.do(t, request{method: "PUT", path: "/nar/" + nixbase32.EncodeToString(sum[:]) + ".nar", body: body, bearer: pushToken})
+			took := time.Since(start)
+			if resp.code != 503 || resp.header.Get("Retry-After") == "" || !strings.Contains(string(resp.body), tt.want) {
+				t.Errorf("status %d, Retry-After %q, body %q; want 503 with Retry-After saying %q", resp.code, resp.header.Get("Retry-After"), resp.body, tt.want)
+			}
+			if took > 5*time.Second {
+				t.Errorf("answered after %s, want within about 300ms", took)
+			}
+			select {
+			case <-e.index.putStallDone:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the stalled PutNar stream was not canceled")
+			}
+		})
 	}
 }
 

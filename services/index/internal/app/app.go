@@ -79,6 +79,12 @@ type Options struct {
 	GCMaxAge   time.Duration
 	GCInterval time.Duration
 
+	// TLS, when enabled, serves gRPC over mutual TLS only (-tls-cert,
+	// -tls-key, -tls-client-ca); SignerTLS calls the signer over it
+	// (-grpc-tls-cert, -grpc-tls-key, -grpc-tls-ca).
+	TLS       grpcutil.TLSFiles
+	SignerTLS grpcutil.TLSFiles
+
 	// Upstreams are the upstream caches a path the index lacks is
 	// fetched from, in order (package upstream); UpstreamKeys the trusted
 	// public keys ("name:base64") one of whose signatures it must carry.
@@ -166,6 +172,12 @@ func (o Options) Validate() error {
 	if o.GCInterval < 0 {
 		errs = append(errs, "-gc-interval must be >= 0")
 	}
+	for _, f := range []grpcutil.TLSFiles{o.TLS, o.SignerTLS} {
+		if err := f.Validate(); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+
 	if len(o.Upstreams) > 0 || len(o.UpstreamKeys) > 0 {
 		if _, err := o.upstreamConfig(); err != nil {
 			errs = append(errs, err.Error())
@@ -250,7 +262,17 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		lis.Close()
 		return err
 	}
-	conn, err := grpcutil.Dial(o.SignerAddr, ops.dialOptions()...)
+	signerCreds, err := o.SignerTLS.DialOption(o.SignerAddr, o.Log)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	tlsOpts, err := o.TLS.ServerOptions(o.Log)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	conn, err := grpcutil.Dial(o.SignerAddr, append(ops.dialOptions(), signerCreds)...)
 	if err != nil {
 		lis.Close()
 		return fmt.Errorf("signer: %w", err)
@@ -286,7 +308,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	// Handlers cut at the end of the grace period still finish before the
 	// catalogue closes.
 	tracker := admin.NewTracker(cat, o.Log.With("component", "admin"))
-	srvOpts := append(ops.serverOptions(), tracker.Interceptors()...)
+	srvOpts := append(append(ops.serverOptions(), tracker.Interceptors()...), tlsOpts...)
 	srv := grpcutil.NewServer(o.Log, append(srvOpts, grpc.WaitForHandlers(true))...)
 	defer ops.serveMetrics(o.MetricsListener, srv.Health, o)()
 	logDir := ""
@@ -337,7 +359,8 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 
 	o.Log.Info("index serving", "addr", lis.Addr().String(), "data_dir", o.DataDir,
 		"signer", o.SignerAddr, "store_dir", o.StoreDir, "max_nar_size", o.MaxNarSize,
-		"nar_files", nars.Backend().String(), "local_store", o.LocalStore, "nix_log_dir", logDir, "gc_max_size", o.GCMaxSize, "gc_max_age", o.GCMaxAge, "gc_interval", o.GCInterval)
+		"nar_files", nars.Backend().String(), "local_store", o.LocalStore, "nix_log_dir", logDir, "gc_max_size", o.GCMaxSize, "gc_max_age", o.GCMaxAge, "gc_interval", o.GCInterval,
+		"mutual_tls", o.TLS.Enabled(), "signer_mutual_tls", o.SignerTLS.Enabled())
 	err = srv.Serve(ctx, lis, o.ShutdownGrace)
 	o.Log.Info("index stopped")
 	return err
