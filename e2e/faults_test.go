@@ -94,20 +94,6 @@ func (c *cluster) pid(service string) int {
 	return p.cmd.Process.Pid
 }
 
-// kill kills a service with SIGKILL, as a crash would, and waits for it.
-func (c *cluster) kill(service string) {
-	c.t.Helper()
-	p := c.procs[service]
-	if p == nil {
-		c.t.Fatalf("%s is not running", service)
-	}
-	delete(c.procs, service)
-	if err := p.cmd.Process.Kill(); err != nil {
-		c.t.Fatal(err)
-	}
-	<-p.done
-}
-
 // freeze stops a service with SIGSTOP: its sockets stay open, nothing
 // answers. The returned function (also run at cleanup) resumes it.
 func (c *cluster) freeze(service string) (thaw func()) {
