@@ -61,11 +61,6 @@ type Service struct {
 	// mu serialises what deletes or rewrites paths (delete, GC, verify,
 	// key changes), so that each sees the catalogue it plans on.
 	mu sync.Mutex
-
-	// The byte totals of the catalogue gauges, and when they were read.
-	bytesMu               sync.Mutex
-	narBytes, storedBytes uint64
-	bytesAt               time.Time
 }
 
 // New returns the service.

@@ -91,7 +91,9 @@ func randInfo(rng *rand.Rand, key string, odd bool) *indexv1.PathInfo {
 		func() { info.References = append(info.References, strings.ToUpper(randHashPart(rng))+"-x") },
 		func() { info.Deriver = randHashPart(rng) + "-noext" },
 		func() { info.Deriver = "" },
-		func() { info.Signatures = append(info.Signatures, "k:short", "nocolon", "k:"+strings.Repeat("A", 86)+"==") },
+		func() {
+			info.Signatures = append(info.Signatures, "k:short", "nocolon", "k:"+strings.Repeat("A", 86)+"==")
+		},
 		func() { info.Signatures = nil },
 		func() { info.Url = "" },
 		func() { info.Url = "elsewhere/x.nar" },
