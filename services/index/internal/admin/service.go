@@ -241,7 +241,6 @@ func (s *Service) delete(ctx context.Context, hashParts []string) error {
 	if err != nil {
 		return err
 	}
-	s.tracker.forget()
 	var errs []error
 	for _, nf := range freed {
 		if err := s.nars.Remove(nf); err != nil {

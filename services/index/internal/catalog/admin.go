@@ -356,7 +356,7 @@ func (c *Catalog) Quarantine(hashPart, narHash string) (bool, error) {
 				if err != nil {
 					return err
 				}
-				if _, err := setNarFile(tx, narsBucket, fk, nil, 0); err != nil {
+				if _, err := setNarFile(tx, narsBucket, fk, nil, nil); err != nil {
 					return err
 				}
 				if _, err := setNarFile(tx, quarantineNarsBucket, fk, nf, users); err != nil {
@@ -410,11 +410,11 @@ func (c *Catalog) DeletePaths(hashParts []string) ([]*indexv1.NarFile, error) {
 				if err != nil {
 					return fmt.Errorf("NAR file %s: %w", fh, err)
 				}
-				if users > 0 {
+				if len(users) > 0 {
 					continue
 				}
 				freed = append(freed, nf)
-				if _, err := setNarFile(tx, name, fh, nil, 0); err != nil {
+				if _, err := setNarFile(tx, name, fh, nil, nil); err != nil {
 					return err
 				}
 			}

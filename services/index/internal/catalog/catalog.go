@@ -103,7 +103,7 @@ func (c *Catalog) AddNarFile(fileHash string, nf *indexv1.NarFile) (*indexv1.Nar
 		if err != nil {
 			return err
 		}
-		if _, err := setNarFile(tx, quarantineNarsBucket, fileHash, nil, 0); err != nil {
+		if _, err := setNarFile(tx, quarantineNarsBucket, fileHash, nil, nil); err != nil {
 			return err
 		}
 		_, err = setNarFile(tx, narsBucket, fileHash, nf, users)

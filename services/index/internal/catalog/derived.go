@@ -16,7 +16,7 @@ import (
 // What the catalogue derives from its records, kept up to date in the
 // transaction of every write (setPath, setNarFile, setPin, setUnsigned)
 // so that nothing needs a scan of every path: the running totals behind
-// GetStats and /metrics, the referrers of each pushed path, and how many
+// GetStats and /metrics, the referrers of each pushed path, and which
 // pushed paths each NAR file serves (in its record).
 var (
 	// statsBucket maps a counter's name to its value, 8 bytes big-endian.
@@ -152,10 +152,10 @@ func setPath(tx *bolt.Tx, bucket []byte, key string, next *indexv1.PathInfo) (*i
 	if err := setEdges(tx, key, next, +1); err != nil {
 		return nil, err
 	}
-	if err := addUser(tx, old, -1); err != nil {
+	if err := setUser(tx, key, old, false); err != nil {
 		return nil, err
 	}
-	return old, addUser(tx, next, +1)
+	return old, setUser(tx, key, next, true)
 }
 
 func bumpAll(tx *bolt.Tx, count string, dn int64, bytesName string, dbytes int64) error {
@@ -215,10 +215,10 @@ func fileKey(info *indexv1.PathInfo) string {
 	return h.NixBase32()
 }
 
-// addUser adds delta to the users of info's NAR file record, wherever it
-// is (nars or quarantine-nars); a path whose file has no record changes
-// nothing.
-func addUser(tx *bolt.Tx, info *indexv1.PathInfo, delta int64) error {
+// setUser adds the path key to the users of info's NAR file record, or
+// removes it, wherever the record is (nars or quarantine-nars); a path
+// whose file has no record changes nothing.
+func setUser(tx *bolt.Tx, key string, info *indexv1.PathInfo, add bool) error {
 	fk := fileKey(info)
 	if info == nil || fk == "" {
 		return nil
@@ -232,7 +232,17 @@ func addUser(tx *bolt.Tx, info *indexv1.PathInfo, delta int64) error {
 		if err != nil {
 			return fmt.Errorf("NAR file %s: %w", fk, err)
 		}
-		_, err = setNarFile(tx, name, fk, nf, uint64(max(int64(users)+delta, 0)))
+		i := slices.Index(users, key)
+		switch {
+		case add && i < 0:
+			users = append(users, key)
+			slices.Sort(users)
+		case !add && i >= 0:
+			users = slices.Delete(users, i, i+1)
+		default:
+			return nil
+		}
+		_, err = setNarFile(tx, name, fk, nf, users)
 		return err
 	}
 	return nil
@@ -240,8 +250,8 @@ func addUser(tx *bolt.Tx, info *indexv1.PathInfo, delta int64) error {
 
 // setNarFile stores nf with its users under key in a NAR file bucket, or
 // deletes the record when nf is nil, keeping the file totals. It returns
-// the record replaced and its users.
-func setNarFile(tx *bolt.Tx, bucket []byte, key string, nf *indexv1.NarFile, users uint64) (*indexv1.NarFile, error) {
+// the record replaced.
+func setNarFile(tx *bolt.Tx, bucket []byte, key string, nf *indexv1.NarFile, users []string) (*indexv1.NarFile, error) {
 	b := tx.Bucket(bucket)
 	var old *indexv1.NarFile
 	if v := b.Get([]byte(key)); v != nil {
@@ -278,13 +288,29 @@ func setNarFile(tx *bolt.Tx, bucket []byte, key string, nf *indexv1.NarFile, use
 
 // narFileUsers reads a NAR file record and its users from either NAR file
 // bucket; nil when there is none.
-func narFileUsers(tx *bolt.Tx, key string) (*indexv1.NarFile, uint64, error) {
+func narFileUsers(tx *bolt.Tx, key string) (*indexv1.NarFile, []string, error) {
 	for _, name := range [][]byte{narsBucket, quarantineNarsBucket} {
 		if v := tx.Bucket(name).Get([]byte(key)); v != nil {
 			return decodeNarFile(v)
 		}
 	}
-	return nil, 0, nil
+	return nil, nil, nil
+}
+
+// FileUsers returns the hash parts of the pushed paths (published or
+// quarantined) served from the NAR file with this key (nix32 digest), as
+// its record keeps them: no scan.
+func (c *Catalog) FileUsers(fileKey string) ([]string, error) {
+	var users []string
+	err := c.db.View(func(tx *bolt.Tx) error {
+		var err error
+		_, users, err = narFileUsers(tx, fileKey)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("users of NAR file %s: %w", fileKey, err)
+	}
+	return users, nil
 }
 
 // setPin stores or (pin nil) deletes a pin, counting pins.
@@ -400,7 +426,7 @@ func (c *Catalog) ReferrerSnapshot(hashPart string) (*Snapshot, error) {
 				if _, users, err := narFileUsers(tx, fk); err != nil {
 					return err
 				} else {
-					s.FileUsers[e.Info.GetFile().GetFileHash()] = users
+					s.FileUsers[e.Info.GetFile().GetFileHash()] = uint64(len(users))
 				}
 			}
 			todo = append(todo, referrers(tx, h)...)

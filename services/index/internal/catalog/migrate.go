@@ -162,7 +162,7 @@ func copyRecord(tx *bolt.Tx, name []byte, b *bolt.Bucket, k, v []byte) error {
 			return err
 		}
 		// Users are counted again as the paths come in.
-		_, err = setNarFile(tx, name, key, nf, 0)
+		_, err = setNarFile(tx, name, key, nf, nil)
 		return err
 	case bytes.Equal(name, localUnsignedBucket):
 		return setUnsigned(tx, k, true)

@@ -70,8 +70,9 @@ const (
 	fNarHashText  = 6 // string
 	fNarSize      = 7 // varint
 	fSameNar      = 8 // varint 1: NAR hash and size are the path's
-	fOther        = 9 // bytes: a marshalled NarFile with the fields above cleared
-	fUsers        = 10
+	fOther        = 9  // bytes: a marshalled NarFile with the fields above cleared
+	fUser         = 10 // bytes: the 20-byte digest of a pushed path the file serves
+	fUserText     = 11 // string: the hash part of one, when not a valid one
 )
 
 // compactHash is the algorithm byte then the digest of a hash written
@@ -361,43 +362,55 @@ func decodePath(key string, v []byte) (*indexv1.PathInfo, error) {
 	return info, nil
 }
 
-// encodeNarFile encodes a record of the NAR file buckets: nf and how many
-// published or quarantined paths are served from it.
-func encodeNarFile(nf *indexv1.NarFile, users uint64) ([]byte, error) {
+// encodeNarFile encodes a record of the NAR file buckets: nf and the hash
+// parts of the published or quarantined paths served from it (its users).
+func encodeNarFile(nf *indexv1.NarFile, users []string) ([]byte, error) {
 	f, err := encodeNarFileFields(nf, nil)
 	if err != nil {
 		return nil, err
 	}
 	b := append([]byte{compactMark}, f...)
-	if users > 0 {
-		b = protowire.AppendTag(b, fUsers, protowire.VarintType)
-		b = protowire.AppendVarint(b, users)
+	for _, u := range users {
+		if d := hashDigest(u); d != nil {
+			b = protowire.AppendTag(b, fUser, protowire.BytesType)
+			b = protowire.AppendBytes(b, d)
+		} else {
+			b = protowire.AppendTag(b, fUserText, protowire.BytesType)
+			b = protowire.AppendString(b, u)
+		}
 	}
 	return b, nil
 }
 
-// decodeNarFile decodes a record of the NAR file buckets (either schema).
-func decodeNarFile(v []byte) (*indexv1.NarFile, uint64, error) {
+// decodeNarFile decodes a record of the NAR file buckets (either schema;
+// a schema 1 record has no users).
+func decodeNarFile(v []byte) (*indexv1.NarFile, []string, error) {
 	if len(v) == 0 || v[0] != compactMark {
 		nf := new(indexv1.NarFile)
 		if err := proto.Unmarshal(v, nf); err != nil {
-			return nil, 0, fmt.Errorf("decode NAR file: %w", err)
+			return nil, nil, fmt.Errorf("decode NAR file: %w", err)
 		}
-		return nf, 0, nil
+		return nf, nil, nil
 	}
-	var users uint64
-	err := eachField(v[1:], func(num protowire.Number, _ protowire.Type, _ []byte, n uint64) error {
-		if num == fUsers {
-			users = n
+	var users []string
+	err := eachField(v[1:], func(num protowire.Number, _ protowire.Type, val []byte, _ uint64) error {
+		switch num {
+		case fUser:
+			if len(val) != 20 {
+				return fmt.Errorf("user of %d bytes", len(val))
+			}
+			users = append(users, nixbase32.EncodeToString(val))
+		case fUserText:
+			users = append(users, string(val))
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("decode NAR file: %w", err)
+		return nil, nil, fmt.Errorf("decode NAR file: %w", err)
 	}
 	nf, err := decodeNarFileFields(v[1:], nil)
 	if err != nil {
-		return nil, 0, fmt.Errorf("decode NAR file: %w", err)
+		return nil, nil, fmt.Errorf("decode NAR file: %w", err)
 	}
 	return nf, users, nil
 }
