@@ -21,7 +21,7 @@ import (
 // derivedState is what derived.go keeps, as stored or as recounted.
 type derivedState struct {
 	counters map[string]uint64
-	edges    []string          // "<ref> <referrer>"
+	edges    []string            // "<ref> <referrer>"
 	users    map[string][]string // NAR file key -> users, sorted
 }
 
