@@ -157,13 +157,16 @@ func (r *Results) Measure(server, figure string) *Measure {
 func (r *Results) ComputeRatios() {
 	r.Ratios = nil
 	for _, s := range r.Servers {
-		if s.Baseline == "" || s.Unavailable != "" {
+		if !s.compared() || s.Unavailable != "" {
 			continue
 		}
 		for _, f := range Figures {
 			base := s.Baseline
 			if f == Push {
 				base = s.PushBaseline
+			}
+			if base == "" {
+				continue
 			}
 			m, b := r.Measure(s.Name, f), r.Measure(base, f)
 			if m == nil || b == nil || b.Median == 0 {
@@ -222,7 +225,7 @@ func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 func (r *Results) RatioTable(w io.Writer) {
 	var names []string
 	for _, s := range r.Servers {
-		if s.Baseline != "" {
+		if s.compared() {
 			names = append(names, s.Name)
 		}
 	}
@@ -407,3 +410,7 @@ func startup(p scale.Point) string {
 	}
 	return s
 }
+
+// compared reports whether the server is measured against a baseline (a
+// nixcache server; with -only push, against file:// alone).
+func (s Server) compared() bool { return s.Baseline != "" || s.PushBaseline != "" }

@@ -689,6 +689,7 @@ func Render(jsonPath string) error {
 	if err != nil {
 		return err
 	}
+	r.ComputeRatios()
 	base := strings.TrimSuffix(jsonPath, ".json")
 	if a, err := os.ReadFile(base + "-analysis.md"); err == nil {
 		r.Analysis = string(a)
