@@ -427,15 +427,25 @@ func (g *graph) referrersFirst(set map[string]bool) []string {
 // freedBytes is the size of the files that deleting set frees: those no
 // path outside it uses.
 func (g *graph) freedBytes(set map[string]bool) uint64 {
+	if g.snap.FileUsedElsewhere != nil {
+		// The snapshot holds the set alone and says which files other
+		// paths use.
+		freed := map[string]uint64{}
+		for h := range set {
+			nf := g.snap.Paths[h].Info.GetFile()
+			if fh := nf.GetFileHash(); fh != "" && !g.snap.FileUsedElsewhere[fh] {
+				freed[fh] = nf.GetFileSize()
+			}
+		}
+		var total uint64
+		for _, n := range freed {
+			total += n
+		}
+		return total
+	}
 	users := map[string]int{}
-	if g.snap.FileUsers != nil {
-		for fh, n := range g.snap.FileUsers {
-			users[fh] = int(n)
-		}
-	} else {
-		for _, e := range g.snap.Paths {
-			users[e.Info.GetFile().GetFileHash()]++
-		}
+	for _, e := range g.snap.Paths {
+		users[e.Info.GetFile().GetFileHash()]++
 	}
 	var freed uint64
 	for h := range set {

@@ -110,9 +110,9 @@ type Snapshot struct {
 	Local int
 	// LocalNarBytes sums their NarSize.
 	LocalNarBytes uint64
-	// FileUsers, when set, counts the pushed paths (in the catalogue, not
-	// only in Paths) served from each NAR file of Paths, by FileHash.
-	FileUsers map[string]uint64
+	// FileUsedElsewhere, when set, says for each NAR file of Paths (by
+	// FileHash) whether a pushed path not in Paths is served from it.
+	FileUsedElsewhere map[string]bool
 }
 
 // Snapshot reads every pushed path; with withLocal it also counts the
@@ -352,14 +352,14 @@ func (c *Catalog) Quarantine(hashPart, narHash string) (bool, error) {
 		moved = true
 		if fk := fileKey(info); fk != "" {
 			if nv := tx.Bucket(narsBucket).Get([]byte(fk)); nv != nil {
-				nf, users, err := decodeNarFile(nv)
+				nf, err := decodeNarFile(nv)
 				if err != nil {
 					return err
 				}
-				if _, err := setNarFile(tx, narsBucket, fk, nil, nil); err != nil {
+				if _, err := setNarFile(tx, narsBucket, fk, nil); err != nil {
 					return err
 				}
-				if _, err := setNarFile(tx, quarantineNarsBucket, fk, nf, users); err != nil {
+				if _, err := setNarFile(tx, quarantineNarsBucket, fk, nf); err != nil {
 					return err
 				}
 			}
@@ -398,23 +398,28 @@ func (c *Catalog) DeletePaths(hashParts []string) ([]*indexv1.NarFile, error) {
 				return err
 			}
 		}
-		// Files still used by a remaining path stay: their records count
-		// the paths they serve.
+		// Files still used by a remaining path stay (the file users
+		// bucket says which).
 		for _, fh := range slices.Sorted(mapsKeys(candidates)) {
+			used := false
+			fileUsers(tx, fh, func(string) bool {
+				used = true
+				return false
+			})
+			if used {
+				continue
+			}
 			for _, name := range [][]byte{narsBucket, quarantineNarsBucket} {
 				v := tx.Bucket(name).Get([]byte(fh))
 				if v == nil {
 					continue
 				}
-				nf, users, err := decodeNarFile(v)
+				nf, err := decodeNarFile(v)
 				if err != nil {
 					return fmt.Errorf("NAR file %s: %w", fh, err)
 				}
-				if len(users) > 0 {
-					continue
-				}
 				freed = append(freed, nf)
-				if _, err := setNarFile(tx, name, fh, nil, nil); err != nil {
+				if _, err := setNarFile(tx, name, fh, nil); err != nil {
 					return err
 				}
 			}

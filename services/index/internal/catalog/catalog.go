@@ -70,7 +70,7 @@ func (c *Catalog) NarFile(fileHash string) (*indexv1.NarFile, error) {
 			return nil
 		}
 		var err error
-		nf, _, err = decodeNarFile(v)
+		nf, err = decodeNarFile(v)
 		return err
 	})
 	if err != nil {
@@ -90,23 +90,18 @@ func (c *Catalog) AddNarFile(fileHash string, nf *indexv1.NarFile) (*indexv1.Nar
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(narsBucket)
 		if v := b.Get([]byte(fileHash)); v != nil {
-			old, _, err := decodeNarFile(v)
+			old, err := decodeNarFile(v)
 			if err != nil {
 				return err
 			}
 			stored = old
 			return nil
 		}
-		// The file was just verified: a quarantined record of it is void,
-		// but the quarantined paths it serves still count as its users.
-		_, users, err := narFileUsers(tx, fileHash)
-		if err != nil {
+		// The file was just verified: a quarantined record of it is void.
+		if _, err := setNarFile(tx, quarantineNarsBucket, fileHash, nil); err != nil {
 			return err
 		}
-		if _, err := setNarFile(tx, quarantineNarsBucket, fileHash, nil, nil); err != nil {
-			return err
-		}
-		_, err = setNarFile(tx, narsBucket, fileHash, nf, users)
+		_, err := setNarFile(tx, narsBucket, fileHash, nf)
 		return err
 	})
 	if err != nil {

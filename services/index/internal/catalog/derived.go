@@ -16,11 +16,15 @@ import (
 // What the catalogue derives from its records, kept up to date in the
 // transaction of every write (setPath, setNarFile, setPin, setUnsigned)
 // so that nothing needs a scan of every path: the running totals behind
-// GetStats and /metrics, the referrers of each pushed path, and which
-// pushed paths each NAR file serves (in its record).
+// GetStats and /metrics, the referrers of each pushed path, and the
+// pushed paths each NAR file serves.
 var (
 	// statsBucket maps a counter's name to its value, 8 bytes big-endian.
 	statsBucket = []byte("stats")
+	// fileUsersBucket holds, as keys with empty values, which pushed path
+	// (published or quarantined) is served from which NAR file: the
+	// file's 32-byte sha256 digest, then the path's 20-byte digest.
+	fileUsersBucket = []byte("file-users")
 	// referrersBucket holds, as keys with empty values, the reference
 	// edges of the pushed paths (published or quarantined): the 20-byte
 	// digest of the hash part referred to, then the referrer's; a path's
@@ -215,48 +219,67 @@ func fileKey(info *indexv1.PathInfo) string {
 	return h.NixBase32()
 }
 
-// setUser adds the path key to the users of info's NAR file record, or
-// removes it, wherever the record is (nars or quarantine-nars); a path
-// whose file has no record changes nothing.
-func setUser(tx *bolt.Tx, key string, info *indexv1.PathInfo, add bool) error {
-	fk := fileKey(info)
-	if info == nil || fk == "" {
+// fileUserKey is the fileUsersBucket key of "path key is served from
+// info's NAR file", or nil when either is not in the expected form.
+func fileUserKey(key string, info *indexv1.PathInfo) []byte {
+	fh := info.GetFile().GetFileHash()
+	if fh == "" {
 		return nil
 	}
-	for _, name := range [][]byte{narsBucket, quarantineNarsBucket} {
-		v := tx.Bucket(name).Get([]byte(fk))
-		if v == nil {
-			continue
-		}
-		nf, users, err := decodeNarFile(v)
-		if err != nil {
-			return fmt.Errorf("NAR file %s: %w", fk, err)
-		}
-		i := slices.Index(users, key)
-		switch {
-		case add && i < 0:
-			users = append(users, key)
-			slices.Sort(users)
-		case !add && i >= 0:
-			users = slices.Delete(users, i, i+1)
-		default:
-			return nil
-		}
-		_, err = setNarFile(tx, name, fk, nf, users)
-		return err
+	h, err := nixhash.Parse(fh)
+	d := hashDigest(key)
+	if err != nil || h.Algo != nixhash.SHA256 || d == nil {
+		return nil
 	}
-	return nil
+	return append(slices.Clone(h.Digest), d...)
 }
 
-// setNarFile stores nf with its users under key in a NAR file bucket, or
-// deletes the record when nf is nil, keeping the file totals. It returns
-// the record replaced.
-func setNarFile(tx *bolt.Tx, bucket []byte, key string, nf *indexv1.NarFile, users []string) (*indexv1.NarFile, error) {
+// setUser records (add) or forgets that the pushed path key is served
+// from info's NAR file.
+func setUser(tx *bolt.Tx, key string, info *indexv1.PathInfo, add bool) error {
+	k := fileUserKey(key, info)
+	if k == nil {
+		return nil
+	}
+	if add {
+		return tx.Bucket(fileUsersBucket).Put(k, nil)
+	}
+	return tx.Bucket(fileUsersBucket).Delete(k)
+}
+
+// fileDigest is the 32-byte digest of a NAR file key (nix32), or nil.
+func fileDigest(fileKey string) []byte {
+	d, err := nixbase32.DecodeString(fileKey)
+	if err != nil || len(d) != 32 {
+		return nil
+	}
+	return d
+}
+
+// fileUsers calls fn with the hash part of each pushed path served from
+// the NAR file with this key, until fn returns false.
+func fileUsers(tx *bolt.Tx, fileKey string, fn func(hashPart string) bool) {
+	prefix := fileDigest(fileKey)
+	if prefix == nil {
+		return
+	}
+	cur := tx.Bucket(fileUsersBucket).Cursor()
+	for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
+		if !fn(nixbase32.EncodeToString(k[len(prefix):])) {
+			return
+		}
+	}
+}
+
+// setNarFile stores nf under key in a NAR file bucket, or deletes the
+// record when nf is nil, keeping the file totals. It returns the record
+// replaced.
+func setNarFile(tx *bolt.Tx, bucket []byte, key string, nf *indexv1.NarFile) (*indexv1.NarFile, error) {
 	b := tx.Bucket(bucket)
 	var old *indexv1.NarFile
 	if v := b.Get([]byte(key)); v != nil {
 		var err error
-		if old, _, err = decodeNarFile(v); err != nil {
+		if old, err = decodeNarFile(v); err != nil {
 			return nil, fmt.Errorf("NAR file %s: %w", key, err)
 		}
 	}
@@ -273,7 +296,7 @@ func setNarFile(tx *bolt.Tx, bucket []byte, key string, nf *indexv1.NarFile, use
 			return nil, err
 		}
 	} else {
-		v, err := encodeNarFile(nf, users)
+		v, err := encodeNarFile(nf)
 		if err != nil {
 			return nil, err
 		}
@@ -286,26 +309,17 @@ func setNarFile(tx *bolt.Tx, bucket []byte, key string, nf *indexv1.NarFile, use
 	return old, bumpAll(tx, cFiles, dn, cFileBytes, dbytes)
 }
 
-// narFileUsers reads a NAR file record and its users from either NAR file
-// bucket; nil when there is none.
-func narFileUsers(tx *bolt.Tx, key string) (*indexv1.NarFile, []string, error) {
-	for _, name := range [][]byte{narsBucket, quarantineNarsBucket} {
-		if v := tx.Bucket(name).Get([]byte(key)); v != nil {
-			return decodeNarFile(v)
-		}
-	}
-	return nil, nil, nil
-}
-
 // FileUsers returns the hash parts of the pushed paths (published or
-// quarantined) served from the NAR file with this key (nix32 digest), as
-// its record keeps them: no scan.
+// quarantined) served from the NAR file with this key (nix32 digest): a
+// prefix scan of the file users bucket.
 func (c *Catalog) FileUsers(fileKey string) ([]string, error) {
 	var users []string
 	err := c.db.View(func(tx *bolt.Tx) error {
-		var err error
-		_, users, err = narFileUsers(tx, fileKey)
-		return err
+		fileUsers(tx, fileKey, func(h string) bool {
+			users = append(users, h)
+			return true
+		})
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("users of NAR file %s: %w", fileKey, err)
@@ -389,12 +403,12 @@ func referrers(tx *bolt.Tx, hashPart string) []string {
 
 // ReferrerSnapshot reads, in one transaction, the pushed path with this
 // hash part and every pushed path that refers to it directly or not, with
-// their pins and downloads, and how many paths use each of their NAR
-// files (Snapshot.FileUsers): what deleting the path needs, found through
+// their pins and downloads, and whether paths outside them use their NAR
+// files (Snapshot.FileUsedElsewhere): what deleting the path needs, found through
 // the referrers bucket without reading the rest of the catalogue. Paths
 // is empty when the path is not pushed.
 func (c *Catalog) ReferrerSnapshot(hashPart string) (*Snapshot, error) {
-	s := &Snapshot{Paths: map[string]*Entry{}, FileUsers: map[string]uint64{}}
+	s := &Snapshot{Paths: map[string]*Entry{}, FileUsedElsewhere: map[string]bool{}}
 	err := c.db.View(func(tx *bolt.Tx) error {
 		pins, access := tx.Bucket(pinsBucket), tx.Bucket(accessBucket)
 		todo := []string{hashPart}
@@ -422,14 +436,20 @@ func (c *Catalog) ReferrerSnapshot(hashPart string) (*Snapshot, error) {
 				continue
 			}
 			s.Paths[h] = e
-			if fk := fileKey(e.Info); fk != "" {
-				if _, users, err := narFileUsers(tx, fk); err != nil {
-					return err
-				} else {
-					s.FileUsers[e.Info.GetFile().GetFileHash()] = uint64(len(users))
-				}
-			}
 			todo = append(todo, referrers(tx, h)...)
+		}
+		// A file is freed with the paths unless another path uses it.
+		for _, e := range s.Paths {
+			fk := fileKey(e.Info)
+			if fk == "" {
+				continue
+			}
+			used := false
+			fileUsers(tx, fk, func(u string) bool {
+				used = s.Paths[u] == nil
+				return !used
+			})
+			s.FileUsedElsewhere[e.Info.GetFile().GetFileHash()] = used
 		}
 		return nil
 	})

@@ -15,6 +15,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/nixcache/nixcache/nix/nixbase32"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
@@ -42,24 +43,19 @@ func stored(t *testing.T, db *bolt.DB) derivedState {
 		if err != nil {
 			return err
 		}
-		for _, name := range [][]byte{narsBucket, quarantineNarsBucket} {
-			err := tx.Bucket(name).ForEach(func(k, v []byte) error {
-				_, u, err := decodeNarFile(v)
-				if len(u) != 0 {
-					s.users[string(k)] = u
-				}
-				return err
-			})
-			if err != nil {
-				return err
-			}
-		}
-		return nil
+		return tx.Bucket(fileUsersBucket).ForEach(func(k, _ []byte) error {
+			fk := nixbase32.EncodeToString(k[:32])
+			s.users[fk] = append(s.users[fk], encode32(k[32:]))
+			return nil
+		})
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	slices.Sort(s.edges)
+	for _, u := range s.users {
+		slices.Sort(u)
+	}
 	return s
 }
 
@@ -98,12 +94,9 @@ func recount(t *testing.T, db *bolt.DB) derivedState {
 						s.edges = append(s.edges, ref[:32]+" "+string(k))
 					}
 				}
-				if fk := fileKey(info); fk != "" {
-					if nf, _, err := narFileUsers(tx, fk); err != nil {
-						return err
-					} else if nf != nil {
-						s.users[fk] = append(s.users[fk], string(k))
-					}
+				if fileUserKey(string(k), info) != nil {
+					fk := fileKey(info)
+					s.users[fk] = append(s.users[fk], string(k))
 				}
 				return nil
 			})
@@ -115,7 +108,7 @@ func recount(t *testing.T, db *bolt.DB) derivedState {
 		add(cPins, uint64(tx.Bucket(pinsBucket).Stats().KeyN))
 		for _, name := range [][]byte{narsBucket, quarantineNarsBucket} {
 			err := tx.Bucket(name).ForEach(func(k, v []byte) error {
-				nf, _, err := decodeNarFile(v)
+				nf, err := decodeNarFile(v)
 				add(cFiles, 1)
 				add(cFileBytes, nf.GetFileSize())
 				return err
@@ -151,10 +144,7 @@ func checkDerived(t *testing.T, c *Catalog, when string) {
 	}
 }
 
-func encode32(b []byte) string {
-	h, _ := baseText(append(slices.Clone(b), 'x'))
-	return h[:32]
-}
+func encode32(b []byte) string { return nixbase32.EncodeToString(b) }
 
 // TestDerivedMatchesRecount runs random sequences of every kind of write,
 // with reopens and crash-like copies of the file, and checks after each
@@ -430,9 +420,14 @@ func TestMigrateSchema1(t *testing.T) {
 	for fk, nf := range wantFiles {
 		var got *indexv1.NarFile
 		err := c.db.View(func(tx *bolt.Tx) error {
-			var err error
-			got, _, err = narFileUsers(tx, fk)
-			return err
+			for _, name := range [][]byte{narsBucket, quarantineNarsBucket} {
+				if v := tx.Bucket(name).Get([]byte(fk)); v != nil {
+					var err error
+					got, err = decodeNarFile(v)
+					return err
+				}
+			}
+			return nil
 		})
 		if err != nil || !proto.Equal(got, nf) {
 			t.Fatalf("NAR file %s: %v, %v; want %v", fk, got, err, nf)

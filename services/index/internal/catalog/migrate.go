@@ -77,10 +77,10 @@ func migrate(src *bolt.DB, dst string) (err error) {
 	if err := db.Update(createBuckets); err != nil {
 		return err
 	}
-	// The NAR files first (paths count as their users), the pushed paths
-	// before the local ones (which count as shadowed by them).
+	// The pushed paths before the local ones (which count as shadowed by
+	// them).
 	order := [][]byte{narsBucket, quarantineNarsBucket, pathsBucket, quarantineBucket, localBucket, localUnsignedBucket, pinsBucket}
-	skip := [][]byte{metaBucket, statsBucket, referrersBucket}
+	skip := [][]byte{metaBucket, statsBucket, referrersBucket, fileUsersBucket}
 	err = src.View(func(stx *bolt.Tx) error {
 		var others [][]byte
 		err := stx.ForEach(func(name []byte, _ *bolt.Bucket) error {
@@ -157,12 +157,11 @@ func copyRecord(tx *bolt.Tx, name []byte, b *bolt.Bucket, k, v []byte) error {
 		_, err = setPath(tx, name, key, info)
 		return err
 	case bytes.Equal(name, narsBucket), bytes.Equal(name, quarantineNarsBucket):
-		nf, _, err := decodeNarFile(v)
+		nf, err := decodeNarFile(v)
 		if err != nil {
 			return err
 		}
-		// Users are counted again as the paths come in.
-		_, err = setNarFile(tx, name, key, nf, nil)
+		_, err = setNarFile(tx, name, key, nf)
 		return err
 	case bytes.Equal(name, localUnsignedBucket):
 		return setUnsigned(tx, k, true)
@@ -225,7 +224,7 @@ func syncDir(dir string) error {
 
 // createBuckets creates every bucket of the current schema.
 func createBuckets(tx *bolt.Tx) error {
-	names := append([][]byte{pathsBucket, narsBucket, localBucket, localUnsignedBucket, metaBucket, statsBucket, referrersBucket}, adminBuckets...)
+	names := append([][]byte{pathsBucket, narsBucket, localBucket, localUnsignedBucket, metaBucket, statsBucket, referrersBucket, fileUsersBucket}, adminBuckets...)
 	for _, name := range names {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)

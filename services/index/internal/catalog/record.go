@@ -70,9 +70,7 @@ const (
 	fNarHashText  = 6  // string
 	fNarSize      = 7  // varint
 	fSameNar      = 8  // varint 1: NAR hash and size are the path's
-	fOther        = 9  // bytes: a marshalled NarFile with the fields above cleared
-	fUser         = 10 // bytes: the 20-byte digest of a pushed path the file serves
-	fUserText     = 11 // string: the hash part of one, when not a valid one
+	fOther        = 9 // bytes: a marshalled NarFile with the fields above cleared
 )
 
 // compactHash is the algorithm byte then the digest of a hash written
@@ -362,57 +360,29 @@ func decodePath(key string, v []byte) (*indexv1.PathInfo, error) {
 	return info, nil
 }
 
-// encodeNarFile encodes a record of the NAR file buckets: nf and the hash
-// parts of the published or quarantined paths served from it (its users).
-func encodeNarFile(nf *indexv1.NarFile, users []string) ([]byte, error) {
+// encodeNarFile encodes a record of the NAR file buckets.
+func encodeNarFile(nf *indexv1.NarFile) ([]byte, error) {
 	f, err := encodeNarFileFields(nf, nil)
 	if err != nil {
 		return nil, err
 	}
-	b := append([]byte{compactMark}, f...)
-	for _, u := range users {
-		if d := hashDigest(u); d != nil {
-			b = protowire.AppendTag(b, fUser, protowire.BytesType)
-			b = protowire.AppendBytes(b, d)
-		} else {
-			b = protowire.AppendTag(b, fUserText, protowire.BytesType)
-			b = protowire.AppendString(b, u)
-		}
-	}
-	return b, nil
+	return append([]byte{compactMark}, f...), nil
 }
 
-// decodeNarFile decodes a record of the NAR file buckets (either schema;
-// a schema 1 record has no users).
-func decodeNarFile(v []byte) (*indexv1.NarFile, []string, error) {
+// decodeNarFile decodes a record of the NAR file buckets (either schema).
+func decodeNarFile(v []byte) (*indexv1.NarFile, error) {
 	if len(v) == 0 || v[0] != compactMark {
 		nf := new(indexv1.NarFile)
 		if err := proto.Unmarshal(v, nf); err != nil {
-			return nil, nil, fmt.Errorf("decode NAR file: %w", err)
+			return nil, fmt.Errorf("decode NAR file: %w", err)
 		}
-		return nf, nil, nil
-	}
-	var users []string
-	err := eachField(v[1:], func(num protowire.Number, _ protowire.Type, val []byte, _ uint64) error {
-		switch num {
-		case fUser:
-			if len(val) != 20 {
-				return fmt.Errorf("user of %d bytes", len(val))
-			}
-			users = append(users, nixbase32.EncodeToString(val))
-		case fUserText:
-			users = append(users, string(val))
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("decode NAR file: %w", err)
+		return nf, nil
 	}
 	nf, err := decodeNarFileFields(v[1:], nil)
 	if err != nil {
-		return nil, nil, fmt.Errorf("decode NAR file: %w", err)
+		return nil, fmt.Errorf("decode NAR file: %w", err)
 	}
-	return nf, users, nil
+	return nf, nil
 }
 
 // encodeNarFileFields encodes nf; with path set, a NAR hash and size equal
