@@ -62,14 +62,14 @@ const (
 
 // Field numbers of a compact NAR file record.
 const (
-	fFileHash     = 1  // bytes: compact hash
-	fFileHashText = 2  // string
-	fFileSize     = 3  // varint
-	fCompression  = 4  // string
-	fNarHash      = 5  // bytes: compact hash
-	fNarHashText  = 6  // string
-	fNarSize      = 7  // varint
-	fSameNar      = 8  // varint 1: NAR hash and size are the path's
+	fFileHash     = 1 // bytes: compact hash
+	fFileHashText = 2 // string
+	fFileSize     = 3 // varint
+	fCompression  = 4 // string
+	fNarHash      = 5 // bytes: compact hash
+	fNarHashText  = 6 // string
+	fNarSize      = 7 // varint
+	fSameNar      = 8 // varint 1: NAR hash and size are the path's
 	fOther        = 9 // bytes: a marshalled NarFile with the fields above cleared
 )
 
