@@ -260,6 +260,18 @@ func measure(ctx context.Context, o Options, nc *servers.Nixcache, idx indexv1.I
 			return pt, fmt.Errorf("read back synthetic path %d: store path %s, want %s", i, got, want)
 		}
 	}
+	// The gateway may still be waiting to reconnect to the restarted
+	// index (gRPC's backoff): wait until it answers, within a deadline.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		_, err := load.Narinfos(ctx, nc.URL, hashes[:1])
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return pt, fmt.Errorf("the gateway does not serve the restarted index: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond) // polling a condition, with a deadline
+	}
 	// The narinfos must parse and name the NAR: the first pass checks them.
 	if _, err := load.Narinfos(ctx, nc.URL, hashes[:min(len(hashes), 100)]); err != nil {
 		return pt, err
