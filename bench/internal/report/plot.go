@@ -29,7 +29,7 @@ var (
 func (r *Results) WritePNG(path string) error {
 	var names []string
 	for _, s := range r.Servers {
-		if s.Baseline != "" && s.Unavailable == "" {
+		if s.compared() && s.Unavailable == "" {
 			names = append(names, s.Name)
 		}
 	}

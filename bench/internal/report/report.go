@@ -82,6 +82,8 @@ type Measure struct {
 	Median float64   `json:"median_seconds"`
 	// CPU is the median CPU time the server's processes used per round.
 	CPU float64 `json:"median_server_cpu_seconds,omitempty"`
+	// CPUs are the rounds' CPU times, when recorded.
+	CPUs []float64 `json:"rounds_server_cpu_seconds,omitempty"`
 	// PerRequest is Median divided by the requests of a round (narinfo).
 	PerRequest float64 `json:"per_request_seconds,omitempty"`
 }
@@ -155,13 +157,16 @@ func (r *Results) Measure(server, figure string) *Measure {
 func (r *Results) ComputeRatios() {
 	r.Ratios = nil
 	for _, s := range r.Servers {
-		if s.Baseline == "" || s.Unavailable != "" {
+		if !s.compared() || s.Unavailable != "" {
 			continue
 		}
 		for _, f := range Figures {
 			base := s.Baseline
 			if f == Push {
 				base = s.PushBaseline
+			}
+			if base == "" {
+				continue
 			}
 			m, b := r.Measure(s.Name, f), r.Measure(base, f)
 			if m == nil || b == nil || b.Median == 0 {
@@ -220,7 +225,7 @@ func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 func (r *Results) RatioTable(w io.Writer) {
 	var names []string
 	for _, s := range r.Servers {
-		if s.Baseline != "" {
+		if s.compared() {
 			names = append(names, s.Name)
 		}
 	}
@@ -352,15 +357,16 @@ func (r *Results) Markdown(w io.Writer) {
 			"in %s: %.0f paths/s (so %.0f min for 1,000,000); the rest (%d) bulk-loaded into catalog.db in %s.\n\n",
 			c.SignedInserts, c.SignedInsertTime.Round(time.Millisecond), c.SignedPerSecond(),
 			1e6/c.SignedPerSecond()/60, c.BulkInserts, c.BulkInsertTime.Round(time.Millisecond))
-		fmt.Fprintf(w, "| paths | gateway narinfo p50 | p99 (< 2 ms) | gRPC GetPathInfo p50 | p99 | index start-up | catalog.db | file bytes/path (< 1 KiB) | pages allocated / in use / value, per path | index RSS after (anon / file) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(w, "| paths | gateway narinfo p50 | p99 (< 2 ms) | gRPC GetPathInfo p50 | p99 | index start-up | catalog.db | file bytes/path (< 1 KiB) | paths bucket: pages allocated / in use / value, per path; other buckets allocated | index RSS after (anon / file) |\n|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, p := range c.Points {
-			fmt.Fprintf(w, "| %d | %s | %s %s | %s | %s | %s | %s | %.0f %s | %.0f / %.0f / %.0f B | %s / %s |\n", p.Paths,
+			fmt.Fprintf(w, "| %d | %s | %s %s | %s | %s | %s | %s | %.0f %s | %.0f / %.0f / %.0f B; %.0f B | %s / %s |\n", p.Paths,
 				us(p.Gateway.P50), us(p.Gateway.P99), passMiss(p.Gateway.P99 < LookupP99), us(p.GRPC.P50), us(p.GRPC.P99),
-				p.Startup.Round(time.Millisecond), mib(uint64(p.DBBytes)), p.BytesPerPath, passMiss(p.BytesPerPath < BytesLimit),
-				p.DB.AllocBytes, p.DB.InuseBytes, p.DB.ValueBytes, mib(p.IndexMem.RssAnon), mib(p.IndexMem.RssFile))
+				startup(p), mib(uint64(p.DBBytes)), p.BytesPerPath, passMiss(p.BytesPerPath < BytesLimit),
+				p.DB.AllocBytes, p.DB.InuseBytes, p.DB.ValueBytes, p.DB.OtherAllocBytes, mib(p.IndexMem.RssAnon), mib(p.IndexMem.RssFile))
 		}
 		fmt.Fprintf(w, "\nFile bytes/path is catalog.db's size over the paths (bbolt grows the file by doubling up to 1 GiB, then by 1 GiB); "+
-			"allocated is the pages of the paths bucket, in use the bytes of them holding data; value is a marshalled indexv1.PathInfo.\n")
+			"allocated is the pages of the paths bucket, in use the bytes of them holding data; value is a stored path record (a marshalled indexv1.PathInfo up to catalogue schema 1, a compact record from schema 2); "+
+			"other buckets are the NAR files, referrers and counters. Start-up is a restart of the index; after a bulk load, the first start (in brackets) migrated the bulk-loaded records.\n")
 		if n := len(c.Points); n >= 2 {
 			a, b := c.Points[0], c.Points[n-1]
 			fmt.Fprintf(w, "\nFrom %d to %d paths the gateway's p50 went %s → %s (%.2fx), gRPC p50 %s → %s (%.2fx).\n",
@@ -394,3 +400,17 @@ func (r *Results) Markdown(w io.Writer) {
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/1e3) }
+
+// startup is the index's start-up at a catalogue point, with the first
+// start after a bulk load (a migration) when there was one.
+func startup(p scale.Point) string {
+	s := p.Startup.Round(time.Millisecond).String()
+	if p.Migration > 0 {
+		s += fmt.Sprintf(" (%s)", p.Migration.Round(time.Millisecond))
+	}
+	return s
+}
+
+// compared reports whether the server is measured against a baseline (a
+// nixcache server; with -only push, against file:// alone).
+func (s Server) compared() bool { return s.Baseline != "" || s.PushBaseline != "" }

@@ -72,10 +72,13 @@ func summarise(ds []time.Duration) Latency {
 
 // Point is what was measured at one catalogue size.
 type Point struct {
-	Paths        int           `json:"paths"`
-	Gateway      Latency       `json:"gateway_narinfo"`
-	GRPC         Latency       `json:"grpc_get_path_info"`
-	Startup      time.Duration `json:"index_startup_ns"`
+	Paths   int           `json:"paths"`
+	Gateway Latency       `json:"gateway_narinfo"`
+	GRPC    Latency       `json:"grpc_get_path_info"`
+	Startup time.Duration `json:"index_startup_ns"`
+	// Migration is the first start after a bulk load: the index rewrote
+	// the bulk-loaded (schema 1) records in its current layout.
+	Migration    time.Duration `json:"index_migration_ns,omitempty"`
 	DBBytes      int64         `json:"catalog_db_bytes"`
 	BytesPerPath float64       `json:"catalog_bytes_per_path"`
 	DB           DBStats       `json:"catalog_paths_bucket"`
@@ -88,6 +91,9 @@ type DBStats struct {
 	ValueBytes float64 `json:"mean_value_bytes"`     // a marshalled PathInfo
 	AllocBytes float64 `json:"alloc_bytes_per_path"` // pages allocated (leaf+branch)
 	InuseBytes float64 `json:"inuse_bytes_per_path"` // bytes of those pages in use
+	// OtherAllocBytes is the pages of every other bucket (NAR files,
+	// referrers, counters, ...), per path.
+	OtherAllocBytes float64 `json:"other_alloc_bytes_per_path"`
 }
 
 // dbStats reads the paths bucket's statistics from the (closed) database.
@@ -112,7 +118,16 @@ func dbStats(path string) (DBStats, error) {
 		n := float64(max(bs.KeyN, 1))
 		st = DBStats{Keys: bs.KeyN, ValueBytes: float64(values) / n,
 			AllocBytes: float64(bs.LeafAlloc+bs.BranchAlloc) / n, InuseBytes: float64(bs.LeafInuse+bs.BranchInuse) / n}
-		return err
+		if err != nil {
+			return err
+		}
+		return tx.ForEach(func(name []byte, ob *bolt.Bucket) error {
+			if string(name) != "paths" {
+				os := ob.Stats()
+				st.OtherAllocBytes += float64(os.LeafAlloc+os.BranchAlloc) / n
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return DBStats{}, fmt.Errorf("catalogue statistics: %w", err)
@@ -181,6 +196,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	for _, target := range o.Points {
+		var migration time.Duration
 		if target > have {
 			o.Sampler.Forget(nc.Index.Name)
 			nc.StopIndex()
@@ -192,6 +208,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			res.BulkInsertTime += time.Since(start)
 			o.Logf("catalogue: bulk-loaded %d paths in %s", target-have, time.Since(start).Round(time.Millisecond))
 			have = target
+			// The first start migrates what the loader wrote.
+			nc.IndexReadyTimeout = 10 * time.Minute
+			if err := nc.StartIndex(ctx); err != nil {
+				return nil, fmt.Errorf("start the index after the bulk load: %w", err)
+			}
+			migration = nc.IndexStartup
+			o.Logf("catalogue: first start after the bulk load (migration): %s", migration.Round(time.Millisecond))
+			nc.StopIndex()
 		} else {
 			o.Sampler.Forget(nc.Index.Name)
 			nc.StopIndex()
@@ -210,6 +234,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			return nil, err
 		}
 		pt.DB = st
+		pt.Migration = migration
 		o.Logf("catalogue: %d paths: gateway narinfo p50 %s p99 %s; gRPC p50 %s p99 %s; start-up %s; %.0f B/path (file), %.0f allocated, %.0f in use, values %.0f B",
 			pt.Paths, pt.Gateway.P50, pt.Gateway.P99, pt.GRPC.P50, pt.GRPC.P99, pt.Startup.Round(time.Millisecond), pt.BytesPerPath, st.AllocBytes, st.InuseBytes, st.ValueBytes)
 		res.Points = append(res.Points, pt)
@@ -234,6 +259,18 @@ func measure(ctx context.Context, o Options, nc *servers.Nixcache, idx indexv1.I
 		if got, want := resp.GetInfo().GetStorePath(), gen.storePath(i); got != want {
 			return pt, fmt.Errorf("read back synthetic path %d: store path %s, want %s", i, got, want)
 		}
+	}
+	// The gateway may still be waiting to reconnect to the restarted
+	// index (gRPC's backoff): wait until it answers, within a deadline.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		_, err := load.Narinfos(ctx, nc.URL, hashes[:1])
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return pt, fmt.Errorf("the gateway does not serve the restarted index: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond) // polling a condition, with a deadline
 	}
 	// The narinfos must parse and name the NAR: the first pass checks them.
 	if _, err := load.Narinfos(ctx, nc.URL, hashes[:min(len(hashes), 100)]); err != nil {
@@ -479,6 +516,18 @@ func (g *generator) bulkLoad(dbPath string, key signature.SecretKey, from, to in
 		if err != nil {
 			return fmt.Errorf("bulk load: %w", err)
 		}
+	}
+	// These are schema 1 records (marshalled PathInfos), as an index
+	// before schema 2 wrote them: drop the schema mark so that the index
+	// migrates them (and counts them) at its next start.
+	err = db.Update(func(tx *bolt.Tx) error {
+		if b := tx.Bucket([]byte("meta")); b != nil {
+			return b.Delete([]byte("schema"))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("bulk load: %w", err)
 	}
 	if err := db.Sync(); err != nil {
 		return fmt.Errorf("bulk load: sync: %w", err)

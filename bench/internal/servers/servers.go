@@ -57,6 +57,9 @@ type Nixcache struct {
 	Signer, Index, Gateway *proc.Proc
 	// IndexStartup is how long the index took from exec to serving.
 	IndexStartup time.Duration
+	// IndexReadyTimeout, when set, bounds StartIndex instead of the
+	// default (a start that migrates a large catalogue takes longer).
+	IndexReadyTimeout time.Duration
 
 	bin       string
 	indexArgs []string
@@ -153,7 +156,11 @@ func (n *Nixcache) StartIndex(ctx context.Context) error {
 		return err
 	}
 	n.Index = p
-	n.IndexStartup, err = p.WaitReady(ctx, readyTimeout, grpcServing(n.IndexAddr))
+	timeout := readyTimeout
+	if n.IndexReadyTimeout > 0 {
+		timeout = n.IndexReadyTimeout
+	}
+	n.IndexStartup, err = p.WaitReady(ctx, timeout, grpcServing(n.IndexAddr))
 	return err
 }
 

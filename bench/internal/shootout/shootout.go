@@ -47,6 +47,9 @@ type Options struct {
 
 	Profile bool // perf the nixcache services in extra passes
 	Keep    bool // keep servers' data in Work
+	// Only, when set, runs one part alone: "catalog" (the catalogue
+	// scale) or "push" (the push rounds, and with Profile a profiled push).
+	Only string
 
 	Stdout io.Writer // the ratio table
 	Log    io.Writer // progress
@@ -140,6 +143,9 @@ func (b *bench) buildBinaries(ctx context.Context) error {
 }
 
 func (b *bench) run(ctx context.Context) error {
+	if b.o.Only == "catalog" {
+		return b.catalogPhase(ctx)
+	}
 	top, err := b.workload(ctx)
 	if err != nil {
 		return err
@@ -156,6 +162,9 @@ func (b *bench) run(ctx context.Context) error {
 	b.res.Workload.Paths, b.res.Workload.TopPath = len(infos), top
 	b.res.Workload.Files = map[string]int64{}
 	b.logf("workload: %d paths, %.0f MiB of NAR: %s", len(infos), float64(b.res.Workload.NarBytes)/(1<<20), top)
+	if b.o.Only == "push" {
+		return b.pushPhase(ctx, top)
+	}
 	big, err := b.bigNar(ctx, b.o.BigMiB)
 	if err != nil {
 		return err
@@ -341,19 +350,8 @@ func (b *bench) run(ctx context.Context) error {
 			return err
 		}
 	}
-	if len(b.o.CatalogPoints) > 0 {
-		dir := filepath.Join(b.o.Work, "catalog")
-		_ = os.RemoveAll(dir)
-		if !b.o.Keep {
-			defer os.RemoveAll(dir)
-		}
-		b.logf("catalogue scale: %v paths", b.o.CatalogPoints)
-		c, err := scale.Run(ctx, scale.Options{Bin: b.bin, Dir: dir, Points: b.o.CatalogPoints,
-			SignedInserts: b.o.SignedInserts, Lookups: b.o.Lookups, Sampler: b.sampler, Logf: b.logf})
-		if err != nil {
-			return fmt.Errorf("catalogue scale: %w", err)
-		}
-		b.res.Catalog = c
+	if err := b.catalogPhase(ctx); err != nil {
+		return err
 	}
 
 	peaks := b.sampler.Peaks()
@@ -372,6 +370,87 @@ func (b *bench) run(ctx context.Context) error {
 		"The catalogue's bulk-loaded paths were written into catalog.db in the index's layout (bucket paths: hash part -> indexv1.PathInfo, signed with the cache's key) and read back through the restarted index before measuring.",
 		"RssFile of the catalogue index is bbolt's mmap of catalog.db: page cache, shared and reclaimable.")
 	return nil
+}
+
+// catalogPhase measures the catalogue at scale (package scale).
+func (b *bench) catalogPhase(ctx context.Context) error {
+	if len(b.o.CatalogPoints) == 0 {
+		return nil
+	}
+	dir := filepath.Join(b.o.Work, "catalog")
+	_ = os.RemoveAll(dir)
+	if !b.o.Keep {
+		defer os.RemoveAll(dir)
+	}
+	b.logf("catalogue scale: %v paths", b.o.CatalogPoints)
+	c, err := scale.Run(ctx, scale.Options{Bin: b.bin, Dir: dir, Points: b.o.CatalogPoints,
+		SignedInserts: b.o.SignedInserts, Lookups: b.o.Lookups, Sampler: b.sampler, Logf: b.logf})
+	if err != nil {
+		return fmt.Errorf("catalogue scale: %w", err)
+	}
+	b.res.Catalog = c
+	return nil
+}
+
+// pushPhase runs the push rounds alone (-only push): nix copy --to
+// nixcache against nix copy --to file://, both compressions, and with
+// Profile one profiled push.
+func (b *bench) pushPhase(ctx context.Context, top string) error {
+	for _, comp := range []string{"none", "zstd"} {
+		b.res.Servers = append(b.res.Servers, report.Server{Name: "nixcache-" + comp, PushBaseline: "file-" + comp})
+	}
+	b.res.Servers = append(b.res.Servers, report.Server{Name: "file-none"}, report.Server{Name: "file-zstd"})
+	for round := range b.o.Rounds {
+		for i, comp := range []string{"none", "zstd"} {
+			pushes := []func() error{
+				func() error {
+					secs, cpu, err := b.pushRound(ctx, comp, top)
+					b.addMeasure("nixcache-"+comp, report.Push, secs, cpu)
+					b.logf("push %s to nixcache: %.2f s, services %.2f CPU-s", comp, secs, cpu)
+					return err
+				},
+				func() error {
+					secs, err := b.fileRound(ctx, comp, top)
+					b.addMeasure("file-"+comp, report.Push, secs, 0)
+					b.logf("push %s to file://: %.2f s", comp, secs)
+					return err
+				},
+			}
+			if (round+i)%2 == 1 {
+				slices.Reverse(pushes)
+			}
+			for _, p := range pushes {
+				if err := p(); err != nil {
+					return err
+				}
+			}
+		}
+		b.logf("round %d/%d done", round+1, b.o.Rounds)
+	}
+	b.res.ComputeRatios()
+	if !b.o.Profile {
+		return nil
+	}
+	if err := prof.Available(); err != nil {
+		b.res.Notes = append(b.res.Notes, "no profiles: "+err.Error())
+		return nil
+	}
+	b.res.Profiles = map[string]*prof.Profile{}
+	return b.profilePush(ctx)
+}
+
+// addMeasure adds one round's figure to the results (medians kept sorted).
+func (b *bench) addMeasure(server, figure string, secs, cpu float64) {
+	for i := range b.res.Measures {
+		m := &b.res.Measures[i]
+		if m.Server == server && m.Figure == figure {
+			m.Rounds = append(m.Rounds, secs)
+			m.CPUs = append(m.CPUs, cpu)
+			m.Median, m.CPU = stats.Median(m.Rounds), stats.Median(m.CPUs)
+			return
+		}
+	}
+	b.res.Measures = append(b.res.Measures, report.Measure{Server: server, Figure: figure, Rounds: []float64{secs}, CPUs: []float64{cpu}, Median: secs, CPU: cpu})
 }
 
 // startNixcache starts a deployment under Work/<name> and samples it.
@@ -572,7 +651,13 @@ func (b *bench) profilePhase(ctx context.Context, targets []*target, ng *servers
 			b.logf("profiled %s", label)
 		}
 	}
-	// One push of the closure (compression=none) to a fresh deployment.
+	return b.profilePush(ctx)
+}
+
+// profilePush perfs one push of the closure (compression=none) to a fresh
+// deployment.
+func (b *bench) profilePush(ctx context.Context) error {
+	dir := filepath.Join(b.o.Work, "perf")
 	nc, err := b.startNixcache(ctx, "nixcache-push-none", nil)
 	if err != nil {
 		return err
@@ -604,6 +689,7 @@ func Render(jsonPath string) error {
 	if err != nil {
 		return err
 	}
+	r.ComputeRatios()
 	base := strings.TrimSuffix(jsonPath, ".json")
 	if a, err := os.ReadFile(base + "-analysis.md"); err == nil {
 		r.Analysis = string(a)

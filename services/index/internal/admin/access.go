@@ -32,9 +32,6 @@ type Tracker struct {
 	// byPath and byFile are the downloads not yet flushed, by hash part
 	// and by nix32 file hash (GetNar by file hash names no path).
 	byPath, byFile map[string]catalog.Access
-	// fileOwners maps a nix32 file hash to the hash parts of the pushed
-	// paths served from it, as of the last catalogue read.
-	fileOwners map[string][]string
 }
 
 // NewTracker returns a Tracker recording into cat.
@@ -146,44 +143,18 @@ func (t *Tracker) Flush() error {
 	t.mu.Lock()
 	byPath, byFile := t.byPath, t.byFile
 	t.byPath, t.byFile = map[string]catalog.Access{}, map[string]catalog.Access{}
-	owners := t.fileOwners
 	t.mu.Unlock()
-	if len(byFile) > 0 {
-		stale := owners == nil
-		for fh := range byFile {
-			if _, ok := owners[fh]; !ok {
-				stale = true
-			}
+	// A file's record names the paths it serves: no scan.
+	for fh, a := range byFile {
+		users, err := t.cat.FileUsers(fh)
+		if err != nil {
+			return err
 		}
-		if stale {
-			snap, err := t.cat.Snapshot(false)
-			if err != nil {
-				return err
-			}
-			owners = map[string][]string{}
-			for h, e := range snap.Paths {
-				if fh, err := nixhash.Parse(e.Info.GetFile().GetFileHash()); err == nil {
-					owners[fh.NixBase32()] = append(owners[fh.NixBase32()], h)
-				}
-			}
-			t.mu.Lock()
-			t.fileOwners = owners
-			t.mu.Unlock()
-		}
-		for fh, a := range byFile {
-			for _, h := range owners[fh] {
-				merge(byPath, h, a)
-			}
+		for _, h := range users {
+			merge(byPath, h, a)
 		}
 	}
 	return t.cat.AddAccess(byPath)
-}
-
-// forget drops cached file owners (paths were deleted).
-func (t *Tracker) forget() {
-	t.mu.Lock()
-	t.fileOwners = nil
-	t.mu.Unlock()
 }
 
 // Run flushes every interval until ctx is done, then once more.

@@ -61,11 +61,6 @@ type Service struct {
 	// mu serialises what deletes or rewrites paths (delete, GC, verify,
 	// key changes), so that each sees the catalogue it plans on.
 	mu sync.Mutex
-
-	// The byte totals of the catalogue gauges, and when they were read.
-	bytesMu               sync.Mutex
-	narBytes, storedBytes uint64
-	bytesAt               time.Time
 }
 
 // New returns the service.
@@ -170,13 +165,14 @@ func (s *Service) GetPath(ctx context.Context, req *indexv1.GetPathRequest) (*in
 	}
 	resp := &indexv1.GetPathResponse{Info: e.Info, Summary: summary(e), Downloads: e.Access.Downloads}
 	if !e.Local {
-		snap, err := s.cat.Snapshot(false)
+		refs, err := s.cat.Referrers(h)
 		if err != nil {
 			return nil, server.ToStatus(err)
 		}
-		g := newGraph(snap)
-		for _, r := range g.referrers[h] {
-			resp.Referrers = append(resp.Referrers, snap.Paths[r].Info.GetStorePath())
+		for _, r := range refs {
+			if re, err := s.cat.Lookup(r); err == nil && !re.Local {
+				resp.Referrers = append(resp.Referrers, re.Info.GetStorePath())
+			}
 		}
 		slices.Sort(resp.Referrers)
 	}
@@ -191,7 +187,8 @@ func (s *Service) DeletePath(ctx context.Context, req *indexv1.DeletePathRequest
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	snap, err := s.cat.Snapshot(false)
+	// The path and its referrers, not the whole catalogue.
+	snap, err := s.cat.ReferrerSnapshot(h)
 	if err != nil {
 		return nil, server.ToStatus(err)
 	}
@@ -244,7 +241,6 @@ func (s *Service) delete(ctx context.Context, hashParts []string) error {
 	if err != nil {
 		return err
 	}
-	s.tracker.forget()
 	var errs []error
 	for _, nf := range freed {
 		if err := s.nars.Remove(nf); err != nil {
@@ -269,26 +265,19 @@ func (s *Service) GetStats(ctx context.Context, req *indexv1.GetStatsRequest) (*
 	return st, nil
 }
 
+// stats reads the catalogue's running totals: no scan, whatever its size.
 func (s *Service) stats() (*indexv1.GetStatsResponse, error) {
-	snap, err := s.cat.Snapshot(true)
+	n, err := s.cat.Counts()
 	if err != nil {
 		return nil, err
 	}
-	st := &indexv1.GetStatsResponse{LocalPaths: uint64(snap.Local), NarBytes: snap.LocalNarBytes}
-	files := map[string]bool{}
-	for _, e := range snap.Paths {
-		st.PushedPaths++
-		st.NarBytes += e.Info.GetNarSize()
-		if e.Pin != nil {
-			st.PinnedPaths++
-		}
-		if e.Quarantined {
-			st.QuarantinedPaths++
-		}
-		if fh := e.Info.GetFile().GetFileHash(); fh != "" && !files[fh] {
-			files[fh] = true
-			st.StoredBytes += e.Info.GetFile().GetFileSize()
-		}
+	st := &indexv1.GetStatsResponse{
+		PushedPaths:      uint64(n.Pushed + n.Quarantined),
+		LocalPaths:       uint64(n.LocalOnly),
+		PinnedPaths:      uint64(n.Pinned),
+		QuarantinedPaths: uint64(n.Quarantined),
+		NarBytes:         n.PushedNarBytes + n.LocalOnlyNarBytes,
+		StoredBytes:      n.FileBytes,
 	}
 	st.Paths = st.PushedPaths + st.LocalPaths
 	return st, nil
@@ -438,6 +427,22 @@ func (g *graph) referrersFirst(set map[string]bool) []string {
 // freedBytes is the size of the files that deleting set frees: those no
 // path outside it uses.
 func (g *graph) freedBytes(set map[string]bool) uint64 {
+	if g.snap.FileUsedElsewhere != nil {
+		// The snapshot holds the set alone and says which files other
+		// paths use.
+		freed := map[string]uint64{}
+		for h := range set {
+			nf := g.snap.Paths[h].Info.GetFile()
+			if fh := nf.GetFileHash(); fh != "" && !g.snap.FileUsedElsewhere[fh] {
+				freed[fh] = nf.GetFileSize()
+			}
+		}
+		var total uint64
+		for _, n := range freed {
+			total += n
+		}
+		return total
+	}
 	users := map[string]int{}
 	for _, e := range g.snap.Paths {
 		users[e.Info.GetFile().GetFileHash()]++

@@ -90,7 +90,6 @@ func (s *Service) quarantine(ctx context.Context, e *catalog.Entry, problem stri
 		return err
 	}
 	if moved {
-		s.tracker.forget()
 		s.cfg.Log.WarnContext(ctx, "quarantined a path that failed verification", "store_path", e.Info.GetStorePath(), "problem", problem)
 	}
 	return nil

@@ -10,7 +10,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/nixcache/nixcache/nix/nixhash"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
 )
@@ -22,7 +21,7 @@ var (
 	accessBucket = []byte("access")
 	// pinsBucket maps a hash part to its marshalled indexv1.Pin.
 	pinsBucket = []byte("pins")
-	// quarantineBucket holds the marshalled indexv1.PathInfo of the paths
+	// quarantineBucket holds the indexv1.PathInfo records of the paths
 	// that failed verification, moved out of pathsBucket so that nothing
 	// serves them.
 	quarantineBucket = []byte("quarantine")
@@ -111,6 +110,9 @@ type Snapshot struct {
 	Local int
 	// LocalNarBytes sums their NarSize.
 	LocalNarBytes uint64
+	// FileUsedElsewhere, when set, says for each NAR file of Paths (by
+	// FileHash) whether a pushed path not in Paths is served from it.
+	FileUsedElsewhere map[string]bool
 }
 
 // Snapshot reads every pushed path; with withLocal it also counts the
@@ -143,9 +145,9 @@ func (c *Catalog) Snapshot(withLocal bool) (*Snapshot, error) {
 			if s.Paths[string(k)] != nil {
 				return nil
 			}
-			info := new(indexv1.PathInfo)
-			if err := proto.Unmarshal(v, info); err != nil {
-				return fmt.Errorf("decode local %s: %w", k, err)
+			info, err := decodePath(string(k), v)
+			if err != nil {
+				return err
 			}
 			s.Local++
 			s.LocalNarBytes += info.GetNarSize()
@@ -159,10 +161,11 @@ func (c *Catalog) Snapshot(withLocal bool) (*Snapshot, error) {
 }
 
 func entry(k, v []byte, pins, access *bolt.Bucket) (*Entry, error) {
-	e := &Entry{HashPart: string(k), Info: new(indexv1.PathInfo)}
-	if err := proto.Unmarshal(v, e.Info); err != nil {
-		return nil, fmt.Errorf("decode %s: %w", k, err)
+	info, err := decodePath(string(k), v)
+	if err != nil {
+		return nil, err
 	}
+	e := &Entry{HashPart: string(k), Info: info}
 	if pv := pins.Get(k); pv != nil {
 		e.Pin = new(indexv1.Pin)
 		if err := proto.Unmarshal(pv, e.Pin); err != nil {
@@ -281,7 +284,11 @@ func (c *Catalog) PutPin(hashPart string, pin *indexv1.Pin) error {
 		if tx.Bucket(pathsBucket).Get([]byte(hashPart)) == nil && tx.Bucket(quarantineBucket).Get([]byte(hashPart)) == nil {
 			return fault.NotFound("store path %s is not a pushed path of the cache", hashPart)
 		}
-		return put(tx.Bucket(pinsBucket), hashPart, pin)
+		v, err := proto.MarshalOptions{Deterministic: true}.Marshal(pin)
+		if err != nil {
+			return fmt.Errorf("encode: %w", err)
+		}
+		return setPin(tx, hashPart, v)
 	})
 	if err != nil {
 		return fmt.Errorf("pin %s: %w", hashPart, err)
@@ -292,11 +299,10 @@ func (c *Catalog) PutPin(hashPart string, pin *indexv1.Pin) error {
 // DeletePin removes a pin; an error of class fault.ErrNotFound if none.
 func (c *Catalog) DeletePin(hashPart string) error {
 	err := c.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(pinsBucket)
-		if b.Get([]byte(hashPart)) == nil {
+		if tx.Bucket(pinsBucket).Get([]byte(hashPart)) == nil {
 			return fault.NotFound("store path %s is not pinned", hashPart)
 		}
-		return b.Delete([]byte(hashPart))
+		return setPin(tx, hashPart, nil)
 	})
 	if err != nil {
 		return fmt.Errorf("unpin %s: %w", hashPart, err)
@@ -329,38 +335,37 @@ func (c *Catalog) Pins() ([]*indexv1.Pin, error) {
 func (c *Catalog) Quarantine(hashPart, narHash string) (bool, error) {
 	moved := false
 	err := c.db.Update(func(tx *bolt.Tx) error {
-		paths := tx.Bucket(pathsBucket)
-		v := paths.Get([]byte(hashPart))
+		v := tx.Bucket(pathsBucket).Get([]byte(hashPart))
 		if v == nil {
 			return nil
 		}
-		info := new(indexv1.PathInfo)
-		if err := proto.Unmarshal(v, info); err != nil {
-			return fmt.Errorf("decode: %w", err)
+		info, err := decodePath(hashPart, v)
+		if err != nil {
+			return err
 		}
 		if info.GetNarHash() != narHash {
 			return nil
 		}
-		if err := tx.Bucket(quarantineBucket).Put([]byte(hashPart), slices.Clone(v)); err != nil {
-			return err
-		}
-		if err := paths.Delete([]byte(hashPart)); err != nil {
+		if _, err := setPath(tx, pathsBucket, hashPart, nil); err != nil {
 			return err
 		}
 		moved = true
-		fh, err := nixhash.Parse(info.GetFile().GetFileHash())
-		if err != nil {
-			return nil
-		}
-		key := []byte(fh.NixBase32())
-		nars := tx.Bucket(narsBucket)
-		if nv := nars.Get(key); nv != nil {
-			if err := tx.Bucket(quarantineNarsBucket).Put(key, slices.Clone(nv)); err != nil {
-				return err
+		if fk := fileKey(info); fk != "" {
+			if nv := tx.Bucket(narsBucket).Get([]byte(fk)); nv != nil {
+				nf, err := decodeNarFile(nv)
+				if err != nil {
+					return err
+				}
+				if _, err := setNarFile(tx, narsBucket, fk, nil); err != nil {
+					return err
+				}
+				if _, err := setNarFile(tx, quarantineNarsBucket, fk, nf); err != nil {
+					return err
+				}
 			}
-			return nars.Delete(key)
 		}
-		return nil
+		_, err = setPath(tx, quarantineBucket, hashPart, info)
+		return err
 	})
 	if err != nil {
 		return false, fmt.Errorf("quarantine %s: %w", hashPart, err)
@@ -383,63 +388,46 @@ func (c *Catalog) DeletePaths(hashParts []string) ([]*indexv1.NarFile, error) {
 		candidates := map[string]bool{}
 		for _, h := range hashParts {
 			for _, name := range [][]byte{pathsBucket, quarantineBucket} {
-				b := tx.Bucket(name)
-				v := b.Get([]byte(h))
-				if v == nil {
-					continue
-				}
-				info := new(indexv1.PathInfo)
-				if err := proto.Unmarshal(v, info); err != nil {
-					return fmt.Errorf("decode %s: %w", h, err)
-				}
-				if fh, err := nixhash.Parse(info.GetFile().GetFileHash()); err == nil {
-					candidates[fh.NixBase32()] = true
-				}
-				if err := b.Delete([]byte(h)); err != nil {
+				old, err := setPath(tx, name, h, nil)
+				if err != nil {
 					return err
 				}
-				if bytes.Equal(name, pathsBucket) {
+				if old != nil && bytes.Equal(name, pathsBucket) {
 					removed = append(removed, h)
 				}
-			}
-			for _, name := range [][]byte{pinsBucket, accessBucket} {
-				if err := tx.Bucket(name).Delete([]byte(h)); err != nil {
-					return err
+				if fk := fileKey(old); fk != "" {
+					candidates[fk] = true
 				}
 			}
-		}
-		if len(candidates) == 0 {
-			return nil
-		}
-		// Files still used by a remaining path stay.
-		for _, name := range [][]byte{pathsBucket, quarantineBucket} {
-			err := tx.Bucket(name).ForEach(func(k, v []byte) error {
-				info := new(indexv1.PathInfo)
-				if err := proto.Unmarshal(v, info); err != nil {
-					return fmt.Errorf("decode %s: %w", k, err)
-				}
-				if fh, err := nixhash.Parse(info.GetFile().GetFileHash()); err == nil {
-					delete(candidates, fh.NixBase32())
-				}
-				return nil
-			})
-			if err != nil {
+			if err := setPin(tx, h, nil); err != nil {
+				return err
+			}
+			if err := tx.Bucket(accessBucket).Delete([]byte(h)); err != nil {
 				return err
 			}
 		}
+		// Files still used by a remaining path stay (the file users
+		// bucket says which).
 		for _, fh := range slices.Sorted(mapsKeys(candidates)) {
+			used := false
+			fileUsers(tx, fh, func(string) bool {
+				used = true
+				return false
+			})
+			if used {
+				continue
+			}
 			for _, name := range [][]byte{narsBucket, quarantineNarsBucket} {
-				b := tx.Bucket(name)
-				v := b.Get([]byte(fh))
+				v := tx.Bucket(name).Get([]byte(fh))
 				if v == nil {
 					continue
 				}
-				nf := new(indexv1.NarFile)
-				if err := proto.Unmarshal(v, nf); err != nil {
-					return fmt.Errorf("decode NAR file %s: %w", fh, err)
+				nf, err := decodeNarFile(v)
+				if err != nil {
+					return fmt.Errorf("NAR file %s: %w", fh, err)
 				}
 				freed = append(freed, nf)
-				if err := b.Delete([]byte(fh)); err != nil {
+				if _, err := setNarFile(tx, name, fh, nil); err != nil {
 					return err
 				}
 			}
@@ -488,15 +476,15 @@ func (c *Catalog) ReplaceSignatures(sigs map[string]SignatureUpdate, local bool)
 				if bytes.Equal(name, localBucket) && unsigned.Get([]byte(h)) != nil {
 					continue
 				}
-				info := new(indexv1.PathInfo)
-				if err := proto.Unmarshal(v, info); err != nil {
-					return fmt.Errorf("decode %s: %w", h, err)
+				info, err := decodePath(h, v)
+				if err != nil {
+					return err
 				}
 				if info.GetNarHash() != u.NarHash || slices.Equal(info.GetSignatures(), u.Signatures) {
 					continue
 				}
 				info.Signatures = u.Signatures
-				if err := put(b, h, info); err != nil {
+				if _, err := setPath(tx, name, h, info); err != nil {
 					return err
 				}
 				n++
@@ -535,9 +523,9 @@ func (c *Catalog) SignedInfos() (pushed, local map[string]*indexv1.PathInfo, err
 				if src.into == nil || (bytes.Equal(src.bucket, localBucket) && unsigned.Get(k) != nil) {
 					return nil
 				}
-				info := new(indexv1.PathInfo)
-				if err := proto.Unmarshal(v, info); err != nil {
-					return fmt.Errorf("decode %s: %w", k, err)
+				info, err := decodePath(string(k), v)
+				if err != nil {
+					return err
 				}
 				src.into[string(k)] = info
 				return nil

@@ -1,8 +1,10 @@
 // Package catalog is the index's record of what it holds: the NAR files
 // uploaded (by file hash), the store paths published (by hash part) and,
 // apart from them, the paths of the host's own store that it serves
-// (local.go), in one bbolt database. Values are protobuf messages of
-// nixcache.index.v1.
+// (local.go), in one bbolt database. Records are compact encodings of
+// nixcache.index.v1 messages (record.go); what is derived from them (running
+// totals, referrers, NAR file users: derived.go) is kept in the same
+// transactions; an older catalogue is migrated at Open (migrate.go).
 package catalog
 
 import (
@@ -10,7 +12,6 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	"google.golang.org/protobuf/proto"
 
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
@@ -20,10 +21,10 @@ import (
 // Buckets, created at Open.
 var (
 	// pathsBucket maps a store path's 32-character hash part to its
-	// marshalled indexv1.PathInfo.
+	// indexv1.PathInfo (record.go).
 	pathsBucket = []byte("paths")
 	// narsBucket maps a NAR file's hash (the nix32 digest alone) to its
-	// marshalled indexv1.NarFile.
+	// indexv1.NarFile and the number of pushed paths it serves (record.go).
 	narsBucket = []byte("nars")
 )
 
@@ -35,25 +36,24 @@ type Catalog struct {
 	changes *pathwatch.Hub
 }
 
-// Open opens (creating if needed) the catalogue database at path.
+// Open opens (creating if needed) the catalogue database at path. A
+// catalogue of an older schema is migrated first (migrate.go): rewritten
+// into a new file that then replaces it.
 func Open(path string) (*Catalog, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range append([][]byte{pathsBucket, narsBucket, localBucket, localUnsignedBucket}, adminBuckets...) {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return fmt.Errorf("create bucket %s: %w", name, err)
-			}
-		}
-		return nil
-	})
+	if err := db.Update(createBuckets); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open catalog %s: %w", path, err)
+	}
+	up, err := upgrade(path, db)
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)
 	}
-	return &Catalog{db: db, changes: pathwatch.NewHub(pathwatch.DefaultBuffer)}, nil
+	return &Catalog{db: up, changes: pathwatch.NewHub(pathwatch.DefaultBuffer)}, nil
 }
 
 // Changes is where the catalogue publishes its changes to served paths,
@@ -71,12 +71,20 @@ func (c *Catalog) Close() error {
 // NarFile returns the record of the NAR file whose hash has nix32 digest
 // fileHash, or an error of class fault.ErrNotFound.
 func (c *Catalog) NarFile(fileHash string) (*indexv1.NarFile, error) {
-	nf := new(indexv1.NarFile)
-	found, err := c.get(narsBucket, fileHash, nf)
+	var nf *indexv1.NarFile
+	err := c.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(narsBucket).Get([]byte(fileHash))
+		if v == nil {
+			return nil
+		}
+		var err error
+		nf, err = decodeNarFile(v)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read NAR file %s: %w", fileHash, err)
 	}
-	if !found {
+	if nf == nil {
 		return nil, fault.NotFound("NAR file sha256:%s is not in the cache", fileHash)
 	}
 	return nf, nil
@@ -90,18 +98,19 @@ func (c *Catalog) AddNarFile(fileHash string, nf *indexv1.NarFile) (*indexv1.Nar
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(narsBucket)
 		if v := b.Get([]byte(fileHash)); v != nil {
-			old := new(indexv1.NarFile)
-			if err := proto.Unmarshal(v, old); err != nil {
-				return fmt.Errorf("decode: %w", err)
+			old, err := decodeNarFile(v)
+			if err != nil {
+				return err
 			}
 			stored = old
 			return nil
 		}
 		// The file was just verified: a quarantined record of it is void.
-		if err := tx.Bucket(quarantineNarsBucket).Delete([]byte(fileHash)); err != nil {
+		if _, err := setNarFile(tx, quarantineNarsBucket, fileHash, nil); err != nil {
 			return err
 		}
-		return put(b, fileHash, nf)
+		_, err := setNarFile(tx, narsBucket, fileHash, nf)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("record NAR file %s: %w", fileHash, err)
@@ -112,12 +121,20 @@ func (c *Catalog) AddNarFile(fileHash string, nf *indexv1.NarFile) (*indexv1.Nar
 // PathInfo returns the published path with this hash part, or an error of
 // class fault.ErrNotFound.
 func (c *Catalog) PathInfo(hashPart string) (*indexv1.PathInfo, error) {
-	info := new(indexv1.PathInfo)
-	found, err := c.get(pathsBucket, hashPart, info)
+	var info *indexv1.PathInfo
+	err := c.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(pathsBucket).Get([]byte(hashPart))
+		if v == nil {
+			return nil
+		}
+		var err error
+		info, err = decodePath(hashPart, v)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read path %s: %w", hashPart, err)
 	}
-	if !found {
+	if info == nil {
 		return nil, fault.NotFound("store path %s is not in the cache", hashPart)
 	}
 	return info, nil
@@ -136,9 +153,9 @@ func (c *Catalog) UpdatePathInfo(hashPart string, fn func(old *indexv1.PathInfo)
 		b := tx.Bucket(pathsBucket)
 		var old *indexv1.PathInfo
 		if v := b.Get([]byte(hashPart)); v != nil {
-			old = new(indexv1.PathInfo)
-			if err := proto.Unmarshal(v, old); err != nil {
-				return fmt.Errorf("decode: %w", err)
+			var err error
+			if old, err = decodePath(hashPart, v); err != nil {
+				return err
 			}
 		}
 		next, err := fn(old)
@@ -153,14 +170,15 @@ func (c *Catalog) UpdatePathInfo(hashPart string, fn func(old *indexv1.PathInfo)
 		stored = next
 		// Published again (pushed anew after Verify quarantined it): the
 		// path is served from its new record, not left quarantined too.
-		if err := tx.Bucket(quarantineBucket).Delete([]byte(hashPart)); err != nil {
+		if _, err := setPath(tx, quarantineBucket, hashPart, nil); err != nil {
 			return err
 		}
 		kind = indexv1.PathEventKind_PATH_EVENT_KIND_CHANGED
 		if old == nil {
 			kind = indexv1.PathEventKind_PATH_EVENT_KIND_PUBLISHED
 		}
-		return put(b, hashPart, next)
+		_, err = setPath(tx, pathsBucket, hashPart, next)
+		return err
 	})
 	if fnErr != nil {
 		return nil, fnErr
@@ -196,33 +214,4 @@ func (c *Catalog) PresentPaths(hashParts []string) ([]string, error) {
 		return nil, fmt.Errorf("check paths: %w", err)
 	}
 	return present, nil
-}
-
-// get unmarshals the value of key in bucket into m, inside the
-// transaction (so the value's memory is not used after it ends).
-func (c *Catalog) get(bucket []byte, key string, m proto.Message) (found bool, err error) {
-	err = c.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucket).Get([]byte(key))
-		if v == nil {
-			return nil
-		}
-		found = true
-		// proto.Unmarshal copies bytes fields out of v.
-		if err := proto.Unmarshal(v, m); err != nil {
-			return fmt.Errorf("decode: %w", err)
-		}
-		return nil
-	})
-	return found, err
-}
-
-func put(b *bolt.Bucket, key string, m proto.Message) error {
-	v, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("encode: %w", err)
-	}
-	if err := b.Put([]byte(key), v); err != nil {
-		return err
-	}
-	return nil
 }

@@ -4,9 +4,7 @@ import (
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
-	"google.golang.org/protobuf/proto"
 
-	"github.com/nixcache/nixcache/nix/nixhash"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
@@ -21,16 +19,15 @@ func (c *Catalog) ForEachPublished(fn func(hashPart string, info *indexv1.PathIn
 	err := c.db.View(func(tx *bolt.Tx) error {
 		nars := tx.Bucket(narsBucket)
 		return tx.Bucket(pathsBucket).ForEach(func(k, v []byte) error {
-			info := new(indexv1.PathInfo)
-			if err := proto.Unmarshal(v, info); err != nil {
+			info, err := decodePath(string(k), v)
+			if err != nil {
 				return fmt.Errorf("decode %s: %w", k, err)
 			}
 			var file *indexv1.NarFile
-			if fh, err := nixhash.Parse(info.GetFile().GetFileHash()); err == nil {
-				if fv := nars.Get([]byte(fh.NixBase32())); fv != nil {
-					file = new(indexv1.NarFile)
-					if err := proto.Unmarshal(fv, file); err != nil {
-						return fmt.Errorf("decode NAR file %s: %w", fh.NixBase32(), err)
+			if fk := fileKey(info); fk != "" {
+				if fv := nars.Get([]byte(fk)); fv != nil {
+					if file, err = decodeNarFile(fv); err != nil {
+						return fmt.Errorf("decode NAR file %s: %w", fk, err)
 					}
 				}
 			}
@@ -49,8 +46,8 @@ func (c *Catalog) ForEachPublished(fn func(hashPart string, info *indexv1.PathIn
 func (c *Catalog) ForEachNarFile(fn func(fileHash string, nf *indexv1.NarFile) error) error {
 	err := c.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(narsBucket).ForEach(func(k, v []byte) error {
-			nf := new(indexv1.NarFile)
-			if err := proto.Unmarshal(v, nf); err != nil {
+			nf, err := decodeNarFile(v)
+			if err != nil {
 				return fmt.Errorf("decode NAR file %s: %w", k, err)
 			}
 			return fn(string(k), nf)
@@ -69,12 +66,9 @@ func (c *Catalog) ForEachNarFile(fn func(fileHash string, nf *indexv1.NarFile) e
 func (c *Catalog) DropNarFile(fileHash string) (bool, error) {
 	found := false
 	err := c.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(narsBucket)
-		if b.Get([]byte(fileHash)) == nil {
-			return nil
-		}
-		found = true
-		return b.Delete([]byte(fileHash))
+		old, err := setNarFile(tx, narsBucket, fileHash, nil)
+		found = old != nil
+		return err
 	})
 	if err != nil {
 		return false, fmt.Errorf("drop NAR file %s: %w", fileHash, err)
@@ -98,8 +92,8 @@ func (c *Catalog) RecordedFiles(fileHashes []string) (map[string]string, error) 
 				if v == nil {
 					continue
 				}
-				nf := new(indexv1.NarFile)
-				if err := proto.Unmarshal(v, nf); err != nil {
+				nf, err := decodeNarFile(v)
+				if err != nil {
 					return fmt.Errorf("decode NAR file %s: %w", h, err)
 				}
 				found[h] = nf.GetCompression()
@@ -122,15 +116,11 @@ func (c *Catalog) PathFiles(wanted map[string]bool) (map[string]string, error) {
 	err := c.db.View(func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{pathsBucket, quarantineBucket} {
 			err := tx.Bucket(name).ForEach(func(k, v []byte) error {
-				info := new(indexv1.PathInfo)
-				if err := proto.Unmarshal(v, info); err != nil {
+				info, err := decodePath(string(k), v)
+				if err != nil {
 					return fmt.Errorf("decode %s: %w", k, err)
 				}
-				fh, err := nixhash.Parse(info.GetFile().GetFileHash())
-				if err != nil {
-					return nil
-				}
-				if h := fh.NixBase32(); wanted[h] {
+				if h := fileKey(info); h != "" && wanted[h] {
 					found[h] = info.GetFile().GetCompression()
 				}
 				return nil

@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
-	"google.golang.org/protobuf/proto"
 
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
@@ -15,7 +14,7 @@ import (
 // serves (package localstore), kept apart from the published paths so that
 // nothing done to them can lose or change a pushed path.
 var (
-	// localBucket maps a hash part to the marshalled indexv1.PathInfo of a
+	// localBucket maps a hash part to the indexv1.PathInfo record of a
 	// valid path of the host's store (without a file: its NAR is dumped
 	// from the store).
 	localBucket = []byte("local")
@@ -34,7 +33,7 @@ type LocalPath struct {
 // LocalPathInfo returns the local path with this hash part and whether it
 // is signed, or an error of class fault.ErrNotFound.
 func (c *Catalog) LocalPathInfo(hashPart string) (*indexv1.PathInfo, bool, error) {
-	info := new(indexv1.PathInfo)
+	var info *indexv1.PathInfo
 	var found, unsigned bool
 	err := c.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(localBucket).Get([]byte(hashPart))
@@ -43,7 +42,9 @@ func (c *Catalog) LocalPathInfo(hashPart string) (*indexv1.PathInfo, bool, error
 		}
 		found = true
 		unsigned = tx.Bucket(localUnsignedBucket).Get([]byte(hashPart)) != nil
-		return proto.Unmarshal(v, info)
+		var err error
+		info, err = decodePath(hashPart, v)
+		return err
 	})
 	if err != nil {
 		return nil, false, fmt.Errorf("read local path %s: %w", hashPart, err)
@@ -68,7 +69,7 @@ func (c *Catalog) PutLocal(paths []LocalPath) error {
 				return err
 			}
 			old := b.Get(key)
-			if !p.Signed && unsigned.Get(key) == nil && old != nil && sameLocal(old, p.Info) {
+			if !p.Signed && unsigned.Get(key) == nil && old != nil && sameLocal(key, old, p.Info) {
 				continue
 			}
 			if old == nil {
@@ -76,15 +77,10 @@ func (c *Catalog) PutLocal(paths []LocalPath) error {
 			} else {
 				changed = append(changed, string(key))
 			}
-			if err := put(b, string(key), p.Info); err != nil {
+			if _, err := setPath(tx, localBucket, string(key), p.Info); err != nil {
 				return err
 			}
-			if p.Signed {
-				err = unsigned.Delete(key)
-			} else {
-				err = unsigned.Put(key, nil)
-			}
-			if err != nil {
+			if err := setUnsigned(tx, key, !p.Signed); err != nil {
 				return err
 			}
 		}
@@ -107,19 +103,19 @@ func (c *Catalog) SignedLocal(infos []*indexv1.PathInfo) (int, error) {
 	var changed []string
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		n, changed = 0, nil
-		b, unsigned := tx.Bucket(localBucket), tx.Bucket(localUnsignedBucket)
+		b := tx.Bucket(localBucket)
 		for _, info := range infos {
 			key, err := localKey(info)
 			if err != nil {
 				return err
 			}
-			if old := b.Get(key); old == nil || !sameLocal(old, info) {
+			if old := b.Get(key); old == nil || !sameLocal(key, old, info) {
 				continue
 			}
-			if err := put(b, string(key), info); err != nil {
+			if _, err := setPath(tx, localBucket, string(key), info); err != nil {
 				return err
 			}
-			if err := unsigned.Delete(key); err != nil {
+			if err := setUnsigned(tx, key, false); err != nil {
 				return err
 			}
 			n++
@@ -139,15 +135,15 @@ func (c *Catalog) DeleteLocal(hashParts []string) error {
 	var removed []string
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		removed = nil
-		b, unsigned := tx.Bucket(localBucket), tx.Bucket(localUnsignedBucket)
 		for _, h := range hashParts {
-			if b.Get([]byte(h)) != nil {
-				removed = append(removed, h)
-			}
-			if err := b.Delete([]byte(h)); err != nil {
+			old, err := setPath(tx, localBucket, h, nil)
+			if err != nil {
 				return err
 			}
-			if err := unsigned.Delete([]byte(h)); err != nil {
+			if old != nil {
+				removed = append(removed, h)
+			}
+			if err := setUnsigned(tx, []byte(h), false); err != nil {
 				return err
 			}
 		}
@@ -168,6 +164,11 @@ func (c *Catalog) ClearLocal() error {
 				return err
 			}
 			if _, err := tx.CreateBucket(name); err != nil {
+				return err
+			}
+		}
+		for _, name := range []string{cLocal, cLocalBytes, cLocalUnsigned, cShadowed, cShadowedBytes} {
+			if err := tx.Bucket(statsBucket).Delete([]byte(name)); err != nil {
 				return err
 			}
 		}
@@ -231,9 +232,9 @@ func (c *Catalog) UnsignedLocal(limit int) ([]*indexv1.PathInfo, error) {
 			if v == nil {
 				continue
 			}
-			info := new(indexv1.PathInfo)
-			if err := proto.Unmarshal(v, info); err != nil {
-				return fmt.Errorf("decode %s: %w", k, err)
+			info, err := decodePath(string(k), v)
+			if err != nil {
+				return err
 			}
 			infos = append(infos, info)
 		}
@@ -276,11 +277,11 @@ func localKey(info *indexv1.PathInfo) ([]byte, error) {
 	return []byte(sp[i+1 : i+33]), nil
 }
 
-// sameLocal reports whether the marshalled record old is of the same store
+// sameLocal reports whether the stored record old is of the same store
 // path and NAR as info.
-func sameLocal(old []byte, info *indexv1.PathInfo) bool {
-	o := new(indexv1.PathInfo)
-	if err := proto.Unmarshal(old, o); err != nil {
+func sameLocal(key, old []byte, info *indexv1.PathInfo) bool {
+	o, err := decodePath(string(key), old)
+	if err != nil {
 		return false
 	}
 	return o.GetStorePath() == info.GetStorePath() && o.GetNarHash() == info.GetNarHash()

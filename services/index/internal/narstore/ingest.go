@@ -137,11 +137,26 @@ type upload struct {
 	pipe *io.PipeWriter
 	max  uint64
 	size uint64
+	// written is where the last writeback started (startWriteback).
+	written uint64
 }
 
 func (u *upload) copy(r io.Reader, prefix []byte) error {
 	if err := u.write(prefix); err != nil {
 		return err
+	}
+	if wt, ok := r.(io.WriterTo); ok {
+		// The upload's own chunks go to the file, the hash and the
+		// verifier as they are: no copy into a buffer of ours first.
+		w := &uploadWriter{u: u}
+		_, err := wt.WriteTo(w)
+		switch {
+		case w.err != nil:
+			return w.err
+		case err != nil:
+			return fmt.Errorf("receive NAR file: %w", err)
+		}
+		return nil
 	}
 	buf := make([]byte, readSize)
 	for {
@@ -160,6 +175,24 @@ func (u *upload) copy(r io.Reader, prefix []byte) error {
 	}
 }
 
+// uploadWriter is upload.write as an io.Writer that keeps its error.
+type uploadWriter struct {
+	u   *upload
+	err error
+}
+
+func (w *uploadWriter) Write(p []byte) (int, error) {
+	if w.err = w.u.write(p); w.err != nil {
+		return 0, w.err
+	}
+	return len(p), nil
+}
+
+// writebackSize is how many bytes of the upload file may wait in the page
+// cache before their writeback is started (startWriteback): the final
+// fsync then finds little left to write, instead of the whole file.
+const writebackSize = 8 << 20
+
 func (u *upload) write(p []byte) error {
 	u.size += uint64(len(p))
 	if u.size > u.max {
@@ -167,6 +200,10 @@ func (u *upload) write(p []byte) error {
 	}
 	if _, err := u.file.Write(p); err != nil {
 		return fmt.Errorf("write upload file: %w", err)
+	}
+	if u.size-u.written >= writebackSize {
+		startWriteback(u.file, u.written, u.size-u.written)
+		u.written = u.size
 	}
 	u.hash.Write(p)
 	if _, err := u.pipe.Write(p); err != nil {

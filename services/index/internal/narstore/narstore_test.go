@@ -382,3 +382,73 @@ func TestRangeDamagedFile(t *testing.T) {
 		t.Errorf("reading a truncated file: %v, want io.ErrUnexpectedEOF", err)
 	}
 }
+
+// chunked delivers data in chunks through WriteTo, as the gRPC upload
+// stream does, and through Read for what is read before.
+type chunked struct {
+	data  []byte
+	chunk int
+}
+
+func (c *chunked) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.data[:min(len(c.data), c.chunk)])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+func (c *chunked) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for len(c.data) > 0 {
+		n, err := w.Write(c.data[:min(len(c.data), c.chunk)])
+		total += int64(n)
+		c.data = c.data[n:]
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// TestIngestLarge streams a NAR of several writeback windows, as chunks
+// written straight through (WriteTo) and as plain reads: both store the
+// same verified file.
+func TestIngestLarge(t *testing.T) {
+	big := make([]byte, 20<<20)
+	for i := range big {
+		big[i] = byte(i * 7 / 3)
+	}
+	narData := nartest.Build(t, 9, nartest.File{Name: "big", Contents: big})
+	want := &indexv1.NarFile{FileHash: nartest.Hash(narData).String(), FileSize: uint64(len(narData)), Compression: compression.None,
+		NarHash: nartest.Hash(narData).String(), NarSize: uint64(len(narData))}
+	for _, tt := range []struct {
+		name string
+		r    io.Reader
+	}{
+		{"WriteTo", &chunked{data: narData, chunk: 256 << 10}},
+		{"Read", struct{ io.Reader }{bytes.NewReader(narData)}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := open(t, dir, 64<<20)
+			got, err := s.Ingest(context.Background(), tt.r, narstore.Expect{FileHash: nartest.Hash(narData)})
+			if err != nil {
+				t.Fatalf("Ingest: %v", err)
+			}
+			assertNarFile(t, got, want)
+			assertStored(t, dir, s, got, narData, narData)
+		})
+	}
+	// Over the limit, through WriteTo: refused, nothing left behind.
+	dir := t.TempDir()
+	s := open(t, dir, 8<<20)
+	_, err := s.Ingest(context.Background(), &chunked{data: narData, chunk: 256 << 10}, narstore.Expect{})
+	if !errors.Is(err, fault.ErrInvalid) || !strings.Contains(err.Error(), "exceeds the limit") {
+		t.Fatalf("Ingest over the limit: %v", err)
+	}
+	if files := append(storedFiles(t, dir, "nars"), storedFiles(t, dir, "tmp")...); len(files) != 0 {
+		t.Errorf("left behind: %v", files)
+	}
+}

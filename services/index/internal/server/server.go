@@ -139,6 +139,36 @@ func (r *chunkReader[M, H]) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// WriteTo writes the data chunks, as they arrive, to w without copying
+// them first (io.Copy and narstore.Ingest use it); it returns w's error as
+// is and stops at the first.
+func (r *chunkReader[M, H]) WriteTo(w io.Writer) (int64, error) {
+	var none H
+	var n int64
+	for {
+		if len(r.buf) > 0 {
+			m, err := w.Write(r.buf)
+			n += int64(m)
+			r.buf = r.buf[m:]
+			if err != nil {
+				return n, err
+			}
+			continue
+		}
+		msg, err := r.recv()
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		if msg.GetHeader() != none {
+			return n, fault.Invalid("a second header after the first message")
+		}
+		r.buf = msg.GetChunk()
+	}
+}
+
 // WithPresign lets StatNar hand out presigned URLs of the files, valid for
 // expiry, when the NAR store's backend can make them (a bucket).
 func (s *Server) WithPresign(expiry time.Duration) *Server {
