@@ -850,8 +850,14 @@ func (x *PutNarResponse) GetFile() *NarFile {
 }
 
 type StatNarRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	FileHash      string                 `protobuf:"bytes,1,opt,name=file_hash,json=fileHash,proto3" json:"file_hash,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	FileHash string                 `protobuf:"bytes,1,opt,name=file_hash,json=fileHash,proto3" json:"file_hash,omitempty"`
+	// The caller serves the file to a client itself (a co-located gateway's
+	// GET, from relative_path): the index counts a download, as it does for
+	// GetNar, from byte offset (a range not starting at 0 only refreshes the
+	// path's last access).
+	Download      bool   `protobuf:"varint,2,opt,name=download,proto3" json:"download,omitempty"`
+	Offset        uint64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -893,9 +899,28 @@ func (x *StatNarRequest) GetFileHash() string {
 	return ""
 }
 
+func (x *StatNarRequest) GetDownload() bool {
+	if x != nil {
+		return x.Download
+	}
+	return false
+}
+
+func (x *StatNarRequest) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
 type StatNarResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	File          *NarFile               `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	File  *NarFile               `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
+	// Where the file lies under the index's nars/ directory, e.g.
+	// "0a/0a...z.nar.xz", for a gateway that can read that directory
+	// (co-located, -nar-dir) and so serves the bytes itself. Set only for a
+	// file that is stored, verified and not quarantined; empty otherwise.
+	RelativePath  string `protobuf:"bytes,2,opt,name=relative_path,json=relativePath,proto3" json:"relative_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -935,6 +960,13 @@ func (x *StatNarResponse) GetFile() *NarFile {
 		return x.File
 	}
 	return nil
+}
+
+func (x *StatNarResponse) GetRelativePath() string {
+	if x != nil {
+		return x.RelativePath
+	}
+	return ""
 }
 
 type GetNarRequest struct {
@@ -1507,11 +1539,14 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\x12expected_file_hash\x18\x01 \x01(\tR\x10expectedFileHash\x121\n" +
 	"\x14expected_compression\x18\x02 \x01(\tR\x13expectedCompression\"@\n" +
 	"\x0ePutNarResponse\x12.\n" +
-	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\"-\n" +
+	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\"a\n" +
 	"\x0eStatNarRequest\x12\x1b\n" +
-	"\tfile_hash\x18\x01 \x01(\tR\bfileHash\"A\n" +
+	"\tfile_hash\x18\x01 \x01(\tR\bfileHash\x12\x1a\n" +
+	"\bdownload\x18\x02 \x01(\bR\bdownload\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\"f\n" +
 	"\x0fStatNarResponse\x12.\n" +
-	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\"\xb7\x01\n" +
+	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\x12#\n" +
+	"\rrelative_path\x18\x02 \x01(\tR\frelativePath\"\xb7\x01\n" +
 	"\rGetNarRequest\x12\x1d\n" +
 	"\tfile_hash\x18\x01 \x01(\tH\x00R\bfileHash\x12\x1f\n" +
 	"\n" +

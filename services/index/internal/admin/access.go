@@ -55,16 +55,33 @@ func (t *Tracker) Interceptors() []grpc.ServerOption {
 const (
 	getPathInfoMethod = "/" + "nixcache.index.v1.IndexService" + "/GetPathInfo"
 	getNarMethod      = "/" + "nixcache.index.v1.IndexService" + "/GetNar"
+	statNarMethod     = "/" + "nixcache.index.v1.IndexService" + "/StatNar"
 )
 
 func (t *Tracker) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	resp, err := handler(ctx, req)
-	if info.FullMethod == getPathInfoMethod {
+	switch info.FullMethod {
+	case getPathInfoMethod:
 		switch status.Code(err) {
 		case codes.OK:
 			t.narinfoHits.Add(1)
 		case codes.NotFound:
 			t.narinfoMisses.Add(1)
+		}
+	case statNarMethod:
+		// A co-located gateway serves the file itself and says so: the
+		// download counts as one through GetNar would, its bytes when it
+		// starts.
+		r, ok := req.(*indexv1.StatNarRequest)
+		st, _ := resp.(*indexv1.StatNarResponse)
+		if ok && r.GetDownload() && err == nil && st != nil {
+			if size := st.GetFile().GetFileSize(); r.GetOffset() < size {
+				t.narBytesSent.Add(size - r.GetOffset())
+			}
+			t.download(&indexv1.GetNarRequest{
+				Selector: &indexv1.GetNarRequest_FileHash{FileHash: r.GetFileHash()},
+				Offset:   r.GetOffset(),
+			})
 		}
 	}
 	return resp, err

@@ -13,9 +13,12 @@ package narstore
 import (
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 
 	"github.com/nixcache/nixcache/nix/compression"
+	"github.com/nixcache/nixcache/nix/nixhash"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
 // Store is the NAR file directory of one index.
@@ -53,6 +56,16 @@ func (s *Store) MaxSize() uint64 { return s.maxSize }
 
 // filePath is where the file with this nix32 file hash and compression lives.
 func (s *Store) filePath(fileHash, comp string) (string, error) {
+	rel, err := relativePath(fileHash, comp)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(s.narsDir, filepath.FromSlash(rel)), nil
+}
+
+// relativePath is the slash-separated name of a file under nars/:
+// "<first 2 chars>/<nix32 file hash>.nar<ext>".
+func relativePath(fileHash, comp string) (string, error) {
 	ext, err := compression.Extension(comp)
 	if err != nil {
 		return "", fmt.Errorf("file name of %s: %w", fileHash, err)
@@ -60,7 +73,18 @@ func (s *Store) filePath(fileHash, comp string) (string, error) {
 	if len(fileHash) < 2 {
 		return "", fmt.Errorf("file name of %q: hash too short", fileHash)
 	}
-	return filepath.Join(s.narsDir, fileHash[:2], fileHash+".nar"+ext), nil
+	return path.Join(fileHash[:2], fileHash+".nar"+ext), nil
+}
+
+// RelativePath is where the file nf describes lies under the nars/
+// directory, slash-separated, for a reader that shares the directory (a
+// co-located gateway's -nar-dir).
+func RelativePath(nf *indexv1.NarFile) (string, error) {
+	h, err := nixhash.ParseAs(nixhash.SHA256, nf.GetFileHash())
+	if err != nil {
+		return "", fmt.Errorf("NAR file name: %w", err)
+	}
+	return relativePath(h.NixBase32(), nf.GetCompression())
 }
 
 // syncDir makes a directory's entries (a rename, a new file) durable.

@@ -130,13 +130,20 @@ func (r *chunkReader[M, H]) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// StatNar describes a stored NAR file.
+// StatNar describes a stored NAR file, and names it under nars/ for a
+// gateway that reads the directory itself. Only files recorded as stored
+// are found: a quarantined file's record has moved out of the catalogue's
+// NAR files, so it gets neither an answer nor a name.
 func (s *Server) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*indexv1.StatNarResponse, error) {
 	nf, err := s.narFile(req.GetFileHash())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &indexv1.StatNarResponse{File: nf}, nil
+	rel, err := narstore.RelativePath(nf)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &indexv1.StatNarResponse{File: nf, RelativePath: rel}, nil
 }
 
 // narFile looks a NAR file up by "sha256:<nix32>" or bare nix32 hash.
