@@ -50,6 +50,7 @@ func run(args []string) error {
 	fs.StringVar(&o.PublicURL, "public-url", "", "URL clients reach the cache at, as the landing page shows it (default: the scheme and Host of each request)")
 	fs.BoolVar(&o.ZstdLocal, "zstd-local", false, "compress NARs served uncompressed (the index's -local-store paths) with zstd on the fly for clients that send Accept-Encoding: zstd; costs CPU, pays off only on slow links")
 	fs.DurationVar(&o.NarinfoCacheTTL, "narinfo-cache-ttl", 2*time.Second, "how long a narinfo found in the index is served from the gateway's memory (up to 16384 paths); a deleted, collected or quarantined path may be served this long after; 0 disables")
+	fs.StringVar(&o.NarDir, "nar-dir", "", "the index's nars/ directory (<index -data-dir>/nars), when this gateway can read it (same host, read-only mount): stored NAR files the index names are sent from it with sendfile instead of streamed through the index; empty streams every NAR")
 	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "longest a client may take to send a request's headers; slower ones (slowloris) are cut off")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
 	logFormat := fs.String("log-format", "json", "log format: json or text")

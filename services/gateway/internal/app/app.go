@@ -61,6 +61,9 @@ type Options struct {
 	// NarinfoCacheTTL bounds how long a narinfo is served from the
 	// gateway's cache (0: no cache); see httpapi.Config.
 	NarinfoCacheTTL time.Duration
+	// NarDir is the index's nars/ directory when the gateway can read it
+	// (-nar-dir, co-located); "" streams every NAR from the index.
+	NarDir string
 	// ReadHeaderTimeout bounds how long a client may take to send a
 	// request's headers (slowloris); 0 means 10 s.
 	ReadHeaderTimeout time.Duration
@@ -118,17 +121,41 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		o.Log.Warn("no -auth-file: pushing is disabled")
 	}
 
+	handler, closeConns, err := newHandler(o, policy)
+	if err != nil {
+		return err
+	}
+	defer closeConns()
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: cmp.Or(o.ReadHeaderTimeout, defaultReadHeaderTimeout),
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		// No WriteTimeout: it would cut large NARs. Transfers are bounded
+		// by TransferIdleTimeout instead.
+		ErrorLog: slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
+	}
+	return serve(ctx, srv, lis, o.ShutdownGrace, o.Log)
+}
+
+// newHandler connects to the index and the signer and returns the
+// gateway's whole HTTP handler (ops endpoints and metrics around the Nix
+// routes), and a function closing the connections.
+func newHandler(o Options, policy auth.Policy) (http.Handler, func(), error) {
 	ops := newOps()
 	indexConn, err := grpcutil.Dial(o.IndexAddr, append(ops.dialOptions(), o.DialOptions...)...)
 	if err != nil {
-		return fmt.Errorf("index: %w", err)
+		return nil, nil, fmt.Errorf("index: %w", err)
 	}
-	defer indexConn.Close()
 	signerConn, err := grpcutil.Dial(o.SignerAddr, append(ops.dialOptions(), o.DialOptions...)...)
 	if err != nil {
-		return fmt.Errorf("signer: %w", err)
+		indexConn.Close()
+		return nil, nil, fmt.Errorf("signer: %w", err)
 	}
-	defer signerConn.Close()
+	closeConns := func() {
+		signerConn.Close()
+		indexConn.Close()
+	}
 
 	signer := signerv1.NewSignerServiceClient(signerConn)
 	adminHandler, err := adminapi.New(adminapi.Config{
@@ -137,7 +164,8 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		Log:            o.Log,
 	})
 	if err != nil {
-		return err
+		closeConns()
+		return nil, nil, err
 	}
 	landingHandler, err := landing.New(landing.Config{
 		Signer:    signer,
@@ -147,7 +175,8 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		Log:       o.Log,
 	})
 	if err != nil {
-		return err
+		closeConns()
+		return nil, nil, err
 	}
 	handler, err := httpapi.New(httpapi.Config{
 		Index:               indexv1.NewIndexServiceClient(indexConn),
@@ -161,22 +190,15 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		TransferIdleTimeout: o.TransferIdleTimeout,
 		ZstdLocal:           o.ZstdLocal,
 		NarinfoCacheTTL:     o.NarinfoCacheTTL,
+		NarDir:              o.NarDir,
 		Landing:             landingHandler,
 		Admin:               adminHandler,
 	})
 	if err != nil {
-		return err
+		closeConns()
+		return nil, nil, err
 	}
-	srv := &http.Server{
-		Handler:           ops.handler(handler, dependency{"index", indexConn}, dependency{"signer", signerConn}),
-		ReadHeaderTimeout: cmp.Or(o.ReadHeaderTimeout, defaultReadHeaderTimeout),
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		// No WriteTimeout: it would cut large NARs. Transfers are bounded
-		// by TransferIdleTimeout instead.
-		ErrorLog: slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
-	}
-	return serve(ctx, srv, lis, o.ShutdownGrace, o.Log)
+	return ops.handler(handler, dependency{"index", indexConn}, dependency{"signer", signerConn}), closeConns, nil
 }
 
 // serve runs srv on lis until ctx is done, then shuts it down.

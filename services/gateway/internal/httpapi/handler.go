@@ -5,9 +5,11 @@ package httpapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -47,6 +49,11 @@ type Config struct {
 	// served by this gateway; 0 turns the cache off. Only found paths
 	// are cached.
 	NarinfoCacheTTL time.Duration
+	// NarDir is the index's nars/ directory, readable by the gateway
+	// (co-located, -nar-dir): a stored file the index names there is
+	// served from it (sendfile, ranges) instead of through the index's
+	// GetNar stream. "" streams everything.
+	NarDir string
 
 	// Landing serves GET and HEAD /; nil answers 404.
 	Landing http.Handler
@@ -58,6 +65,7 @@ type Config struct {
 type Handler struct {
 	Config
 	narinfos *narinfoCache // nil when NarinfoCacheTTL is 0
+	narRoot  *os.Root      // NarDir; nil without one
 }
 
 // New returns a Handler serving the cache protocol.
@@ -74,7 +82,15 @@ func New(cfg Config) (*Handler, error) {
 	case cfg.NarinfoCacheTTL < 0:
 		return nil, errors.New("httpapi: narinfo cache TTL must not be negative")
 	}
-	return &Handler{Config: cfg, narinfos: newNarinfoCache(cfg.NarinfoCacheTTL, narinfoCacheEntries)}, nil
+	h := &Handler{Config: cfg, narinfos: newNarinfoCache(cfg.NarinfoCacheTTL, narinfoCacheEntries)}
+	if cfg.NarDir != "" {
+		root, err := os.OpenRoot(cfg.NarDir)
+		if err != nil {
+			return nil, fmt.Errorf("httpapi: NAR directory: %w", err)
+		}
+		h.narRoot = root
+	}
+	return h, nil
 }
 
 // ServeHTTP tags the request with an id, routes it and logs it.

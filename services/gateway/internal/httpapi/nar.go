@@ -183,6 +183,9 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 		w.Header().Add("Vary", "Accept-Encoding")
 		zstdOut = acceptsZstd(r.Header)
 	}
+	if h.narRoot != nil && t.fileHash != "" && !zstdOut && h.serveNarFile(w, r, t) {
+		return
+	}
 	var rng *byteRange
 	// Without validators of our own, a conditional range (If-Range) can
 	// never be known to match: serve everything, as RFC 9110 says.
