@@ -54,6 +54,9 @@ func (p Policy) Authorize(r *http.Request, need Scope) (Identity, error) {
 // not held against it (a stale token in a netrc file must not break a
 // public cache).
 func (p Policy) AuthorizeHeader(header string, need Scope) (Identity, error) {
+	if header == "" && need == Read && p.PublicRead {
+		return Identity{}, nil // the common case, without building the error it ignores
+	}
 	id, err := p.authenticate(header, need)
 	if need == Read && p.PublicRead {
 		return id, nil // anonymous when authentication failed

@@ -55,6 +55,15 @@ func (w *discardWriter) WriteHeader(code int) {
 	}
 }
 
+// WriteString is net/http's: a string body is not copied.
+func (w *discardWriter) WriteString(s string) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	w.n += len(s)
+	return len(s), nil
+}
+
 func (w *discardWriter) Write(p []byte) (int, error) {
 	if w.code == 0 {
 		w.code = http.StatusOK

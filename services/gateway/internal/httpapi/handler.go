@@ -66,6 +66,13 @@ type Handler struct {
 	Config
 	narinfos *narinfoCache // nil when NarinfoCacheTTL is 0
 	narRoot  *os.Root      // NarDir; nil without one
+	// methods are the method tables of the routes, made once: a map and
+	// method values built per request cost allocations on every answer.
+	methods struct {
+		landing, cacheInfo, nar, narinfo, artifact, other methods
+	}
+	// cacheInfoBody is the nix-cache-info, made once.
+	cacheInfoBody string
 }
 
 // New returns a Handler serving the cache protocol.
@@ -83,6 +90,13 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("httpapi: narinfo cache TTL must not be negative")
 	}
 	h := &Handler{Config: cfg, narinfos: newNarinfoCache(cfg.NarinfoCacheTTL, narinfoCacheEntries)}
+	h.methods.landing = methods{http.MethodGet: h.landing, http.MethodHead: h.landing}
+	h.methods.cacheInfo = methods{http.MethodGet: h.cacheInfo, http.MethodHead: h.cacheInfo, http.MethodPut: h.putCacheInfo}
+	h.methods.nar = methods{http.MethodGet: h.getNar, http.MethodHead: h.headNar, http.MethodPut: h.putNar}
+	h.methods.narinfo = methods{http.MethodGet: h.getNarinfo, http.MethodHead: h.getNarinfo, http.MethodPut: h.putNarinfo}
+	h.methods.artifact = h.artifactMethods()
+	h.methods.other = methods{http.MethodGet: notFound, http.MethodHead: notFound, http.MethodPut: h.putUnsupported}
+	h.cacheInfoBody = fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", cfg.StoreDir, cfg.Priority)
 	if cfg.NarDir != "" {
 		root, err := os.OpenRoot(cfg.NarDir)
 		if err != nil {
@@ -151,19 +165,19 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case p == "/":
-		dispatch(w, r, methods{http.MethodGet: h.landing, http.MethodHead: h.landing})
+		dispatch(w, r, h.methods.landing)
 	case isAdminPath(p):
 		h.admin(w, r)
 	case p == "/nix-cache-info":
-		dispatch(w, r, methods{http.MethodGet: h.cacheInfo, http.MethodHead: h.cacheInfo, http.MethodPut: h.putCacheInfo})
+		dispatch(w, r, h.methods.cacheInfo)
 	case strings.HasPrefix(p, "/nar/"):
-		dispatch(w, r, methods{http.MethodGet: h.getNar, http.MethodHead: h.headNar, http.MethodPut: h.putNar})
+		dispatch(w, r, h.methods.nar)
 	case isNarinfoPath(p):
-		dispatch(w, r, methods{http.MethodGet: h.getNarinfo, http.MethodHead: h.getNarinfo, http.MethodPut: h.putNarinfo})
+		dispatch(w, r, h.methods.narinfo)
 	case isLogPath(p), isListingPath(p), isRealisationPath(p), isDebugInfoPath(p):
-		dispatch(w, r, h.artifactMethods())
+		dispatch(w, r, h.methods.artifact)
 	default:
-		dispatch(w, r, methods{http.MethodGet: notFound, http.MethodHead: notFound, http.MethodPut: h.putUnsupported})
+		dispatch(w, r, h.methods.other)
 	}
 }
 

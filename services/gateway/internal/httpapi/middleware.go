@@ -21,7 +21,9 @@ func requestID(r *http.Request) string {
 	}
 	var b [12]byte
 	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	var id [2 * len(b)]byte
+	hex.Encode(id[:], b[:])
+	return string(id[:])
 }
 
 func validRequestID(id string) bool {
@@ -59,6 +61,17 @@ func (r *recorder) Write(p []byte) (int, error) {
 		r.code = http.StatusOK
 	}
 	n, err := r.ResponseWriter.Write(p)
+	r.bytes += int64(n)
+	return n, err
+}
+
+// WriteString passes s on without copying it into a []byte (net/http's
+// ResponseWriter has a WriteString).
+func (r *recorder) WriteString(s string) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	n, err := io.WriteString(r.ResponseWriter, s)
 	r.bytes += int64(n)
 	return n, err
 }
