@@ -208,7 +208,7 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	stream, err := h.Index.GetNar(ctx, req)
+	stream, err := h.Index.GetNar(ctx, req, narStreamCodec())
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -274,7 +274,9 @@ func recvHeader[M streamMessage[H], H comparable](h *Handler, ctx context.Contex
 }
 
 // copyNar writes the chunks of stream to dst (w, or an encoder writing to
-// w) as they come; want is the number of bytes the stream must carry.
+// w) as they come; want is the number of bytes the stream must carry. A
+// chunk is written before the next is received: with narStreamCodec the
+// next overwrites it.
 func (h *Handler) copyNar(w http.ResponseWriter, dst io.Writer, stream indexv1.IndexService_GetNarClient, want uint64) error {
 	rc := http.NewResponseController(w)
 	var sent uint64
