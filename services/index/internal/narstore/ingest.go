@@ -281,6 +281,11 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 // commit makes the verified temporary file the stored file for this hash,
 // durably; an existing file for the hash is kept.
 func (s *Store) commit(tmp *os.File, fileHash, comp string) error {
+	// Readable by the index's group too (CreateTemp made it 0600): a
+	// co-located gateway in that group sends stored files itself.
+	if err := tmp.Chmod(storedFileMode); err != nil {
+		return fmt.Errorf("chmod upload file: %w", err)
+	}
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("sync upload file: %w", err)
 	}

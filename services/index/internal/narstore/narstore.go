@@ -21,6 +21,10 @@ import (
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
+// storedFileMode is the mode of a stored NAR file: the index's group may
+// read it (a co-located gateway, -nar-dir).
+const storedFileMode = 0o640
+
 // Store is the NAR file directory of one index.
 type Store struct {
 	narsDir string

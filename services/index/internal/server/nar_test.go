@@ -47,6 +47,13 @@ func TestPutNar(t *testing.T) {
 				if rel == "" || filepath.IsAbs(rel) || filepath.Clean(rel) != rel || strings.Contains(rel, "..") {
 					t.Fatalf("StatNar(%s): relative_path %q is not a clean relative path", key, rel)
 				}
+				fi, err := os.Stat(filepath.Join(idx.dir, "nars", filepath.FromSlash(rel)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fi.Mode().Perm() != 0o640 {
+					t.Fatalf("nars/%s: mode %v, want 0640 (the gateway's group reads it)", rel, fi.Mode())
+				}
 				onDisk, err := os.ReadFile(filepath.Join(idx.dir, "nars", filepath.FromSlash(rel)))
 				if err != nil {
 					t.Fatalf("StatNar(%s): relative_path %q: %v", key, rel, err)
