@@ -42,3 +42,13 @@ COPY bin/nixcache-gateway /nixcache-gateway
 ENV NIXCACHE_LISTEN=0.0.0.0:5000
 EXPOSE 5000
 ENTRYPOINT ["/nixcache-gateway"]
+
+# docker/s3.yml: Versity Gateway, the S3 server of the bucket backend, built
+# static by `make bin/versitygw` at the version pinned in scripts/tools.sh.
+FROM base AS s3
+COPY --chown=65532:65532 docker/volumes/s3/ /var/lib/versitygw/
+COPY bin/versitygw /versitygw
+EXPOSE 7070
+VOLUME /var/lib/versitygw
+ENTRYPOINT ["/versitygw"]
+CMD ["--port", ":7070", "posix", "/var/lib/versitygw"]

@@ -8,7 +8,7 @@ export PATH := $(TOOLS):$(PATH)
 
 GO_BUILD := CGO_ENABLED=0 go build -trimpath -ldflags='-s -w'
 
-.PHONY: all build run test test-unit test-e2e tools tools-run proto proto-check lint vet fmt-check clean bench bench-smoke test-compose compose-up fuzz-smoke
+.PHONY: all build run test test-unit test-e2e test-load test-crash-long tools tools-run proto proto-check lint vet fmt-check clean bench bench-smoke test-compose compose-up compose-s3-up fuzz-smoke
 
 all: build
 
@@ -35,6 +35,19 @@ test-unit:
 test-e2e: build
 	NIXCACHE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m -skip '^TestCompose$$' ./e2e/...
 
+## test-load: the load test (e2e/load_test.go, README § Load test) for LOAD_DURATION; load.json and load.md in LOAD_OUT.
+## (make test-e2e runs the same test for 15 s.)
+LOAD_DURATION ?= 60s
+LOAD_OUT ?= $(or $(TMPDIR),/tmp)/nixcache-load
+test-load: build
+	NIXCACHE_BIN=$(CURDIR)/$(BIN) NIXCACHE_LOAD_DURATION=$(LOAD_DURATION) NIXCACHE_ARTIFACTS=$(LOAD_OUT) \
+	  go test -count=1 -timeout 15m -v -run '^TestLoad$$' ./e2e/...
+
+## test-crash-long: the crash test (e2e/crash_test.go) with 200 kills instead of CI's 20; CRASH_KILLS=n, NIXCACHE_CRASH_SEED=s to replay.
+CRASH_KILLS ?= 200
+test-crash-long: build
+	NIXCACHE_BIN=$(CURDIR)/$(BIN) NIXCACHE_CRASH_KILLS=$(CRASH_KILLS) go test -count=1 -timeout 60m -run '^TestCrashConsistency$$' -v ./e2e/...
+
 ## test-compose: docker-compose.yml run on this machine's Docker engine, driven by the real Nix client (e2e/compose_test.go).
 test-compose: build
 	NIXCACHE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 10m -run '^TestCompose$$' ./e2e/...
@@ -46,6 +59,20 @@ compose-up: build
 	$(COMPOSE) up -d --build
 	@echo "nixcache: public key for trusted-public-keys (docker compose exec signer /nixcache-signer list-keys):" >&2
 	@$(COMPOSE) exec -T signer /nixcache-signer list-keys
+
+## bin/versitygw: the S3 server of docker/s3.yml, static, at the version pinned in scripts/tools.sh.
+VERSITYGW := $(shell grep -o 'github.com/versity/versitygw/cmd/versitygw@[^ ]*' scripts/tools.sh)
+bin/versitygw: scripts/tools.sh
+	@mkdir -p $(BIN)
+	GOBIN=$(CURDIR)/$(BIN) GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 go install $(VERSITYGW)
+
+## compose-s3-up: compose-up with the NAR files in a bucket (docker/s3.yml, README § The bucket backend in compose).
+compose-s3-up: build bin/versitygw
+	@docker/init-auth.sh
+	@docker/init-s3.sh
+	COMPOSE_FILE=docker-compose.yml:docker/s3.yml $(COMPOSE) up -d --build
+	@echo "nixcache: public key for trusted-public-keys (docker compose exec signer /nixcache-signer list-keys):" >&2
+	@COMPOSE_FILE=docker-compose.yml:docker/s3.yml $(COMPOSE) exec -T signer /nixcache-signer list-keys
 
 ## bench: the cache shootout against nginx (bench/, README § Benchmarks); results in bench/results/<date>.{md,json,png}.
 bench: tools

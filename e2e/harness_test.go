@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -74,6 +75,11 @@ type cluster struct {
 	indexMetrics  string
 	// extraArgs are added to a service's flags when it starts.
 	extraArgs map[string][]string
+	// grpcCreds are the credentials of the harness's own health checks
+	// of the signer and the index; nil: plain text.
+	grpcCreds credentials.TransportCredentials
+	// extraEnv are added to a service's environment ("NAME=value").
+	extraEnv map[string][]string
 }
 
 type proc struct {
@@ -107,6 +113,7 @@ func newCluster(t *testing.T, opts ...clusterOption) *cluster {
 		signerMetrics: freeAddr(t),
 		indexMetrics:  freeAddr(t),
 		extraArgs:     map[string][]string{},
+		extraEnv:      map[string][]string{},
 	}
 	c.URL = "http://" + c.httpAddr
 	for _, d := range []string{"signer", "index", "logs"} {
@@ -154,9 +161,10 @@ func (c *cluster) args(service string) []string {
 	case "gateway":
 		// No narinfo cache: the tests check that what the index does
 		// (delete, GC, quarantine, re-sign) shows at once; the cache and
-		// its TTL bound are unit-tested in the gateway. withArgs may turn
-		// it on again (the last flag wins).
-		common = append(common, "-narinfo-cache-ttl", "0")
+		// its bounds are tested in the gateway, narinfocache_test.go and
+		// multigw_test.go. withArgs may turn it on again (the last flag
+		// wins).
+		common = append(common, "-narinfo-cache-ttl", "0", "-narinfo-cache-max-age", "0")
 		return append(append(common, "-listen", c.httpAddr, "-index-addr", c.indexAddr,
 			"-signer-addr", c.signerAddr, "-auth-file", filepath.Join(c.dir, "auth")), c.extraArgs[service]...)
 	}
@@ -175,6 +183,7 @@ func (c *cluster) start(service string) {
 	}
 	cmd := exec.Command(filepath.Join(binDir, "nixcache-"+service), c.args(service)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), c.extraEnv[service]...)
 	if err := cmd.Start(); err != nil {
 		c.t.Fatalf("start %s: %v", service, err)
 	}
@@ -214,6 +223,21 @@ func (c *cluster) stop(service string) {
 	}
 }
 
+// kill sends SIGKILL, as a crash or the OOM killer would, and waits for
+// the process to be gone; start brings the service back.
+func (c *cluster) kill(service string) {
+	c.t.Helper()
+	p := c.procs[service]
+	if p == nil {
+		c.t.Fatalf("kill %s: not running", service)
+	}
+	delete(c.procs, service)
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		c.t.Fatalf("kill %s: %v", service, err)
+	}
+	<-p.done
+}
+
 func (c *cluster) stopAll() {
 	for i := len(services) - 1; i >= 0; i-- {
 		c.stop(services[i])
@@ -241,7 +265,7 @@ func (c *cluster) waitReady(service string, p *proc) {
 			if service == "index" {
 				addr = c.indexAddr
 			}
-			return healthServing(ctx, addr)
+			return healthServingWith(ctx, addr, c.grpcCreds)
 		}
 	}
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -260,7 +284,15 @@ func (c *cluster) waitReady(service string, p *proc) {
 }
 
 func healthServing(ctx context.Context, addr string) bool {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return healthServingWith(ctx, addr, nil)
+}
+
+// healthServingWith is healthServing over creds (nil: plain text).
+func healthServingWith(ctx context.Context, addr string, creds credentials.TransportCredentials) bool {
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return false
 	}

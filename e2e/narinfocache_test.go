@@ -7,12 +7,14 @@ import (
 	"time"
 )
 
-// TestNarinfoCacheBound runs the gateway with its narinfo cache on, as
-// deployed: a second lookup within the TTL does not reach the index, and a
+// TestNarinfoCacheBound runs the gateway with its narinfo cache on but
+// without the index watch (-narinfo-cache-max-age 0), as when the watch is
+// down: a second lookup within the TTL does not reach the index, and a
 // deleted path stops being served within the TTL (plus polling slack).
+// multigw_test.go tests the cache with the watch.
 func TestNarinfoCacheBound(t *testing.T) {
 	const ttl = 2 * time.Second
-	c := newCluster(t, withAdmin(), withArgs("gateway", "-narinfo-cache-ttl", ttl.String()))
+	c := newCluster(t, withAdmin(), withArgs("gateway", "-narinfo-cache-ttl", ttl.String(), "-narinfo-cache-max-age", "0"))
 	top, _ := buildClosure(t)
 	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL, top)
 

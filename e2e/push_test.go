@@ -36,8 +36,9 @@ func pathInfos(t *testing.T, config string, args ...string) map[string]pathInfo 
 
 // TestPushAndSubstitute pushes a closure with each compression, then
 // substitutes it into fresh stores that trust only the cache's key.
-func TestPushAndSubstitute(t *testing.T) {
-	c := newCluster(t)
+func TestPushAndSubstitute(t *testing.T) { testPushAndSubstitute(t, newCluster(t)) }
+
+func testPushAndSubstitute(t *testing.T, c *cluster) {
 	push := nixConfig("netrc-file = " + c.netrc(c.pushToken))
 	trusting := nixConfig("trusted-public-keys = " + c.publicKey)
 
@@ -100,8 +101,9 @@ func TestPushAndSubstitute(t *testing.T) {
 }
 
 // TestOtherKeyRefused: a client that trusts another key refuses our paths.
-func TestOtherKeyRefused(t *testing.T) {
-	c := newCluster(t)
+func TestOtherKeyRefused(t *testing.T) { testOtherKeyRefused(t, newCluster(t)) }
+
+func testOtherKeyRefused(t *testing.T, c *cluster) {
 	top, _ := buildClosure(t)
 	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL, top)
 
@@ -124,8 +126,9 @@ func TestOtherKeyRefused(t *testing.T) {
 
 // TestPushNeedsCredentials: nix copy without a netrc, or with a read-only
 // token, is refused and nothing is stored.
-func TestPushNeedsCredentials(t *testing.T) {
-	c := newCluster(t)
+func TestPushNeedsCredentials(t *testing.T) { testPushNeedsCredentials(t, newCluster(t)) }
+
+func testPushNeedsCredentials(t *testing.T, c *cluster) {
 	top, _ := buildClosure(t)
 	for name, config := range map[string]string{
 		"no credentials":  nixConfig(),
@@ -148,8 +151,9 @@ func TestPushNeedsCredentials(t *testing.T) {
 
 // TestRestartKeepsEverything: after all three services restart, what was
 // pushed before is served and substitutes.
-func TestRestartKeepsEverything(t *testing.T) {
-	c := newCluster(t)
+func TestRestartKeepsEverything(t *testing.T) { testRestartKeepsEverything(t, newCluster(t)) }
+
+func testRestartKeepsEverything(t *testing.T, c *cluster) {
 	top, closure := buildClosure(t)
 	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL+"?compression=zstd", top)
 

@@ -15,6 +15,9 @@ GO_TOOLS=(
   google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.0
   github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway@v2.33.0
   github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+  # e2e/s3_test.go: the S3 server of the bucket backend's tests; static
+  # (CGO_ENABLED=0) so that docker/s3.yml can put it in a scratch image.
+  github.com/versity/versitygw/cmd/versitygw@v1.8.0
 )
 
 mode=${1:-test}
@@ -29,12 +32,13 @@ need() { # need COMMAND PACKAGE
 }
 need nix-store nix-bin
 need curl curl
+need openssl openssl # scripts/gen-certs.sh: certificates for mutual TLS (e2e/mtls_test.go)
 need make make
 if [ "$mode" != --run ]; then
   need xz xz-utils
   need zstd zstd
   need bzip2 bzip2
-  need nginx nginx # bench/: the static-cache baseline of `make bench` and `make bench-smoke`
+  need nginx nginx # bench/: the static-cache baseline of `make bench` and `make bench-smoke`; e2e/upstream_test.go: the upstream cache
   need python3 python3 # bench/workload/gen-closure.py
   need chromium chromium # e2e/landing_test.go: the landing page in a headless browser
   need docker-compose docker-compose # e2e/compose_test.go (the Docker engine itself comes with the machine)
@@ -54,6 +58,6 @@ for tool in "${GO_TOOLS[@]}"; do
   name=$(basename "${tool%@*}")
   if [ -f "$stamp" ] && [ -x "$bin/$name" ]; then continue; fi
   echo "tools: go install $tool" >&2
-  GOBIN=$bin GOWORK=off GOFLAGS=-mod=mod go install "$tool"
+  GOBIN=$bin GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 go install "$tool"
   touch "$stamp"
 done

@@ -1,7 +1,8 @@
 # A small closure for the end-to-end tests: three paths with references,
 # holding a regular file, an executable, a symlink and an empty directory.
-# `seed` makes the store paths unique to one test.
-{ seed }:
+# `seed` makes the store paths unique to one test; `randomBytes` is the
+# size of the leaf's random file.
+{ seed, randomBytes ? 300000 }:
 let
   mk = name: deps: script: derivation {
     inherit name deps seed;
@@ -16,7 +17,7 @@ let
     printf '#!/bin/sh\necho hi\n' > $out/bin/run
     chmod +x $out/bin/run
     ln -s hello $out/link
-    head -c 300000 /dev/urandom > $out/random
+    head -c ${toString randomBytes} /dev/urandom > $out/random
   '';
   mid = mk "mid-${seed}" [ leaf ] ''
     mkdir $out

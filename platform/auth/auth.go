@@ -54,8 +54,10 @@ func (p Policy) Authorize(r *http.Request, need Scope) (Identity, error) {
 // not held against it (a stale token in a netrc file must not break a
 // public cache).
 func (p Policy) AuthorizeHeader(header string, need Scope) (Identity, error) {
-	if header == "" && need == Read && p.PublicRead {
-		return Identity{}, nil // the common case, without building the error it ignores
+	if need == Read && p.PublicRead && header == "" {
+		// The common case of a public cache, answered without building
+		// the error authenticate would return only to be dropped.
+		return Identity{}, nil
 	}
 	id, err := p.authenticate(header, need)
 	if need == Read && p.PublicRead {

@@ -3,6 +3,7 @@ package envflag
 import (
 	"flag"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -60,5 +61,49 @@ func TestParseBadEnv(t *testing.T) {
 	err := Parse(fs, nil)
 	if err == nil || !strings.Contains(err.Error(), "NIXCACHE_TIMEOUT") {
 		t.Fatalf("err = %v, want one naming NIXCACHE_TIMEOUT", err)
+	}
+}
+
+func TestParseOnly(t *testing.T) {
+	t.Setenv("NIXCACHE_ADDR", "fromenv")
+	t.Setenv("NIXCACHE_CERT", "cert.pem")
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	addr := fs.String("addr", "def", "address")
+	cert := fs.String("cert", "", "certificate")
+	if err := ParseOnly(fs, nil, "cert"); err != nil {
+		t.Fatal(err)
+	}
+	if *addr != "def" || *cert != "cert.pem" {
+		t.Errorf("addr %q, cert %q; want def (no twin) and cert.pem (twin)", *addr, *cert)
+	}
+}
+
+func TestList(t *testing.T) {
+	tests := []struct {
+		name string
+		env  string
+		args []string
+		want []string
+	}{
+		{name: "none", want: nil},
+		{name: "repeated and comma-separated", args: []string{"-up", "a", "-up", "b,c", "-up", "d e"}, want: []string{"a", "b", "c", "d", "e"}},
+		{name: "env", env: "a, b c", want: []string{"a", "b", "c"}},
+		{name: "flags replace env", env: "a,b", args: []string{"-up", "c", "-up", "d"}, want: []string{"c", "d"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.env != "" {
+				t.Setenv("NIXCACHE_UP", tt.env)
+			}
+			fs := flag.NewFlagSet("x", flag.ContinueOnError)
+			var l List
+			fs.Var(&l, "up", "upstreams")
+			if err := Parse(fs, tt.args); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(l.Values, tt.want) {
+				t.Errorf("values = %q, want %q", l.Values, tt.want)
+			}
+		})
 	}
 }

@@ -9,7 +9,9 @@
 //
 // Without -addr it probes the address the service listens on, from
 // NIXCACHE_LISTEN when that is set (as in the images), with a wildcard host
-// (0.0.0.0, ::, none) replaced by loopback.
+// (0.0.0.0, ::, none) replaced by loopback. The gRPC checks take the
+// client TLS flags (-grpc-tls-cert, -grpc-tls-key, -grpc-tls-ca, and
+// their NIXCACHE_GRPC_TLS_* twins) for a service serving mutual TLS.
 package healthcheck
 
 import (
@@ -26,6 +28,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/nixcache/nixcache/platform/envflag"
+	"github.com/nixcache/nixcache/platform/grpcutil"
 )
 
 // ListenEnv is the environment twin of the services' -listen flag.
@@ -38,10 +43,15 @@ const UserAgent = "nixcache-healthcheck"
 // Probe checks the service at addr (host:port) once; nil means healthy.
 type Probe func(ctx context.Context, addr string) error
 
-// GRPC is the Probe of a gRPC service: grpc.health.v1 Check of the whole
-// server must answer SERVING.
+// GRPC is the Probe of a gRPC service over plain text: grpc.health.v1
+// Check of the whole server must answer SERVING.
 func GRPC(ctx context.Context, addr string) error {
-	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return grpcProbe(ctx, addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+// grpcProbe is the gRPC Probe over the transport of creds.
+func grpcProbe(ctx context.Context, addr string, creds grpc.DialOption) error {
+	cc, err := grpc.NewClient("passthrough:///"+addr, creds)
 	if err != nil {
 		return fmt.Errorf("health check %s: %w", addr, err)
 	}
@@ -110,23 +120,61 @@ func loopback(addr string) string {
 // (what follows "healthcheck") and returns the exit code: 0 healthy, 1 not,
 // 2 bad usage. defaultAddr is the service's default listen address.
 func Main(program, defaultAddr string, probe Probe, args []string, stderr io.Writer) int {
+	return run(program, defaultAddr, args, stderr, func(*flag.FlagSet) func() (Probe, error) {
+		return func() (Probe, error) { return probe, nil }
+	})
+}
+
+// GRPCMain is Main for a gRPC service: the probe is the grpc.health.v1
+// check, over mutual TLS when the client TLS flags are given.
+func GRPCMain(program, defaultAddr string, args []string, stderr io.Writer) int {
+	return run(program, defaultAddr, args, stderr, func(fs *flag.FlagSet) func() (Probe, error) {
+		files := grpcutil.ClientTLSFlags(fs)
+		return func() (Probe, error) {
+			if err := files.Validate(); err != nil {
+				return nil, err
+			}
+			return func(ctx context.Context, addr string) error {
+				creds, err := files.DialOption(addr, nil)
+				if err != nil {
+					return err
+				}
+				return grpcProbe(ctx, addr, creds)
+			}, nil
+		}
+	})
+}
+
+// run is Main with the probe's own flags registered by flags, which
+// returns how to make the probe once the flags are parsed.
+func run(program, defaultAddr string, args []string, stderr io.Writer, flags func(*flag.FlagSet) func() (Probe, error)) int {
 	fs := flag.NewFlagSet(program+" healthcheck", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", SelfAddr(defaultAddr), "address of the service to check; the default is $"+ListenEnv+" when set (a wildcard host made loopback), else the service's default")
 	timeout := fs.Duration("timeout", 3*time.Second, "how long the check may take")
+	makeProbe := flags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: %s healthcheck [flags]\n\n"+
 			"Checks once that the service answers healthy: exit status 0 when it does, 1 when not.\n\nFlags:\n", program)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	// Only the TLS flags take their environment twins: those of the
+	// service itself (as the images set them); NIXCACHE_LISTEN is read
+	// above.
+	if err := envflag.ParseOnly(fs, args, grpcutil.ClientTLSFlagNames...); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		fmt.Fprintf(stderr, "%s healthcheck: %v\n", program, err)
 		return 2
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "%s healthcheck: unexpected argument %q\n", program, fs.Arg(0))
+		return 2
+	}
+	probe, err := makeProbe()
+	if err != nil {
+		fmt.Fprintf(stderr, "%s healthcheck: %v\n", program, err)
 		return 2
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)

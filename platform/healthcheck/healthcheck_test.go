@@ -12,6 +12,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/nixcache/nixcache/platform/grpcutil"
+	"github.com/nixcache/nixcache/platform/grpcutil/tlstest"
 )
 
 // grpcServer serves grpc.health.v1 on 127.0.0.1:0 with the given status of
@@ -122,5 +125,61 @@ func TestMainDefaultAddr(t *testing.T) {
 		if got != tt.want {
 			t.Errorf("NIXCACHE_LISTEN=%q, default %q: probed %q, want %q", tt.env, tt.def, got, tt.want)
 		}
+	}
+}
+
+// TestGRPCMainMutualTLS: against a server that requires client
+// certificates, the check passes only with the client TLS flags, given on
+// the command line or as NIXCACHE_GRPC_TLS_* variables.
+func TestGRPCMainMutualTLS(t *testing.T) {
+	ca := tlstest.NewCA(t, "nixcache test CA")
+	srvCert, srvKey := ca.Issue("signer", "127.0.0.1")
+	files := &grpcutil.TLSFiles{Cert: srvCert, Key: srvKey, CA: ca.File}
+	opts, err := files.ServerOptions(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(opts...)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	addr := lis.Addr().String()
+	cliCert, cliKey := ca.Issue("probe")
+	tlsArgs := []string{"-grpc-tls-cert", cliCert, "-grpc-tls-key", cliKey, "-grpc-tls-ca", ca.File}
+
+	tests := []struct {
+		name     string
+		args     []string
+		env      map[string]string
+		wantCode int
+		wantErr  string
+	}{
+		{name: "flags", args: tlsArgs},
+		{name: "environment", env: map[string]string{
+			"NIXCACHE_GRPC_TLS_CERT": cliCert, "NIXCACHE_GRPC_TLS_KEY": cliKey, "NIXCACHE_GRPC_TLS_CA": ca.File}},
+		{name: "plain text", wantCode: 1, wantErr: "unhealthy"},
+		{name: "no certificate", args: tlsArgs[2:], wantCode: 2, wantErr: "-grpc-tls-cert not set"},
+		// Only the TLS flags have twins: NIXCACHE_TIMEOUT is not -timeout.
+		{name: "other variables ignored", args: tlsArgs, env: map[string]string{"NIXCACHE_TIMEOUT": "soon"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			var stderr bytes.Buffer
+			code := GRPCMain("prog", "127.0.0.1:1", append([]string{"-addr", addr, "-timeout", "3s"}, tt.args...), &stderr)
+			if code != tt.wantCode {
+				t.Errorf("exit code %d, want %d; stderr %q", code, tt.wantCode, stderr.String())
+			}
+			if tt.wantErr != "" && !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Errorf("stderr %q does not contain %q", stderr.String(), tt.wantErr)
+			}
+		})
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/envflag"
+	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/healthcheck"
 	"github.com/nixcache/nixcache/platform/logging"
 	"github.com/nixcache/nixcache/services/gateway/internal/app"
@@ -48,11 +49,15 @@ func run(args []string) error {
 	fs.DurationVar(&o.RequestTimeout, "request-timeout", 30*time.Second, "bound on each index or signer call, and on the wait for a NAR stream to start")
 	fs.DurationVar(&o.TransferIdleTimeout, "transfer-idle-timeout", 2*time.Minute, "longest a NAR upload or download may make no progress (0: unbounded)")
 	fs.StringVar(&o.PublicURL, "public-url", "", "URL clients reach the cache at, as the landing page shows it (default: the scheme and Host of each request)")
+	fs.BoolVar(&o.NarRedirect, "nar-redirect", false, "answer GET /nar/<file hash>.nar* with a redirect (307) to a presigned URL of the file when the index keeps NARs in a bucket (index -nar-backend=s3): clients download from the bucket, which they must be able to reach (index -s3-presign-endpoint)")
 	fs.BoolVar(&o.ZstdLocal, "zstd-local", false, "compress NARs served uncompressed (the index's -local-store paths) with zstd on the fly for clients that send Accept-Encoding: zstd; costs CPU, pays off only on slow links")
-	fs.DurationVar(&o.NarinfoCacheTTL, "narinfo-cache-ttl", 2*time.Second, "how long a narinfo found in the index is served from the gateway's memory (up to 16384 paths); a deleted, collected or quarantined path may be served this long after; 0 disables")
+	fs.DurationVar(&o.NarinfoCacheTTL, "narinfo-cache-ttl", 2*time.Second, "while the gateway does not follow the index's changes (-narinfo-cache-max-age 0, or the watch is down): how long a narinfo found in the index is served from the gateway's memory; a deleted, collected or quarantined path may be served this long after; 0 caches nothing then")
+	fs.DurationVar(&o.NarinfoCacheMaxAge, "narinfo-cache-max-age", time.Hour, "while the gateway follows the index's changes (its watch stream is in sync): how long a narinfo, or a 404, is served from memory; a change of the path drops it at once (see README); 0 does not watch the index, leaving -narinfo-cache-ttl alone")
+	fs.Int64Var(&o.NarinfoCacheSize, "narinfo-cache-size", 64<<20, "memory of the narinfo cache, in bytes (a narinfo plus about 320 bytes an entry); least recently used entries go first")
 	fs.StringVar(&o.NarDir, "nar-dir", "", "the index's nars/ directory (<index -data-dir>/nars), when this gateway can read it (same host, read-only mount): stored NAR files the index names are sent from it with sendfile instead of streamed through the index; empty streams every NAR")
 	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "longest a client may take to send a request's headers; slower ones (slowloris) are cut off")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
+	upstreamTLS := grpcutil.ClientTLSFlags(fs)
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := envflag.Parse(fs, args); err != nil {
@@ -67,6 +72,7 @@ func run(args []string) error {
 	}
 	o.Log = log
 	o.PrivateRead = !*publicRead
+	o.UpstreamTLS = *upstreamTLS
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

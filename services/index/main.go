@@ -10,19 +10,29 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/envflag"
+	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/healthcheck"
 	"github.com/nixcache/nixcache/platform/logging"
 	"github.com/nixcache/nixcache/services/index/internal/app"
+	"github.com/nixcache/nixcache/services/index/internal/narstore"
 )
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(healthcheck.Main("nixcache-index", "127.0.0.1:5011", healthcheck.GRPC, os.Args[2:], os.Stderr))
+		os.Exit(healthcheck.GRPCMain("nixcache-index", "127.0.0.1:5011", os.Args[2:], os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "check" {
+		if err := runCheck(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "nixcache-index check:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "nixcache-index:", err)
@@ -52,6 +62,26 @@ func run(args []string) error {
 	gcMaxSize := fs.Uint64("gc-max-size", 0, "garbage collection keeps at most this many bytes of NAR files, least recently downloaded deleted first (0: no limit)")
 	gcMaxAge := fs.Duration("gc-max-age", 0, "garbage collection deletes paths not downloaded for this long (0: no limit)")
 	gcInterval := fs.Duration("gc-interval", 0, "run garbage collection with -gc-max-size and -gc-max-age this often (0: only when asked, AdminService.CollectGarbage)")
+	serverTLS := grpcutil.ServerTLSFlags(fs)
+	signerTLS := grpcutil.ClientTLSFlags(fs)
+
+	narBackend := fs.String("nar-backend", "disk", "where the NAR files are kept: disk (<data-dir>/nars) or s3 (an S3-compatible bucket, -s3-*)")
+	s3Endpoint := fs.String("s3-endpoint", "https://s3.amazonaws.com", "URL of the S3 API (with -nar-backend=s3); http:// or https://")
+	s3Bucket := fs.String("s3-bucket", "", "bucket of the NAR files (with -nar-backend=s3); it must exist")
+	s3CreateBucket := fs.Bool("s3-create-bucket", false, "make the bucket at start when it does not exist (otherwise a missing bucket stops the index)")
+	s3Prefix := fs.String("s3-prefix", "", "prefix of the object names in the bucket: the files are <prefix>nars/<2 chars>/<file hash>.nar<ext>")
+	s3Region := fs.String("s3-region", "us-east-1", "region of the bucket (part of every signature)")
+	s3PathStyle := fs.Bool("s3-path-style", false, "address the bucket as <endpoint>/<bucket> (self-hosted servers); default: virtual-hosted <bucket>.<endpoint> for AWS, path style elsewhere")
+	s3CredentialsFile := fs.String("s3-credentials-file", "", "AWS shared-credentials file (profile $AWS_PROFILE, else default); empty: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) from the environment")
+	s3PartSize := fs.Uint64("s3-part-size", 16<<20, "part size of multipart uploads; larger files are uploaded in parts, read from the verified upload file (at least 5 MiB)")
+	s3PresignEndpoint := fs.String("s3-presign-endpoint", "", "URL of the S3 API as clients reach it, for presigned NAR URLs (gateway -nar-redirect); empty: -s3-endpoint")
+	s3PresignExpiry := fs.Duration("s3-presign-expiry", time.Hour, "how long a presigned NAR URL works (gateway -nar-redirect); 0 makes none")
+	var upstreams, upstreamKeys envflag.List
+	fs.Var(&upstreams, "upstream", "upstream binary cache (http:// or https://) where a path the index lacks is looked up, fetched and then served; repeatable or comma-separated, asked in order")
+	fs.Var(&upstreamKeys, "upstream-key", `trusted public key of the upstreams, "name:base64" as in trusted-public-keys; an upstream path is accepted only with a valid signature by one; repeatable or comma-separated`)
+	upstreamTimeout := fs.Duration("upstream-timeout", 5*time.Second, "bound on connecting to an upstream, each narinfo lookup, and any silence of an upstream during a NAR download")
+	upstreamNegativeTTL := fs.Duration("upstream-negative-ttl", 30*time.Second, "how long a path no upstream has is answered absent without asking again, and an unreachable upstream is skipped (0: not remembered)")
+	upstreamFetchTimeout := fs.Duration("upstream-fetch-timeout", 30*time.Minute, "bound on fetching one upstream path with the part of its closure the index lacks; it goes on after the caller gave up, so a retry finds it")
 	if err := envflag.Parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -85,6 +115,29 @@ func run(args []string) error {
 		GCMaxSize:  *gcMaxSize,
 		GCMaxAge:   *gcMaxAge,
 		GCInterval: *gcInterval,
+
+		TLS:       *serverTLS,
+		SignerTLS: *signerTLS,
+
+		Upstreams:            upstreams.Values,
+		UpstreamKeys:         upstreamKeys.Values,
+		UpstreamTimeout:      *upstreamTimeout,
+		UpstreamNegativeTTL:  *upstreamNegativeTTL,
+		UpstreamFetchTimeout: *upstreamFetchTimeout,
+
+		NarBackend: *narBackend,
+		Bucket: narstore.BucketConfig{
+			Endpoint:        *s3Endpoint,
+			PresignEndpoint: *s3PresignEndpoint,
+			Bucket:          *s3Bucket,
+			Prefix:          *s3Prefix,
+			Region:          *s3Region,
+			PathStyle:       *s3PathStyle,
+			CredentialsFile: *s3CredentialsFile,
+			PartSize:        *s3PartSize,
+			CreateBucket:    *s3CreateBucket,
+		},
+		PresignExpiry: *s3PresignExpiry,
 	}
 	if err := opts.Validate(); err != nil {
 		return fmt.Errorf("bad configuration: %w", err)
@@ -105,4 +158,43 @@ func run(args []string) error {
 		opts.MetricsListener = mlis
 	}
 	return app.Run(ctx, opts, lis)
+}
+
+// runCheck is `nixcache-index check`: the startup consistency check of a
+// stopped index's data directory, with its repairs, and nothing else.
+func runCheck(args []string) error {
+	fs := flag.NewFlagSet("nixcache-index check", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: nixcache-index check [flags]\n\n"+
+			"Checks a stopped index's data directory as every start does: each catalogued NAR file\n"+
+			"exists with its recorded size (a published path whose file does not is quarantined),\n"+
+			"files no record names are moved to orphans/, tmp/ is emptied. Prints the report.\n"+
+			"NAR files in an S3 bucket (-s3-*) are checked by every start of the index, not here.")
+		fs.PrintDefaults()
+	}
+	dataDir := fs.String("data-dir", "data/index", "directory of the catalogue (catalog.db) and the NAR files")
+	maxNarSize := fs.Uint64("max-nar-size", 64<<30, "largest NAR file accepted, in bytes (as the index's flag)")
+	logFormat := fs.String("log-format", "text", "log format: json or text")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := envflag.Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	log, err := logging.New(os.Stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	r, err := app.Check(context.Background(), *dataDir, *maxNarSize, log)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%d mismatches repaired: %d paths quarantined, %d NAR file records dropped, %d orphan files moved to %s; checked %d paths, %d NAR file records, %d files in %s\n",
+		r.Mismatches(), r.QuarantinedPaths, r.DroppedNarFiles, r.Orphans, filepath.Join(*dataDir, "orphans"),
+		r.Paths, r.NarFiles, r.Files, r.Duration.Round(time.Millisecond))
+	return nil
 }

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/nixcache/nixcache/platform/envflag"
+	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/healthcheck"
 	"github.com/nixcache/nixcache/platform/logging"
 	"github.com/nixcache/nixcache/services/signer/internal/app"
@@ -46,7 +47,7 @@ func run(args []string, stderr io.Writer) int {
 		case "list-keys":
 			return listKeys(args[1:], os.Stdout, stderr)
 		case "healthcheck":
-			return healthcheck.Main(name, defaultListen, healthcheck.GRPC, args[1:], stderr)
+			return healthcheck.GRPCMain(name, defaultListen, args[1:], stderr)
 		}
 	}
 	return serve(args, stderr)
@@ -65,6 +66,7 @@ func serve(args []string, stderr io.Writer) int {
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long in-flight calls may finish on SIGINT/SIGTERM")
+	tlsFiles := grpcutil.ServerTLSFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage:\n  %s [flags]\n  %s keygen NAME SECRET-FILE PUBLIC-FILE\n  %s list-keys [-addr ADDR]\n  %s healthcheck [-addr ADDR]\n\nFlags:\n", name, name, name, name)
 		fs.PrintDefaults()
@@ -113,6 +115,7 @@ func serve(args []string, stderr io.Writer) int {
 		StoreDir:        *storeDir,
 		MaxBatch:        *maxBatch,
 		ShutdownGrace:   *grace,
+		TLS:             *tlsFiles,
 		Log:             log,
 		Notices:         stderr,
 	}

@@ -9,6 +9,7 @@ package indexv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -82,6 +83,66 @@ func (x ArtifactKind) Number() protoreflect.EnumNumber {
 // Deprecated: Use ArtifactKind.Descriptor instead.
 func (ArtifactKind) EnumDescriptor() ([]byte, []int) {
 	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{0}
+}
+
+// PathEventKind says what happened to the paths of a PathEvent.
+type PathEventKind int32
+
+const (
+	PathEventKind_PATH_EVENT_KIND_UNSPECIFIED PathEventKind = 0
+	// Published: pushed (or pushed again after a quarantine), or a path of
+	// the host's store catalogued.
+	PathEventKind_PATH_EVENT_KIND_PUBLISHED PathEventKind = 1
+	// No longer served as before: deleted, collected, quarantined by
+	// verify, or gone from the host's store. (A pushed path removed may
+	// still be served from the host's store.)
+	PathEventKind_PATH_EVENT_KIND_REMOVED PathEventKind = 2
+	// Still published, with another narinfo: signatures replaced (key
+	// rotation), signatures merged from a new push, a host path signed.
+	PathEventKind_PATH_EVENT_KIND_CHANGED PathEventKind = 3
+)
+
+// Enum value maps for PathEventKind.
+var (
+	PathEventKind_name = map[int32]string{
+		0: "PATH_EVENT_KIND_UNSPECIFIED",
+		1: "PATH_EVENT_KIND_PUBLISHED",
+		2: "PATH_EVENT_KIND_REMOVED",
+		3: "PATH_EVENT_KIND_CHANGED",
+	}
+	PathEventKind_value = map[string]int32{
+		"PATH_EVENT_KIND_UNSPECIFIED": 0,
+		"PATH_EVENT_KIND_PUBLISHED":   1,
+		"PATH_EVENT_KIND_REMOVED":     2,
+		"PATH_EVENT_KIND_CHANGED":     3,
+	}
+)
+
+func (x PathEventKind) Enum() *PathEventKind {
+	p := new(PathEventKind)
+	*p = x
+	return p
+}
+
+func (x PathEventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PathEventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_nixcache_index_v1_index_proto_enumTypes[1].Descriptor()
+}
+
+func (PathEventKind) Type() protoreflect.EnumType {
+	return &file_nixcache_index_v1_index_proto_enumTypes[1]
+}
+
+func (x PathEventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PathEventKind.Descriptor instead.
+func (PathEventKind) EnumDescriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{1}
 }
 
 type PutArtifactRequest struct {
@@ -856,8 +917,13 @@ type StatNarRequest struct {
 	// GET, from relative_path): the index counts a download, as it does for
 	// GetNar, from byte offset (a range not starting at 0 only refreshes the
 	// path's last access).
-	Download      bool   `protobuf:"varint,2,opt,name=download,proto3" json:"download,omitempty"`
-	Offset        uint64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	Download bool `protobuf:"varint,2,opt,name=download,proto3" json:"download,omitempty"`
+	// Also make a presigned URL the client can read the file from directly,
+	// when the index keeps its files in a bucket (-nar-backend=s3). A request
+	// with presign counts as a download of the file.
+	Presign bool `protobuf:"varint,3,opt,name=presign,proto3" json:"presign,omitempty"`
+	// With download: the first byte the caller serves.
+	Offset        uint64 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -906,6 +972,13 @@ func (x *StatNarRequest) GetDownload() bool {
 	return false
 }
 
+func (x *StatNarRequest) GetPresign() bool {
+	if x != nil {
+		return x.Presign
+	}
+	return false
+}
+
 func (x *StatNarRequest) GetOffset() uint64 {
 	if x != nil {
 		return x.Offset
@@ -919,8 +992,13 @@ type StatNarResponse struct {
 	// Where the file lies under the index's nars/ directory, e.g.
 	// "0a/0a...z.nar.xz", for a gateway that can read that directory
 	// (co-located, -nar-dir) and so serves the bytes itself. Set only for a
-	// file that is stored, verified and not quarantined; empty otherwise.
-	RelativePath  string `protobuf:"bytes,2,opt,name=relative_path,json=relativePath,proto3" json:"relative_path,omitempty"`
+	// file that is stored, verified and not quarantined, in the local
+	// directory (not a bucket); empty otherwise.
+	RelativePath string `protobuf:"bytes,2,opt,name=relative_path,json=relativePath,proto3" json:"relative_path,omitempty"`
+	// With presign and a bucket backend: a URL that serves the file (GET,
+	// Range too) without credentials until url_expires; empty otherwise.
+	Url           string                 `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	UrlExpires    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=url_expires,json=urlExpires,proto3" json:"url_expires,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -967,6 +1045,20 @@ func (x *StatNarResponse) GetRelativePath() string {
 		return x.RelativePath
 	}
 	return ""
+}
+
+func (x *StatNarResponse) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *StatNarResponse) GetUrlExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UrlExpires
+	}
+	return nil
 }
 
 type GetNarRequest struct {
@@ -1483,11 +1575,180 @@ func (x *CheckPathsResponse) GetPresent() []string {
 	return nil
 }
 
+type WatchPathsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How often the index sends a message when nothing changed (a
+	// heartbeat), so the watcher can tell a quiet stream from a stalled
+	// one. Unset or 0: 1 s; clamped to [100 ms, 1 min].
+	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,1,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *WatchPathsRequest) Reset() {
+	*x = WatchPathsRequest{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchPathsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchPathsRequest) ProtoMessage() {}
+
+func (x *WatchPathsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchPathsRequest.ProtoReflect.Descriptor instead.
+func (*WatchPathsRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *WatchPathsRequest) GetHeartbeatInterval() *durationpb.Duration {
+	if x != nil {
+		return x.HeartbeatInterval
+	}
+	return nil
+}
+
+type PathEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  PathEventKind          `protobuf:"varint,1,opt,name=kind,proto3,enum=nixcache.index.v1.PathEventKind" json:"kind,omitempty"`
+	// The 32-character hash parts of the store paths.
+	HashParts     []string `protobuf:"bytes,2,rep,name=hash_parts,json=hashParts,proto3" json:"hash_parts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathEvent) Reset() {
+	*x = PathEvent{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathEvent) ProtoMessage() {}
+
+func (x *PathEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathEvent.ProtoReflect.Descriptor instead.
+func (*PathEvent) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PathEvent) GetKind() PathEventKind {
+	if x != nil {
+		return x.Kind
+	}
+	return PathEventKind_PATH_EVENT_KIND_UNSPECIFIED
+}
+
+func (x *PathEvent) GetHashParts() []string {
+	if x != nil {
+		return x.HashParts
+	}
+	return nil
+}
+
+type WatchPathsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Set on the first message of the stream only: from here on, every
+	// change is sent.
+	Synced bool `protobuf:"varint,1,opt,name=synced,proto3" json:"synced,omitempty"`
+	// The changes since the previous message, in commit order per path. A
+	// message with neither synced nor events is a heartbeat.
+	Events []*PathEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	// Set on the first message when a NOT_FOUND answer of GetPathInfo holds
+	// until a PUBLISHED event names the path, so the watcher may cache it.
+	// Unset when the index may also find a path on lookup that nothing
+	// published before (upstream caches, which it asks on a miss): then a
+	// NOT_FOUND must not be cached.
+	CacheNotFound bool `protobuf:"varint,3,opt,name=cache_not_found,json=cacheNotFound,proto3" json:"cache_not_found,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchPathsResponse) Reset() {
+	*x = WatchPathsResponse{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchPathsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchPathsResponse) ProtoMessage() {}
+
+func (x *WatchPathsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchPathsResponse.ProtoReflect.Descriptor instead.
+func (*WatchPathsResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *WatchPathsResponse) GetSynced() bool {
+	if x != nil {
+		return x.Synced
+	}
+	return false
+}
+
+func (x *WatchPathsResponse) GetEvents() []*PathEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *WatchPathsResponse) GetCacheNotFound() bool {
+	if x != nil {
+		return x.CacheNotFound
+	}
+	return false
+}
+
 var File_nixcache_index_v1_index_proto protoreflect.FileDescriptor
 
 const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\n" +
-	"\x1dnixcache/index/v1/index.proto\x12\x11nixcache.index.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n" +
+	"\x1dnixcache/index/v1/index.proto\x12\x11nixcache.index.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n" +
 	"\x12PutArtifactRequest\x12>\n" +
 	"\x06header\x18\x01 \x01(\v2$.nixcache.index.v1.PutArtifactHeaderH\x00R\x06header\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x05\n" +
@@ -1539,14 +1800,18 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\x12expected_file_hash\x18\x01 \x01(\tR\x10expectedFileHash\x121\n" +
 	"\x14expected_compression\x18\x02 \x01(\tR\x13expectedCompression\"@\n" +
 	"\x0ePutNarResponse\x12.\n" +
-	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\"a\n" +
+	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\"{\n" +
 	"\x0eStatNarRequest\x12\x1b\n" +
 	"\tfile_hash\x18\x01 \x01(\tR\bfileHash\x12\x1a\n" +
-	"\bdownload\x18\x02 \x01(\bR\bdownload\x12\x16\n" +
-	"\x06offset\x18\x03 \x01(\x04R\x06offset\"f\n" +
+	"\bdownload\x18\x02 \x01(\bR\bdownload\x12\x18\n" +
+	"\apresign\x18\x03 \x01(\bR\apresign\x12\x16\n" +
+	"\x06offset\x18\x04 \x01(\x04R\x06offset\"\xb5\x01\n" +
 	"\x0fStatNarResponse\x12.\n" +
 	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\x12#\n" +
-	"\rrelative_path\x18\x02 \x01(\tR\frelativePath\"\xb7\x01\n" +
+	"\rrelative_path\x18\x02 \x01(\tR\frelativePath\x12\x10\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x12;\n" +
+	"\vurl_expires\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"urlExpires\"\xb7\x01\n" +
 	"\rGetNarRequest\x12\x1d\n" +
 	"\tfile_hash\x18\x01 \x01(\tH\x00R\bfileHash\x12\x1f\n" +
 	"\n" +
@@ -1576,13 +1841,28 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\n" +
 	"hash_parts\x18\x01 \x03(\tR\thashParts\".\n" +
 	"\x12CheckPathsResponse\x12\x18\n" +
-	"\apresent\x18\x01 \x03(\tR\apresent*\x9c\x01\n" +
+	"\apresent\x18\x01 \x03(\tR\apresent\"]\n" +
+	"\x11WatchPathsRequest\x12H\n" +
+	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"`\n" +
+	"\tPathEvent\x124\n" +
+	"\x04kind\x18\x01 \x01(\x0e2 .nixcache.index.v1.PathEventKindR\x04kind\x12\x1d\n" +
+	"\n" +
+	"hash_parts\x18\x02 \x03(\tR\thashParts\"\x8a\x01\n" +
+	"\x12WatchPathsResponse\x12\x16\n" +
+	"\x06synced\x18\x01 \x01(\bR\x06synced\x124\n" +
+	"\x06events\x18\x02 \x03(\v2\x1c.nixcache.index.v1.PathEventR\x06events\x12&\n" +
+	"\x0fcache_not_found\x18\x03 \x01(\bR\rcacheNotFound*\x9c\x01\n" +
 	"\fArtifactKind\x12\x1d\n" +
 	"\x19ARTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ARTIFACT_KIND_LOG\x10\x01\x12\x19\n" +
 	"\x15ARTIFACT_KIND_LISTING\x10\x02\x12\x1d\n" +
 	"\x19ARTIFACT_KIND_REALISATION\x10\x03\x12\x1c\n" +
-	"\x18ARTIFACT_KIND_DEBUG_INFO\x10\x042\xd9\x05\n" +
+	"\x18ARTIFACT_KIND_DEBUG_INFO\x10\x04*\x89\x01\n" +
+	"\rPathEventKind\x12\x1f\n" +
+	"\x1bPATH_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19PATH_EVENT_KIND_PUBLISHED\x10\x01\x12\x1b\n" +
+	"\x17PATH_EVENT_KIND_REMOVED\x10\x02\x12\x1b\n" +
+	"\x17PATH_EVENT_KIND_CHANGED\x10\x032\xb6\x06\n" +
 	"\fIndexService\x12O\n" +
 	"\x06PutNar\x12 .nixcache.index.v1.PutNarRequest\x1a!.nixcache.index.v1.PutNarResponse(\x01\x12P\n" +
 	"\aStatNar\x12!.nixcache.index.v1.StatNarRequest\x1a\".nixcache.index.v1.StatNarResponse\x12O\n" +
@@ -1592,7 +1872,9 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\n" +
 	"CheckPaths\x12$.nixcache.index.v1.CheckPathsRequest\x1a%.nixcache.index.v1.CheckPathsResponse\x12^\n" +
 	"\vPutArtifact\x12%.nixcache.index.v1.PutArtifactRequest\x1a&.nixcache.index.v1.PutArtifactResponse(\x01\x12^\n" +
-	"\vGetArtifact\x12%.nixcache.index.v1.GetArtifactRequest\x1a&.nixcache.index.v1.GetArtifactResponse0\x01B>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
+	"\vGetArtifact\x12%.nixcache.index.v1.GetArtifactRequest\x1a&.nixcache.index.v1.GetArtifactResponse0\x01\x12[\n" +
+	"\n" +
+	"WatchPaths\x12$.nixcache.index.v1.WatchPathsRequest\x1a%.nixcache.index.v1.WatchPathsResponse0\x01B>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
 
 var (
 	file_nixcache_index_v1_index_proto_rawDescOnce sync.Once
@@ -1606,69 +1888,80 @@ func file_nixcache_index_v1_index_proto_rawDescGZIP() []byte {
 	return file_nixcache_index_v1_index_proto_rawDescData
 }
 
-var file_nixcache_index_v1_index_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_nixcache_index_v1_index_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_nixcache_index_v1_index_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_nixcache_index_v1_index_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_nixcache_index_v1_index_proto_goTypes = []any{
 	(ArtifactKind)(0),             // 0: nixcache.index.v1.ArtifactKind
-	(*PutArtifactRequest)(nil),    // 1: nixcache.index.v1.PutArtifactRequest
-	(*PutArtifactHeader)(nil),     // 2: nixcache.index.v1.PutArtifactHeader
-	(*PutArtifactResponse)(nil),   // 3: nixcache.index.v1.PutArtifactResponse
-	(*GetArtifactRequest)(nil),    // 4: nixcache.index.v1.GetArtifactRequest
-	(*GetArtifactResponse)(nil),   // 5: nixcache.index.v1.GetArtifactResponse
-	(*GetArtifactHeader)(nil),     // 6: nixcache.index.v1.GetArtifactHeader
-	(*NarFile)(nil),               // 7: nixcache.index.v1.NarFile
-	(*PathInfo)(nil),              // 8: nixcache.index.v1.PathInfo
-	(*PutNarRequest)(nil),         // 9: nixcache.index.v1.PutNarRequest
-	(*PutNarHeader)(nil),          // 10: nixcache.index.v1.PutNarHeader
-	(*PutNarResponse)(nil),        // 11: nixcache.index.v1.PutNarResponse
-	(*StatNarRequest)(nil),        // 12: nixcache.index.v1.StatNarRequest
-	(*StatNarResponse)(nil),       // 13: nixcache.index.v1.StatNarResponse
-	(*GetNarRequest)(nil),         // 14: nixcache.index.v1.GetNarRequest
-	(*GetNarResponse)(nil),        // 15: nixcache.index.v1.GetNarResponse
-	(*GetNarHeader)(nil),          // 16: nixcache.index.v1.GetNarHeader
-	(*PutPathInfoRequest)(nil),    // 17: nixcache.index.v1.PutPathInfoRequest
-	(*PutPathInfoResponse)(nil),   // 18: nixcache.index.v1.PutPathInfoResponse
-	(*GetPathInfoRequest)(nil),    // 19: nixcache.index.v1.GetPathInfoRequest
-	(*GetPathInfoResponse)(nil),   // 20: nixcache.index.v1.GetPathInfoResponse
-	(*CheckPathsRequest)(nil),     // 21: nixcache.index.v1.CheckPathsRequest
-	(*CheckPathsResponse)(nil),    // 22: nixcache.index.v1.CheckPathsResponse
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(PathEventKind)(0),            // 1: nixcache.index.v1.PathEventKind
+	(*PutArtifactRequest)(nil),    // 2: nixcache.index.v1.PutArtifactRequest
+	(*PutArtifactHeader)(nil),     // 3: nixcache.index.v1.PutArtifactHeader
+	(*PutArtifactResponse)(nil),   // 4: nixcache.index.v1.PutArtifactResponse
+	(*GetArtifactRequest)(nil),    // 5: nixcache.index.v1.GetArtifactRequest
+	(*GetArtifactResponse)(nil),   // 6: nixcache.index.v1.GetArtifactResponse
+	(*GetArtifactHeader)(nil),     // 7: nixcache.index.v1.GetArtifactHeader
+	(*NarFile)(nil),               // 8: nixcache.index.v1.NarFile
+	(*PathInfo)(nil),              // 9: nixcache.index.v1.PathInfo
+	(*PutNarRequest)(nil),         // 10: nixcache.index.v1.PutNarRequest
+	(*PutNarHeader)(nil),          // 11: nixcache.index.v1.PutNarHeader
+	(*PutNarResponse)(nil),        // 12: nixcache.index.v1.PutNarResponse
+	(*StatNarRequest)(nil),        // 13: nixcache.index.v1.StatNarRequest
+	(*StatNarResponse)(nil),       // 14: nixcache.index.v1.StatNarResponse
+	(*GetNarRequest)(nil),         // 15: nixcache.index.v1.GetNarRequest
+	(*GetNarResponse)(nil),        // 16: nixcache.index.v1.GetNarResponse
+	(*GetNarHeader)(nil),          // 17: nixcache.index.v1.GetNarHeader
+	(*PutPathInfoRequest)(nil),    // 18: nixcache.index.v1.PutPathInfoRequest
+	(*PutPathInfoResponse)(nil),   // 19: nixcache.index.v1.PutPathInfoResponse
+	(*GetPathInfoRequest)(nil),    // 20: nixcache.index.v1.GetPathInfoRequest
+	(*GetPathInfoResponse)(nil),   // 21: nixcache.index.v1.GetPathInfoResponse
+	(*CheckPathsRequest)(nil),     // 22: nixcache.index.v1.CheckPathsRequest
+	(*CheckPathsResponse)(nil),    // 23: nixcache.index.v1.CheckPathsResponse
+	(*WatchPathsRequest)(nil),     // 24: nixcache.index.v1.WatchPathsRequest
+	(*PathEvent)(nil),             // 25: nixcache.index.v1.PathEvent
+	(*WatchPathsResponse)(nil),    // 26: nixcache.index.v1.WatchPathsResponse
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
 }
 var file_nixcache_index_v1_index_proto_depIdxs = []int32{
-	2,  // 0: nixcache.index.v1.PutArtifactRequest.header:type_name -> nixcache.index.v1.PutArtifactHeader
+	3,  // 0: nixcache.index.v1.PutArtifactRequest.header:type_name -> nixcache.index.v1.PutArtifactHeader
 	0,  // 1: nixcache.index.v1.PutArtifactHeader.kind:type_name -> nixcache.index.v1.ArtifactKind
 	0,  // 2: nixcache.index.v1.GetArtifactRequest.kind:type_name -> nixcache.index.v1.ArtifactKind
-	6,  // 3: nixcache.index.v1.GetArtifactResponse.header:type_name -> nixcache.index.v1.GetArtifactHeader
-	7,  // 4: nixcache.index.v1.PathInfo.file:type_name -> nixcache.index.v1.NarFile
-	23, // 5: nixcache.index.v1.PathInfo.registration_time:type_name -> google.protobuf.Timestamp
-	10, // 6: nixcache.index.v1.PutNarRequest.header:type_name -> nixcache.index.v1.PutNarHeader
-	7,  // 7: nixcache.index.v1.PutNarResponse.file:type_name -> nixcache.index.v1.NarFile
-	7,  // 8: nixcache.index.v1.StatNarResponse.file:type_name -> nixcache.index.v1.NarFile
-	16, // 9: nixcache.index.v1.GetNarResponse.header:type_name -> nixcache.index.v1.GetNarHeader
-	8,  // 10: nixcache.index.v1.PutPathInfoRequest.info:type_name -> nixcache.index.v1.PathInfo
-	8,  // 11: nixcache.index.v1.PutPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
-	8,  // 12: nixcache.index.v1.GetPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
-	9,  // 13: nixcache.index.v1.IndexService.PutNar:input_type -> nixcache.index.v1.PutNarRequest
-	12, // 14: nixcache.index.v1.IndexService.StatNar:input_type -> nixcache.index.v1.StatNarRequest
-	14, // 15: nixcache.index.v1.IndexService.GetNar:input_type -> nixcache.index.v1.GetNarRequest
-	17, // 16: nixcache.index.v1.IndexService.PutPathInfo:input_type -> nixcache.index.v1.PutPathInfoRequest
-	19, // 17: nixcache.index.v1.IndexService.GetPathInfo:input_type -> nixcache.index.v1.GetPathInfoRequest
-	21, // 18: nixcache.index.v1.IndexService.CheckPaths:input_type -> nixcache.index.v1.CheckPathsRequest
-	1,  // 19: nixcache.index.v1.IndexService.PutArtifact:input_type -> nixcache.index.v1.PutArtifactRequest
-	4,  // 20: nixcache.index.v1.IndexService.GetArtifact:input_type -> nixcache.index.v1.GetArtifactRequest
-	11, // 21: nixcache.index.v1.IndexService.PutNar:output_type -> nixcache.index.v1.PutNarResponse
-	13, // 22: nixcache.index.v1.IndexService.StatNar:output_type -> nixcache.index.v1.StatNarResponse
-	15, // 23: nixcache.index.v1.IndexService.GetNar:output_type -> nixcache.index.v1.GetNarResponse
-	18, // 24: nixcache.index.v1.IndexService.PutPathInfo:output_type -> nixcache.index.v1.PutPathInfoResponse
-	20, // 25: nixcache.index.v1.IndexService.GetPathInfo:output_type -> nixcache.index.v1.GetPathInfoResponse
-	22, // 26: nixcache.index.v1.IndexService.CheckPaths:output_type -> nixcache.index.v1.CheckPathsResponse
-	3,  // 27: nixcache.index.v1.IndexService.PutArtifact:output_type -> nixcache.index.v1.PutArtifactResponse
-	5,  // 28: nixcache.index.v1.IndexService.GetArtifact:output_type -> nixcache.index.v1.GetArtifactResponse
-	21, // [21:29] is the sub-list for method output_type
-	13, // [13:21] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	7,  // 3: nixcache.index.v1.GetArtifactResponse.header:type_name -> nixcache.index.v1.GetArtifactHeader
+	8,  // 4: nixcache.index.v1.PathInfo.file:type_name -> nixcache.index.v1.NarFile
+	27, // 5: nixcache.index.v1.PathInfo.registration_time:type_name -> google.protobuf.Timestamp
+	11, // 6: nixcache.index.v1.PutNarRequest.header:type_name -> nixcache.index.v1.PutNarHeader
+	8,  // 7: nixcache.index.v1.PutNarResponse.file:type_name -> nixcache.index.v1.NarFile
+	8,  // 8: nixcache.index.v1.StatNarResponse.file:type_name -> nixcache.index.v1.NarFile
+	27, // 9: nixcache.index.v1.StatNarResponse.url_expires:type_name -> google.protobuf.Timestamp
+	17, // 10: nixcache.index.v1.GetNarResponse.header:type_name -> nixcache.index.v1.GetNarHeader
+	9,  // 11: nixcache.index.v1.PutPathInfoRequest.info:type_name -> nixcache.index.v1.PathInfo
+	9,  // 12: nixcache.index.v1.PutPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
+	9,  // 13: nixcache.index.v1.GetPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
+	28, // 14: nixcache.index.v1.WatchPathsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	1,  // 15: nixcache.index.v1.PathEvent.kind:type_name -> nixcache.index.v1.PathEventKind
+	25, // 16: nixcache.index.v1.WatchPathsResponse.events:type_name -> nixcache.index.v1.PathEvent
+	10, // 17: nixcache.index.v1.IndexService.PutNar:input_type -> nixcache.index.v1.PutNarRequest
+	13, // 18: nixcache.index.v1.IndexService.StatNar:input_type -> nixcache.index.v1.StatNarRequest
+	15, // 19: nixcache.index.v1.IndexService.GetNar:input_type -> nixcache.index.v1.GetNarRequest
+	18, // 20: nixcache.index.v1.IndexService.PutPathInfo:input_type -> nixcache.index.v1.PutPathInfoRequest
+	20, // 21: nixcache.index.v1.IndexService.GetPathInfo:input_type -> nixcache.index.v1.GetPathInfoRequest
+	22, // 22: nixcache.index.v1.IndexService.CheckPaths:input_type -> nixcache.index.v1.CheckPathsRequest
+	2,  // 23: nixcache.index.v1.IndexService.PutArtifact:input_type -> nixcache.index.v1.PutArtifactRequest
+	5,  // 24: nixcache.index.v1.IndexService.GetArtifact:input_type -> nixcache.index.v1.GetArtifactRequest
+	24, // 25: nixcache.index.v1.IndexService.WatchPaths:input_type -> nixcache.index.v1.WatchPathsRequest
+	12, // 26: nixcache.index.v1.IndexService.PutNar:output_type -> nixcache.index.v1.PutNarResponse
+	14, // 27: nixcache.index.v1.IndexService.StatNar:output_type -> nixcache.index.v1.StatNarResponse
+	16, // 28: nixcache.index.v1.IndexService.GetNar:output_type -> nixcache.index.v1.GetNarResponse
+	19, // 29: nixcache.index.v1.IndexService.PutPathInfo:output_type -> nixcache.index.v1.PutPathInfoResponse
+	21, // 30: nixcache.index.v1.IndexService.GetPathInfo:output_type -> nixcache.index.v1.GetPathInfoResponse
+	23, // 31: nixcache.index.v1.IndexService.CheckPaths:output_type -> nixcache.index.v1.CheckPathsResponse
+	4,  // 32: nixcache.index.v1.IndexService.PutArtifact:output_type -> nixcache.index.v1.PutArtifactResponse
+	6,  // 33: nixcache.index.v1.IndexService.GetArtifact:output_type -> nixcache.index.v1.GetArtifactResponse
+	26, // 34: nixcache.index.v1.IndexService.WatchPaths:output_type -> nixcache.index.v1.WatchPathsResponse
+	26, // [26:35] is the sub-list for method output_type
+	17, // [17:26] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_nixcache_index_v1_index_proto_init() }
@@ -1701,8 +1994,8 @@ func file_nixcache_index_v1_index_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nixcache_index_v1_index_proto_rawDesc), len(file_nixcache_index_v1_index_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   22,
+			NumEnums:      2,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	IndexService_CheckPaths_FullMethodName  = "/nixcache.index.v1.IndexService/CheckPaths"
 	IndexService_PutArtifact_FullMethodName = "/nixcache.index.v1.IndexService/PutArtifact"
 	IndexService_GetArtifact_FullMethodName = "/nixcache.index.v1.IndexService/GetArtifact"
+	IndexService_WatchPaths_FullMethodName  = "/nixcache.index.v1.IndexService/WatchPaths"
 )
 
 // IndexServiceClient is the client API for IndexService service.
@@ -63,6 +64,17 @@ type IndexServiceClient interface {
 	// kept); build logs are also looked up in the host's log directory when
 	// the index serves the host's store.
 	GetArtifact(ctx context.Context, in *GetArtifactRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetArtifactResponse], error)
+	// WatchPaths streams every change to what GetPathInfo answers: a path
+	// published, removed (deleted, collected, quarantined, gone from the
+	// host's store) or changed (re-signed), so that a gateway may cache
+	// narinfos for long and drop one when it changes. The first message is
+	// the start-of-stream marker (synced): every change committed after it
+	// is sent. The index never waits for a slow watcher: when one falls
+	// more than a bounded number of events behind, its stream ends with
+	// RESOURCE_EXHAUSTED, and the watcher must assume it missed changes
+	// (drop what it cached, and watch again). The stream also ends, with
+	// UNAVAILABLE, when the index shuts down.
+	WatchPaths(ctx context.Context, in *WatchPathsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchPathsResponse], error)
 }
 
 type indexServiceClient struct {
@@ -177,6 +189,25 @@ func (c *indexServiceClient) GetArtifact(ctx context.Context, in *GetArtifactReq
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type IndexService_GetArtifactClient = grpc.ServerStreamingClient[GetArtifactResponse]
 
+func (c *indexServiceClient) WatchPaths(ctx context.Context, in *WatchPathsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchPathsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &IndexService_ServiceDesc.Streams[4], IndexService_WatchPaths_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchPathsRequest, WatchPathsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type IndexService_WatchPathsClient = grpc.ServerStreamingClient[WatchPathsResponse]
+
 // IndexServiceServer is the server API for IndexService service.
 // All implementations must embed UnimplementedIndexServiceServer
 // for forward compatibility.
@@ -211,6 +242,17 @@ type IndexServiceServer interface {
 	// kept); build logs are also looked up in the host's log directory when
 	// the index serves the host's store.
 	GetArtifact(*GetArtifactRequest, grpc.ServerStreamingServer[GetArtifactResponse]) error
+	// WatchPaths streams every change to what GetPathInfo answers: a path
+	// published, removed (deleted, collected, quarantined, gone from the
+	// host's store) or changed (re-signed), so that a gateway may cache
+	// narinfos for long and drop one when it changes. The first message is
+	// the start-of-stream marker (synced): every change committed after it
+	// is sent. The index never waits for a slow watcher: when one falls
+	// more than a bounded number of events behind, its stream ends with
+	// RESOURCE_EXHAUSTED, and the watcher must assume it missed changes
+	// (drop what it cached, and watch again). The stream also ends, with
+	// UNAVAILABLE, when the index shuts down.
+	WatchPaths(*WatchPathsRequest, grpc.ServerStreamingServer[WatchPathsResponse]) error
 	mustEmbedUnimplementedIndexServiceServer()
 }
 
@@ -244,6 +286,9 @@ func (UnimplementedIndexServiceServer) PutArtifact(grpc.ClientStreamingServer[Pu
 }
 func (UnimplementedIndexServiceServer) GetArtifact(*GetArtifactRequest, grpc.ServerStreamingServer[GetArtifactResponse]) error {
 	return status.Error(codes.Unimplemented, "method GetArtifact not implemented")
+}
+func (UnimplementedIndexServiceServer) WatchPaths(*WatchPathsRequest, grpc.ServerStreamingServer[WatchPathsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchPaths not implemented")
 }
 func (UnimplementedIndexServiceServer) mustEmbedUnimplementedIndexServiceServer() {}
 func (UnimplementedIndexServiceServer) testEmbeddedByValue()                      {}
@@ -374,6 +419,17 @@ func _IndexService_GetArtifact_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type IndexService_GetArtifactServer = grpc.ServerStreamingServer[GetArtifactResponse]
 
+func _IndexService_WatchPaths_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchPathsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(IndexServiceServer).WatchPaths(m, &grpc.GenericServerStream[WatchPathsRequest, WatchPathsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type IndexService_WatchPathsServer = grpc.ServerStreamingServer[WatchPathsResponse]
+
 // IndexService_ServiceDesc is the grpc.ServiceDesc for IndexService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -417,6 +473,11 @@ var IndexService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "GetArtifact",
 			Handler:       _IndexService_GetArtifact_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchPaths",
+			Handler:       _IndexService_WatchPaths_Handler,
 			ServerStreams: true,
 		},
 	},

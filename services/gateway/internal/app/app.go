@@ -52,15 +52,27 @@ type Options struct {
 	// PublicURL is the cache's URL as the landing page shows it; "" uses
 	// the scheme and Host of each request.
 	PublicURL string
+	// UpstreamTLS, when enabled, calls the index and the signer over
+	// mutual TLS (-grpc-tls-cert, -grpc-tls-key, -grpc-tls-ca).
+	UpstreamTLS grpcutil.TLSFiles
 	// DialOptions are added to both gRPC clients' (tests use them).
 	DialOptions []grpc.DialOption
 
 	// ZstdLocal compresses uncompressed NARs with zstd on the fly for
 	// clients that accept it (-zstd-local).
 	ZstdLocal bool
+	// NarRedirect redirects NAR downloads to presigned bucket URLs.
+	NarRedirect bool
 	// NarinfoCacheTTL bounds how long a narinfo is served from the
 	// gateway's cache (0: no cache); see httpapi.Config.
 	NarinfoCacheTTL time.Duration
+	// NarinfoCacheMaxAge is how long narinfos (and 404s) are cached while
+	// the gateway watches the index's changes (0: no watch); see
+	// httpapi.Config.
+	NarinfoCacheMaxAge time.Duration
+	// NarinfoCacheSize bounds the narinfo cache's memory in bytes (0: the
+	// default).
+	NarinfoCacheSize int64
 	// NarDir is the index's nars/ directory when the gateway can read it
 	// (-nar-dir, co-located); "" streams every NAR from the index.
 	NarDir string
@@ -87,6 +99,10 @@ func (o Options) validate() error {
 		return fmt.Errorf("transfer idle timeout %s is negative", o.TransferIdleTimeout)
 	case o.NarinfoCacheTTL < 0:
 		return fmt.Errorf("narinfo cache TTL %s is negative", o.NarinfoCacheTTL)
+	case o.NarinfoCacheMaxAge < 0:
+		return fmt.Errorf("narinfo cache max age %s is negative", o.NarinfoCacheMaxAge)
+	case o.NarinfoCacheSize < 0:
+		return fmt.Errorf("narinfo cache size %d is negative", o.NarinfoCacheSize)
 	case o.ShutdownGrace < 0:
 		return fmt.Errorf("shutdown grace %s is negative", o.ShutdownGrace)
 	case o.Log == nil:
@@ -96,6 +112,9 @@ func (o Options) validate() error {
 		if _, err := landing.ParsePublicURL(o.PublicURL); err != nil {
 			return err
 		}
+	}
+	if err := o.UpstreamTLS.Validate(); err != nil {
+		return err
 	}
 	return storepath.ValidateStoreDir(o.StoreDir)
 }
@@ -121,11 +140,11 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		o.Log.Warn("no -auth-file: pushing is disabled")
 	}
 
-	handler, closeConns, err := newHandler(o, policy)
+	handler, closeHandler, err := newHandler(ctx, o, policy)
 	if err != nil {
 		return err
 	}
-	defer closeConns()
+	defer closeHandler()
 	srv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: cmp.Or(o.ReadHeaderTimeout, defaultReadHeaderTimeout),
@@ -140,14 +159,24 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 
 // newHandler connects to the index and the signer and returns the
 // gateway's whole HTTP handler (ops endpoints and metrics around the Nix
-// routes), and a function closing the connections.
-func newHandler(o Options, policy auth.Policy) (http.Handler, func(), error) {
+// routes), its narinfo cache following the index until ctx ends or the
+// returned function is called, which stops that and closes the
+// connections.
+func newHandler(ctx context.Context, o Options, policy auth.Policy) (http.Handler, func(), error) {
 	ops := newOps()
-	indexConn, err := grpcutil.Dial(o.IndexAddr, append(ops.dialOptions(), o.DialOptions...)...)
+	indexCreds, err := o.UpstreamTLS.DialOption(o.IndexAddr, o.Log)
+	if err != nil {
+		return nil, nil, err
+	}
+	signerCreds, err := o.UpstreamTLS.DialOption(o.SignerAddr, o.Log)
+	if err != nil {
+		return nil, nil, err
+	}
+	indexConn, err := grpcutil.Dial(o.IndexAddr, append(append(ops.dialOptions(), indexCreds), o.DialOptions...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("index: %w", err)
 	}
-	signerConn, err := grpcutil.Dial(o.SignerAddr, append(ops.dialOptions(), o.DialOptions...)...)
+	signerConn, err := grpcutil.Dial(o.SignerAddr, append(append(ops.dialOptions(), signerCreds), o.DialOptions...)...)
 	if err != nil {
 		indexConn.Close()
 		return nil, nil, fmt.Errorf("signer: %w", err)
@@ -189,7 +218,10 @@ func newHandler(o Options, policy auth.Policy) (http.Handler, func(), error) {
 		RequestTimeout:      o.RequestTimeout,
 		TransferIdleTimeout: o.TransferIdleTimeout,
 		ZstdLocal:           o.ZstdLocal,
+		NarRedirect:         o.NarRedirect,
 		NarinfoCacheTTL:     o.NarinfoCacheTTL,
+		NarinfoCacheMaxAge:  o.NarinfoCacheMaxAge,
+		NarinfoCacheSize:    o.NarinfoCacheSize,
 		NarDir:              o.NarDir,
 		Landing:             landingHandler,
 		Admin:               adminHandler,
@@ -198,7 +230,18 @@ func newHandler(o Options, policy auth.Policy) (http.Handler, func(), error) {
 		closeConns()
 		return nil, nil, err
 	}
-	return ops.handler(handler, dependency{"index", indexConn}, dependency{"signer", signerConn}), closeConns, nil
+	ops.registerNarinfoCache(handler.NarinfoCacheStats)
+	// The narinfo cache follows the index's changes until the gateway
+	// stops.
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { defer close(watched); handler.WatchIndex(watchCtx) }()
+	closeAll := func() {
+		stopWatch()
+		<-watched
+		closeConns()
+	}
+	return ops.handler(handler, dependency{"index", indexConn}, dependency{"signer", signerConn}), closeAll, nil
 }
 
 // serve runs srv on lis until ctx is done, then shuts it down.

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -32,7 +33,7 @@ func benchHandler(b *testing.B) http.Handler {
 	o.IndexAddr, o.SignerAddr = indexAddr, signerAddr
 	o.NarinfoCacheTTL = time.Hour // the narinfo comes from the cache after the first request
 	o.Log = slog.New(slog.NewJSONHandler(io.Discard, nil))
-	h, closeConns, err := newHandler(o, auth.Policy{PublicRead: true})
+	h, closeConns, err := newHandler(context.Background(), o, auth.Policy{PublicRead: true})
 	if err != nil {
 		b.Fatal(err)
 	}

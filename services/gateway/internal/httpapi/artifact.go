@@ -118,9 +118,13 @@ func (h *Handler) getArtifact(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	stream, err := h.Index.GetArtifact(ctx, &indexv1.GetArtifactRequest{Kind: t.kind, Key: t.key})
-	if err != nil {
-		h.writeError(w, r, err)
+	guard := h.newStallGuard(cancel)
+	var stream indexv1.IndexService_GetArtifactClient
+	if err := guard.open("side-file", func() (err error) {
+		stream, err = h.Index.GetArtifact(ctx, &indexv1.GetArtifactRequest{Kind: t.kind, Key: t.key})
+		return err
+	}); err != nil {
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
 	hdr, err := recvHeader(h, ctx, cancel, stream.Recv, "side-file")
@@ -128,7 +132,7 @@ func (h *Handler) getArtifact(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	body := &artifactStream{stream: stream, left: hdr.GetSize()}
+	body := &artifactStream{stream: guardRecv(stream, guard), left: hdr.GetSize()}
 	var out io.Reader = body
 	enc := hdr.GetContentEncoding()
 	w.Header().Set("Content-Type", t.contentType())
@@ -152,7 +156,7 @@ func (h *Handler) getArtifact(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if _, err := io.Copy(w, out); err != nil {
-		h.Log.WarnContext(r.Context(), "side file stream cut", "path", r.URL.Path, "err", err)
+		h.Log.WarnContext(r.Context(), "side file stream cut", "path", r.URL.Path, "err", stalledError(ctx, err))
 	}
 }
 
@@ -236,13 +240,18 @@ func (h *Handler) putArtifact(w http.ResponseWriter, r *http.Request) {
 		body = &limitedDecode{r: dec, left: limit}
 	}
 
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	stream, err := h.Index.PutArtifact(ctx)
-	if err != nil {
-		h.writeError(w, r, err)
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	guard := h.newStallGuard(cancel)
+	var upstream indexv1.IndexService_PutArtifactClient
+	if err := guard.open("side-file upload", func() (err error) {
+		upstream, err = h.Index.PutArtifact(ctx)
+		return err
+	}); err != nil {
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
+	stream := guardSend(upstream, guard)
 	err = stream.Send(&indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Header{Header: &indexv1.PutArtifactHeader{
 		Kind: t.kind, Key: t.key, ContentEncoding: storedEnc,
 	}}})
@@ -271,12 +280,12 @@ func (h *Handler) putArtifact(w http.ResponseWriter, r *http.Request) {
 	}
 	var reqErr *requestError
 	if errors.As(err, &reqErr) {
-		cancel() // a cut upload must never look complete to the index
+		cancel(nil) // a cut upload must never look complete to the index
 		h.writeError(w, r, err)
 		return
 	}
 	if _, err := stream.CloseAndRecv(); err != nil {
-		h.writeError(w, r, err)
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -60,6 +60,7 @@ type fakeIndex struct {
 	stall     bool                         // GetNar stops after one chunk until canceled
 	noHeader  bool                         // GetNar waits for cancellation before its header
 	cutAfter  int                          // when > 0, GetNar fails after sending about this many bytes
+	presign   string                       // StatNar with presign answers this URL (+ the file hash); "": none
 	putNars   []putNarCall
 	putInfos  []*indexv1.PathInfo
 	getNars   []*indexv1.GetNarRequest
@@ -68,6 +69,12 @@ type fakeIndex struct {
 	requestID string            // of the last call
 
 	streamDone chan struct{} // closed when a stalled GetNar's context ends
+
+	// putStall makes PutNar read nothing (putStall < 0) or every chunk
+	// but answer nothing (putStall > 0) until canceled; putStallDone is
+	// closed when its context ends.
+	putStall     int
+	putStallDone chan struct{}
 }
 
 func newFakeIndex() *fakeIndex {
@@ -77,6 +84,8 @@ func newFakeIndex() *fakeIndex {
 		storeNars:  map[string][]byte{},
 		relPaths:   map[string]string{},
 		streamDone: make(chan struct{}),
+
+		putStallDone: make(chan struct{}),
 	}
 }
 
@@ -111,9 +120,13 @@ func (f *fakeIndex) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "no NAR file %s", req.GetFileHash())
 	}
-	return &indexv1.StatNarResponse{File: &indexv1.NarFile{
+	resp := &indexv1.StatNarResponse{File: &indexv1.NarFile{
 		FileHash: req.GetFileHash(), FileSize: uint64(len(file.data)), Compression: file.compression,
-	}, RelativePath: f.relPaths[req.GetFileHash()]}, nil
+	}, RelativePath: f.relPaths[req.GetFileHash()]}
+	if req.GetPresign() && f.presign != "" {
+		resp.Url = f.presign + req.GetFileHash()
+	}
+	return resp, nil
 }
 
 func (f *fakeIndex) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexService_GetNarServer) error {
@@ -188,6 +201,19 @@ func (f *fakeIndex) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexServi
 func (f *fakeIndex) PutNar(stream indexv1.IndexService_PutNarServer) error {
 	if err := f.begin(stream.Context()); err != nil {
 		return err
+	}
+	f.mu.Lock()
+	putStall := f.putStall
+	f.mu.Unlock()
+	if putStall != 0 {
+		for putStall > 0 {
+			if _, err := stream.Recv(); err != nil {
+				break
+			}
+		}
+		<-stream.Context().Done()
+		close(f.putStallDone)
+		return stream.Context().Err()
 	}
 	var call putNarCall
 	for {

@@ -43,12 +43,26 @@ type Config struct {
 	// local store, nix-serve URLs) with zstd on the fly for clients that
 	// send Accept-Encoding: zstd.
 	ZstdLocal bool
+	// NarRedirect answers GET of a stored NAR file with a redirect (307) to
+	// a presigned URL of it when the index keeps its files in a bucket,
+	// so that the client downloads it from the bucket; otherwise, or for
+	// the nix-serve URL forms, the NAR streams through the gateway.
+	NarRedirect bool
 	// NarinfoCacheTTL is how long a rendered narinfo is served from the
-	// gateway's memory without asking the index again, and so the bound on
-	// how long a deleted, collected or quarantined path may still be
-	// served by this gateway; 0 turns the cache off. Only found paths
-	// are cached.
+	// gateway's memory without asking the index again while the index
+	// watch (WatchIndex) is not in sync, and so the bound on how long a
+	// deleted, collected or quarantined path may still be served by this
+	// gateway then; 0 caches nothing then. Only found paths are cached
+	// then.
 	NarinfoCacheTTL time.Duration
+	// NarinfoCacheMaxAge is how long a narinfo, or a 404, is cached while
+	// the index watch is in sync; every change the index reports drops
+	// the answers for its paths at once. 0: no watch, NarinfoCacheTTL
+	// alone.
+	NarinfoCacheMaxAge time.Duration
+	// NarinfoCacheSize bounds the cache's memory, in bytes (narinfos plus
+	// about 320 bytes an entry); 0 means DefaultNarinfoCacheSize.
+	NarinfoCacheSize int64
 	// NarDir is the index's nars/ directory, readable by the gateway
 	// (co-located, -nar-dir): a stored file the index names there is
 	// served from it (sendfile, ranges) instead of through the index's
@@ -64,7 +78,7 @@ type Config struct {
 // Handler is the gateway's http.Handler.
 type Handler struct {
 	Config
-	narinfos *narinfoCache // nil when NarinfoCacheTTL is 0
+	narinfos *narinfoCache // nil when NarinfoCacheTTL and NarinfoCacheMaxAge are 0
 	narRoot  *os.Root      // NarDir; nil without one
 	// methods are the method tables of the routes, made once: a map and
 	// method values built per request cost allocations on every answer.
@@ -74,6 +88,10 @@ type Handler struct {
 	// cacheInfoBody is the nix-cache-info, made once.
 	cacheInfoBody string
 }
+
+// DefaultNarinfoCacheSize is the narinfo cache's size when the Config
+// leaves it 0: about 50,000 narinfos of 1 KiB.
+const DefaultNarinfoCacheSize = 64 << 20
 
 // New returns a Handler serving the cache protocol.
 func New(cfg Config) (*Handler, error) {
@@ -88,8 +106,15 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("httpapi: request timeout must be positive")
 	case cfg.NarinfoCacheTTL < 0:
 		return nil, errors.New("httpapi: narinfo cache TTL must not be negative")
+	case cfg.NarinfoCacheMaxAge < 0:
+		return nil, errors.New("httpapi: narinfo cache max age must not be negative")
+	case cfg.NarinfoCacheSize < 0:
+		return nil, errors.New("httpapi: narinfo cache size must not be negative")
 	}
-	h := &Handler{Config: cfg, narinfos: newNarinfoCache(cfg.NarinfoCacheTTL, narinfoCacheEntries)}
+	if cfg.NarinfoCacheSize == 0 {
+		cfg.NarinfoCacheSize = DefaultNarinfoCacheSize
+	}
+	h := &Handler{Config: cfg, narinfos: newNarinfoCache(cfg.NarinfoCacheTTL, cfg.NarinfoCacheMaxAge, cfg.NarinfoCacheSize)}
 	h.methods.landing = methods{http.MethodGet: h.landing, http.MethodHead: h.landing}
 	h.methods.cacheInfo = methods{http.MethodGet: h.cacheInfo, http.MethodHead: h.cacheInfo, http.MethodPut: h.putCacheInfo}
 	h.methods.nar = methods{http.MethodGet: h.getNar, http.MethodHead: h.headNar, http.MethodPut: h.putNar}

@@ -128,6 +128,21 @@ func (h *Handler) narSize(ctx context.Context, p string, t narTarget) (uint64, e
 	return resp.GetInfo().GetNarSize(), nil
 }
 
+// presignedNar asks the index for a presigned URL of the stored file t
+// names; "" when the index cannot make one (its files are on its disk).
+func (h *Handler) presignedNar(ctx context.Context, p string, t narTarget) (string, error) {
+	ctx, cancel := h.unary(ctx)
+	defer cancel()
+	resp, err := h.Index.StatNar(ctx, &indexv1.StatNarRequest{FileHash: t.fileHash, Presign: true})
+	if err != nil {
+		return "", err
+	}
+	if c := resp.GetFile().GetCompression(); c != t.compression {
+		return "", errNoSuchNar(p, "the file is compressed with "+c)
+	}
+	return resp.GetUrl(), nil
+}
+
 // sameHash reports whether two hash strings denote the same hash.
 func sameHash(a, b string) bool {
 	ha, errA := nixhash.Parse(a)
@@ -175,6 +190,20 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
+	if h.NarRedirect && t.fileHash != "" {
+		url, err := h.presignedNar(r.Context(), r.URL.Path, t)
+		if err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		if url != "" {
+			// The URL works for anyone until it expires: no shared cache
+			// may keep the redirect.
+			w.Header().Set("Cache-Control", "no-store")
+			http.Redirect(w, r, url, http.StatusTemporaryRedirect)
+			return
+		}
+	}
 	req := t.getRequest()
 	// An uncompressed NAR may be compressed on the fly for a client that
 	// accepts zstd (-zstd-local): whole, of a length unknown in advance.
@@ -208,9 +237,13 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	stream, err := h.Index.GetNar(ctx, req, narStreamCodec())
-	if err != nil {
-		h.writeError(w, r, err)
+	guard := h.newStallGuard(cancel)
+	var stream indexv1.IndexService_GetNarClient
+	if err := guard.open("NAR", func() (err error) {
+		stream, err = h.Index.GetNar(ctx, req, narStreamCodec())
+		return err
+	}); err != nil {
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
 	hdr, err := recvHeader(h, ctx, cancel, stream.Recv, "NAR")
@@ -222,8 +255,10 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, errNoSuchNar(r.URL.Path, "the file is compressed with "+hdr.GetCompression()))
 		return
 	}
+	// From here every chunk must come within TransferIdleTimeout.
+	body := guardRecv(stream, guard)
 	if zstdOut && hdr.GetCompression() == compression.None {
-		h.sendZstd(w, r, stream, hdr.GetTotalSize())
+		h.sendZstd(w, r, body, hdr.GetTotalSize())
 		return
 	}
 	length, code := hdr.GetTotalSize(), http.StatusOK
@@ -237,10 +272,10 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 	}
 	setNarHeaders(w, length)
 	w.WriteHeader(code)
-	if err := h.copyNar(w, w, stream, length); err != nil && r.Context().Err() == nil {
+	if err := h.copyNar(w, w, body, length); err != nil && r.Context().Err() == nil {
 		// The status is sent; the connection closes short of
 		// Content-Length, and Nix resumes with a Range request.
-		h.Log.WarnContext(r.Context(), "NAR stream cut", "path", r.URL.Path, "err", err)
+		h.Log.WarnContext(r.Context(), "NAR stream cut", "path", r.URL.Path, "err", stalledError(ctx, err))
 	}
 }
 
@@ -328,13 +363,20 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	stream, err := h.Index.PutNar(ctx)
-	if err != nil {
-		h.writeError(w, r, err)
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	// An index that does not open the stream, stops taking chunks, or
+	// does not answer after the last, cannot hold the upload forever.
+	guard := h.newStallGuard(cancel)
+	var raw indexv1.IndexService_PutNarClient
+	if err := guard.open("NAR upload", func() (err error) {
+		raw, err = h.Index.PutNar(ctx)
+		return err
+	}); err != nil {
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
+	stream := guardSend(raw, guard)
 	header := &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Header{Header: &indexv1.PutNarHeader{
 		ExpectedFileHash:    t.fileHash,
 		ExpectedCompression: t.compression,
@@ -347,7 +389,7 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 	if errors.As(err, &reqErr) {
 		// Cancel before anything could close the stream: a cut upload must
 		// never look complete to the index.
-		cancel()
+		cancel(nil)
 		h.writeError(w, r, err)
 		return
 	}
@@ -359,7 +401,7 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 		err = nil
 	}
 	if err != nil {
-		h.writeError(w, r, err)
+		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

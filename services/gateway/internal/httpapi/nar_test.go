@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/nixcache/nixcache/nix/nixbase32"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
@@ -396,5 +398,129 @@ func TestRecorderReadFrom(t *testing.T) {
 	n, err := io.CopyN(rec, strings.NewReader(strings.Repeat("x", 5000)), 4000)
 	if err != nil || n != 4000 || w.readFrom != 4000 || rec.bytes != 4000 || rec.code != http.StatusOK {
 		t.Errorf("CopyN: %d, %v; ReadFrom below got %d, recorder counted %d, status %d", n, err, w.readFrom, rec.bytes, rec.code)
+	}
+}
+
+// TestGetNarIndexStalls: an index that stops sending mid-NAR is cut off
+// after TransferIdleTimeout (the client sees the body end short, not a
+// hang), and its stream is canceled.
+func TestGetNarIndexStalls(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.TransferIdleTimeout = 200 * time.Millisecond })
+	p := e.addPath("stuck-1.0", 100)
+	e.index.stall = true
+	resp, err := e.srv.Client().Get(e.srv.URL + "/nar/" + p.fileHash.NixBase32() + ".nar.xz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	start := time.Now()
+	n, err := io.Copy(io.Discard, resp.Body)
+	took := time.Since(start)
+	if err == nil || n != fakeChunk {
+		t.Errorf("read %d bytes, err %v; want the one chunk sent and then an error", n, err)
+	}
+	if took > 5*time.Second {
+		t.Errorf("the body ended %s after the index stalled, want about 200ms", took)
+	}
+	select {
+	case <-e.index.streamDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stalled GetNar stream was not canceled")
+	}
+	if !strings.Contains(e.logs.String(), "no data from the index within 200ms") {
+		t.Errorf("log does not say why the NAR was cut:\n%s", e.logs.String())
+	}
+}
+
+// TestPutNarIndexStalls: an index that stops taking an upload, or takes
+// it all and never answers, gets a 503 with Retry-After within the
+// bounds, and its stream is canceled.
+func TestPutNarIndexStalls(t *testing.T) {
+	tests := []struct {
+		name     string
+		putStall int
+		size     int
+		want     string
+	}{
+		// Far more than the flow-control windows: Send blocks.
+		{"stops reading", -1, 8 << 20, "no room to send to the index within 200ms"},
+		{"never answers", 1, 1000, "no answer from the index after the upload within 300ms"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, func(c *Config) {
+				c.TransferIdleTimeout = 200 * time.Millisecond
+				c.RequestTimeout = 300 * time.Millisecond
+			})
+			e.index.putStall = tt.putStall
+			body := bytes.Repeat([]byte{'n'}, tt.size)
+			sum := sha256.Sum256(body)
+			start := time.Now()
+			resp := e.do(t, request{method: "PUT", path: "/nar/" + nixbase32.EncodeToString(sum[:]) + ".nar", body: body, bearer: pushToken})
+			took := time.Since(start)
+			if resp.code != 503 || resp.header.Get("Retry-After") == "" || !strings.Contains(string(resp.body), tt.want) {
+				t.Errorf("status %d, Retry-After %q, body %q; want 503 with Retry-After saying %q", resp.code, resp.header.Get("Retry-After"), resp.body, tt.want)
+			}
+			if took > 5*time.Second {
+				t.Errorf("answered after %s, want within about 300ms", took)
+			}
+			select {
+			case <-e.index.putStallDone:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the stalled PutNar stream was not canceled")
+			}
+		})
+	}
+}
+
+// TestGetNarRedirect: with NarRedirect, GET of a stored file is a 307 to
+// the URL the index presigns, when it makes one; HEAD, the nix-serve
+// forms, and an index without presigned URLs stream as before.
+func TestGetNarRedirect(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.NarRedirect = true })
+	p := e.addPath("hello-2.12", 5000)
+	fileURL := "/nar/" + p.fileHash.NixBase32() + ".nar.xz"
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func(method, path string) *http.Response {
+		t.Helper()
+		req, err := http.NewRequest(method, e.srv.URL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+
+	// The index keeps its files on disk: no URL, the NAR streams.
+	if resp := get("GET", fileURL); resp.StatusCode != 200 {
+		t.Errorf("GET without a presigned URL: %d, want 200", resp.StatusCode)
+	}
+
+	e.index.mu.Lock()
+	e.index.presign = "http://bucket.example/signed?f="
+	e.index.mu.Unlock()
+	resp := get("GET", fileURL)
+	if want := "http://bucket.example/signed?f=" + p.fileHash.String(); resp.StatusCode != http.StatusTemporaryRedirect || resp.Header.Get("Location") != want {
+		t.Errorf("GET: %d to %q, want 307 to %q", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+	if got := resp.Header.Get("Cache-Control"); got != "no-store" {
+		t.Errorf("Cache-Control of the redirect %q, want no-store", got)
+	}
+	if resp := get("GET", "/nar/"+p.fileHash.NixBase32()+".nar.zst"); resp.StatusCode != 404 {
+		t.Errorf("GET with the wrong extension: %d, want 404", resp.StatusCode)
+	}
+	if resp := get("HEAD", fileURL); resp.StatusCode != 200 {
+		t.Errorf("HEAD: %d, want 200", resp.StatusCode)
+	}
+	if resp := get("GET", "/nar/"+p.hash+".nar"); resp.StatusCode != 200 {
+		t.Errorf("GET of the nix-serve form: %d, want 200", resp.StatusCode)
 	}
 }

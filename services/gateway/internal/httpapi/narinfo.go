@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/andybalholm/brotli"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/narinfo"
@@ -49,32 +51,64 @@ func (h *Handler) getNarinfo(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	if body, ok := h.narinfos.get(hash); ok {
-		writeNarinfo(w, body)
+	if e, ok := h.narinfos.get(hash); ok {
+		writeCachedNarinfo(w, e)
 		return
 	}
+	tok := h.narinfos.begin(hash)
 	ctx, cancel := h.unary(r.Context())
 	defer cancel()
 	resp, err := h.Index.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hash})
 	if err != nil {
+		if st, ok := status.FromError(err); ok && st.Code() == codes.NotFound {
+			h.narinfos.finish(tok, false, st.Message())
+		} else {
+			h.narinfos.abandon(tok)
+		}
 		h.writeError(w, r, err)
 		return
 	}
 	ni, err := toNarInfo(resp.GetInfo())
 	if err != nil {
+		h.narinfos.abandon(tok)
 		h.writeError(w, r, fmt.Errorf("path info of %s from index: %w", hash, err))
 		return
 	}
 	body := ni.String()
-	h.narinfos.put(hash, body)
+	h.narinfos.finish(tok, true, body)
 	writeNarinfo(w, body)
 }
 
 // writeNarinfo answers with a rendered narinfo.
 func writeNarinfo(w http.ResponseWriter, body string) {
-	w.Header().Set("Content-Type", "text/x-nix-narinfo")
+	w.Header().Set("Content-Type", narinfoContentType[0])
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	io.WriteString(w, body)
+}
+
+// Header values of cached answers, shared by every response (net/http
+// only reads them; an Add would copy, their capacity being their length).
+var (
+	narinfoContentType = []string{"text/x-nix-narinfo"}
+	textContentType    = []string{"text/plain; charset=utf-8"}
+	noSniff            = []string{"nosniff"}
+)
+
+// writeCachedNarinfo answers with a cached narinfo, or a cached 404 as
+// writeError would have written it, allocating nothing.
+func writeCachedNarinfo(w http.ResponseWriter, e *narinfoEntry) {
+	hdr := w.Header()
+	if !e.found {
+		hdr["Content-Type"] = textContentType
+		hdr["X-Content-Type-Options"] = noSniff
+		w.WriteHeader(http.StatusNotFound)
+		io.WriteString(w, e.body)
+		io.WriteString(w, "\n")
+		return
+	}
+	hdr["Content-Type"] = narinfoContentType
+	hdr["Content-Length"] = e.length
+	io.WriteString(w, e.body)
 }
 
 // toNarInfo renders the index's PathInfo as a narinfo.
@@ -158,15 +192,18 @@ func (h *Handler) putNarinfo(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, clientError(http.StatusBadRequest, "bad narinfo: %v", err))
 		return
 	}
-	// This gateway's cached answer, if any, is dropped; others' expire
-	// within their TTL.
-	h.narinfos.forget(hash)
+	// This gateway's cached answer, if any, is dropped (and others' when
+	// the index reports the path published).
+	h.narinfos.invalidate(hash)
 	ctx, cancel := h.unary(r.Context())
 	defer cancel()
 	if _, err := h.Index.PutPathInfo(ctx, &indexv1.PutPathInfoRequest{Info: toPathInfo(ni)}); err != nil {
 		h.writeError(w, r, err)
 		return
 	}
+	// And again: a 404 a concurrent lookup cached before the commit would
+	// last until the index's event arrives; the pusher reads its write.
+	h.narinfos.invalidate(hash)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -43,8 +43,9 @@ func NewTracker(cat *catalog.Catalog, log *slog.Logger) *Tracker {
 		byPath: map[string]catalog.Access{}, byFile: map[string]catalog.Access{}}
 }
 
-// Interceptors observe IndexService's GetPathInfo (hits and misses) and
-// GetNar (downloads, bytes, last access).
+// Interceptors observe IndexService's GetPathInfo (hits and misses), GetNar
+// (downloads, bytes, last access) and StatNar with a presigned URL (a
+// download the client makes from the bucket: counted, no bytes).
 func (t *Tracker) Interceptors() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(t.unary),
@@ -69,12 +70,14 @@ func (t *Tracker) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 			t.narinfoMisses.Add(1)
 		}
 	case statNarMethod:
-		// A co-located gateway serves the file itself and says so: the
-		// download counts as one through GetNar would, its bytes when it
-		// starts.
 		r, ok := req.(*indexv1.StatNarRequest)
 		st, _ := resp.(*indexv1.StatNarResponse)
-		if ok && r.GetDownload() && err == nil && st != nil {
+		switch {
+		case !ok || err != nil || st == nil:
+		case r.GetDownload():
+			// A co-located gateway serves the file itself and says so:
+			// the download counts as one through GetNar would, its bytes
+			// when it starts.
 			if size := st.GetFile().GetFileSize(); r.GetOffset() < size {
 				t.narBytesSent.Add(size - r.GetOffset())
 			}
@@ -82,6 +85,9 @@ func (t *Tracker) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 				Selector: &indexv1.GetNarRequest_FileHash{FileHash: r.GetFileHash()},
 				Offset:   r.GetOffset(),
 			})
+		case st.GetUrl() != "":
+			// The client downloads from the bucket.
+			t.download(&indexv1.GetNarRequest{Selector: &indexv1.GetNarRequest_FileHash{FileHash: st.GetFile().GetFileHash()}})
 		}
 	}
 	return resp, err

@@ -570,6 +570,29 @@ func TestVerifyQuarantines(t *testing.T) {
 	}
 }
 
+// TestVerifyLongerFile: bytes appended to a stored file are found, though
+// reading the recorded length would hash right.
+func TestVerifyLongerFile(t *testing.T) {
+	e := newEnv(t)
+	p := e.push("longer")
+	h, err := nixhash.Parse(p.GetFile().GetFileHash())
+	must(t, err)
+	name := filepath.Join(e.dir, "nars", h.NixBase32()[:2], h.NixBase32()+".nar")
+	f, err := os.OpenFile(name, os.O_APPEND|os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.Write([]byte("trailing garbage"))
+	must(t, err)
+	must(t, f.Close())
+
+	stream, err := e.admin.Verify(context.Background(), &indexv1.VerifyRequest{})
+	must(t, err)
+	first, err := stream.Recv()
+	must(t, err)
+	if first.GetOk() || !strings.Contains(first.GetProblem(), "bytes, not") {
+		t.Errorf("Verify of a file with bytes appended: %v", first)
+	}
+}
+
 func TestKeys(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()

@@ -111,6 +111,15 @@ func (s *Service) check(ctx context.Context, info *indexv1.PathInfo) error {
 	if err != nil {
 		return err
 	}
+	// A file longer than recorded would read as sound below: only its
+	// recorded length is read.
+	stored, err := s.nars.Stat(ctx, nf)
+	if err != nil {
+		return fmt.Errorf("stat NAR file: %w", err)
+	}
+	if uint64(stored) != nf.GetFileSize() {
+		return fmt.Errorf("the stored NAR file is %d bytes, not %d", stored, nf.GetFileSize())
+	}
 	rg, err := s.nars.Open(ctx, nf, false, 0, 0)
 	if err != nil {
 		return err

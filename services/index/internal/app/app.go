@@ -78,7 +78,47 @@ type Options struct {
 	GCMaxSize  uint64
 	GCMaxAge   time.Duration
 	GCInterval time.Duration
+
+	// TLS, when enabled, serves gRPC over mutual TLS only (-tls-cert,
+	// -tls-key, -tls-client-ca); SignerTLS calls the signer over it
+	// (-grpc-tls-cert, -grpc-tls-key, -grpc-tls-ca).
+	TLS       grpcutil.TLSFiles
+	SignerTLS grpcutil.TLSFiles
+
+	// Upstreams are the upstream caches a path the index lacks is
+	// fetched from, in order (package upstream); UpstreamKeys the trusted
+	// public keys ("name:base64") one of whose signatures it must carry.
+	Upstreams    []string
+	UpstreamKeys []string
+	// UpstreamTimeout bounds connecting, each narinfo lookup and any
+	// silence of an upstream; UpstreamNegativeTTL is how long a path no
+	// upstream has, or an unreachable upstream, is not asked again;
+	// UpstreamFetchTimeout bounds fetching one path with its closure.
+	UpstreamTimeout      time.Duration
+	UpstreamNegativeTTL  time.Duration
+	UpstreamFetchTimeout time.Duration
+
+	// NarBackend is where the NAR files are kept: "disk" (DataDir/nars,
+	// also for "") or "s3" (Bucket).
+	NarBackend string
+	// Bucket configures the bucket of -nar-backend=s3.
+	Bucket narstore.BucketConfig
+	// PresignExpiry is how long the presigned URLs of a bucket's files
+	// work (0: none are made).
+	PresignExpiry time.Duration
 }
+
+// The NAR backends.
+const (
+	BackendDisk = "disk"
+	BackendS3   = "s3"
+)
+
+// bucketTimeout bounds the check of the bucket at startup.
+const bucketTimeout = 30 * time.Second
+
+// maxPresignExpiry is the longest validity S3's signatures allow.
+const maxPresignExpiry = 7 * 24 * time.Hour
 
 // accessFlushInterval is how often the NAR downloads noted in memory are
 // written to the catalogue (and once more at shutdown).
@@ -132,6 +172,32 @@ func (o Options) Validate() error {
 	if o.GCInterval < 0 {
 		errs = append(errs, "-gc-interval must be >= 0")
 	}
+	for _, f := range []grpcutil.TLSFiles{o.TLS, o.SignerTLS} {
+		if err := f.Validate(); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+
+	if len(o.Upstreams) > 0 || len(o.UpstreamKeys) > 0 {
+		if _, err := o.upstreamConfig(); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	switch o.NarBackend {
+	case "", BackendDisk:
+	case BackendS3:
+		if o.Bucket.Bucket == "" {
+			errs = append(errs, "-nar-backend=s3 needs -s3-bucket")
+		}
+		if o.Bucket.PartSize != 0 && o.Bucket.PartSize < narstore.MinPartSize {
+			errs = append(errs, fmt.Sprintf("-s3-part-size must be at least %d (5 MiB)", narstore.MinPartSize))
+		}
+	default:
+		errs = append(errs, fmt.Sprintf("-nar-backend %q: want disk or s3", o.NarBackend))
+	}
+	if o.PresignExpiry < 0 || o.PresignExpiry > maxPresignExpiry {
+		errs = append(errs, "-s3-presign-expiry must be between 0 and 168h (S3's limit)")
+	}
 	if len(errs) > 0 {
 		return errors.New(strings.Join(errs, "; "))
 	}
@@ -159,7 +225,18 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 			err = cerr
 		}
 	}()
-	nars, err := narstore.Open(o.DataDir, o.MaxNarSize)
+	var files narstore.Backend // nil: DataDir/nars
+	if o.NarBackend == BackendS3 {
+		bctx, cancel := context.WithTimeout(ctx, bucketTimeout)
+		bucket, err := narstore.OpenBucket(bctx, o.Bucket)
+		cancel()
+		if err != nil {
+			lis.Close()
+			return fmt.Errorf("-nar-backend=s3: %w", err)
+		}
+		files = bucket
+	}
+	nars, err := narstore.OpenWith(o.DataDir, o.MaxNarSize, files)
 	if err != nil {
 		lis.Close()
 		return err
@@ -169,12 +246,33 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		lis.Close()
 		return err
 	}
+	// Before anything is served: the catalogue and the files agree.
+	leftovers := nars.LeftoverUploads() + artifacts.LeftoverUploads()
+	report, err := startupCheck(ctx, o.Log, cat, nars, leftovers)
+	if err != nil {
+		lis.Close()
+		return err
+	}
 	ops, err := newOps(o)
 	if err != nil {
 		lis.Close()
 		return err
 	}
-	conn, err := grpcutil.Dial(o.SignerAddr, ops.dialOptions()...)
+	if err := registerStartupCheck(ops.registry, report, leftovers); err != nil {
+		lis.Close()
+		return err
+	}
+	signerCreds, err := o.SignerTLS.DialOption(o.SignerAddr, o.Log)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	tlsOpts, err := o.TLS.ServerOptions(o.Log)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	conn, err := grpcutil.Dial(o.SignerAddr, append(ops.dialOptions(), signerCreds)...)
 	if err != nil {
 		lis.Close()
 		return fmt.Errorf("signer: %w", err)
@@ -210,14 +308,25 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	// Handlers cut at the end of the grace period still finish before the
 	// catalogue closes.
 	tracker := admin.NewTracker(cat, o.Log.With("component", "admin"))
-	srvOpts := append(ops.serverOptions(), tracker.Interceptors()...)
+	srvOpts := append(append(ops.serverOptions(), tracker.Interceptors()...), tlsOpts...)
 	srv := grpcutil.NewServer(o.Log, append(srvOpts, grpc.WaitForHandlers(true))...)
 	defer ops.serveMetrics(o.MetricsListener, srv.Health, o)()
 	logDir := ""
 	if o.LocalStore {
 		logDir = o.NixLogDir
 	}
-	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir))
+	indexSvc := server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir).WithPresign(o.PresignExpiry)
+	if len(o.Upstreams) > 0 {
+		puller, err := openUpstream(o, ops, cat, nars, pub)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		// Fetches in progress end before the catalogue closes.
+		defer puller.Close()
+		indexSvc.WithUpstream(puller)
+	}
+	indexv1.RegisterIndexServiceServer(srv.GRPC, indexSvc)
 	adminSvc := admin.New(admin.Config{StoreDir: o.StoreDir, SignTimeout: o.SignTimeout,
 		GCMaxSize: o.GCMaxSize, GCMaxAge: o.GCMaxAge, Log: o.Log.With("component", "admin")},
 		cat, nars, signerv1.NewSignerServiceClient(conn), tracker)
@@ -225,6 +334,12 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	if err := metrics.RegisterCatalog(ops.registry, adminSvc.CatalogStats); err != nil {
 		return fmt.Errorf("catalogue metrics: %w", err)
 	}
+	if err := ops.registry.Register(watchCollector{cat.Changes()}); err != nil {
+		return fmt.Errorf("watch metrics: %w", err)
+	}
+	// WatchPaths streams never end by themselves: they are ended when the
+	// shutdown begins, or the graceful stop would wait for them.
+	defer context.AfterFunc(ctx, cat.Changes().Close)()
 	// The last downloads are written, and a collection stops, after the
 	// server stopped and before the catalogue closes.
 	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
@@ -244,7 +359,8 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 
 	o.Log.Info("index serving", "addr", lis.Addr().String(), "data_dir", o.DataDir,
 		"signer", o.SignerAddr, "store_dir", o.StoreDir, "max_nar_size", o.MaxNarSize,
-		"local_store", o.LocalStore, "nix_log_dir", logDir, "gc_max_size", o.GCMaxSize, "gc_max_age", o.GCMaxAge, "gc_interval", o.GCInterval)
+		"nar_files", nars.Backend().String(), "local_store", o.LocalStore, "nix_log_dir", logDir, "gc_max_size", o.GCMaxSize, "gc_max_age", o.GCMaxAge, "gc_interval", o.GCInterval,
+		"mutual_tls", o.TLS.Enabled(), "signer_mutual_tls", o.SignerTLS.Enabled())
 	err = srv.Serve(ctx, lis, o.ShutdownGrace)
 	o.Log.Info("index stopped")
 	return err

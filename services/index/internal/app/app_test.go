@@ -125,6 +125,18 @@ func TestRunRefusesBadOptions(t *testing.T) {
 		{"relative store dir", func(o *app.Options) { o.StoreDir = "nix/store" }, "-store-dir"},
 		{"no size limit", func(o *app.Options) { o.MaxNarSize = 0 }, "-max-nar-size"},
 		{"no sign timeout", func(o *app.Options) { o.SignTimeout = 0 }, "-sign-timeout"},
+		{"upstream key without upstream", func(o *app.Options) {
+			o.UpstreamKeys = []string{"cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="}
+		}, "-upstream-key without -upstream"},
+		{"upstream without key", func(o *app.Options) {
+			o.Upstreams = []string{"https://cache.nixos.org"}
+			o.UpstreamTimeout, o.UpstreamFetchTimeout = time.Second, time.Minute
+		}, "needs at least one -upstream-key"},
+		{"bad upstream key", func(o *app.Options) {
+			o.Upstreams = []string{"https://cache.nixos.org"}
+			o.UpstreamKeys = []string{"cache.nixos.org-1:notbase64"}
+			o.UpstreamTimeout, o.UpstreamFetchTimeout = time.Second, time.Minute
+		}, "-upstream-key"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -79,23 +79,39 @@ func NormalizeEncoding(enc string) (string, error) {
 // Store is the artifacts directory.
 type Store struct {
 	dir string
+	// leftovers counts the files Open found, and removed, in tmp/.
+	leftovers int
 }
 
 // Open returns the store under dataDir/artifacts, creating its
-// directories.
+// directories, and removes what an earlier run left in its tmp/ (uploads
+// it never finished: killed, or cut by a crash).
 func Open(dataDir string) (*Store, error) {
 	s := &Store{dir: filepath.Join(dataDir, "artifacts")}
+	tmp := filepath.Join(s.dir, "tmp")
+	if entries, err := os.ReadDir(tmp); err == nil {
+		s.leftovers = len(entries)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("open artifact directory: %w", err)
+	}
+	if err := os.RemoveAll(tmp); err != nil {
+		return nil, fmt.Errorf("open artifact directory: clear %s: %w", tmp, err)
+	}
 	for _, k := range []indexv1.ArtifactKind{indexv1.ArtifactKind_ARTIFACT_KIND_LOG, indexv1.ArtifactKind_ARTIFACT_KIND_LISTING,
 		indexv1.ArtifactKind_ARTIFACT_KIND_REALISATION, indexv1.ArtifactKind_ARTIFACT_KIND_DEBUG_INFO} {
 		if err := os.MkdirAll(filepath.Join(s.dir, dirName(k)), 0o755); err != nil {
 			return nil, fmt.Errorf("create artifact directory: %w", err)
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(s.dir, "tmp"), 0o755); err != nil {
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return nil, fmt.Errorf("create artifact directory: %w", err)
 	}
 	return s, nil
 }
+
+// LeftoverUploads is how many unfinished uploads of an earlier run Open
+// removed from tmp/.
+func (s *Store) LeftoverUploads() int { return s.leftovers }
 
 func (s *Store) path(kind indexv1.ArtifactKind, key, enc string) string {
 	name := key

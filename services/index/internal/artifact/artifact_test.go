@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -139,6 +141,50 @@ func TestStorePutOpen(t *testing.T) {
 	}
 	if _, err := s.Open(kLs, hashPart); !errors.Is(err, fault.ErrNotFound) {
 		t.Errorf("a refused listing was stored: %v", err)
+	}
+}
+
+// TestOpenClearsLeftovers: an upload a killed run left in tmp/ is removed
+// at the next Open, and stored artifacts stay (regression: tmp/ was never
+// emptied, so every killed upload left its file there for good).
+func TestOpenClearsLeftovers(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := hashPart + "-hello.drv"
+	if _, err := s.Put(kLog, drv, "", strings.NewReader("kept log")); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(dir, "artifacts", "tmp")
+	for _, name := range []string{"put-1", "put-2"} {
+		if err := os.WriteFile(filepath.Join(tmp, name), []byte("half an upload"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	s, err = Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.LeftoverUploads(); n != 2 {
+		t.Errorf("LeftoverUploads = %d, want 2", n)
+	}
+	if left, err := os.ReadDir(tmp); err != nil || len(left) != 0 {
+		t.Errorf("tmp/ after Open: %v entries (%v), want none", len(left), err)
+	}
+	f, err := s.Open(kLog, drv)
+	if err != nil {
+		t.Fatalf("stored log after Open: %v", err)
+	}
+	data, _ := io.ReadAll(f)
+	f.Close()
+	if string(data) != "kept log" {
+		t.Errorf("stored log after Open: %q", data)
+	}
+	if _, err := s.Put(kLog, drv, "", strings.NewReader("new log")); err != nil {
+		t.Errorf("Put after Open: %v", err)
 	}
 }
 

@@ -365,6 +365,9 @@ func (c *Catalog) Quarantine(hashPart, narHash string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("quarantine %s: %w", hashPart, err)
 	}
+	if moved {
+		c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, hashPart)
+	}
 	return moved, nil
 }
 
@@ -374,7 +377,9 @@ func (c *Catalog) Quarantine(hashPart, narHash string) (bool, error) {
 // files from disk after.
 func (c *Catalog) DeletePaths(hashParts []string) ([]*indexv1.NarFile, error) {
 	var freed []*indexv1.NarFile
+	var removed []string
 	err := c.db.Update(func(tx *bolt.Tx) error {
+		freed, removed = nil, nil
 		candidates := map[string]bool{}
 		for _, h := range hashParts {
 			for _, name := range [][]byte{pathsBucket, quarantineBucket} {
@@ -392,6 +397,9 @@ func (c *Catalog) DeletePaths(hashParts []string) ([]*indexv1.NarFile, error) {
 				}
 				if err := b.Delete([]byte(h)); err != nil {
 					return err
+				}
+				if bytes.Equal(name, pathsBucket) {
+					removed = append(removed, h)
 				}
 			}
 			for _, name := range [][]byte{pinsBucket, accessBucket} {
@@ -441,6 +449,7 @@ func (c *Catalog) DeletePaths(hashParts []string) ([]*indexv1.NarFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("delete paths: %w", err)
 	}
+	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, removed...)
 	return freed, nil
 }
 
@@ -465,7 +474,9 @@ func (c *Catalog) ReplaceSignatures(sigs map[string]SignatureUpdate, local bool)
 	if local {
 		buckets = [][]byte{localBucket}
 	}
+	var changed []string
 	err := c.db.Update(func(tx *bolt.Tx) error {
+		n, changed = 0, nil
 		unsigned := tx.Bucket(localUnsignedBucket)
 		for h, u := range sigs {
 			for _, name := range buckets {
@@ -489,6 +500,9 @@ func (c *Catalog) ReplaceSignatures(sigs map[string]SignatureUpdate, local bool)
 					return err
 				}
 				n++
+				if !bytes.Equal(name, quarantineBucket) {
+					changed = append(changed, h)
+				}
 			}
 		}
 		return nil
@@ -496,6 +510,7 @@ func (c *Catalog) ReplaceSignatures(sigs map[string]SignatureUpdate, local bool)
 	if err != nil {
 		return 0, fmt.Errorf("replace signatures: %w", err)
 	}
+	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_CHANGED, changed...)
 	return n, nil
 }
 

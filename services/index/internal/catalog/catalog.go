@@ -14,6 +14,7 @@ import (
 
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
+	"github.com/nixcache/nixcache/services/index/internal/pathwatch"
 )
 
 // Buckets, created at Open.
@@ -29,6 +30,9 @@ var (
 // Catalog is an open catalogue database. It is safe for concurrent use.
 type Catalog struct {
 	db *bolt.DB
+	// changes hears of every committed change to what GetPathInfo
+	// answers: a pushed or local path published, removed or changed.
+	changes *pathwatch.Hub
 }
 
 // Open opens (creating if needed) the catalogue database at path.
@@ -49,8 +53,12 @@ func Open(path string) (*Catalog, error) {
 		db.Close()
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)
 	}
-	return &Catalog{db: db}, nil
+	return &Catalog{db: db, changes: pathwatch.NewHub(pathwatch.DefaultBuffer)}, nil
 }
+
+// Changes is where the catalogue publishes its changes to served paths,
+// after each commit (IndexService.WatchPaths subscribes there).
+func (c *Catalog) Changes() *pathwatch.Hub { return c.changes }
 
 // Close closes the database.
 func (c *Catalog) Close() error {
@@ -122,7 +130,9 @@ func (c *Catalog) PathInfo(hashPart string) (*indexv1.PathInfo, error) {
 func (c *Catalog) UpdatePathInfo(hashPart string, fn func(old *indexv1.PathInfo) (*indexv1.PathInfo, error)) (*indexv1.PathInfo, error) {
 	var stored *indexv1.PathInfo
 	var fnErr error
+	kind := indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED
 	err := c.db.Update(func(tx *bolt.Tx) error {
+		kind = indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED
 		b := tx.Bucket(pathsBucket)
 		var old *indexv1.PathInfo
 		if v := b.Get([]byte(hashPart)); v != nil {
@@ -146,6 +156,10 @@ func (c *Catalog) UpdatePathInfo(hashPart string, fn func(old *indexv1.PathInfo)
 		if err := tx.Bucket(quarantineBucket).Delete([]byte(hashPart)); err != nil {
 			return err
 		}
+		kind = indexv1.PathEventKind_PATH_EVENT_KIND_CHANGED
+		if old == nil {
+			kind = indexv1.PathEventKind_PATH_EVENT_KIND_PUBLISHED
+		}
 		return put(b, hashPart, next)
 	})
 	if fnErr != nil {
@@ -153,6 +167,9 @@ func (c *Catalog) UpdatePathInfo(hashPart string, fn func(old *indexv1.PathInfo)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("update path %s: %w", hashPart, err)
+	}
+	if kind != indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED {
+		c.changes.Publish(kind, hashPart)
 	}
 	return stored, nil
 }

@@ -58,17 +58,23 @@ func (c *Catalog) LocalPathInfo(hashPart string) (*indexv1.PathInfo, bool, error
 // paths, replacing what is there; except that an unsigned record never
 // replaces a signed one of the same path and NAR hash.
 func (c *Catalog) PutLocal(paths []LocalPath) error {
+	var published, changed []string
 	err := c.db.Update(func(tx *bolt.Tx) error {
+		published, changed = nil, nil
 		b, unsigned := tx.Bucket(localBucket), tx.Bucket(localUnsignedBucket)
 		for _, p := range paths {
 			key, err := localKey(p.Info)
 			if err != nil {
 				return err
 			}
-			if !p.Signed && unsigned.Get(key) == nil {
-				if old := b.Get(key); old != nil && sameLocal(old, p.Info) {
-					continue
-				}
+			old := b.Get(key)
+			if !p.Signed && unsigned.Get(key) == nil && old != nil && sameLocal(old, p.Info) {
+				continue
+			}
+			if old == nil {
+				published = append(published, string(key))
+			} else {
+				changed = append(changed, string(key))
 			}
 			if err := put(b, string(key), p.Info); err != nil {
 				return err
@@ -87,6 +93,8 @@ func (c *Catalog) PutLocal(paths []LocalPath) error {
 	if err != nil {
 		return fmt.Errorf("record local paths: %w", err)
 	}
+	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_PUBLISHED, published...)
+	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_CHANGED, changed...)
 	return nil
 }
 
@@ -96,7 +104,9 @@ func (c *Catalog) PutLocal(paths []LocalPath) error {
 // replaced.
 func (c *Catalog) SignedLocal(infos []*indexv1.PathInfo) (int, error) {
 	n := 0
+	var changed []string
 	err := c.db.Update(func(tx *bolt.Tx) error {
+		n, changed = 0, nil
 		b, unsigned := tx.Bucket(localBucket), tx.Bucket(localUnsignedBucket)
 		for _, info := range infos {
 			key, err := localKey(info)
@@ -113,20 +123,27 @@ func (c *Catalog) SignedLocal(infos []*indexv1.PathInfo) (int, error) {
 				return err
 			}
 			n++
+			changed = append(changed, string(key))
 		}
 		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("record signatures of local paths: %w", err)
 	}
+	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_CHANGED, changed...)
 	return n, nil
 }
 
 // DeleteLocal forgets the local paths with these hash parts.
 func (c *Catalog) DeleteLocal(hashParts []string) error {
+	var removed []string
 	err := c.db.Update(func(tx *bolt.Tx) error {
+		removed = nil
 		b, unsigned := tx.Bucket(localBucket), tx.Bucket(localUnsignedBucket)
 		for _, h := range hashParts {
+			if b.Get([]byte(h)) != nil {
+				removed = append(removed, h)
+			}
 			if err := b.Delete([]byte(h)); err != nil {
 				return err
 			}
@@ -139,6 +156,7 @@ func (c *Catalog) DeleteLocal(hashParts []string) error {
 	if err != nil {
 		return fmt.Errorf("delete local paths: %w", err)
 	}
+	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, removed...)
 	return nil
 }
 
@@ -158,6 +176,8 @@ func (c *Catalog) ClearLocal() error {
 	if err != nil {
 		return fmt.Errorf("clear local paths: %w", err)
 	}
+	// Watchers cached what they may no longer see: they start over.
+	c.changes.Reset()
 	return nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"hash"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/nar"
@@ -118,10 +117,11 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader, want Expect) (*indexv1.
 		NarHash:     res.narHash.String(),
 		NarSize:     res.narSize,
 	}
-	if err := s.commit(tmp, fileHash.NixBase32(), comp); err != nil {
+	// The backend owns the file from here on, whatever happens.
+	committed = true
+	if err := s.commit(ctx, tmp, u.size, fileHash.NixBase32(), comp); err != nil {
 		return nil, err
 	}
-	committed = true
 	return nf, nil
 }
 
@@ -278,41 +278,24 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// commit makes the verified temporary file the stored file for this hash,
-// durably; an existing file for the hash is kept.
-func (s *Store) commit(tmp *os.File, fileHash, comp string) error {
-	// Readable by the index's group too (CreateTemp made it 0600): a
-	// co-located gateway in that group sends stored files itself.
-	if err := tmp.Chmod(storedFileMode); err != nil {
-		return fmt.Errorf("chmod upload file: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("sync upload file: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close upload file: %w", err)
-	}
-	final, err := s.filePath(fileHash, comp)
+// commit hands the verified temporary file to the backend as the stored
+// file for this hash; an existing file for the hash is replaced all the
+// same: these bytes were just verified, that file may have rotted since (a
+// path that Verify quarantined is pushed again to repair it).
+func (s *Store) commit(ctx context.Context, tmp *os.File, size uint64, fileHash, comp string) error {
+	k, err := key(fileHash, comp)
 	if err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
 		return err
 	}
-	// A file already at final is replaced all the same: these bytes were
-	// just verified, that file may have rotted on disk since (a path that
-	// Verify quarantined is pushed again to repair it).
-	shard := filepath.Dir(final)
-	if _, err := os.Stat(shard); errors.Is(err, os.ErrNotExist) {
-		if err := os.Mkdir(shard, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("store NAR file: %w", err)
-		}
-		if err := syncDir(s.narsDir); err != nil {
-			return fmt.Errorf("store NAR file: %w", err)
-		}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return fmt.Errorf("rewind upload file: %w", err)
 	}
-	if err := os.Rename(tmp.Name(), final); err != nil {
-		return fmt.Errorf("store NAR file: %w", err)
-	}
-	if err := syncDir(shard); err != nil {
-		return fmt.Errorf("store NAR file: %w", err)
+	if err := s.files.Put(ctx, k, tmp, int64(size)); err != nil {
+		return fmt.Errorf("store NAR file in %s: %w", s.files, err)
 	}
 	return nil
 }

@@ -306,9 +306,15 @@ func TestOpenClearsTmp(t *testing.T) {
 	if err := os.WriteFile(stale, []byte("half an upload"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	open(t, dir, testLimit)
+	s := open(t, dir, testLimit)
 	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stale upload still there after Open: %v", err)
+	}
+	if n := s.LeftoverUploads(); n != 1 {
+		t.Errorf("LeftoverUploads = %d, want 1", n)
+	}
+	if n := open(t, dir, testLimit).LeftoverUploads(); n != 0 {
+		t.Errorf("LeftoverUploads of a clean start = %d, want 0", n)
 	}
 }
 

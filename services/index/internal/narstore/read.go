@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/nixhash"
@@ -68,23 +67,23 @@ func (s *Store) Open(ctx context.Context, nf *indexv1.NarFile, decompress bool, 
 	}
 	rg.left = rg.Length
 
-	name, err := s.filePath(h.NixBase32(), nf.GetCompression())
+	k, err := key(h.NixBase32(), nf.GetCompression())
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(name)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("NAR file %s is in the catalogue but missing on disk: %w", nf.GetFileHash(), err)
+	readFrom, readLen := int64(0), int64(0)
+	if plain {
+		readFrom, readLen = int64(offset), int64(rg.Length)
+	}
+	f, err := s.files.Open(ctx, k, readFrom, readLen)
+	if isMissing(err) {
+		return nil, s.errMissing(nf, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open NAR file: %w", err)
+		return nil, fmt.Errorf("open NAR file %s in %s: %w", nf.GetFileHash(), s.files, err)
 	}
 	rg.closers = append(rg.closers, f)
 	if plain {
-		if _, err := f.Seek(int64(offset), io.SeekStart); err != nil {
-			rg.Close()
-			return nil, fmt.Errorf("open NAR file: %w", err)
-		}
 		rg.r = f
 		return rg, nil
 	}

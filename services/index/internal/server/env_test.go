@@ -41,6 +41,7 @@ const (
 type index struct {
 	dir    string
 	client indexv1.IndexServiceClient
+	cat    *catalog.Catalog
 	// handlerDone receives the result of every finished streaming call.
 	handlerDone chan error
 	stop        func()
@@ -96,7 +97,7 @@ func startIndexWith(t testing.TB, dir string, sc signerConn, ls localSetup) *ind
 		local = ls.newLocal(cat, signer)
 	}
 
-	idx := &index{dir: dir, handlerDone: make(chan error, 100)}
+	idx := &index{dir: dir, cat: cat, handlerDone: make(chan error, 100)}
 	notify := grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		err := handler(srv, ss)
 		idx.handlerDone <- err

@@ -9,6 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
@@ -54,6 +57,12 @@ type Server struct {
 	// build-log directory, "" for none.
 	artifacts *artifact.Store
 	logDir    string
+	// upstream, when set, fetches the paths looked up and not found
+	// (upstream.go).
+	upstream Upstream
+	// presignExpiry is how long a presigned URL of StatNar works; 0
+	// makes none.
+	presignExpiry time.Duration
 }
 
 // New returns the service over its parts; local may be nil.
@@ -130,20 +139,43 @@ func (r *chunkReader[M, H]) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// StatNar describes a stored NAR file, and names it under nars/ for a
-// gateway that reads the directory itself. Only files recorded as stored
-// are found: a quarantined file's record has moved out of the catalogue's
-// NAR files, so it gets neither an answer nor a name.
+// WithPresign lets StatNar hand out presigned URLs of the files, valid for
+// expiry, when the NAR store's backend can make them (a bucket).
+func (s *Server) WithPresign(expiry time.Duration) *Server {
+	s.presignExpiry = expiry
+	return s
+}
+
+// StatNar describes a stored NAR file; names it under nars/ for a gateway
+// that reads the directory itself, when the files are in a local
+// directory; and, when asked and the files are in a bucket, presigns a URL
+// of it. Only files recorded as stored are found: a quarantined file's
+// record has moved out of the catalogue's NAR files, so it gets neither an
+// answer nor a name.
 func (s *Server) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*indexv1.StatNarResponse, error) {
 	nf, err := s.narFile(req.GetFileHash())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	rel, err := narstore.RelativePath(nf)
+	resp := &indexv1.StatNarResponse{File: nf}
+	rel, local, err := s.nars.RelativePath(nf)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &indexv1.StatNarResponse{File: nf, RelativePath: rel}, nil
+	if local {
+		resp.RelativePath = rel
+	}
+	if req.GetPresign() && s.presignExpiry > 0 {
+		expires := time.Now().Add(s.presignExpiry)
+		url, ok, err := s.nars.Presign(ctx, nf, s.presignExpiry)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		if ok {
+			resp.Url, resp.UrlExpires = url, timestamppb.New(expires)
+		}
+	}
+	return resp, nil
 }
 
 // narFile looks a NAR file up by "sha256:<nix32>" or bare nix32 hash.
@@ -283,6 +315,9 @@ func (s *Server) GetPathInfo(ctx context.Context, req *indexv1.GetPathInfoReques
 	info, err := s.catalog.PathInfo(req.GetHashPart())
 	if errors.Is(err, fault.ErrNotFound) && s.local != nil {
 		info, err = s.local.PathInfo(ctx, req.GetHashPart())
+	}
+	if errors.Is(err, fault.ErrNotFound) && s.upstream != nil {
+		info, err = s.upstream.PathInfo(ctx, req.GetHashPart())
 	}
 	if err != nil {
 		return nil, toStatus(err)

@@ -45,6 +45,9 @@ type Options struct {
 	// Notices receives messages for the person who started the program,
 	// such as a newly generated public key; nil discards them.
 	Notices io.Writer
+	// TLS, when enabled, serves gRPC over mutual TLS only (-tls-cert,
+	// -tls-key, -tls-client-ca).
+	TLS grpcutil.TLSFiles
 	// MetricsListener, when set, serves /metrics and /healthz over HTTP;
 	// Run closes it when it returns.
 	MetricsListener net.Listener
@@ -65,6 +68,10 @@ func Run(ctx context.Context, opts Options, lis net.Listener) error {
 		defer opts.MetricsListener.Close()
 	}
 	if err := opts.validate(); err != nil {
+		return err
+	}
+	tlsOpts, err := opts.TLS.ServerOptions(log)
+	if err != nil {
 		return err
 	}
 	if opts.GenerateKey != "" && len(opts.KeyFiles) > 0 {
@@ -101,7 +108,7 @@ func Run(ctx context.Context, opts Options, lis net.Listener) error {
 		return err
 	}
 
-	srv := grpcutil.NewServer(log, metrics.NewGRPCServer(reg).ServerOptions()...)
+	srv := grpcutil.NewServer(log, append(metrics.NewGRPCServer(reg).ServerOptions(), tlsOpts...)...)
 	signerv1.RegisterSignerServiceServer(srv.GRPC, svc)
 	srv.Health.SetServingStatus(signerv1.SignerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	if opts.MetricsListener != nil {
@@ -119,7 +126,7 @@ func Run(ctx context.Context, opts Options, lis net.Listener) error {
 	}
 	log.Info("signer serving", "addr", lis.Addr().String(), "keys", names, "retired_keys", retired,
 		"primary_public_key", keys[0].Public().String(), "key_dir", opts.KeyDir,
-		"store_dir", opts.StoreDir, "max_batch", opts.MaxBatch)
+		"store_dir", opts.StoreDir, "max_batch", opts.MaxBatch, "mutual_tls", opts.TLS.Enabled())
 	if err := srv.Serve(ctx, lis, opts.ShutdownGrace); err != nil {
 		return err
 	}

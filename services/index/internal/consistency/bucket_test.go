@@ -1,0 +1,117 @@
+package consistency_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nixcache/nixcache/nix/compression"
+	"github.com/nixcache/nixcache/services/index/internal/catalog"
+	"github.com/nixcache/nixcache/services/index/internal/consistency"
+	"github.com/nixcache/nixcache/services/index/internal/narstore"
+)
+
+// TestCheckBucket: with the NAR files in an S3 bucket (a real one,
+// Versity Gateway), a path whose object is gone is quarantined, and an
+// object no record names is counted and logged but left in place.
+func TestCheckBucket(t *testing.T) {
+	endpoint := startVersitygw(t)
+	ctx := context.Background()
+	bucket, err := narstore.OpenBucket(ctx, narstore.BucketConfig{Endpoint: endpoint, Bucket: "check-test", Region: "us-east-1",
+		PathStyle: true, PartSize: narstore.MinPartSize, CreateBucket: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cat, err := catalog.Open(filepath.Join(dir, "catalog.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cat.Close()
+	nars, err := narstore.OpenWith(dir, 1<<20, bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := &index{t: t, dir: dir, cat: cat, nars: nars}
+	x.publish(hashPart(0), x.upload(0, compression.XZ, true))
+	gone := x.upload(1, compression.Zstd, true)
+	x.publish(hashPart(1), gone)
+	orphan := x.upload(2, compression.None, false)
+	if err := nars.Remove(gone); err != nil {
+		t.Fatal(err)
+	}
+
+	var log bytes.Buffer
+	r, err := consistency.Check(ctx, cat, nars, slog.New(slog.NewTextHandler(&log, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := countsOf(r), (counts{paths: 2, narFiles: 2, files: 2, quarantined: 1, orphans: 1}); got != want {
+		t.Errorf("report %+v, want %+v\n%s", got, want, log.String())
+	}
+	if x.served(hashPart(1)) || !x.served(hashPart(0)) {
+		t.Errorf("served: %v %v, want the good path only", x.served(hashPart(0)), x.served(hashPart(1)))
+	}
+	if !strings.Contains(log.String(), "left in place") {
+		t.Errorf("log does not say the orphan is left in place:\n%s", log.String())
+	}
+	if size, err := nars.Stat(ctx, orphan); err != nil || uint64(size) != orphan.GetFileSize() {
+		t.Errorf("the orphan object: %d, %v; want it kept", size, err)
+	}
+}
+
+// startVersitygw runs a real S3 server, Versity Gateway (installed by
+// scripts/tools.sh), on a free loopback port and returns its URL, with
+// the credentials set in the environment as the index reads them.
+func startVersitygw(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("versitygw")
+	if err != nil {
+		bin, _ = filepath.Abs("../../../../.tools/bin/versitygw")
+		if _, err := os.Stat(bin); err != nil {
+			t.Fatalf("versitygw is required (scripts/tools.sh installs it): %v", err)
+		}
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	t.Setenv("AWS_ACCESS_KEY_ID", "checktest")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "checktestsecret")
+	var out bytes.Buffer
+	cmd := exec.Command(bin, "--access", "checktest", "--secret", "checktestsecret", "--port", addr, "posix", t.TempDir())
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-done })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return "http://" + addr
+		}
+		select {
+		case <-done:
+			t.Fatalf("versitygw exited: %s", out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("versitygw not listening after 30s: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval
+	}
+}
