@@ -53,6 +53,9 @@ func TestCompose(t *testing.T) {
 			tops = append(tops, top)
 			p.assertServed(key, tops...)
 		}},
+		{"gateway co-located, read-only", func(t *testing.T) {
+			p.assertGatewayReadsNars()
+		}},
 		{"restart index", func(t *testing.T) {
 			p.compose("restart", "index")
 			p.waitHealthy("index")
@@ -566,6 +569,35 @@ type dockerMount struct {
 	Name        string
 	Source      string
 	Destination string
+	RW          bool
+}
+
+// assertGatewayReadsNars: the gateway mounts the index's volume read-only
+// and has served the NARs just substituted from it, without complaining
+// that it could not read them (it would then have streamed them from the
+// index, and said so in its log).
+func (p *composeProject) assertGatewayReadsNars() {
+	t := p.t
+	t.Helper()
+	var mounts []dockerMount
+	if err := json.Unmarshal([]byte(p.docker("inspect", "-f", "{{json .Mounts}}", p.container("gateway"))), &mounts); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, m := range mounts {
+		if m.Name == p.name+"_index-data" {
+			found = true
+			if m.RW || m.Destination != "/var/lib/nixcache/index" {
+				t.Errorf("the gateway mounts the index's volume at %s, writable %v; want /var/lib/nixcache/index read-only", m.Destination, m.RW)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("the gateway does not mount the index's volume: %+v", mounts)
+	}
+	if logs := p.compose("logs", "--no-color", "gateway"); strings.Contains(logs, "-nar-dir") {
+		t.Errorf("the gateway could not serve NAR files from the index's volume:\n%s", logs)
+	}
 }
 
 const signerKeyDir = "/var/lib/nixcache/signer"

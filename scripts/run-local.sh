@@ -16,7 +16,7 @@ http=${NIXCACHE_LISTEN_HTTP:-127.0.0.1:5000}
 export NIXCACHE_LOG_FORMAT=${NIXCACHE_LOG_FORMAT:-text}
 unset NIXCACHE_DATA_DIR NIXCACHE_LISTEN # each service gets its own below
 
-mkdir -p "$data/signer" "$data/index" "$data/gateway"
+mkdir -p "$data/signer" "$data/index/nars" "$data/gateway"
 chmod 700 "$data/signer"
 
 auth=$data/gateway/auth
@@ -44,7 +44,8 @@ for _ in $(seq 100); do # the signer writes the public key on first start
 done
 pub=$(cat "$data/signer/secret.key.pub" 2>/dev/null || echo "<see the signer's log above>")
 bin/nixcache-index -data-dir "$data/index" -auth-file "$auth" & pids+=($!)
-bin/nixcache-gateway -listen "$http" -auth-file "$auth" & pids+=($!)
+# Co-located: the gateway sends the index's NAR files itself (README).
+bin/nixcache-gateway -listen "$http" -auth-file "$auth" -nar-dir "$data/index/nars" & pids+=($!)
 
 cat >&2 <<MSG
 

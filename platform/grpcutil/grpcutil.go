@@ -29,6 +29,13 @@ import (
 // ChunkSize is the size of the data chunks NAR streams are cut into.
 const ChunkSize = 256 << 10
 
+// transportBufferSize is the size of the read and write buffers of every
+// gRPC connection, client and server: a NAR chunk (ChunkSize and its
+// framing) passes in one or two syscalls instead of the eight or more of
+// gRPC's 32 KiB default. One pair per connection, and the services hold
+// few connections.
+const transportBufferSize = ChunkSize + 64<<10
+
 // Server is a gRPC server with its health service.
 type Server struct {
 	GRPC   *grpc.Server
@@ -46,6 +53,8 @@ func NewServer(log *slog.Logger, opts ...grpc.ServerOption) *Server {
 			MinTime:             10 * time.Second,
 			PermitWithoutStream: true,
 		}),
+		grpc.ReadBufferSize(transportBufferSize),
+		grpc.WriteBufferSize(transportBufferSize),
 	}
 	srv := grpc.NewServer(append(base, opts...)...)
 	hs := health.NewServer()
@@ -100,6 +109,8 @@ func Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 		// looked up in DNS (a TXT query that Docker's DNS on an internal
 		// network leaves hanging for 10 s).
 		grpc.WithDisableServiceConfig(),
+		grpc.WithReadBufferSize(transportBufferSize),
+		grpc.WithWriteBufferSize(transportBufferSize),
 		// An upstream back after an outage is used again within seconds,
 		// not after gRPC's default backoff of up to two minutes.
 		grpc.WithConnectParams(grpc.ConnectParams{

@@ -153,6 +153,31 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteString passes s on without copying it into a []byte.
+func (w *countingWriter) WriteString(s string) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	n, err := io.WriteString(w.ResponseWriter, s)
+	if n > 0 {
+		w.n.Add(float64(n))
+	}
+	return n, err
+}
+
+// ReadFrom passes src on to the ResponseWriter below, so that a file
+// reaches net/http's connection whole and goes out with sendfile.
+func (w *countingWriter) ReadFrom(src io.Reader) (int64, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	n, err := io.Copy(w.ResponseWriter, src)
+	if n > 0 {
+		w.n.Add(float64(n))
+	}
+	return n, err
+}
+
 // Flush passes a flush on (a streamed JSON answer flushes each message).
 func (w *countingWriter) Flush() {
 	_ = http.NewResponseController(w.ResponseWriter).Flush()

@@ -259,3 +259,34 @@ func TestOpsServer(t *testing.T) {
 		t.Error("the server still answers after Shutdown")
 	}
 }
+
+// readFromWriter is a ResponseWriter whose ReadFrom (net/http's: sendfile
+// for a file) must be reached through the middleware.
+type readFromWriter struct {
+	httptest.ResponseRecorder
+	readFrom int64
+}
+
+func (w *readFromWriter) ReadFrom(src io.Reader) (int64, error) {
+	n, err := io.Copy(&w.ResponseRecorder, src)
+	w.readFrom += n
+	return n, err
+}
+
+func TestHTTPMiddlewareReadFrom(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := NewHTTP(reg, HTTPOptions{})
+	h := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		// io.CopyN, as a file is served: a LimitedReader, no WriterTo.
+		io.CopyN(w, strings.NewReader(strings.Repeat("x", 5000)), 4000)
+	}))
+	w := &readFromWriter{ResponseRecorder: *httptest.NewRecorder()}
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/nar/f", nil))
+	if w.readFrom != 4000 || w.Body.Len() != 4000 {
+		t.Errorf("ReadFrom below got %d bytes, body %d: want 4000 through ReadFrom", w.readFrom, w.Body.Len())
+	}
+	if got := testutil.ToFloat64(m.sent.WithLabelValues("other")); got != 4000 {
+		t.Errorf("response bytes counted %v, want 4000", got)
+	}
+}

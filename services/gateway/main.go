@@ -54,6 +54,7 @@ func run(args []string) error {
 	fs.DurationVar(&o.NarinfoCacheTTL, "narinfo-cache-ttl", 2*time.Second, "while the gateway does not follow the index's changes (-narinfo-cache-max-age 0, or the watch is down): how long a narinfo found in the index is served from the gateway's memory; a deleted, collected or quarantined path may be served this long after; 0 caches nothing then")
 	fs.DurationVar(&o.NarinfoCacheMaxAge, "narinfo-cache-max-age", time.Hour, "while the gateway follows the index's changes (its watch stream is in sync): how long a narinfo, or a 404, is served from memory; a change of the path drops it at once (see README); 0 does not watch the index, leaving -narinfo-cache-ttl alone")
 	fs.Int64Var(&o.NarinfoCacheSize, "narinfo-cache-size", 64<<20, "memory of the narinfo cache, in bytes (a narinfo plus about 320 bytes an entry); least recently used entries go first")
+	fs.StringVar(&o.NarDir, "nar-dir", "", "the index's nars/ directory (<index -data-dir>/nars), when this gateway can read it (same host, read-only mount): stored NAR files the index names are sent from it with sendfile instead of streamed through the index; empty streams every NAR")
 	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "longest a client may take to send a request's headers; slower ones (slowloris) are cut off")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
 	upstreamTLS := grpcutil.ClientTLSFlags(fs)

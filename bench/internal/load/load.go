@@ -6,7 +6,6 @@ package load
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -223,7 +222,7 @@ func NarPass(ctx context.Context, base string, nars []Nar, conns int) (Timing, e
 		t.Dials += c.Dials()
 	}
 	if t.Dials != int64(conns) {
-		return t, errors.New("NAR pass opened more connections than workers (keep-alive broken?)")
+		return t, fmt.Errorf("NAR pass on %s with %d workers opened %d connections (keep-alive broken, or a transfer cut?)", base, conns, t.Dials)
 	}
 	return t, nil
 }

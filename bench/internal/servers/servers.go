@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -60,6 +61,16 @@ type Nixcache struct {
 	// IndexReadyTimeout, when set, bounds StartIndex instead of the
 	// default (a start that migrates a large catalogue takes longer).
 	IndexReadyTimeout time.Duration
+	// CoLocated: the gateway reads the index's nars/ itself (-nar-dir),
+	// the fastest documented deployment; false when the gateway predates
+	// the flag (a -ref before it) or it was not asked for.
+	CoLocated bool
+	// StreamGateway, when asked for (NixcacheOptions.StreamGateway), is a
+	// second gateway in front of the same index without -nar-dir: every
+	// NAR streamed through the index, as a remote index or S3 would; at
+	// StreamURL.
+	StreamGateway *proc.Proc
+	StreamURL     string
 
 	bin       string
 	indexArgs []string
@@ -74,6 +85,12 @@ type NixcacheOptions struct {
 	IndexArgs []string
 	// LogLevel of the three services; "" is their default (info).
 	LogLevel string
+	// CoLocated gives the gateway -nar-dir (the index's nars/) when it has
+	// the flag.
+	CoLocated bool
+	// StreamGateway starts a second gateway without -nar-dir (see
+	// Nixcache.StreamGateway).
+	StreamGateway bool
 }
 
 // StartNixcache starts the three services and waits until each is ready.
@@ -124,15 +141,35 @@ func StartNixcache(ctx context.Context, o NixcacheOptions) (*Nixcache, error) {
 	if err == nil {
 		err = n.StartIndex(ctx)
 	}
-	if err == nil {
-		args := append(common, "-listen", n.HTTPAddr, "-index-addr", n.IndexAddr, "-signer-addr", n.SignerAddr,
+	gatewayArgs := func(addr string) []string {
+		return append(slices.Clone(common), "-listen", addr, "-index-addr", n.IndexAddr, "-signer-addr", n.SignerAddr,
 			"-auth-file", filepath.Join(o.Dir, "auth"))
+	}
+	if err == nil {
+		args := gatewayArgs(n.HTTPAddr)
+		if o.CoLocated && hasFlag(o.Bin, "gateway", "-nar-dir") {
+			n.CoLocated = true
+			args = append(args, "-nar-dir", filepath.Join(o.Dir, "index", "nars"))
+		}
 		if args, err = withMetrics(o.Bin, "gateway", args); err == nil {
 			n.Gateway, err = proc.Start(o.Name+"/gateway", "gateway", logs, nil, filepath.Join(o.Bin, "nixcache-gateway"), args...)
 		}
 	}
 	if err == nil {
 		_, err = n.Gateway.WaitReady(ctx, readyTimeout, httpOK(n.URL+"/nix-cache-info"))
+	}
+	if err == nil && o.StreamGateway {
+		var addr string
+		if addr, err = FreeAddr(); err == nil {
+			n.StreamURL = "http://" + addr
+			args := gatewayArgs(addr)
+			if args, err = withMetrics(o.Bin, "gateway", args); err == nil {
+				n.StreamGateway, err = proc.Start(o.Name+"/gateway-stream", "gateway-stream", logs, nil, filepath.Join(o.Bin, "nixcache-gateway"), args...)
+			}
+		}
+		if err == nil {
+			_, err = n.StreamGateway.WaitReady(ctx, readyTimeout, httpOK(n.StreamURL+"/nix-cache-info"))
+		}
 	}
 	if err != nil {
 		n.Stop()
@@ -164,12 +201,17 @@ func (n *Nixcache) StartIndex(ctx context.Context) error {
 	return err
 }
 
+// hasFlag reports whether nixcache-<service> -h lists flag.
+func hasFlag(bin, service, flag string) bool {
+	help, _ := exec.Command(filepath.Join(bin, "nixcache-"+service), "-h").CombinedOutput()
+	return strings.Contains(string(help), flag+" ")
+}
+
 // withMetrics gives a service that serves metrics on a fixed default port
 // (-metrics-listen) a free port of its own, so that deployments side by
 // side do not collide; metrics stay on, as deployed.
 func withMetrics(bin, service string, args []string) ([]string, error) {
-	help, _ := exec.Command(filepath.Join(bin, "nixcache-"+service), "-h").CombinedOutput()
-	if !strings.Contains(string(help), "-metrics-listen") {
+	if !hasFlag(bin, service, "-metrics-listen") {
 		return args, nil
 	}
 	addr, err := FreeAddr()
@@ -187,7 +229,7 @@ func (n *Nixcache) StopIndex() {
 // Procs are the running services.
 func (n *Nixcache) Procs() []*proc.Proc {
 	var ps []*proc.Proc
-	for _, p := range []*proc.Proc{n.Signer, n.Index, n.Gateway} {
+	for _, p := range []*proc.Proc{n.Signer, n.Index, n.Gateway, n.StreamGateway} {
 		if p != nil {
 			ps = append(ps, p)
 		}
@@ -195,10 +237,12 @@ func (n *Nixcache) Procs() []*proc.Proc {
 	return ps
 }
 
-// Stop stops the services, gateway first.
+// Stop stops the services, gateways first.
 func (n *Nixcache) Stop() {
-	for _, p := range []*proc.Proc{n.Gateway, n.Index, n.Signer} {
-		p.Stop()
+	for _, p := range []*proc.Proc{n.StreamGateway, n.Gateway, n.Index, n.Signer} {
+		if p != nil {
+			p.Stop()
+		}
 	}
 }
 

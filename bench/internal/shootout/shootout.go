@@ -180,18 +180,28 @@ func (b *bench) run(ctx context.Context) error {
 		}
 	}()
 	for _, comp := range []string{"none", "zstd"} {
+		// As deployed at its fastest: the gateway reads the index's nars/
+		// (-nar-dir); a second gateway without it gives the figure of a
+		// remote index (every NAR streamed over gRPC), "-stream".
 		name := "nixcache-" + comp
-		nc, err := b.startNixcache(ctx, name, nil)
+		nc, err := b.startNixcache(ctx, name, nil, func(o *servers.NixcacheOptions) {
+			o.CoLocated, o.StreamGateway = true, true
+		})
 		if err != nil {
 			return err
 		}
 		stops = append(stops, nc.Stop)
-		b.logf("%s: pushing the closure and the big path", name)
+		b.logf("%s: pushing the closure and the big path (co-located gateway: %v)", name, nc.CoLocated)
 		if err := b.pushTo(ctx, nc, comp, top, big); err != nil {
 			return err
 		}
 		targets = append(targets, nixcacheTarget(nc))
 		b.res.Servers = append(b.res.Servers, report.Server{Name: name, Baseline: "nginx-" + comp, PushBaseline: "file-" + comp})
+		if nc.CoLocated {
+			st := streamTarget(nc)
+			targets = append(targets, st)
+			b.res.Servers = append(b.res.Servers, report.Server{Name: st.name, Baseline: "nginx-" + comp})
+		}
 	}
 	if nc, stop, note, err := b.startLocal(ctx); err != nil {
 		return err
@@ -365,7 +375,8 @@ func (b *bench) run(ctx context.Context) error {
 		b.res.Memory = append(b.res.Memory, report.Memory{Name: n, Peak: p, Pass: max(p.RSS, p.HWM) < report.RSSLimit})
 	}
 	b.res.Notes = append(b.res.Notes,
-		"nixcache's services ran as deployed (JSON logs at info level: the gateway writes a line per request); nginx had its access log on.",
+		"nixcache's services ran as deployed (JSON logs at info level; the gateway logs successful reads at debug, so not); nginx had its access log on.",
+		"nixcache-none and nixcache-zstd run co-located, their fastest documented deployment: the gateway reads the index's nars/ (-nar-dir) and sends stored files with sendfile. nixcache-*-stream is a second gateway on the same index without -nar-dir: every NAR streamed over gRPC, as with a remote index. nixcache-local's gateway has -nar-dir too, though the host's paths it serves are dumped by the index and streamed.",
 		"NAR downloads read bodies into a 256 KiB buffer and discard them; the same client code for every server.",
 		"The catalogue's bulk-loaded paths were written into catalog.db in the index's layout (bucket paths: hash part -> indexv1.PathInfo, signed with the cache's key) and read back through the restarted index before measuring.",
 		"RssFile of the catalogue index is bbolt's mmap of catalog.db: page cache, shared and reclaimable.")
@@ -454,10 +465,14 @@ func (b *bench) addMeasure(server, figure string, secs, cpu float64) {
 }
 
 // startNixcache starts a deployment under Work/<name> and samples it.
-func (b *bench) startNixcache(ctx context.Context, name string, indexArgs []string) (*servers.Nixcache, error) {
+func (b *bench) startNixcache(ctx context.Context, name string, indexArgs []string, configure ...func(*servers.NixcacheOptions)) (*servers.Nixcache, error) {
 	dir := filepath.Join(b.o.Work, name)
 	_ = os.RemoveAll(dir)
-	nc, err := servers.StartNixcache(ctx, servers.NixcacheOptions{Bin: b.bin, Dir: dir, Name: name, IndexArgs: indexArgs})
+	o := servers.NixcacheOptions{Bin: b.bin, Dir: dir, Name: name, IndexArgs: indexArgs}
+	for _, c := range configure {
+		c(&o)
+	}
+	nc, err := servers.StartNixcache(ctx, o)
 	if err != nil {
 		return nil, err
 	}
@@ -478,14 +493,27 @@ func (b *bench) stopNixcache(nc *servers.Nixcache) {
 	}
 }
 
+// nixcacheTarget is a deployment through its (first) gateway; its CPU is
+// that gateway's, the index's and the signer's.
 func nixcacheTarget(nc *servers.Nixcache) *target {
-	return &target{name: nc.Name, url: nc.URL, pids: func() []int {
-		var ps []int
-		for _, p := range nc.Procs() {
-			ps = append(ps, p.Pid())
+	return &target{name: nc.Name, url: nc.URL, pids: pidsOf(nc.Signer, nc.Index, nc.Gateway)}
+}
+
+// streamTarget is a deployment through its gateway without -nar-dir.
+func streamTarget(nc *servers.Nixcache) *target {
+	return &target{name: nc.Name + "-stream", url: nc.StreamURL, pids: pidsOf(nc.Signer, nc.Index, nc.StreamGateway)}
+}
+
+func pidsOf(ps ...*proc.Proc) func() []int {
+	return func() []int {
+		var pids []int
+		for _, p := range ps {
+			if p != nil {
+				pids = append(pids, p.Pid())
+			}
 		}
-		return ps
-	}}
+		return pids
+	}
 }
 
 // pushTo copies paths to nc with nix copy.
@@ -545,7 +573,7 @@ func (b *bench) startLocal(ctx context.Context) (nc *servers.Nixcache, stop func
 		return nil, nil, "", err
 	}
 	args := []string{"-local-store", "-nix-daemon-socket", d.Socket}
-	nc, err = b.startNixcache(ctx, "nixcache-local", args)
+	nc, err = b.startNixcache(ctx, "nixcache-local", args, func(o *servers.NixcacheOptions) { o.CoLocated = true })
 	if err != nil {
 		d.Stop()
 		return nil, nil, "", err

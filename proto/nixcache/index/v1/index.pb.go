@@ -913,10 +913,17 @@ func (x *PutNarResponse) GetFile() *NarFile {
 type StatNarRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	FileHash string                 `protobuf:"bytes,1,opt,name=file_hash,json=fileHash,proto3" json:"file_hash,omitempty"`
+	// The caller serves the file to a client itself (a co-located gateway's
+	// GET, from relative_path): the index counts a download, as it does for
+	// GetNar, from byte offset (a range not starting at 0 only refreshes the
+	// path's last access).
+	Download bool `protobuf:"varint,2,opt,name=download,proto3" json:"download,omitempty"`
 	// Also make a presigned URL the client can read the file from directly,
 	// when the index keeps its files in a bucket (-nar-backend=s3). A request
 	// with presign counts as a download of the file.
-	Presign       bool `protobuf:"varint,3,opt,name=presign,proto3" json:"presign,omitempty"`
+	Presign bool `protobuf:"varint,3,opt,name=presign,proto3" json:"presign,omitempty"`
+	// With download: the first byte the caller serves.
+	Offset        uint64 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -958,6 +965,13 @@ func (x *StatNarRequest) GetFileHash() string {
 	return ""
 }
 
+func (x *StatNarRequest) GetDownload() bool {
+	if x != nil {
+		return x.Download
+	}
+	return false
+}
+
 func (x *StatNarRequest) GetPresign() bool {
 	if x != nil {
 		return x.Presign
@@ -965,9 +979,22 @@ func (x *StatNarRequest) GetPresign() bool {
 	return false
 }
 
+func (x *StatNarRequest) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
 type StatNarResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	File  *NarFile               `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
+	// Where the file lies under the index's nars/ directory, e.g.
+	// "0a/0a...z.nar.xz", for a gateway that can read that directory
+	// (co-located, -nar-dir) and so serves the bytes itself. Set only for a
+	// file that is stored, verified and not quarantined, in the local
+	// directory (not a bucket); empty otherwise.
+	RelativePath string `protobuf:"bytes,2,opt,name=relative_path,json=relativePath,proto3" json:"relative_path,omitempty"`
 	// With presign and a bucket backend: a URL that serves the file (GET,
 	// Range too) without credentials until url_expires; empty otherwise.
 	Url           string                 `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
@@ -1011,6 +1038,13 @@ func (x *StatNarResponse) GetFile() *NarFile {
 		return x.File
 	}
 	return nil
+}
+
+func (x *StatNarResponse) GetRelativePath() string {
+	if x != nil {
+		return x.RelativePath
+	}
+	return ""
 }
 
 func (x *StatNarResponse) GetUrl() string {
@@ -1766,12 +1800,15 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\x12expected_file_hash\x18\x01 \x01(\tR\x10expectedFileHash\x121\n" +
 	"\x14expected_compression\x18\x02 \x01(\tR\x13expectedCompression\"@\n" +
 	"\x0ePutNarResponse\x12.\n" +
-	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\"G\n" +
+	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\"{\n" +
 	"\x0eStatNarRequest\x12\x1b\n" +
-	"\tfile_hash\x18\x01 \x01(\tR\bfileHash\x12\x18\n" +
-	"\apresign\x18\x03 \x01(\bR\apresign\"\x90\x01\n" +
+	"\tfile_hash\x18\x01 \x01(\tR\bfileHash\x12\x1a\n" +
+	"\bdownload\x18\x02 \x01(\bR\bdownload\x12\x18\n" +
+	"\apresign\x18\x03 \x01(\bR\apresign\x12\x16\n" +
+	"\x06offset\x18\x04 \x01(\x04R\x06offset\"\xb5\x01\n" +
 	"\x0fStatNarResponse\x12.\n" +
-	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\x12\x10\n" +
+	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\x12#\n" +
+	"\rrelative_path\x18\x02 \x01(\tR\frelativePath\x12\x10\n" +
 	"\x03url\x18\x03 \x01(\tR\x03url\x12;\n" +
 	"\vurl_expires\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"urlExpires\"\xb7\x01\n" +

@@ -73,6 +73,9 @@ type Options struct {
 	// NarinfoCacheSize bounds the narinfo cache's memory in bytes (0: the
 	// default).
 	NarinfoCacheSize int64
+	// NarDir is the index's nars/ directory when the gateway can read it
+	// (-nar-dir, co-located); "" streams every NAR from the index.
+	NarDir string
 	// ReadHeaderTimeout bounds how long a client may take to send a
 	// request's headers (slowloris); 0 means 10 s.
 	ReadHeaderTimeout time.Duration
@@ -137,25 +140,51 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		o.Log.Warn("no -auth-file: pushing is disabled")
 	}
 
+	handler, closeHandler, err := newHandler(ctx, o, policy)
+	if err != nil {
+		return err
+	}
+	defer closeHandler()
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: cmp.Or(o.ReadHeaderTimeout, defaultReadHeaderTimeout),
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		// No WriteTimeout: it would cut large NARs. Transfers are bounded
+		// by TransferIdleTimeout instead.
+		ErrorLog: slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
+	}
+	return serve(ctx, srv, lis, o.ShutdownGrace, o.Log)
+}
+
+// newHandler connects to the index and the signer and returns the
+// gateway's whole HTTP handler (ops endpoints and metrics around the Nix
+// routes), its narinfo cache following the index until ctx ends or the
+// returned function is called, which stops that and closes the
+// connections.
+func newHandler(ctx context.Context, o Options, policy auth.Policy) (http.Handler, func(), error) {
 	ops := newOps()
 	indexCreds, err := o.UpstreamTLS.DialOption(o.IndexAddr, o.Log)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	signerCreds, err := o.UpstreamTLS.DialOption(o.SignerAddr, o.Log)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	indexConn, err := grpcutil.Dial(o.IndexAddr, append(append(ops.dialOptions(), indexCreds), o.DialOptions...)...)
 	if err != nil {
-		return fmt.Errorf("index: %w", err)
+		return nil, nil, fmt.Errorf("index: %w", err)
 	}
-	defer indexConn.Close()
 	signerConn, err := grpcutil.Dial(o.SignerAddr, append(append(ops.dialOptions(), signerCreds), o.DialOptions...)...)
 	if err != nil {
-		return fmt.Errorf("signer: %w", err)
+		indexConn.Close()
+		return nil, nil, fmt.Errorf("signer: %w", err)
 	}
-	defer signerConn.Close()
+	closeConns := func() {
+		signerConn.Close()
+		indexConn.Close()
+	}
 
 	signer := signerv1.NewSignerServiceClient(signerConn)
 	adminHandler, err := adminapi.New(adminapi.Config{
@@ -164,7 +193,8 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		Log:            o.Log,
 	})
 	if err != nil {
-		return err
+		closeConns()
+		return nil, nil, err
 	}
 	landingHandler, err := landing.New(landing.Config{
 		Signer:    signer,
@@ -174,7 +204,8 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		Log:       o.Log,
 	})
 	if err != nil {
-		return err
+		closeConns()
+		return nil, nil, err
 	}
 	handler, err := httpapi.New(httpapi.Config{
 		Index:               indexv1.NewIndexServiceClient(indexConn),
@@ -191,11 +222,13 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		NarinfoCacheTTL:     o.NarinfoCacheTTL,
 		NarinfoCacheMaxAge:  o.NarinfoCacheMaxAge,
 		NarinfoCacheSize:    o.NarinfoCacheSize,
+		NarDir:              o.NarDir,
 		Landing:             landingHandler,
 		Admin:               adminHandler,
 	})
 	if err != nil {
-		return err
+		closeConns()
+		return nil, nil, err
 	}
 	ops.registerNarinfoCache(handler.NarinfoCacheStats)
 	// The narinfo cache follows the index's changes until the gateway
@@ -203,17 +236,12 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watched := make(chan struct{})
 	go func() { defer close(watched); handler.WatchIndex(watchCtx) }()
-	defer func() { stopWatch(); <-watched }()
-	srv := &http.Server{
-		Handler:           ops.handler(handler, dependency{"index", indexConn}, dependency{"signer", signerConn}),
-		ReadHeaderTimeout: cmp.Or(o.ReadHeaderTimeout, defaultReadHeaderTimeout),
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		// No WriteTimeout: it would cut large NARs. Transfers are bounded
-		// by TransferIdleTimeout instead.
-		ErrorLog: slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
+	closeAll := func() {
+		stopWatch()
+		<-watched
+		closeConns()
 	}
-	return serve(ctx, srv, lis, o.ShutdownGrace, o.Log)
+	return ops.handler(handler, dependency{"index", indexConn}, dependency{"signer", signerConn}), closeAll, nil
 }
 
 // serve runs srv on lis until ctx is done, then shuts it down.

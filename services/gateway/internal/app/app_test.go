@@ -14,7 +14,7 @@ import (
 )
 
 // closedAddr returns a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
+func closedAddr(t testing.TB) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -25,7 +25,7 @@ func closedAddr(t *testing.T) string {
 	return addr
 }
 
-func options(t *testing.T) Options {
+func options(t testing.TB) Options {
 	return Options{
 		IndexAddr:           closedAddr(t),
 		SignerAddr:          closedAddr(t),

@@ -45,7 +45,7 @@ func (oneIndex) GetPathInfo(_ context.Context, req *indexv1.GetPathInfoRequest) 
 
 // upstream serves grpc.health.v1 (and, for the index, IndexService) on
 // 127.0.0.1:0.
-func upstream(t *testing.T, index bool) (addr string, hs *health.Server) {
+func upstream(t testing.TB, index bool) (addr string, hs *health.Server) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -18,10 +18,9 @@ func (h *Handler) cacheInfo(w http.ResponseWriter, r *http.Request) {
 	if !h.authorize(w, r, auth.Read) {
 		return
 	}
-	body := fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", h.StoreDir, h.Priority)
 	w.Header().Set("Content-Type", "text/x-nix-cache-info")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	io.WriteString(w, body)
+	w.Header().Set("Content-Length", strconv.Itoa(len(h.cacheInfoBody)))
+	io.WriteString(w, h.cacheInfoBody)
 }
 
 // putCacheInfo accepts the nix-cache-info Nix uploads when GET answered

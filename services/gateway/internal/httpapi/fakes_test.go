@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -62,7 +64,9 @@ type fakeIndex struct {
 	putNars   []putNarCall
 	putInfos  []*indexv1.PathInfo
 	getNars   []*indexv1.GetNarRequest
-	requestID string // of the last call
+	statNars  []*indexv1.StatNarRequest
+	relPaths  map[string]string // StatNar's relative_path, by file hash
+	requestID string            // of the last call
 
 	streamDone chan struct{} // closed when a stalled GetNar's context ends
 
@@ -78,6 +82,7 @@ func newFakeIndex() *fakeIndex {
 		files:      map[string]storedFile{},
 		paths:      map[string]*indexv1.PathInfo{},
 		storeNars:  map[string][]byte{},
+		relPaths:   map[string]string{},
 		streamDone: make(chan struct{}),
 
 		putStallDone: make(chan struct{}),
@@ -110,13 +115,14 @@ func (f *fakeIndex) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.statNars = append(f.statNars, req)
 	file, ok := f.files[req.GetFileHash()]
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "no NAR file %s", req.GetFileHash())
 	}
 	resp := &indexv1.StatNarResponse{File: &indexv1.NarFile{
 		FileHash: req.GetFileHash(), FileSize: uint64(len(file.data)), Compression: file.compression,
-	}}
+	}, RelativePath: f.relPaths[req.GetFileHash()]}
 	if req.GetPresign() && f.presign != "" {
 		resp.Url = f.presign + req.GetFileHash()
 	}
@@ -292,6 +298,9 @@ type env struct {
 	signer *fakeSigner
 	srv    *httptest.Server
 	logs   *syncBuffer
+	// narDir is the gateway's NarDir: addPath writes each file there too
+	// and the fake index names it.
+	narDir string
 }
 
 // newEnv starts a gateway; configure may change its Config.
@@ -338,6 +347,7 @@ func newEnv(t testing.TB, configure ...func(*Config)) *env {
 	for _, c := range configure {
 		c(&cfg)
 	}
+	e.narDir = cfg.NarDir
 	h, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -433,6 +443,17 @@ func (e *env) addPath(name string, size int) testPath {
 	}
 	e.index.mu.Lock()
 	defer e.index.mu.Unlock()
+	if e.narDir != "" {
+		// The index's layout: nars/<2 chars>/<file hash>.nar<ext>.
+		rel := p.fileHash.NixBase32()[:2] + "/" + p.fileHash.NixBase32() + ".nar.xz"
+		if err := os.MkdirAll(filepath.Join(e.narDir, p.fileHash.NixBase32()[:2]), 0o755); err != nil {
+			panic(err)
+		}
+		if err := os.WriteFile(filepath.Join(e.narDir, rel), p.file, 0o644); err != nil {
+			panic(err)
+		}
+		e.index.relPaths[p.fileHash.String()] = rel
+	}
 	e.index.paths[p.hash] = p.info
 	e.index.files[p.fileHash.String()] = storedFile{data: p.file, compression: "xz"}
 	e.index.storeNars[p.hash] = p.nar

@@ -5,9 +5,11 @@ package httpapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -61,6 +63,11 @@ type Config struct {
 	// NarinfoCacheSize bounds the cache's memory, in bytes (narinfos plus
 	// about 320 bytes an entry); 0 means DefaultNarinfoCacheSize.
 	NarinfoCacheSize int64
+	// NarDir is the index's nars/ directory, readable by the gateway
+	// (co-located, -nar-dir): a stored file the index names there is
+	// served from it (sendfile, ranges) instead of through the index's
+	// GetNar stream. "" streams everything.
+	NarDir string
 
 	// Landing serves GET and HEAD /; nil answers 404.
 	Landing http.Handler
@@ -72,6 +79,14 @@ type Config struct {
 type Handler struct {
 	Config
 	narinfos *narinfoCache // nil when NarinfoCacheTTL and NarinfoCacheMaxAge are 0
+	narRoot  *os.Root      // NarDir; nil without one
+	// methods are the method tables of the routes, made once: a map and
+	// method values built per request cost allocations on every answer.
+	methods struct {
+		landing, cacheInfo, nar, narinfo, artifact, other methods
+	}
+	// cacheInfoBody is the nix-cache-info, made once.
+	cacheInfoBody string
 }
 
 // DefaultNarinfoCacheSize is the narinfo cache's size when the Config
@@ -99,7 +114,22 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.NarinfoCacheSize == 0 {
 		cfg.NarinfoCacheSize = DefaultNarinfoCacheSize
 	}
-	return &Handler{Config: cfg, narinfos: newNarinfoCache(cfg.NarinfoCacheTTL, cfg.NarinfoCacheMaxAge, cfg.NarinfoCacheSize)}, nil
+	h := &Handler{Config: cfg, narinfos: newNarinfoCache(cfg.NarinfoCacheTTL, cfg.NarinfoCacheMaxAge, cfg.NarinfoCacheSize)}
+	h.methods.landing = methods{http.MethodGet: h.landing, http.MethodHead: h.landing}
+	h.methods.cacheInfo = methods{http.MethodGet: h.cacheInfo, http.MethodHead: h.cacheInfo, http.MethodPut: h.putCacheInfo}
+	h.methods.nar = methods{http.MethodGet: h.getNar, http.MethodHead: h.headNar, http.MethodPut: h.putNar}
+	h.methods.narinfo = methods{http.MethodGet: h.getNarinfo, http.MethodHead: h.getNarinfo, http.MethodPut: h.putNarinfo}
+	h.methods.artifact = h.artifactMethods()
+	h.methods.other = methods{http.MethodGet: notFound, http.MethodHead: notFound, http.MethodPut: h.putUnsupported}
+	h.cacheInfoBody = fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", cfg.StoreDir, cfg.Priority)
+	if cfg.NarDir != "" {
+		root, err := os.OpenRoot(cfg.NarDir)
+		if err != nil {
+			return nil, fmt.Errorf("httpapi: NAR directory: %w", err)
+		}
+		h.narRoot = root
+	}
+	return h, nil
 }
 
 // ServeHTTP tags the request with an id, routes it and logs it.
@@ -160,19 +190,19 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case p == "/":
-		dispatch(w, r, methods{http.MethodGet: h.landing, http.MethodHead: h.landing})
+		dispatch(w, r, h.methods.landing)
 	case isAdminPath(p):
 		h.admin(w, r)
 	case p == "/nix-cache-info":
-		dispatch(w, r, methods{http.MethodGet: h.cacheInfo, http.MethodHead: h.cacheInfo, http.MethodPut: h.putCacheInfo})
+		dispatch(w, r, h.methods.cacheInfo)
 	case strings.HasPrefix(p, "/nar/"):
-		dispatch(w, r, methods{http.MethodGet: h.getNar, http.MethodHead: h.headNar, http.MethodPut: h.putNar})
+		dispatch(w, r, h.methods.nar)
 	case isNarinfoPath(p):
-		dispatch(w, r, methods{http.MethodGet: h.getNarinfo, http.MethodHead: h.getNarinfo, http.MethodPut: h.putNarinfo})
+		dispatch(w, r, h.methods.narinfo)
 	case isLogPath(p), isListingPath(p), isRealisationPath(p), isDebugInfoPath(p):
-		dispatch(w, r, h.artifactMethods())
+		dispatch(w, r, h.methods.artifact)
 	default:
-		dispatch(w, r, methods{http.MethodGet: notFound, http.MethodHead: notFound, http.MethodPut: h.putUnsupported})
+		dispatch(w, r, h.methods.other)
 	}
 }
 

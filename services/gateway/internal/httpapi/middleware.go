@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"io"
 	"net/http"
 )
 
@@ -20,7 +21,9 @@ func requestID(r *http.Request) string {
 	}
 	var b [12]byte
 	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	var id [2 * len(b)]byte
+	hex.Encode(id[:], b[:])
+	return string(id[:])
 }
 
 func validRequestID(id string) bool {
@@ -59,6 +62,29 @@ func (r *recorder) Write(p []byte) (int, error) {
 	}
 	n, err := r.ResponseWriter.Write(p)
 	r.bytes += int64(n)
+	return n, err
+}
+
+// WriteString passes s on without copying it into a []byte (net/http's
+// ResponseWriter has a WriteString).
+func (r *recorder) WriteString(s string) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	n, err := io.WriteString(r.ResponseWriter, s)
+	r.bytes += int64(n)
+	return n, err
+}
+
+// ReadFrom passes src on to the ResponseWriter below, so that a file
+// reaches net/http's connection whole and goes out with sendfile (io.Copy
+// through Write alone would copy it in 32 KiB buffers).
+func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	n, err := io.Copy(r.ResponseWriter, src)
+	r.bytes += n
 	return n, err
 }
 

@@ -212,6 +212,9 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 		w.Header().Add("Vary", "Accept-Encoding")
 		zstdOut = acceptsZstd(r.Header)
 	}
+	if h.narRoot != nil && t.fileHash != "" && !zstdOut && h.serveNarFile(w, r, t) {
+		return
+	}
 	var rng *byteRange
 	// Without validators of our own, a conditional range (If-Range) can
 	// never be known to match: serve everything, as RFC 9110 says.
@@ -237,7 +240,7 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 	guard := h.newStallGuard(cancel)
 	var stream indexv1.IndexService_GetNarClient
 	if err := guard.open("NAR", func() (err error) {
-		stream, err = h.Index.GetNar(ctx, req)
+		stream, err = h.Index.GetNar(ctx, req, narStreamCodec())
 		return err
 	}); err != nil {
 		h.writeError(w, r, stalledError(ctx, err))
@@ -306,7 +309,9 @@ func recvHeader[M streamMessage[H], H comparable](h *Handler, ctx context.Contex
 }
 
 // copyNar writes the chunks of stream to dst (w, or an encoder writing to
-// w) as they come; want is the number of bytes the stream must carry.
+// w) as they come; want is the number of bytes the stream must carry. A
+// chunk is written before the next is received: with narStreamCodec the
+// next overwrites it.
 func (h *Handler) copyNar(w http.ResponseWriter, dst io.Writer, stream indexv1.IndexService_GetNarClient, want uint64) error {
 	rc := http.NewResponseController(w)
 	var sent uint64

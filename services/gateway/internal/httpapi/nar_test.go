@@ -5,7 +5,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,10 +20,25 @@ import (
 
 	"github.com/nixcache/nixcache/nix/nixbase32"
 	"github.com/nixcache/nixcache/platform/grpcutil"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 )
 
 func TestGetNar(t *testing.T) {
-	e := newEnv(t)
+	t.Run("streamed", func(t *testing.T) { testGetNar(t, false) })
+	// With NarDir the stored files come from the directory, not GetNar;
+	// the answers must be the same.
+	t.Run("co-located", func(t *testing.T) { testGetNar(t, true) })
+}
+
+func testGetNar(t *testing.T, colocated bool) {
+	var e *env
+	if colocated {
+		dir := t.TempDir()
+		e = newEnv(t, func(c *Config) { c.NarDir = dir })
+	} else {
+		e = newEnv(t)
+	}
 	p := e.addPath("hello-2.12", 5000) // the file is 2501 bytes
 	file, nar := p.file, p.nar
 	fileURL := "/nar/" + p.fileHash.NixBase32() + ".nar.xz"
@@ -74,7 +93,7 @@ func TestGetNar(t *testing.T) {
 				method = "GET"
 			}
 			e.index.mu.Lock()
-			e.index.getNars = nil
+			e.index.getNars, e.index.statNars = nil, nil
 			e.index.mu.Unlock()
 			req := request{method: method, path: tt.path}
 			if tt.rng != "" {
@@ -107,10 +126,23 @@ func TestGetNar(t *testing.T) {
 					t.Errorf("Content-Encoding %q (Nix resumes only without one)", got)
 				}
 			}
+			e.index.mu.Lock()
+			reqs, stats := e.index.getNars, e.index.statNars
+			e.index.mu.Unlock()
+			if colocated && tt.path == fileURL && method == "GET" && (tt.code == 200 || tt.code == 206) {
+				if len(reqs) != 0 {
+					t.Errorf("GetNar requests %v: the file should have come from the NAR directory", reqs)
+				}
+				wantStart := tt.wantOffset
+				if strings.HasPrefix(tt.rng, "bytes=-") {
+					wantStart = 1 // a suffix range counts as a resumption
+				}
+				if len(stats) != 1 || !stats[0].GetDownload() || stats[0].GetOffset() != wantStart {
+					t.Errorf("StatNar requests %v, want one download from offset %d", stats, tt.wantOffset)
+				}
+				return
+			}
 			if tt.code == 206 {
-				e.index.mu.Lock()
-				reqs := e.index.getNars
-				e.index.mu.Unlock()
 				if len(reqs) != 1 || reqs[0].GetOffset() != tt.wantOffset || reqs[0].GetLength() != tt.wantLength {
 					t.Errorf("GetNar requests %v, want one for offset %d length %d", reqs, tt.wantOffset, tt.wantLength)
 				}
@@ -256,6 +288,116 @@ func TestGetNarHeaderTimeout(t *testing.T) {
 	resp := e.do(t, request{method: "GET", path: "/nar/" + p.fileHash.NixBase32() + ".nar.xz"})
 	if resp.code != 503 || resp.header.Get("Retry-After") == "" {
 		t.Errorf("status %d, Retry-After %q; want 503 with Retry-After", resp.code, resp.header.Get("Retry-After"))
+	}
+}
+
+// TestNarDirFallback checks that with NarDir the gateway serves only a
+// regular file, inside the directory, of the size the index recorded, and
+// otherwise streams the file from the index: what it sends is always the
+// index's bytes.
+func TestNarDirFallback(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		spoil func(t *testing.T, narDir, outside, rel string, file []byte) string // returns the relative path the index names
+	}{
+		{"missing", func(t *testing.T, narDir, outside, rel string, file []byte) string {
+			must(t, os.Remove(filepath.Join(narDir, rel)))
+			return rel
+		}},
+		{"truncated", func(t *testing.T, narDir, outside, rel string, file []byte) string {
+			must(t, os.WriteFile(filepath.Join(narDir, rel), file[:len(file)-1], 0o644))
+			return rel
+		}},
+		{"a directory", func(t *testing.T, narDir, outside, rel string, file []byte) string {
+			must(t, os.Remove(filepath.Join(narDir, rel)))
+			must(t, os.Mkdir(filepath.Join(narDir, rel), 0o755))
+			return rel
+		}},
+		{"dot-dot", func(t *testing.T, narDir, outside, rel string, file []byte) string {
+			return "../outside/evil.nar.xz"
+		}},
+		{"absolute", func(t *testing.T, narDir, outside, rel string, file []byte) string {
+			return filepath.Join(outside, "evil.nar.xz")
+		}},
+		{"unclean", func(t *testing.T, narDir, outside, rel string, file []byte) string {
+			return "./" + rel
+		}},
+		{"symlink out", func(t *testing.T, narDir, outside, rel string, file []byte) string {
+			must(t, os.Remove(filepath.Join(narDir, rel)))
+			must(t, os.Symlink(filepath.Join(outside, "evil.nar.xz"), filepath.Join(narDir, rel)))
+			return rel
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			base := t.TempDir()
+			narDir, outside := filepath.Join(base, "nars"), filepath.Join(base, "outside")
+			must(t, os.Mkdir(narDir, 0o755))
+			must(t, os.Mkdir(outside, 0o755))
+			e := newEnv(t, func(c *Config) { c.NarDir = narDir })
+			p := e.addPath("hello", 5000)
+			// A file of the right size but other bytes, outside NarDir.
+			evil := bytes.Repeat([]byte("E"), len(p.file))
+			must(t, os.WriteFile(filepath.Join(outside, "evil.nar.xz"), evil, 0o644))
+			e.index.mu.Lock()
+			rel := e.index.relPaths[p.fileHash.String()]
+			e.index.mu.Unlock()
+			named := tt.spoil(t, narDir, outside, filepath.FromSlash(rel), p.file)
+			e.index.mu.Lock()
+			e.index.relPaths[p.fileHash.String()] = filepath.ToSlash(named)
+			e.index.getNars = nil
+			e.index.mu.Unlock()
+
+			resp := e.do(t, request{method: "GET", path: "/nar/" + p.fileHash.NixBase32() + ".nar.xz"})
+			if resp.code != 200 || !bytes.Equal(resp.body, p.file) {
+				t.Fatalf("status %d, %d bytes (the index's: %v)", resp.code, len(resp.body), bytes.Equal(resp.body, p.file))
+			}
+			e.index.mu.Lock()
+			streamed := len(e.index.getNars)
+			e.index.mu.Unlock()
+			if streamed != 1 {
+				t.Errorf("%d GetNar calls, want the file streamed from the index once", streamed)
+			}
+		})
+	}
+}
+
+func TestNarDirMissing(t *testing.T) {
+	_, err := New(Config{
+		Index: indexv1.NewIndexServiceClient(nil), Signer: signerv1.NewSignerServiceClient(nil),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxNarinfoSize: 1, RequestTimeout: time.Second,
+		NarDir: filepath.Join(t.TempDir(), "absent"),
+	})
+	if err == nil || !strings.Contains(err.Error(), "NAR directory") {
+		t.Fatalf("New with a missing NarDir: %v", err)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readFromWriter is a ResponseWriter whose ReadFrom (net/http's: sendfile
+// for a file) must be reached through the access-log recorder.
+type readFromWriter struct {
+	httptest.ResponseRecorder
+	readFrom int64
+}
+
+func (w *readFromWriter) ReadFrom(src io.Reader) (int64, error) {
+	n, err := io.Copy(&w.ResponseRecorder, src)
+	w.readFrom += n
+	return n, err
+}
+
+func TestRecorderReadFrom(t *testing.T) {
+	w := &readFromWriter{ResponseRecorder: *httptest.NewRecorder()}
+	rec := &recorder{ResponseWriter: w}
+	n, err := io.CopyN(rec, strings.NewReader(strings.Repeat("x", 5000)), 4000)
+	if err != nil || n != 4000 || w.readFrom != 4000 || rec.bytes != 4000 || rec.code != http.StatusOK {
+		t.Errorf("CopyN: %d, %v; ReadFrom below got %d, recorder counted %d, status %d", n, err, w.readFrom, rec.bytes, rec.code)
 	}
 }
 

@@ -58,17 +58,33 @@ const (
 
 func (t *Tracker) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	resp, err := handler(ctx, req)
-	if info.FullMethod == getPathInfoMethod {
+	switch info.FullMethod {
+	case getPathInfoMethod:
 		switch status.Code(err) {
 		case codes.OK:
 			t.narinfoHits.Add(1)
 		case codes.NotFound:
 			t.narinfoMisses.Add(1)
 		}
-	}
-	if info.FullMethod == statNarMethod && err == nil {
-		if r, ok := resp.(*indexv1.StatNarResponse); ok && r.GetUrl() != "" {
-			t.download(&indexv1.GetNarRequest{Selector: &indexv1.GetNarRequest_FileHash{FileHash: r.GetFile().GetFileHash()}})
+	case statNarMethod:
+		r, ok := req.(*indexv1.StatNarRequest)
+		st, _ := resp.(*indexv1.StatNarResponse)
+		switch {
+		case !ok || err != nil || st == nil:
+		case r.GetDownload():
+			// A co-located gateway serves the file itself and says so:
+			// the download counts as one through GetNar would, its bytes
+			// when it starts.
+			if size := st.GetFile().GetFileSize(); r.GetOffset() < size {
+				t.narBytesSent.Add(size - r.GetOffset())
+			}
+			t.download(&indexv1.GetNarRequest{
+				Selector: &indexv1.GetNarRequest_FileHash{FileHash: r.GetFileHash()},
+				Offset:   r.GetOffset(),
+			})
+		case st.GetUrl() != "":
+			// The client downloads from the bucket.
+			t.download(&indexv1.GetNarRequest{Selector: &indexv1.GetNarRequest_FileHash{FileHash: st.GetFile().GetFileHash()}})
 		}
 	}
 	return resp, err

@@ -44,6 +44,10 @@ type Presigner interface {
 	Presign(ctx context.Context, key string, expiry time.Duration) (string, error)
 }
 
+// storedFileMode is the mode of a file in Dir: the index's group may read
+// it (a co-located gateway, -nar-dir).
+const storedFileMode = 0o640
+
 // Dir is a Backend over a local directory (<data dir>/nars); uploads are
 // renamed into it from a directory of the same file system.
 type Dir struct {
@@ -73,6 +77,11 @@ func (d *Dir) Put(ctx context.Context, key string, file *os.File, size int64) er
 			os.Remove(file.Name())
 		}
 	}()
+	// Readable by the index's group too (CreateTemp made it 0600): a
+	// co-located gateway in that group sends stored files itself.
+	if err := file.Chmod(storedFileMode); err != nil {
+		return fmt.Errorf("chmod upload file: %w", err)
+	}
 	if err := file.Sync(); err != nil {
 		return fmt.Errorf("sync upload file: %w", err)
 	}

@@ -113,6 +113,21 @@ func keyOfFile(nf *indexv1.NarFile) (string, error) {
 	return key(h.NixBase32(), nf.GetCompression())
 }
 
+// RelativePath is where the file nf describes lies under the nars/
+// directory, slash-separated, for a reader that shares the directory (a
+// co-located gateway's -nar-dir); ok is false when the files are not in a
+// local directory (a bucket).
+func (s *Store) RelativePath(nf *indexv1.NarFile) (rel string, ok bool, err error) {
+	if _, local := s.files.(*Dir); !local {
+		return "", false, nil
+	}
+	k, err := keyOfFile(nf)
+	if err != nil {
+		return "", false, err
+	}
+	return k, true, nil
+}
+
 // Stat returns the size of the stored file nf describes, as the backend
 // has it; a missing file matches fs.ErrNotExist.
 func (s *Store) Stat(ctx context.Context, nf *indexv1.NarFile) (int64, error) {

@@ -42,6 +42,25 @@ func TestPutNar(t *testing.T) {
 					t.Fatalf("StatNar(%s): %v", key, err)
 				}
 				assertNarFile(t, st.GetFile(), want)
+				// A co-located gateway opens nars/<relative_path> itself.
+				rel := st.GetRelativePath()
+				if rel == "" || filepath.IsAbs(rel) || filepath.Clean(rel) != rel || strings.Contains(rel, "..") {
+					t.Fatalf("StatNar(%s): relative_path %q is not a clean relative path", key, rel)
+				}
+				fi, err := os.Stat(filepath.Join(idx.dir, "nars", filepath.FromSlash(rel)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fi.Mode().Perm() != 0o640 {
+					t.Fatalf("nars/%s: mode %v, want 0640 (the gateway's group reads it)", rel, fi.Mode())
+				}
+				onDisk, err := os.ReadFile(filepath.Join(idx.dir, "nars", filepath.FromSlash(rel)))
+				if err != nil {
+					t.Fatalf("StatNar(%s): relative_path %q: %v", key, rel, err)
+				}
+				if !bytes.Equal(onDisk, file) {
+					t.Fatalf("StatNar(%s): nars/%s holds %d bytes, not the %d uploaded", key, rel, len(onDisk), len(file))
+				}
 			}
 		})
 	}

@@ -176,14 +176,25 @@ func (s *Server) WithPresign(expiry time.Duration) *Server {
 	return s
 }
 
-// StatNar describes a stored NAR file and, when asked and the files are
-// in a bucket, presigns a URL of it.
+// StatNar describes a stored NAR file; names it under nars/ for a gateway
+// that reads the directory itself, when the files are in a local
+// directory; and, when asked and the files are in a bucket, presigns a URL
+// of it. Only files recorded as stored are found: a quarantined file's
+// record has moved out of the catalogue's NAR files, so it gets neither an
+// answer nor a name.
 func (s *Server) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*indexv1.StatNarResponse, error) {
 	nf, err := s.narFile(req.GetFileHash())
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	resp := &indexv1.StatNarResponse{File: nf}
+	rel, local, err := s.nars.RelativePath(nf)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if local {
+		resp.RelativePath = rel
+	}
 	if req.GetPresign() && s.presignExpiry > 0 {
 		expires := time.Now().Add(s.presignExpiry)
 		url, ok, err := s.nars.Presign(ctx, nf, s.presignExpiry)

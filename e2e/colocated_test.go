@@ -1,0 +1,98 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// withNarDir runs the gateway co-located: it reads the index's nars/
+// directory itself (-nar-dir).
+func withNarDir() clusterOption {
+	return func(c *cluster) {
+		c.extraArgs["gateway"] = append(c.extraArgs["gateway"], "-nar-dir", filepath.Join(c.dir, "index", "nars"))
+	}
+}
+
+// TestColocatedNarDir substitutes a closure from a gateway that sends the
+// stored NAR files from the index's directory: the real Nix gets the same
+// paths, the index streams no NAR (GetNar is never called) yet counts the
+// downloads, ranges work, and a file Verify quarantined is not served
+// although the gateway can still read it.
+func TestColocatedNarDir(t *testing.T) {
+	c := newCluster(t, withAdmin(), withNarDir())
+	top, closure := buildClosure(t)
+	local := pathInfos(t, nixConfig(), "--recursive", top)
+	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL+"?compression=zstd", top)
+
+	store := filepath.Join(t.TempDir(), "store")
+	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", "copy", "--from", c.URL, "--to", store, top)
+	copied := pathInfos(t, nixConfig(), "--store", store, "--recursive", top)
+	for _, p := range closure {
+		if copied[p].NarHash != local[p].NarHash {
+			t.Errorf("%s: substituted NarHash %q, host %q", p, copied[p].NarHash, local[p].NarHash)
+		}
+	}
+	assertSameTree(t, top, filepath.Join(store, strings.TrimPrefix(top, "/")))
+
+	index := "http://" + c.indexMetrics + "/metrics"
+	const series = `grpc_server_handled_total{grpc_code="OK",grpc_method="%s",grpc_service="nixcache.index.v1.IndexService",grpc_type="%s"}`
+	getNars := fmt.Sprintf(series, "GetNar", "server_stream")
+	if n := metric(t, index, getNars); n != 0 {
+		t.Errorf("the index streamed %v NARs; the gateway should have read them from -nar-dir", n)
+	}
+	if n := metric(t, index, fmt.Sprintf(series, "StatNar", "unary")); n < float64(len(closure)) {
+		t.Errorf("StatNar answered %v times, want at least one per path (%d)", n, len(closure))
+	}
+	stats := messages(t, c.admin("GetStats", ""))
+	if got := stats[0]["narDownloads"]; got != "3" {
+		t.Errorf("GetStats narDownloads %v, want 3 (one per path): %v", got, stats)
+	}
+
+	// A byte range, from the file on disk.
+	file := c.narFileOf(top)
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	narURL := c.URL + "/nar/" + filepath.Base(file)
+	r := httpDo(t, "GET", narURL, "", nil, http.Header{"Range": {"bytes=10-19"}})
+	if r.status != http.StatusPartialContent || r.body != string(data[10:20]) {
+		t.Errorf("GET %s bytes=10-19: %d, %q; want 206, %q", narURL, r.status, r.body, data[10:20])
+	}
+
+	// nix-serve's URL form is the uncompressed NAR of a path: the index
+	// decompresses and streams it (and so the series above is the right
+	// one to have found 0 in).
+	if r := httpDo(t, "GET", c.URL+"/nar/"+hashPart(top)+".nar", "", nil, nil); r.status != http.StatusOK || uint64(len(r.body)) != local[top].NarSize {
+		t.Errorf("GET nar/<store hash>.nar: %d, %d bytes, want 200, %d", r.status, len(r.body), local[top].NarSize)
+	}
+	// The server counts a call when its handler returns, which may be
+	// just after the client has the last byte.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		n := metric(t, index, getNars)
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GetNar answered %v times after one nix-serve download, want 1", n)
+		}
+	}
+
+	// Rot the file in place (same size): Verify quarantines it, and the
+	// gateway, which could read it, must not serve it.
+	data[len(data)/2] ^= 0xff
+	if err := os.WriteFile(file, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if last := messages(t, c.admin("Verify", "")); last[len(last)-1]["bad"] != "1" {
+		t.Fatalf("Verify did not find the rotted file: %v", last)
+	}
+	if got := httpStatus(t, "GET", narURL, "", nil); got != http.StatusNotFound {
+		t.Errorf("GET %s of a quarantined file: %d, want 404", narURL, got)
+	}
+}

@@ -1,0 +1,71 @@
+package httpapi
+
+import (
+	"bytes"
+	"testing"
+
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+)
+
+// split cuts b into pieces of at most n bytes, as gRPC hands a message
+// over in the buffers of its HTTP/2 frames.
+func split(b []byte, n int) mem.BufferSlice {
+	var s mem.BufferSlice
+	for len(b) > 0 {
+		k := min(n, len(b))
+		s = append(s, mem.SliceBuffer(bytes.Clone(b[:k])))
+		b = b[k:]
+	}
+	return s
+}
+
+func TestChunkCodec(t *testing.T) {
+	c := &chunkCodec{proto: encoding.GetCodecV2("proto")}
+	marshal := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	chunkMsg := func(data []byte) []byte {
+		return marshal(&indexv1.GetNarResponse{Msg: &indexv1.GetNarResponse_Chunk{Chunk: data}})
+	}
+	a, b := pattern("a", 300000), pattern("b", 200000)
+
+	var got indexv1.GetNarResponse
+	if err := c.Unmarshal(split(chunkMsg(a), 16384), &got); err != nil || !bytes.Equal(got.GetChunk(), a) {
+		t.Fatalf("first chunk: %v, %d bytes equal %v", err, len(got.GetChunk()), bytes.Equal(got.GetChunk(), a))
+	}
+	first := &got.GetChunk()[0]
+	if err := c.Unmarshal(split(chunkMsg(b), 5000), &got); err != nil || !bytes.Equal(got.GetChunk(), b) {
+		t.Fatalf("second chunk: %v, %d bytes", err, len(got.GetChunk()))
+	}
+	if &got.GetChunk()[0] != first {
+		t.Errorf("the second chunk was decoded into a new buffer, not the codec's")
+	}
+
+	// Anything but a lone chunk goes to the protobuf codec.
+	hdr := &indexv1.GetNarHeader{TotalSize: 1234, Compression: "xz"}
+	if err := c.Unmarshal(split(marshal(&indexv1.GetNarResponse{Msg: &indexv1.GetNarResponse_Header{Header: hdr}}), 3), &got); err != nil ||
+		!proto.Equal(got.GetHeader(), hdr) || got.GetChunk() != nil {
+		t.Errorf("header: %v, %v", err, &got)
+	}
+	withExtra := protowire.AppendTag(chunkMsg(a[:10]), 99, protowire.VarintType)
+	withExtra = protowire.AppendVarint(withExtra, 7)
+	if err := c.Unmarshal(split(withExtra, 7), &got); err != nil || !bytes.Equal(got.GetChunk(), a[:10]) {
+		t.Errorf("chunk with an unknown field: %v, %q", err, got.GetChunk())
+	}
+	if err := c.Unmarshal(split([]byte{0x12, 0x05, 1, 2}, 1), &got); err == nil {
+		t.Errorf("a truncated chunk decoded: %v", &got)
+	}
+	var other indexv1.GetNarHeader
+	if err := c.Unmarshal(split(marshal(hdr), 4), &other); err != nil || !proto.Equal(&other, hdr) {
+		t.Errorf("another message type: %v, %v", err, &other)
+	}
+}

@@ -1,0 +1,166 @@
+package httpapi
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+)
+
+// fileSegment is how much of a NAR file one sendfile run may send before
+// the transfer's idle deadline is pushed back (TransferIdleTimeout): a
+// client must take no longer than that per segment.
+const fileSegment = 4 << 20
+
+// serveNarFile answers GET of the stored file t names from the index's
+// nars/ directory (NarDir), the way nginx serves a static cache: the
+// kernel copies the page cache to the socket (sendfile) and no byte
+// crosses the index. The index stays the authority: StatNar must find the
+// file (stored, verified, not quarantined) and name it; the gateway only
+// opens that name, inside NarDir, and only a regular file of the size the
+// index recorded. It reports false, having written nothing, when the
+// request is better left to the index's stream: no name, or no such
+// file here.
+func (h *Handler) serveNarFile(w http.ResponseWriter, r *http.Request, t narTarget) bool {
+	// Without validators of our own, a conditional range (If-Range) can
+	// never be known to match: serve everything, as RFC 9110 says.
+	spec := r.Header.Get("Range")
+	if r.Header.Get("If-Range") != "" {
+		spec = ""
+	}
+	ctx, cancel := h.unary(r.Context())
+	resp, err := h.Index.StatNar(ctx, &indexv1.StatNarRequest{
+		FileHash: t.fileHash,
+		Download: true,
+		Offset:   rangeStart(spec),
+	})
+	cancel()
+	if err != nil {
+		h.writeError(w, r, err)
+		return true
+	}
+	nf := resp.GetFile()
+	if c := nf.GetCompression(); c != t.compression {
+		h.writeError(w, r, errNoSuchNar(r.URL.Path, "the file is compressed with "+c))
+		return true
+	}
+	f := h.openNarFile(r, resp.GetRelativePath(), nf.GetFileSize())
+	if f == nil {
+		return false
+	}
+	defer f.Close()
+
+	size := nf.GetFileSize()
+	rng, err := parseRange(spec, size)
+	if err != nil { // errUnsatisfiable
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		writeText(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q not satisfiable: the NAR is %d bytes", spec, size))
+		return true
+	}
+	start, length, code := uint64(0), size, http.StatusOK
+	if rng != nil {
+		w.Header().Set("Content-Range", rng.contentRange())
+		start, length, code = rng.start, rng.length, http.StatusPartialContent
+	}
+	if start > 0 {
+		if _, err := f.Seek(int64(start), io.SeekStart); err != nil {
+			h.writeError(w, r, fmt.Errorf("seek in NAR file %s: %w", t.fileHash, err))
+			return true
+		}
+	}
+	setNarHeaders(w, length)
+	w.WriteHeader(code)
+	if err := h.copyFile(w, f, int64(length)); err != nil && r.Context().Err() == nil {
+		// As with a stream: the connection closes short of
+		// Content-Length, and Nix resumes with a Range request.
+		h.Log.WarnContext(r.Context(), "NAR file transfer cut", "path", r.URL.Path, "err", err)
+	}
+	return true
+}
+
+// openNarFile opens rel, the name the index gave a file of size bytes,
+// under NarDir; nil when the file cannot be served from there (then the
+// index streams it). os.Root keeps every open inside NarDir, symbolic
+// links included; a name that is not a clean relative path is refused
+// before that.
+func (h *Handler) openNarFile(r *http.Request, rel string, size uint64) *os.File {
+	if rel == "" {
+		return nil
+	}
+	if !cleanRelative(rel) {
+		h.Log.WarnContext(r.Context(), "index named a NAR file outside -nar-dir; streaming it instead", "relative_path", rel)
+		return nil
+	}
+	f, err := h.narRoot.Open(filepath.FromSlash(rel))
+	if err != nil {
+		h.Log.WarnContext(r.Context(), "NAR file not readable in -nar-dir (is it the index's nars/ directory?); streaming it instead", "err", err)
+		return nil
+	}
+	st, err := f.Stat()
+	switch {
+	case err != nil:
+		h.Log.WarnContext(r.Context(), "NAR file in -nar-dir: stat failed; streaming it instead", "err", err)
+	case !st.Mode().IsRegular() || st.Size() < 0 || uint64(st.Size()) != size:
+		h.Log.WarnContext(r.Context(), "NAR file in -nar-dir is not what the index recorded; streaming it instead",
+			"relative_path", rel, "mode", st.Mode().String(), "size", st.Size(), "want_size", size)
+	default:
+		return f
+	}
+	f.Close()
+	return nil
+}
+
+// cleanRelative reports whether rel is a slash-separated path that stays
+// below the directory it is relative to: not absolute, no "..", ".", or
+// empty segments, no backslashes.
+func cleanRelative(rel string) bool {
+	return rel != "" && path.Clean(rel) == rel && filepath.IsLocal(rel) &&
+		!strings.HasPrefix(rel, "/") && !strings.Contains(rel, `\`) && !strings.HasPrefix(rel, "./")
+}
+
+// rangeStart is the first byte a Range header asks for, as far as can be
+// told before the size is known: the index counts a download only for a
+// request from byte 0, so that a resumed transfer is not a new one. A
+// suffix range ("bytes=-n", the last n bytes) is taken as a resumption:
+// 1.
+func rangeStart(spec string) uint64 {
+	if spec == "" {
+		return 0
+	}
+	rng, err := parseRange(spec, math.MaxUint64)
+	switch {
+	case err != nil || rng == nil:
+		return 0
+	case rng.start+rng.length == math.MaxUint64: // open-ended: "bytes=a-" or "bytes=-n"
+		if _, first, _ := strings.Cut(spec, "="); strings.HasPrefix(strings.TrimSpace(first), "-") {
+			return 1
+		}
+	}
+	return rng.start
+}
+
+// copyFile sends n bytes of f to w, in segments, each under a fresh idle
+// deadline. Through the writers' ReadFrom methods each segment reaches
+// net/http's connection, which sends it with sendfile.
+func (h *Handler) copyFile(w http.ResponseWriter, f *os.File, n int64) error {
+	rc := http.NewResponseController(w)
+	var sent int64
+	for sent < n {
+		if h.TransferIdleTimeout > 0 {
+			_ = rc.SetWriteDeadline(time.Now().Add(h.TransferIdleTimeout))
+		}
+		m, err := io.CopyN(w, f, min(n-sent, fileSegment))
+		sent += m
+		if err != nil {
+			return fmt.Errorf("send NAR file after %d of %d bytes: %w", sent, n, err)
+		}
+	}
+	return nil
+}
