@@ -314,27 +314,8 @@ func (b *bench) run(ctx context.Context) error {
 				add(t.name, fig, tm.Total.Seconds(), (t.cpu() - c0).Seconds())
 			}
 		}
-		for i, comp := range []string{"none", "zstd"} {
-			pushes := []func() error{
-				func() error {
-					secs, cpu, err := b.pushRound(ctx, comp, top)
-					add("nixcache-"+comp, report.Push, secs, cpu)
-					return err
-				},
-				func() error {
-					secs, err := b.fileRound(ctx, comp, top)
-					add("file-"+comp, report.Push, secs, 0)
-					return err
-				},
-			}
-			if (round+i)%2 == 1 {
-				slices.Reverse(pushes)
-			}
-			for _, p := range pushes {
-				if err := p(); err != nil {
-					return err
-				}
-			}
+		if err := b.pushRounds(ctx, round, top, add); err != nil {
+			return err
 		}
 		b.logf("round %d/%d done", round+1, b.o.Rounds)
 	}
@@ -412,29 +393,8 @@ func (b *bench) pushPhase(ctx context.Context, top string) error {
 	}
 	b.res.Servers = append(b.res.Servers, report.Server{Name: "file-none"}, report.Server{Name: "file-zstd"})
 	for round := range b.o.Rounds {
-		for i, comp := range []string{"none", "zstd"} {
-			pushes := []func() error{
-				func() error {
-					secs, cpu, err := b.pushRound(ctx, comp, top)
-					b.addMeasure("nixcache-"+comp, report.Push, secs, cpu)
-					b.logf("push %s to nixcache: %.2f s, services %.2f CPU-s", comp, secs, cpu)
-					return err
-				},
-				func() error {
-					secs, err := b.fileRound(ctx, comp, top)
-					b.addMeasure("file-"+comp, report.Push, secs, 0)
-					b.logf("push %s to file://: %.2f s", comp, secs)
-					return err
-				},
-			}
-			if (round+i)%2 == 1 {
-				slices.Reverse(pushes)
-			}
-			for _, p := range pushes {
-				if err := p(); err != nil {
-					return err
-				}
-			}
+		if err := b.pushRounds(ctx, round, top, b.addMeasure); err != nil {
+			return err
 		}
 		b.logf("round %d/%d done", round+1, b.o.Rounds)
 	}
@@ -448,6 +408,37 @@ func (b *bench) pushPhase(ctx context.Context, top string) error {
 	}
 	b.res.Profiles = map[string]*prof.Profile{}
 	return b.profilePush(ctx)
+}
+
+// pushRounds runs one round of pushes, nix copy --to nixcache against nix
+// copy --to file://, for both compressions, alternating which goes first,
+// and adds each figure with add.
+func (b *bench) pushRounds(ctx context.Context, round int, top string, add func(server, figure string, secs, cpu float64)) error {
+	for i, comp := range []string{"none", "zstd"} {
+		pushes := []func() error{
+			func() error {
+				secs, cpu, err := b.pushRound(ctx, comp, top)
+				add("nixcache-"+comp, report.Push, secs, cpu)
+				b.logf("push %s to nixcache: %.2f s, services %.2f CPU-s", comp, secs, cpu)
+				return err
+			},
+			func() error {
+				secs, err := b.fileRound(ctx, comp, top)
+				add("file-"+comp, report.Push, secs, 0)
+				b.logf("push %s to file://: %.2f s", comp, secs)
+				return err
+			},
+		}
+		if (round+i)%2 == 1 {
+			slices.Reverse(pushes)
+		}
+		for _, p := range pushes {
+			if err := p(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // addMeasure adds one round's figure to the results (medians kept sorted).
