@@ -4,26 +4,22 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/consistency"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
+	"github.com/nixcache/nixcache/services/index/internal/nartest"
 )
 
 // TestCheckBucket: with the NAR files in an S3 bucket (a real one,
 // Versity Gateway), a path whose object is gone is quarantined, and an
 // object no record names is counted and logged but left in place.
 func TestCheckBucket(t *testing.T) {
-	endpoint := startVersitygw(t)
+	endpoint := nartest.StartVersitygw(t, "checktest", "checktestsecret")
 	ctx := context.Background()
 	bucket, err := narstore.OpenBucket(ctx, narstore.BucketConfig{Endpoint: endpoint, Bucket: "check-test", Region: "us-east-1",
 		PathStyle: true, PartSize: narstore.MinPartSize, CreateBucket: true})
@@ -65,53 +61,5 @@ func TestCheckBucket(t *testing.T) {
 	}
 	if size, err := nars.Stat(ctx, orphan); err != nil || uint64(size) != orphan.GetFileSize() {
 		t.Errorf("the orphan object: %d, %v; want it kept", size, err)
-	}
-}
-
-// startVersitygw runs a real S3 server, Versity Gateway (installed by
-// scripts/tools.sh), on a free loopback port and returns its URL, with
-// the credentials set in the environment as the index reads them.
-func startVersitygw(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("versitygw")
-	if err != nil {
-		bin, _ = filepath.Abs("../../../../.tools/bin/versitygw")
-		if _, err := os.Stat(bin); err != nil {
-			t.Fatalf("versitygw is required (scripts/tools.sh installs it): %v", err)
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	t.Setenv("AWS_ACCESS_KEY_ID", "checktest")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "checktestsecret")
-	var out bytes.Buffer
-	cmd := exec.Command(bin, "--access", "checktest", "--secret", "checktestsecret", "--port", addr, "posix", t.TempDir())
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-done })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			return "http://" + addr
-		}
-		select {
-		case <-done:
-			t.Fatalf("versitygw exited: %s", out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("versitygw not listening after 30s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval
 	}
 }

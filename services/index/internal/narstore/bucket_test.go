@@ -8,10 +8,6 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,58 +17,10 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/nartest"
 )
 
-// startVersitygw runs a real S3 server, Versity Gateway (installed by
-// scripts/tools.sh), on a free loopback port and returns its URL, with
-// the credentials set in the environment as the index reads them.
-func startVersitygw(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("versitygw")
-	if err != nil {
-		bin, _ = filepath.Abs("../../../../.tools/bin/versitygw")
-		if _, err := os.Stat(bin); err != nil {
-			t.Fatalf("versitygw is required (scripts/tools.sh installs it): %v", err)
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	t.Setenv("AWS_ACCESS_KEY_ID", "narstoretest")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "narstoretestsecret")
-	var out bytes.Buffer
-	cmd := exec.Command(bin, "--access", "narstoretest", "--secret", "narstoretestsecret", "--port", addr, "posix", t.TempDir())
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-done })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			return "http://" + addr
-		}
-		select {
-		case <-done:
-			t.Fatalf("versitygw exited: %s", out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("versitygw not listening after 30s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval
-	}
-}
-
 // TestBucket runs the store over a real bucket: uploads in one piece and
 // in parts, Stat, Walk, ranges, presigned URLs, removal, on a bucket that exists only with CreateBucket.
 func TestBucket(t *testing.T) {
-	endpoint := startVersitygw(t)
+	endpoint := nartest.StartVersitygw(t, "narstoretest", "narstoretestsecret")
 	ctx := context.Background()
 	cfg := narstore.BucketConfig{Endpoint: endpoint, Bucket: "narstore-test", Prefix: "cache", Region: "us-east-1",
 		PathStyle: true, PartSize: narstore.MinPartSize}
