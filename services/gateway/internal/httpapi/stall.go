@@ -61,22 +61,53 @@ func stalledError(ctx context.Context, err error) error {
 	return err
 }
 
+// stepTimer bounds each chunk step of one stream to the guard's step
+// bound with a single timer, armed for every step: nothing is made per
+// chunk. A nil stepTimer (no bound) does nothing.
+type stepTimer struct {
+	t *time.Timer
+	d time.Duration
+}
+
+// stepTimer returns the step timer of a stream whose steps wait for what.
+func (g stallGuard) stepTimer(what string) *stepTimer {
+	if g.step <= 0 {
+		return nil
+	}
+	d := g.step
+	t := time.AfterFunc(d, func() {
+		g.cancel(fmt.Errorf("%w: no %s within %s", errIndexStalled, what, d))
+	})
+	t.Stop()
+	return &stepTimer{t: t, d: d}
+}
+
+func (st *stepTimer) start() {
+	if st != nil {
+		st.t.Reset(st.d)
+	}
+}
+
+func (st *stepTimer) stop() {
+	if st != nil {
+		st.t.Stop()
+	}
+}
+
 // guardedRecv is a server stream whose every Recv is bounded.
 type guardedRecv[M any] struct {
 	grpc.ServerStreamingClient[M]
-	g stallGuard
+	step *stepTimer
 }
 
 func guardRecv[M any](s grpc.ServerStreamingClient[M], g stallGuard) guardedRecv[M] {
-	return guardedRecv[M]{ServerStreamingClient: s, g: g}
+	return guardedRecv[M]{ServerStreamingClient: s, step: g.stepTimer("data from the index")}
 }
 
 func (s guardedRecv[M]) Recv() (*M, error) {
-	var m *M
-	err := s.g.run(s.g.step, "data from the index", func() (err error) {
-		m, err = s.ServerStreamingClient.Recv()
-		return err
-	})
+	s.step.start()
+	m, err := s.ServerStreamingClient.Recv()
+	s.step.stop()
 	return m, err
 }
 
@@ -84,17 +115,19 @@ func (s guardedRecv[M]) Recv() (*M, error) {
 // bounded.
 type guardedSend[Req, Res any] struct {
 	grpc.ClientStreamingClient[Req, Res]
-	g stallGuard
+	g    stallGuard
+	step *stepTimer
 }
 
 func guardSend[Req, Res any](s grpc.ClientStreamingClient[Req, Res], g stallGuard) guardedSend[Req, Res] {
-	return guardedSend[Req, Res]{ClientStreamingClient: s, g: g}
+	return guardedSend[Req, Res]{ClientStreamingClient: s, g: g, step: g.stepTimer("room to send to the index")}
 }
 
 func (s guardedSend[Req, Res]) Send(m *Req) error {
-	return s.g.run(s.g.step, "room to send to the index", func() error {
-		return s.ClientStreamingClient.Send(m)
-	})
+	s.step.start()
+	err := s.ClientStreamingClient.Send(m)
+	s.step.stop()
+	return err
 }
 
 func (s guardedSend[Req, Res]) CloseAndRecv() (*Res, error) {
