@@ -916,7 +916,8 @@ type StatNarRequest struct {
 	// The caller serves the file to a client itself (a co-located gateway's
 	// GET, from relative_path): the index counts a download, as it does for
 	// GetNar, from byte offset (a range not starting at 0 only refreshes the
-	// path's last access).
+	// path's last access). A gateway that keeps StatNar answers reports its
+	// downloads with RecordDownloads instead.
 	Download bool `protobuf:"varint,2,opt,name=download,proto3" json:"download,omitempty"`
 	// Also make a presigned URL the client can read the file from directly,
 	// when the index keeps its files in a bucket (-nar-backend=s3). A request
@@ -1061,6 +1062,161 @@ func (x *StatNarResponse) GetUrlExpires() *timestamppb.Timestamp {
 	return nil
 }
 
+type RecordDownloadsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Downloads     []*NarDownloads        `protobuf:"bytes,1,rep,name=downloads,proto3" json:"downloads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordDownloadsRequest) Reset() {
+	*x = RecordDownloadsRequest{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordDownloadsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordDownloadsRequest) ProtoMessage() {}
+
+func (x *RecordDownloadsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordDownloadsRequest.ProtoReflect.Descriptor instead.
+func (*RecordDownloadsRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RecordDownloadsRequest) GetDownloads() []*NarDownloads {
+	if x != nil {
+		return x.Downloads
+	}
+	return nil
+}
+
+// NarDownloads is what a gateway served of one stored file since its
+// previous report.
+type NarDownloads struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The file's hash, "sha256:<nix32>" or bare nix32.
+	FileHash string `protobuf:"bytes,1,opt,name=file_hash,json=fileHash,proto3" json:"file_hash,omitempty"`
+	// Downloads started from byte 0 (a range starting later is the rest of
+	// one already counted).
+	Count uint64 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	// Bytes the gateway set out to send, ranges included.
+	Bytes uint64 `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// When the last of them was served.
+	Last          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NarDownloads) Reset() {
+	*x = NarDownloads{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NarDownloads) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NarDownloads) ProtoMessage() {}
+
+func (x *NarDownloads) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NarDownloads.ProtoReflect.Descriptor instead.
+func (*NarDownloads) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *NarDownloads) GetFileHash() string {
+	if x != nil {
+		return x.FileHash
+	}
+	return ""
+}
+
+func (x *NarDownloads) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *NarDownloads) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *NarDownloads) GetLast() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Last
+	}
+	return nil
+}
+
+type RecordDownloadsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordDownloadsResponse) Reset() {
+	*x = RecordDownloadsResponse{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordDownloadsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordDownloadsResponse) ProtoMessage() {}
+
+func (x *RecordDownloadsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordDownloadsResponse.ProtoReflect.Descriptor instead.
+func (*RecordDownloadsResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{15}
+}
+
 type GetNarRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Selector:
@@ -1080,7 +1236,7 @@ type GetNarRequest struct {
 
 func (x *GetNarRequest) Reset() {
 	*x = GetNarRequest{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[13]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1248,7 @@ func (x *GetNarRequest) String() string {
 func (*GetNarRequest) ProtoMessage() {}
 
 func (x *GetNarRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[13]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1261,7 @@ func (x *GetNarRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNarRequest.ProtoReflect.Descriptor instead.
 func (*GetNarRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{13}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetNarRequest) GetSelector() isGetNarRequest_Selector {
@@ -1186,7 +1342,7 @@ type GetNarResponse struct {
 
 func (x *GetNarResponse) Reset() {
 	*x = GetNarResponse{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[14]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1354,7 @@ func (x *GetNarResponse) String() string {
 func (*GetNarResponse) ProtoMessage() {}
 
 func (x *GetNarResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[14]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1367,7 @@ func (x *GetNarResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNarResponse.ProtoReflect.Descriptor instead.
 func (*GetNarResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{14}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetNarResponse) GetMsg() isGetNarResponse_Msg {
@@ -1267,7 +1423,7 @@ type GetNarHeader struct {
 
 func (x *GetNarHeader) Reset() {
 	*x = GetNarHeader{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[15]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1435,7 @@ func (x *GetNarHeader) String() string {
 func (*GetNarHeader) ProtoMessage() {}
 
 func (x *GetNarHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[15]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1448,7 @@ func (x *GetNarHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNarHeader.ProtoReflect.Descriptor instead.
 func (*GetNarHeader) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{15}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetNarHeader) GetTotalSize() uint64 {
@@ -1318,7 +1474,7 @@ type PutPathInfoRequest struct {
 
 func (x *PutPathInfoRequest) Reset() {
 	*x = PutPathInfoRequest{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[16]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1486,7 @@ func (x *PutPathInfoRequest) String() string {
 func (*PutPathInfoRequest) ProtoMessage() {}
 
 func (x *PutPathInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[16]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1499,7 @@ func (x *PutPathInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPathInfoRequest.ProtoReflect.Descriptor instead.
 func (*PutPathInfoRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{16}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PutPathInfoRequest) GetInfo() *PathInfo {
@@ -1362,7 +1518,7 @@ type PutPathInfoResponse struct {
 
 func (x *PutPathInfoResponse) Reset() {
 	*x = PutPathInfoResponse{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[17]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +1530,7 @@ func (x *PutPathInfoResponse) String() string {
 func (*PutPathInfoResponse) ProtoMessage() {}
 
 func (x *PutPathInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[17]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +1543,7 @@ func (x *PutPathInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPathInfoResponse.ProtoReflect.Descriptor instead.
 func (*PutPathInfoResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{17}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PutPathInfoResponse) GetInfo() *PathInfo {
@@ -1407,7 +1563,7 @@ type GetPathInfoRequest struct {
 
 func (x *GetPathInfoRequest) Reset() {
 	*x = GetPathInfoRequest{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[18]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1575,7 @@ func (x *GetPathInfoRequest) String() string {
 func (*GetPathInfoRequest) ProtoMessage() {}
 
 func (x *GetPathInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[18]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1588,7 @@ func (x *GetPathInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPathInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetPathInfoRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{18}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetPathInfoRequest) GetHashPart() string {
@@ -1451,7 +1607,7 @@ type GetPathInfoResponse struct {
 
 func (x *GetPathInfoResponse) Reset() {
 	*x = GetPathInfoResponse{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[19]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +1619,7 @@ func (x *GetPathInfoResponse) String() string {
 func (*GetPathInfoResponse) ProtoMessage() {}
 
 func (x *GetPathInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[19]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1632,7 @@ func (x *GetPathInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPathInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetPathInfoResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{19}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetPathInfoResponse) GetInfo() *PathInfo {
@@ -1495,7 +1651,7 @@ type CheckPathsRequest struct {
 
 func (x *CheckPathsRequest) Reset() {
 	*x = CheckPathsRequest{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[20]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1507,7 +1663,7 @@ func (x *CheckPathsRequest) String() string {
 func (*CheckPathsRequest) ProtoMessage() {}
 
 func (x *CheckPathsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[20]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1520,7 +1676,7 @@ func (x *CheckPathsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckPathsRequest.ProtoReflect.Descriptor instead.
 func (*CheckPathsRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{20}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CheckPathsRequest) GetHashParts() []string {
@@ -1540,7 +1696,7 @@ type CheckPathsResponse struct {
 
 func (x *CheckPathsResponse) Reset() {
 	*x = CheckPathsResponse{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[21]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +1708,7 @@ func (x *CheckPathsResponse) String() string {
 func (*CheckPathsResponse) ProtoMessage() {}
 
 func (x *CheckPathsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[21]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +1721,7 @@ func (x *CheckPathsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckPathsResponse.ProtoReflect.Descriptor instead.
 func (*CheckPathsResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{21}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CheckPathsResponse) GetPresent() []string {
@@ -1587,7 +1743,7 @@ type WatchPathsRequest struct {
 
 func (x *WatchPathsRequest) Reset() {
 	*x = WatchPathsRequest{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[22]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1599,7 +1755,7 @@ func (x *WatchPathsRequest) String() string {
 func (*WatchPathsRequest) ProtoMessage() {}
 
 func (x *WatchPathsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[22]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1612,7 +1768,7 @@ func (x *WatchPathsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPathsRequest.ProtoReflect.Descriptor instead.
 func (*WatchPathsRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{22}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchPathsRequest) GetHeartbeatInterval() *durationpb.Duration {
@@ -1633,7 +1789,7 @@ type PathEvent struct {
 
 func (x *PathEvent) Reset() {
 	*x = PathEvent{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[23]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1645,7 +1801,7 @@ func (x *PathEvent) String() string {
 func (*PathEvent) ProtoMessage() {}
 
 func (x *PathEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[23]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1658,7 +1814,7 @@ func (x *PathEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathEvent.ProtoReflect.Descriptor instead.
 func (*PathEvent) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{23}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PathEvent) GetKind() PathEventKind {
@@ -1695,7 +1851,7 @@ type WatchPathsResponse struct {
 
 func (x *WatchPathsResponse) Reset() {
 	*x = WatchPathsResponse{}
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[24]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +1863,7 @@ func (x *WatchPathsResponse) String() string {
 func (*WatchPathsResponse) ProtoMessage() {}
 
 func (x *WatchPathsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_index_proto_msgTypes[24]
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +1876,7 @@ func (x *WatchPathsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPathsResponse.ProtoReflect.Descriptor instead.
 func (*WatchPathsResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{24}
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchPathsResponse) GetSynced() bool {
@@ -1811,7 +1967,15 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\rrelative_path\x18\x02 \x01(\tR\frelativePath\x12\x10\n" +
 	"\x03url\x18\x03 \x01(\tR\x03url\x12;\n" +
 	"\vurl_expires\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"urlExpires\"\xb7\x01\n" +
+	"urlExpires\"W\n" +
+	"\x16RecordDownloadsRequest\x12=\n" +
+	"\tdownloads\x18\x01 \x03(\v2\x1f.nixcache.index.v1.NarDownloadsR\tdownloads\"\x87\x01\n" +
+	"\fNarDownloads\x12\x1b\n" +
+	"\tfile_hash\x18\x01 \x01(\tR\bfileHash\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x04R\x05bytes\x12.\n" +
+	"\x04last\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04last\"\x19\n" +
+	"\x17RecordDownloadsResponse\"\xb7\x01\n" +
 	"\rGetNarRequest\x12\x1d\n" +
 	"\tfile_hash\x18\x01 \x01(\tH\x00R\bfileHash\x12\x1f\n" +
 	"\n" +
@@ -1862,10 +2026,11 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\x1bPATH_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19PATH_EVENT_KIND_PUBLISHED\x10\x01\x12\x1b\n" +
 	"\x17PATH_EVENT_KIND_REMOVED\x10\x02\x12\x1b\n" +
-	"\x17PATH_EVENT_KIND_CHANGED\x10\x032\xb6\x06\n" +
+	"\x17PATH_EVENT_KIND_CHANGED\x10\x032\xa0\a\n" +
 	"\fIndexService\x12O\n" +
 	"\x06PutNar\x12 .nixcache.index.v1.PutNarRequest\x1a!.nixcache.index.v1.PutNarResponse(\x01\x12P\n" +
-	"\aStatNar\x12!.nixcache.index.v1.StatNarRequest\x1a\".nixcache.index.v1.StatNarResponse\x12O\n" +
+	"\aStatNar\x12!.nixcache.index.v1.StatNarRequest\x1a\".nixcache.index.v1.StatNarResponse\x12h\n" +
+	"\x0fRecordDownloads\x12).nixcache.index.v1.RecordDownloadsRequest\x1a*.nixcache.index.v1.RecordDownloadsResponse\x12O\n" +
 	"\x06GetNar\x12 .nixcache.index.v1.GetNarRequest\x1a!.nixcache.index.v1.GetNarResponse0\x01\x12\\\n" +
 	"\vPutPathInfo\x12%.nixcache.index.v1.PutPathInfoRequest\x1a&.nixcache.index.v1.PutPathInfoResponse\x12\\\n" +
 	"\vGetPathInfo\x12%.nixcache.index.v1.GetPathInfoRequest\x1a&.nixcache.index.v1.GetPathInfoResponse\x12Y\n" +
@@ -1889,37 +2054,40 @@ func file_nixcache_index_v1_index_proto_rawDescGZIP() []byte {
 }
 
 var file_nixcache_index_v1_index_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_nixcache_index_v1_index_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_nixcache_index_v1_index_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_nixcache_index_v1_index_proto_goTypes = []any{
-	(ArtifactKind)(0),             // 0: nixcache.index.v1.ArtifactKind
-	(PathEventKind)(0),            // 1: nixcache.index.v1.PathEventKind
-	(*PutArtifactRequest)(nil),    // 2: nixcache.index.v1.PutArtifactRequest
-	(*PutArtifactHeader)(nil),     // 3: nixcache.index.v1.PutArtifactHeader
-	(*PutArtifactResponse)(nil),   // 4: nixcache.index.v1.PutArtifactResponse
-	(*GetArtifactRequest)(nil),    // 5: nixcache.index.v1.GetArtifactRequest
-	(*GetArtifactResponse)(nil),   // 6: nixcache.index.v1.GetArtifactResponse
-	(*GetArtifactHeader)(nil),     // 7: nixcache.index.v1.GetArtifactHeader
-	(*NarFile)(nil),               // 8: nixcache.index.v1.NarFile
-	(*PathInfo)(nil),              // 9: nixcache.index.v1.PathInfo
-	(*PutNarRequest)(nil),         // 10: nixcache.index.v1.PutNarRequest
-	(*PutNarHeader)(nil),          // 11: nixcache.index.v1.PutNarHeader
-	(*PutNarResponse)(nil),        // 12: nixcache.index.v1.PutNarResponse
-	(*StatNarRequest)(nil),        // 13: nixcache.index.v1.StatNarRequest
-	(*StatNarResponse)(nil),       // 14: nixcache.index.v1.StatNarResponse
-	(*GetNarRequest)(nil),         // 15: nixcache.index.v1.GetNarRequest
-	(*GetNarResponse)(nil),        // 16: nixcache.index.v1.GetNarResponse
-	(*GetNarHeader)(nil),          // 17: nixcache.index.v1.GetNarHeader
-	(*PutPathInfoRequest)(nil),    // 18: nixcache.index.v1.PutPathInfoRequest
-	(*PutPathInfoResponse)(nil),   // 19: nixcache.index.v1.PutPathInfoResponse
-	(*GetPathInfoRequest)(nil),    // 20: nixcache.index.v1.GetPathInfoRequest
-	(*GetPathInfoResponse)(nil),   // 21: nixcache.index.v1.GetPathInfoResponse
-	(*CheckPathsRequest)(nil),     // 22: nixcache.index.v1.CheckPathsRequest
-	(*CheckPathsResponse)(nil),    // 23: nixcache.index.v1.CheckPathsResponse
-	(*WatchPathsRequest)(nil),     // 24: nixcache.index.v1.WatchPathsRequest
-	(*PathEvent)(nil),             // 25: nixcache.index.v1.PathEvent
-	(*WatchPathsResponse)(nil),    // 26: nixcache.index.v1.WatchPathsResponse
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
+	(ArtifactKind)(0),               // 0: nixcache.index.v1.ArtifactKind
+	(PathEventKind)(0),              // 1: nixcache.index.v1.PathEventKind
+	(*PutArtifactRequest)(nil),      // 2: nixcache.index.v1.PutArtifactRequest
+	(*PutArtifactHeader)(nil),       // 3: nixcache.index.v1.PutArtifactHeader
+	(*PutArtifactResponse)(nil),     // 4: nixcache.index.v1.PutArtifactResponse
+	(*GetArtifactRequest)(nil),      // 5: nixcache.index.v1.GetArtifactRequest
+	(*GetArtifactResponse)(nil),     // 6: nixcache.index.v1.GetArtifactResponse
+	(*GetArtifactHeader)(nil),       // 7: nixcache.index.v1.GetArtifactHeader
+	(*NarFile)(nil),                 // 8: nixcache.index.v1.NarFile
+	(*PathInfo)(nil),                // 9: nixcache.index.v1.PathInfo
+	(*PutNarRequest)(nil),           // 10: nixcache.index.v1.PutNarRequest
+	(*PutNarHeader)(nil),            // 11: nixcache.index.v1.PutNarHeader
+	(*PutNarResponse)(nil),          // 12: nixcache.index.v1.PutNarResponse
+	(*StatNarRequest)(nil),          // 13: nixcache.index.v1.StatNarRequest
+	(*StatNarResponse)(nil),         // 14: nixcache.index.v1.StatNarResponse
+	(*RecordDownloadsRequest)(nil),  // 15: nixcache.index.v1.RecordDownloadsRequest
+	(*NarDownloads)(nil),            // 16: nixcache.index.v1.NarDownloads
+	(*RecordDownloadsResponse)(nil), // 17: nixcache.index.v1.RecordDownloadsResponse
+	(*GetNarRequest)(nil),           // 18: nixcache.index.v1.GetNarRequest
+	(*GetNarResponse)(nil),          // 19: nixcache.index.v1.GetNarResponse
+	(*GetNarHeader)(nil),            // 20: nixcache.index.v1.GetNarHeader
+	(*PutPathInfoRequest)(nil),      // 21: nixcache.index.v1.PutPathInfoRequest
+	(*PutPathInfoResponse)(nil),     // 22: nixcache.index.v1.PutPathInfoResponse
+	(*GetPathInfoRequest)(nil),      // 23: nixcache.index.v1.GetPathInfoRequest
+	(*GetPathInfoResponse)(nil),     // 24: nixcache.index.v1.GetPathInfoResponse
+	(*CheckPathsRequest)(nil),       // 25: nixcache.index.v1.CheckPathsRequest
+	(*CheckPathsResponse)(nil),      // 26: nixcache.index.v1.CheckPathsResponse
+	(*WatchPathsRequest)(nil),       // 27: nixcache.index.v1.WatchPathsRequest
+	(*PathEvent)(nil),               // 28: nixcache.index.v1.PathEvent
+	(*WatchPathsResponse)(nil),      // 29: nixcache.index.v1.WatchPathsResponse
+	(*timestamppb.Timestamp)(nil),   // 30: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 31: google.protobuf.Duration
 }
 var file_nixcache_index_v1_index_proto_depIdxs = []int32{
 	3,  // 0: nixcache.index.v1.PutArtifactRequest.header:type_name -> nixcache.index.v1.PutArtifactHeader
@@ -1927,41 +2095,45 @@ var file_nixcache_index_v1_index_proto_depIdxs = []int32{
 	0,  // 2: nixcache.index.v1.GetArtifactRequest.kind:type_name -> nixcache.index.v1.ArtifactKind
 	7,  // 3: nixcache.index.v1.GetArtifactResponse.header:type_name -> nixcache.index.v1.GetArtifactHeader
 	8,  // 4: nixcache.index.v1.PathInfo.file:type_name -> nixcache.index.v1.NarFile
-	27, // 5: nixcache.index.v1.PathInfo.registration_time:type_name -> google.protobuf.Timestamp
+	30, // 5: nixcache.index.v1.PathInfo.registration_time:type_name -> google.protobuf.Timestamp
 	11, // 6: nixcache.index.v1.PutNarRequest.header:type_name -> nixcache.index.v1.PutNarHeader
 	8,  // 7: nixcache.index.v1.PutNarResponse.file:type_name -> nixcache.index.v1.NarFile
 	8,  // 8: nixcache.index.v1.StatNarResponse.file:type_name -> nixcache.index.v1.NarFile
-	27, // 9: nixcache.index.v1.StatNarResponse.url_expires:type_name -> google.protobuf.Timestamp
-	17, // 10: nixcache.index.v1.GetNarResponse.header:type_name -> nixcache.index.v1.GetNarHeader
-	9,  // 11: nixcache.index.v1.PutPathInfoRequest.info:type_name -> nixcache.index.v1.PathInfo
-	9,  // 12: nixcache.index.v1.PutPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
-	9,  // 13: nixcache.index.v1.GetPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
-	28, // 14: nixcache.index.v1.WatchPathsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
-	1,  // 15: nixcache.index.v1.PathEvent.kind:type_name -> nixcache.index.v1.PathEventKind
-	25, // 16: nixcache.index.v1.WatchPathsResponse.events:type_name -> nixcache.index.v1.PathEvent
-	10, // 17: nixcache.index.v1.IndexService.PutNar:input_type -> nixcache.index.v1.PutNarRequest
-	13, // 18: nixcache.index.v1.IndexService.StatNar:input_type -> nixcache.index.v1.StatNarRequest
-	15, // 19: nixcache.index.v1.IndexService.GetNar:input_type -> nixcache.index.v1.GetNarRequest
-	18, // 20: nixcache.index.v1.IndexService.PutPathInfo:input_type -> nixcache.index.v1.PutPathInfoRequest
-	20, // 21: nixcache.index.v1.IndexService.GetPathInfo:input_type -> nixcache.index.v1.GetPathInfoRequest
-	22, // 22: nixcache.index.v1.IndexService.CheckPaths:input_type -> nixcache.index.v1.CheckPathsRequest
-	2,  // 23: nixcache.index.v1.IndexService.PutArtifact:input_type -> nixcache.index.v1.PutArtifactRequest
-	5,  // 24: nixcache.index.v1.IndexService.GetArtifact:input_type -> nixcache.index.v1.GetArtifactRequest
-	24, // 25: nixcache.index.v1.IndexService.WatchPaths:input_type -> nixcache.index.v1.WatchPathsRequest
-	12, // 26: nixcache.index.v1.IndexService.PutNar:output_type -> nixcache.index.v1.PutNarResponse
-	14, // 27: nixcache.index.v1.IndexService.StatNar:output_type -> nixcache.index.v1.StatNarResponse
-	16, // 28: nixcache.index.v1.IndexService.GetNar:output_type -> nixcache.index.v1.GetNarResponse
-	19, // 29: nixcache.index.v1.IndexService.PutPathInfo:output_type -> nixcache.index.v1.PutPathInfoResponse
-	21, // 30: nixcache.index.v1.IndexService.GetPathInfo:output_type -> nixcache.index.v1.GetPathInfoResponse
-	23, // 31: nixcache.index.v1.IndexService.CheckPaths:output_type -> nixcache.index.v1.CheckPathsResponse
-	4,  // 32: nixcache.index.v1.IndexService.PutArtifact:output_type -> nixcache.index.v1.PutArtifactResponse
-	6,  // 33: nixcache.index.v1.IndexService.GetArtifact:output_type -> nixcache.index.v1.GetArtifactResponse
-	26, // 34: nixcache.index.v1.IndexService.WatchPaths:output_type -> nixcache.index.v1.WatchPathsResponse
-	26, // [26:35] is the sub-list for method output_type
-	17, // [17:26] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	30, // 9: nixcache.index.v1.StatNarResponse.url_expires:type_name -> google.protobuf.Timestamp
+	16, // 10: nixcache.index.v1.RecordDownloadsRequest.downloads:type_name -> nixcache.index.v1.NarDownloads
+	30, // 11: nixcache.index.v1.NarDownloads.last:type_name -> google.protobuf.Timestamp
+	20, // 12: nixcache.index.v1.GetNarResponse.header:type_name -> nixcache.index.v1.GetNarHeader
+	9,  // 13: nixcache.index.v1.PutPathInfoRequest.info:type_name -> nixcache.index.v1.PathInfo
+	9,  // 14: nixcache.index.v1.PutPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
+	9,  // 15: nixcache.index.v1.GetPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
+	31, // 16: nixcache.index.v1.WatchPathsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	1,  // 17: nixcache.index.v1.PathEvent.kind:type_name -> nixcache.index.v1.PathEventKind
+	28, // 18: nixcache.index.v1.WatchPathsResponse.events:type_name -> nixcache.index.v1.PathEvent
+	10, // 19: nixcache.index.v1.IndexService.PutNar:input_type -> nixcache.index.v1.PutNarRequest
+	13, // 20: nixcache.index.v1.IndexService.StatNar:input_type -> nixcache.index.v1.StatNarRequest
+	15, // 21: nixcache.index.v1.IndexService.RecordDownloads:input_type -> nixcache.index.v1.RecordDownloadsRequest
+	18, // 22: nixcache.index.v1.IndexService.GetNar:input_type -> nixcache.index.v1.GetNarRequest
+	21, // 23: nixcache.index.v1.IndexService.PutPathInfo:input_type -> nixcache.index.v1.PutPathInfoRequest
+	23, // 24: nixcache.index.v1.IndexService.GetPathInfo:input_type -> nixcache.index.v1.GetPathInfoRequest
+	25, // 25: nixcache.index.v1.IndexService.CheckPaths:input_type -> nixcache.index.v1.CheckPathsRequest
+	2,  // 26: nixcache.index.v1.IndexService.PutArtifact:input_type -> nixcache.index.v1.PutArtifactRequest
+	5,  // 27: nixcache.index.v1.IndexService.GetArtifact:input_type -> nixcache.index.v1.GetArtifactRequest
+	27, // 28: nixcache.index.v1.IndexService.WatchPaths:input_type -> nixcache.index.v1.WatchPathsRequest
+	12, // 29: nixcache.index.v1.IndexService.PutNar:output_type -> nixcache.index.v1.PutNarResponse
+	14, // 30: nixcache.index.v1.IndexService.StatNar:output_type -> nixcache.index.v1.StatNarResponse
+	17, // 31: nixcache.index.v1.IndexService.RecordDownloads:output_type -> nixcache.index.v1.RecordDownloadsResponse
+	19, // 32: nixcache.index.v1.IndexService.GetNar:output_type -> nixcache.index.v1.GetNarResponse
+	22, // 33: nixcache.index.v1.IndexService.PutPathInfo:output_type -> nixcache.index.v1.PutPathInfoResponse
+	24, // 34: nixcache.index.v1.IndexService.GetPathInfo:output_type -> nixcache.index.v1.GetPathInfoResponse
+	26, // 35: nixcache.index.v1.IndexService.CheckPaths:output_type -> nixcache.index.v1.CheckPathsResponse
+	4,  // 36: nixcache.index.v1.IndexService.PutArtifact:output_type -> nixcache.index.v1.PutArtifactResponse
+	6,  // 37: nixcache.index.v1.IndexService.GetArtifact:output_type -> nixcache.index.v1.GetArtifactResponse
+	29, // 38: nixcache.index.v1.IndexService.WatchPaths:output_type -> nixcache.index.v1.WatchPathsResponse
+	29, // [29:39] is the sub-list for method output_type
+	19, // [19:29] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_nixcache_index_v1_index_proto_init() }
@@ -1981,11 +2153,11 @@ func file_nixcache_index_v1_index_proto_init() {
 		(*PutNarRequest_Header)(nil),
 		(*PutNarRequest_Chunk)(nil),
 	}
-	file_nixcache_index_v1_index_proto_msgTypes[13].OneofWrappers = []any{
+	file_nixcache_index_v1_index_proto_msgTypes[16].OneofWrappers = []any{
 		(*GetNarRequest_FileHash)(nil),
 		(*GetNarRequest_StoreHash)(nil),
 	}
-	file_nixcache_index_v1_index_proto_msgTypes[14].OneofWrappers = []any{
+	file_nixcache_index_v1_index_proto_msgTypes[17].OneofWrappers = []any{
 		(*GetNarResponse_Header)(nil),
 		(*GetNarResponse_Chunk)(nil),
 	}
@@ -1995,7 +2167,7 @@ func file_nixcache_index_v1_index_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nixcache_index_v1_index_proto_rawDesc), len(file_nixcache_index_v1_index_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   25,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

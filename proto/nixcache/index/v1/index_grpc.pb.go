@@ -19,15 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	IndexService_PutNar_FullMethodName      = "/nixcache.index.v1.IndexService/PutNar"
-	IndexService_StatNar_FullMethodName     = "/nixcache.index.v1.IndexService/StatNar"
-	IndexService_GetNar_FullMethodName      = "/nixcache.index.v1.IndexService/GetNar"
-	IndexService_PutPathInfo_FullMethodName = "/nixcache.index.v1.IndexService/PutPathInfo"
-	IndexService_GetPathInfo_FullMethodName = "/nixcache.index.v1.IndexService/GetPathInfo"
-	IndexService_CheckPaths_FullMethodName  = "/nixcache.index.v1.IndexService/CheckPaths"
-	IndexService_PutArtifact_FullMethodName = "/nixcache.index.v1.IndexService/PutArtifact"
-	IndexService_GetArtifact_FullMethodName = "/nixcache.index.v1.IndexService/GetArtifact"
-	IndexService_WatchPaths_FullMethodName  = "/nixcache.index.v1.IndexService/WatchPaths"
+	IndexService_PutNar_FullMethodName          = "/nixcache.index.v1.IndexService/PutNar"
+	IndexService_StatNar_FullMethodName         = "/nixcache.index.v1.IndexService/StatNar"
+	IndexService_RecordDownloads_FullMethodName = "/nixcache.index.v1.IndexService/RecordDownloads"
+	IndexService_GetNar_FullMethodName          = "/nixcache.index.v1.IndexService/GetNar"
+	IndexService_PutPathInfo_FullMethodName     = "/nixcache.index.v1.IndexService/PutPathInfo"
+	IndexService_GetPathInfo_FullMethodName     = "/nixcache.index.v1.IndexService/GetPathInfo"
+	IndexService_CheckPaths_FullMethodName      = "/nixcache.index.v1.IndexService/CheckPaths"
+	IndexService_PutArtifact_FullMethodName     = "/nixcache.index.v1.IndexService/PutArtifact"
+	IndexService_GetArtifact_FullMethodName     = "/nixcache.index.v1.IndexService/GetArtifact"
+	IndexService_WatchPaths_FullMethodName      = "/nixcache.index.v1.IndexService/WatchPaths"
 )
 
 // IndexServiceClient is the client API for IndexService service.
@@ -47,6 +48,10 @@ type IndexServiceClient interface {
 	PutNar(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutNarRequest, PutNarResponse], error)
 	// StatNar tells whether a NAR file is stored, without its data.
 	StatNar(ctx context.Context, in *StatNarRequest, opts ...grpc.CallOption) (*StatNarResponse, error)
+	// RecordDownloads counts downloads that a co-located gateway served
+	// from the index's nars/ directory itself, reported in batches: the
+	// same counters and last-access times as downloads through GetNar.
+	RecordDownloads(ctx context.Context, in *RecordDownloadsRequest, opts ...grpc.CallOption) (*RecordDownloadsResponse, error)
 	// GetNar streams a NAR file: a header message, then data chunks.
 	GetNar(ctx context.Context, in *GetNarRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetNarResponse], error)
 	// PutPathInfo verifies, signs and publishes a store path.
@@ -102,6 +107,16 @@ func (c *indexServiceClient) StatNar(ctx context.Context, in *StatNarRequest, op
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StatNarResponse)
 	err := c.cc.Invoke(ctx, IndexService_StatNar_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *indexServiceClient) RecordDownloads(ctx context.Context, in *RecordDownloadsRequest, opts ...grpc.CallOption) (*RecordDownloadsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecordDownloadsResponse)
+	err := c.cc.Invoke(ctx, IndexService_RecordDownloads_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -225,6 +240,10 @@ type IndexServiceServer interface {
 	PutNar(grpc.ClientStreamingServer[PutNarRequest, PutNarResponse]) error
 	// StatNar tells whether a NAR file is stored, without its data.
 	StatNar(context.Context, *StatNarRequest) (*StatNarResponse, error)
+	// RecordDownloads counts downloads that a co-located gateway served
+	// from the index's nars/ directory itself, reported in batches: the
+	// same counters and last-access times as downloads through GetNar.
+	RecordDownloads(context.Context, *RecordDownloadsRequest) (*RecordDownloadsResponse, error)
 	// GetNar streams a NAR file: a header message, then data chunks.
 	GetNar(*GetNarRequest, grpc.ServerStreamingServer[GetNarResponse]) error
 	// PutPathInfo verifies, signs and publishes a store path.
@@ -268,6 +287,9 @@ func (UnimplementedIndexServiceServer) PutNar(grpc.ClientStreamingServer[PutNarR
 }
 func (UnimplementedIndexServiceServer) StatNar(context.Context, *StatNarRequest) (*StatNarResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StatNar not implemented")
+}
+func (UnimplementedIndexServiceServer) RecordDownloads(context.Context, *RecordDownloadsRequest) (*RecordDownloadsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecordDownloads not implemented")
 }
 func (UnimplementedIndexServiceServer) GetNar(*GetNarRequest, grpc.ServerStreamingServer[GetNarResponse]) error {
 	return status.Error(codes.Unimplemented, "method GetNar not implemented")
@@ -332,6 +354,24 @@ func _IndexService_StatNar_Handler(srv interface{}, ctx context.Context, dec fun
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(IndexServiceServer).StatNar(ctx, req.(*StatNarRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _IndexService_RecordDownloads_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordDownloadsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IndexServiceServer).RecordDownloads(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: IndexService_RecordDownloads_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IndexServiceServer).RecordDownloads(ctx, req.(*RecordDownloadsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -440,6 +480,10 @@ var IndexService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StatNar",
 			Handler:    _IndexService_StatNar_Handler,
+		},
+		{
+			MethodName: "RecordDownloads",
+			Handler:    _IndexService_RecordDownloads_Handler,
 		},
 		{
 			MethodName: "PutPathInfo",

@@ -126,6 +126,29 @@ func (s *narStream) SendMsg(m any) error {
 	return err
 }
 
+// RecordDownloads counts the downloads a co-located gateway served from
+// the index's nars/ directory and reported in a batch
+// (IndexService.RecordDownloads), as if they had gone through GetNar. A
+// time in the future counts as now.
+func (t *Tracker) RecordDownloads(ds []*indexv1.NarDownloads) {
+	now := t.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, d := range ds {
+		h, err := nixhash.ParseAs(nixhash.SHA256, d.GetFileHash())
+		if err != nil {
+			continue
+		}
+		t.narDownloads.Add(d.GetCount())
+		t.narBytesSent.Add(d.GetBytes())
+		last := now
+		if d.GetLast() != nil && d.GetLast().AsTime().Before(now) {
+			last = d.GetLast().AsTime()
+		}
+		merge(t.byFile, h.NixBase32(), catalog.Access{Last: last.Unix(), Downloads: d.GetCount()})
+	}
+}
+
 // download notes a NAR served. A range starting past 0 is the rest of a
 // download already counted: it only refreshes the last access.
 func (t *Tracker) download(req *indexv1.GetNarRequest) {

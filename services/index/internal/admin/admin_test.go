@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nixcache/nixcache/nix/nixbase32"
 	"github.com/nixcache/nixcache/nix/nixhash"
@@ -74,7 +75,7 @@ func newEnv(t *testing.T) *env {
 	e.tracker = admin.NewTracker(cat, log)
 	e.tracker.Now = func() time.Time { return e.clock }
 	srv := grpcutil.NewServer(log, e.tracker.Interceptors()...)
-	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(log, cat, nars, pub, nil))
+	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(log, cat, nars, pub, nil).WithDownloads(e.tracker))
 	indexv1.RegisterAdminServiceServer(srv.GRPC, admin.New(admin.Config{StoreDir: storeDir, SignTimeout: 2 * time.Second,
 		Log: log, Now: func() time.Time { return e.clock }}, cat, nars, signerRPC, e.tracker))
 	lis := bufconn.Listen(1 << 20)
@@ -267,16 +268,25 @@ func TestGetPathAndStats(t *testing.T) {
 		_, err := e.index.StatNar(ctx, req)
 		must(t, err)
 	}
+	// Downloads a co-located gateway reports in a batch: two more, and
+	// a time in the future counts as now.
+	_, err := e.index.RecordDownloads(ctx, &indexv1.RecordDownloadsRequest{Downloads: []*indexv1.NarDownloads{{
+		FileHash: dep.GetFile().GetFileHash(), Count: 2, Bytes: 2*dep.GetFile().GetFileSize() + 5,
+		Last: timestamppb.New(e.clock.Add(time.Hour)),
+	}}})
+	must(t, err)
+	_, err = e.index.RecordDownloads(ctx, &indexv1.RecordDownloadsRequest{Downloads: []*indexv1.NarDownloads{{FileHash: "sha256:nope", Count: 1}}})
+	wantCode(t, err, codes.InvalidArgument, "downloads[0].file_hash")
 	if _, err := e.index.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(top.GetStorePath())}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := e.index.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: strings.Repeat("0", 32)})
+	_, err = e.index.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: strings.Repeat("0", 32)})
 	wantCode(t, err, codes.NotFound)
 
 	for _, arg := range []string{dep.GetStorePath(), hashOf(dep.GetStorePath()), strings.TrimPrefix(dep.GetStorePath(), storeDir+"/")} {
 		resp, err := e.admin.GetPath(ctx, &indexv1.GetPathRequest{Path: arg})
 		must(t, err)
-		if resp.GetInfo().GetStorePath() != dep.GetStorePath() || resp.GetDownloads() != 2 ||
+		if resp.GetInfo().GetStorePath() != dep.GetStorePath() || resp.GetDownloads() != 4 ||
 			!slices.Equal(resp.GetReferrers(), []string{top.GetStorePath()}) ||
 			resp.GetSummary().GetLastAccess().AsTime().Unix() != e.clock.Unix() {
 			t.Errorf("GetPath(%s) = %v", arg, resp)
@@ -299,7 +309,7 @@ func TestGetPathAndStats(t *testing.T) {
 	must(t, err)
 	want := dep.GetFile().GetFileSize() + top.GetFile().GetFileSize()
 	if st.GetPaths() != 2 || st.GetPushedPaths() != 2 || st.GetStoredBytes() != want || st.GetNarBytes() != dep.GetNarSize()+top.GetNarSize() ||
-		st.GetNarinfoHits() != 1 || st.GetNarinfoMisses() != 1 || st.GetNarDownloads() != 2 || st.GetNarBytesServed() != 3*dep.GetFile().GetFileSize()-1 {
+		st.GetNarinfoHits() != 1 || st.GetNarinfoMisses() != 1 || st.GetNarDownloads() != 4 || st.GetNarBytesServed() != 5*dep.GetFile().GetFileSize()+4 {
 		t.Errorf("stats %v", st)
 	}
 }

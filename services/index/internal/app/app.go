@@ -315,7 +315,8 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	if o.LocalStore {
 		logDir = o.NixLogDir
 	}
-	indexSvc := server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir).WithPresign(o.PresignExpiry)
+	indexSvc := server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir).WithPresign(o.PresignExpiry).
+		WithDownloads(tracker)
 	if len(o.Upstreams) > 0 {
 		puller, err := openUpstream(o, ops, cat, nars, pub)
 		if err != nil {

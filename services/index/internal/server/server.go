@@ -63,6 +63,20 @@ type Server struct {
 	// presignExpiry is how long a presigned URL of StatNar works; 0
 	// makes none.
 	presignExpiry time.Duration
+	// downloads counts what gateways report with RecordDownloads; nil
+	// counts nothing.
+	downloads DownloadRecorder
+}
+
+// DownloadRecorder counts downloads that gateways served themselves.
+type DownloadRecorder interface {
+	RecordDownloads([]*indexv1.NarDownloads)
+}
+
+// WithDownloads has RecordDownloads count into r.
+func (s *Server) WithDownloads(r DownloadRecorder) *Server {
+	s.downloads = r
+	return s
 }
 
 // New returns the service over its parts; local may be nil.
@@ -206,6 +220,21 @@ func (s *Server) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*ind
 		}
 	}
 	return resp, nil
+}
+
+// RecordDownloads counts downloads that a co-located gateway served from
+// nars/ itself. The files need not exist any more (they may have been
+// collected since): their paths' last access is recorded if they do.
+func (s *Server) RecordDownloads(ctx context.Context, req *indexv1.RecordDownloadsRequest) (*indexv1.RecordDownloadsResponse, error) {
+	for i, d := range req.GetDownloads() {
+		if _, err := nixhash.ParseAs(nixhash.SHA256, d.GetFileHash()); err != nil {
+			return nil, toStatus(fault.Invalid("downloads[%d].file_hash: %v", i, err))
+		}
+	}
+	if s.downloads != nil {
+		s.downloads.RecordDownloads(req.GetDownloads())
+	}
+	return &indexv1.RecordDownloadsResponse{}, nil
 }
 
 // narFile looks a NAR file up by "sha256:<nix32>" or bare nix32 hash.
