@@ -236,9 +236,16 @@ func newHandler(ctx context.Context, o Options, policy auth.Policy) (http.Handle
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watched := make(chan struct{})
 	go func() { defer close(watched); handler.WatchIndex(watchCtx) }()
+	// Downloads served from -nar-dir are reported to the index until the
+	// HTTP server has stopped (closeAll), the last of them then.
+	reportCtx, stopReports := context.WithCancel(context.WithoutCancel(ctx))
+	reported := make(chan struct{})
+	go func() { defer close(reported); handler.ReportDownloads(reportCtx) }()
 	closeAll := func() {
 		stopWatch()
+		stopReports()
 		<-watched
+		<-reported
 		closeConns()
 	}
 	return ops.handler(handler, dependency{"index", indexConn}, dependency{"signer", signerConn}), closeAll, nil

@@ -65,6 +65,8 @@ type fakeIndex struct {
 	putInfos  []*indexv1.PathInfo
 	getNars   []*indexv1.GetNarRequest
 	statNars  []*indexv1.StatNarRequest
+	// downloads are the RecordDownloads reports received.
+	downloads []*indexv1.NarDownloads
 	relPaths  map[string]string // StatNar's relative_path, by file hash
 	requestID string            // of the last call
 
@@ -127,6 +129,16 @@ func (f *fakeIndex) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*
 		resp.Url = f.presign + req.GetFileHash()
 	}
 	return resp, nil
+}
+
+func (f *fakeIndex) RecordDownloads(ctx context.Context, req *indexv1.RecordDownloadsRequest) (*indexv1.RecordDownloadsResponse, error) {
+	if err := f.begin(ctx); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.downloads = append(f.downloads, req.GetDownloads()...)
+	return &indexv1.RecordDownloadsResponse{}, nil
 }
 
 func (f *fakeIndex) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexService_GetNarServer) error {
@@ -301,6 +313,7 @@ type env struct {
 	// narDir is the gateway's NarDir: addPath writes each file there too
 	// and the fake index names it.
 	narDir string
+	h      *Handler
 }
 
 // newEnv starts a gateway; configure may change its Config.
@@ -352,6 +365,7 @@ func newEnv(t testing.TB, configure ...func(*Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.h = h
 	e.srv = httptest.NewServer(h)
 	t.Cleanup(e.srv.Close)
 	return e

@@ -66,7 +66,10 @@ type Config struct {
 	// NarDir is the index's nars/ directory, readable by the gateway
 	// (co-located, -nar-dir): a stored file the index names there is
 	// served from it (sendfile, ranges) instead of through the index's
-	// GetNar stream. "" streams everything.
+	// GetNar stream. "" streams everything. While the index watch is in
+	// sync (NarinfoCacheMaxAge), the index's answers naming files are
+	// kept as narinfos are, and the downloads are reported to the index
+	// in batches (ReportDownloads).
 	NarDir string
 
 	// Landing serves GET and HEAD /; nil answers 404.
@@ -80,6 +83,12 @@ type Handler struct {
 	Config
 	narinfos *narinfoCache // nil when NarinfoCacheTTL and NarinfoCacheMaxAge are 0
 	narRoot  *os.Root      // NarDir; nil without one
+	// narFiles keeps StatNar answers for NarDir while the index watch is
+	// in sync; nil without NarDir or without the watch.
+	narFiles *narFileCache
+	// downloads collects what is served from NarDir for the index; nil
+	// without NarDir.
+	downloads *downloadLog
 	// methods are the method tables of the routes, made once: a map and
 	// method values built per request cost allocations on every answer.
 	methods struct {
@@ -128,6 +137,10 @@ func New(cfg Config) (*Handler, error) {
 			return nil, fmt.Errorf("httpapi: NAR directory: %w", err)
 		}
 		h.narRoot = root
+		h.downloads = newDownloadLog()
+		if h.narinfos != nil {
+			h.narFiles = newNarFileCache(cfg.NarinfoCacheMaxAge, DefaultNarFileCacheEntries)
+		}
 	}
 	return h, nil
 }

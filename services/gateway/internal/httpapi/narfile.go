@@ -3,7 +3,6 @@ package httpapi
 import (
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"os"
 	"path"
@@ -23,11 +22,13 @@ const fileSegment = 4 << 20
 // nars/ directory (NarDir), the way nginx serves a static cache: the
 // kernel copies the page cache to the socket (sendfile) and no byte
 // crosses the index. The index stays the authority: StatNar must find the
-// file (stored, verified, not quarantined) and name it; the gateway only
-// opens that name, inside NarDir, and only a regular file of the size the
-// index recorded. It reports false, having written nothing, when the
-// request is better left to the index's stream: no name, or no such
-// file here.
+// file (stored, verified, not quarantined) and name it, and its answer is
+// reused only while the index watch says nothing was removed
+// (narFileCache); the gateway only opens that name, inside NarDir, and
+// only a regular file of the size the index recorded. The download is
+// reported to the index later, in a batch (ReportDownloads). It reports
+// false, having written nothing, when the request is better left to the
+// index's stream: no name, or no such file here.
 func (h *Handler) serveNarFile(w http.ResponseWriter, r *http.Request, t narTarget) bool {
 	// Without validators of our own, a conditional range (If-Range) can
 	// never be known to match: serve everything, as RFC 9110 says.
@@ -35,24 +36,19 @@ func (h *Handler) serveNarFile(w http.ResponseWriter, r *http.Request, t narTarg
 	if r.Header.Get("If-Range") != "" {
 		spec = ""
 	}
-	ctx, cancel := h.unary(r.Context())
-	resp, err := h.Index.StatNar(ctx, &indexv1.StatNarRequest{
-		FileHash: t.fileHash,
-		Download: true,
-		Offset:   rangeStart(spec),
-	})
-	cancel()
+	e, err := h.statNarFile(r, t.fileHash)
 	if err != nil {
 		h.writeError(w, r, err)
 		return true
 	}
-	nf := resp.GetFile()
+	nf := e.file
 	if c := nf.GetCompression(); c != t.compression {
 		h.writeError(w, r, errNoSuchNar(r.URL.Path, "the file is compressed with "+c))
 		return true
 	}
-	f := h.openNarFile(r, resp.GetRelativePath(), nf.GetFileSize())
+	f := h.openNarFile(r, e.rel, nf.GetFileSize())
 	if f == nil {
+		h.narFiles.forget(t.fileHash)
 		return false
 	}
 	defer f.Close()
@@ -75,6 +71,7 @@ func (h *Handler) serveNarFile(w http.ResponseWriter, r *http.Request, t narTarg
 			return true
 		}
 	}
+	h.downloads.note(t.fileHash, start, length, time.Now())
 	setNarHeaders(w, length)
 	w.WriteHeader(code)
 	if err := h.copyFile(w, f, int64(length)); err != nil && r.Context().Err() == nil {
@@ -83,6 +80,23 @@ func (h *Handler) serveNarFile(w http.ResponseWriter, r *http.Request, t narTarg
 		h.Log.WarnContext(r.Context(), "NAR file transfer cut", "path", r.URL.Path, "err", err)
 	}
 	return true
+}
+
+// statNarFile is the index's StatNar answer for the file fileHash names,
+// from the cache when it holds one.
+func (h *Handler) statNarFile(r *http.Request, fileHash string) (narFileEntry, error) {
+	if e, ok := h.narFiles.get(fileHash); ok {
+		return e, nil
+	}
+	epoch := h.narFiles.begin()
+	ctx, cancel := h.unary(r.Context())
+	defer cancel()
+	resp, err := h.Index.StatNar(ctx, &indexv1.StatNarRequest{FileHash: fileHash})
+	if err != nil {
+		return narFileEntry{}, err
+	}
+	h.narFiles.finish(epoch, fileHash, resp)
+	return narFileEntry{file: resp.GetFile(), rel: resp.GetRelativePath()}, nil
 }
 
 // openNarFile opens rel, the name the index gave a file of size bytes,
@@ -123,27 +137,6 @@ func (h *Handler) openNarFile(r *http.Request, rel string, size uint64) *os.File
 func cleanRelative(rel string) bool {
 	return rel != "" && path.Clean(rel) == rel && filepath.IsLocal(rel) &&
 		!strings.HasPrefix(rel, "/") && !strings.Contains(rel, `\`) && !strings.HasPrefix(rel, "./")
-}
-
-// rangeStart is the first byte a Range header asks for, as far as can be
-// told before the size is known: the index counts a download only for a
-// request from byte 0, so that a resumed transfer is not a new one. A
-// suffix range ("bytes=-n", the last n bytes) is taken as a resumption:
-// 1.
-func rangeStart(spec string) uint64 {
-	if spec == "" {
-		return 0
-	}
-	rng, err := parseRange(spec, math.MaxUint64)
-	switch {
-	case err != nil || rng == nil:
-		return 0
-	case rng.start+rng.length == math.MaxUint64: // open-ended: "bytes=a-" or "bytes=-n"
-		if _, first, _ := strings.Cut(spec, "="); strings.HasPrefix(strings.TrimSpace(first), "-") {
-			return 1
-		}
-	}
-	return rng.start
 }
 
 // copyFile sends n bytes of f to w, in segments, each under a fresh idle

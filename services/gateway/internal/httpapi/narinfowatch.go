@@ -29,12 +29,14 @@ const (
 	watchRetryMax = 2 * time.Second
 )
 
-// WatchIndex keeps the narinfo cache in step with the index until ctx
-// ends: it watches the index's changes (IndexService.WatchPaths), drops the
-// answers for every path reported changed, and while the stream is in
-// sync lets answers live NarinfoCacheMaxAge. Whenever the stream ends or
-// stalls it drops the whole cache, falls back to NarinfoCacheTTL, and
-// watches again. It returns at once when NarinfoCacheMaxAge is 0.
+// WatchIndex keeps the narinfo and NAR file caches in step with the index
+// until ctx ends: it watches the index's changes (IndexService.WatchPaths),
+// drops the answers for every path reported changed (and every NAR file
+// answer when a path is removed), and while the stream is in sync lets
+// answers live NarinfoCacheMaxAge. Whenever the stream ends or stalls it
+// drops both caches, falls back to NarinfoCacheTTL (NAR file answers are
+// not kept then), and watches again. It returns at once when
+// NarinfoCacheMaxAge is 0.
 func (h *Handler) WatchIndex(ctx context.Context) {
 	c := h.narinfos
 	if c == nil || c.maxAge <= 0 {
@@ -45,6 +47,7 @@ func (h *Handler) WatchIndex(ctx context.Context) {
 	for {
 		synced, err := h.watchOnce(ctx)
 		c.setLive(false, false)
+		h.narFiles.setLive(false)
 		if ctx.Err() != nil {
 			return
 		}
@@ -97,6 +100,7 @@ func (h *Handler) watchOnce(ctx context.Context) (synced bool, err error) {
 			}
 			synced = true
 			c.setLive(true, msg.GetCacheNotFound())
+			h.narFiles.setLive(true)
 			h.Log.InfoContext(ctx, "index watch in sync: narinfos cached up to -narinfo-cache-max-age", "max_age", c.maxAge,
 				"cache_not_found", msg.GetCacheNotFound())
 		}
@@ -104,6 +108,13 @@ func (h *Handler) watchOnce(ctx context.Context) (synced bool, err error) {
 			return false, errors.New("watch index: events before the synced marker")
 		}
 		for _, ev := range msg.GetEvents() {
+			switch ev.GetKind() {
+			case indexv1.PathEventKind_PATH_EVENT_KIND_PUBLISHED, indexv1.PathEventKind_PATH_EVENT_KIND_CHANGED:
+			default:
+				// Removed, or a kind newer than this gateway: a file
+				// the NAR file cache names may be gone.
+				h.narFiles.removed()
+			}
 			c.invalidate(ev.GetHashParts()...)
 			c.watchEvents.Add(uint64(len(ev.GetHashParts())))
 		}

@@ -30,6 +30,8 @@ type watchIndex struct {
 	// duringPut, when set, runs inside PutPathInfo before the path is
 	// published (added to the fake's paths).
 	duringPut func()
+	// duringStat, when set, runs inside StatNar before it answers.
+	duringStat atomic.Pointer[func()]
 }
 
 // watchSession is one WatchPaths stream: the test sends its messages and
@@ -57,6 +59,13 @@ func (w *watchIndex) PutPathInfo(ctx context.Context, req *indexv1.PutPathInfoRe
 	return resp, err
 }
 
+func (w *watchIndex) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*indexv1.StatNarResponse, error) {
+	if f := w.duringStat.Load(); f != nil {
+		(*f)()
+	}
+	return w.fakeIndex.StatNar(ctx, req)
+}
+
 func (w *watchIndex) WatchPaths(req *indexv1.WatchPathsRequest, stream indexv1.IndexService_WatchPathsServer) error {
 	if got := req.GetHeartbeatInterval().AsDuration(); got != WatchHeartbeat {
 		return status.Errorf(codes.InvalidArgument, "heartbeat %v, want %v", got, WatchHeartbeat)
@@ -81,8 +90,9 @@ func (w *watchIndex) WatchPaths(req *indexv1.WatchPathsRequest, stream indexv1.I
 	}
 }
 
-// newWatchEnv is newEnv over a watchIndex, with the gateway watching it.
-func newWatchEnv(t *testing.T, ttl time.Duration) (*env, *watchIndex, *Handler) {
+// newWatchEnv is newEnv over a watchIndex, with the gateway watching it;
+// configure may change its Config.
+func newWatchEnv(t *testing.T, ttl time.Duration, configure ...func(*Config)) (*env, *watchIndex, *Handler) {
 	t.Helper()
 	e := &env{index: newFakeIndex(), signer: &fakeSigner{}, logs: &syncBuffer{}}
 	wi := &watchIndex{fakeIndex: e.index, sessions: make(chan *watchSession)}
@@ -104,7 +114,7 @@ func newWatchEnv(t *testing.T, ttl time.Duration) (*env, *watchIndex, *Handler) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := New(Config{
+	cfg := Config{
 		Index:              indexv1.NewIndexServiceClient(conn),
 		Signer:             signerv1.NewSignerServiceClient(conn),
 		Auth:               auth.Policy{Tokens: tokens, PublicRead: true},
@@ -114,10 +124,16 @@ func newWatchEnv(t *testing.T, ttl time.Duration) (*env, *watchIndex, *Handler) 
 		RequestTimeout:     10 * time.Second,
 		NarinfoCacheTTL:    ttl,
 		NarinfoCacheMaxAge: time.Hour,
-	})
+	}
+	for _, c := range configure {
+		c(&cfg)
+	}
+	e.narDir = cfg.NarDir
+	h, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.h = h
 	e.srv = httptest.NewServer(h)
 	t.Cleanup(e.srv.Close)
 	ctx, cancel := context.WithCancel(context.Background())
