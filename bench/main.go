@@ -43,7 +43,7 @@ func run(args []string) error {
 	lookups := fs.Int("lookups", 20000, "random lookups per catalogue size and per way")
 	profile := fs.Bool("profile", true, "profile the nixcache services with perf during extra passes")
 	keep := fs.Bool("keep", false, "keep the servers' data in -work")
-	only := fs.String("only", "", `run one part alone: "catalog" (the catalogue scale, no workload) or "push" (the push rounds against nix copy --to file://, and with -profile a profiled push)`)
+	only := fs.String("only", "", `run one part alone: "catalog" (the catalogue scale, no workload), "push" (the push rounds against nix copy --to file://, and with -profile a profiled push) or "serve" (narinfo and NAR passes of the co-located nixcache-none/zstd against nginx); results named <date>-<part>`)
 	render := fs.String("render", "", "only write the .md and .png again from this results .json (after a change to the report)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -98,10 +98,12 @@ func run(args []string) error {
 		o.CatalogPoints = append(o.CatalogPoints, n)
 	}
 	switch *only {
-	case "", "catalog", "push":
-		o.Only = *only
+	case "":
+	case "catalog", "push", "serve":
+		// A partial run must not overwrite a full run's results.
+		o.Only, o.Mode = *only, o.Mode+"-"+*only
 	default:
-		return fmt.Errorf("-only %q: want catalog or push", *only)
+		return fmt.Errorf("-only %q: want catalog, push or serve", *only)
 	}
 	if o.Paths <= 0 || o.MiB <= 0 || o.Rounds <= 0 || o.BigMiB <= 0 || o.Lookups <= 0 || o.SignedInserts < 0 {
 		return errors.New("-paths, -mib, -rounds, -big-mib and -lookups must be positive")

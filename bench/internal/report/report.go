@@ -119,7 +119,7 @@ type BigNar struct {
 // Results is everything one run measured.
 type Results struct {
 	Date     time.Time `json:"date"`
-	Mode     string    `json:"mode"` // "full" or "smoke"
+	Mode     string    `json:"mode"` // "full" or "smoke", with "-<part>" for a run of one part (-only)
 	Machine  Machine   `json:"machine"`
 	Rounds   int       `json:"rounds"`
 	Workload struct {

@@ -48,7 +48,9 @@ type Options struct {
 	Profile bool // perf the nixcache services in extra passes
 	Keep    bool // keep servers' data in Work
 	// Only, when set, runs one part alone: "catalog" (the catalogue
-	// scale) or "push" (the push rounds, and with Profile a profiled push).
+	// scale), "push" (the push rounds, and with Profile a profiled push)
+	// or "serve" (the narinfo and NAR passes of the co-located
+	// deployments and nginx).
 	Only string
 
 	Stdout io.Writer // the ratio table
@@ -165,11 +167,14 @@ func (b *bench) run(ctx context.Context) error {
 	if b.o.Only == "push" {
 		return b.pushPhase(ctx, top)
 	}
-	big, err := b.bigNar(ctx, b.o.BigMiB)
-	if err != nil {
-		return err
+	serveOnly := b.o.Only == "serve"
+	var big string
+	if !serveOnly {
+		if big, err = b.bigNar(ctx, b.o.BigMiB); err != nil {
+			return err
+		}
+		b.res.BigSize = int64(b.o.BigMiB) << 20
 	}
-	b.res.BigSize = int64(b.o.BigMiB) << 20
 
 	// The servers.
 	var targets []*target
@@ -185,25 +190,27 @@ func (b *bench) run(ctx context.Context) error {
 		// remote index (every NAR streamed over gRPC), "-stream".
 		name := "nixcache-" + comp
 		nc, err := b.startNixcache(ctx, name, nil, func(o *servers.NixcacheOptions) {
-			o.CoLocated, o.StreamGateway = true, true
+			o.CoLocated, o.StreamGateway = true, !serveOnly
 		})
 		if err != nil {
 			return err
 		}
 		stops = append(stops, nc.Stop)
 		b.logf("%s: pushing the closure and the big path (co-located gateway: %v)", name, nc.CoLocated)
-		if err := b.pushTo(ctx, nc, comp, top, big); err != nil {
+		if err := b.pushTo(ctx, nc, comp, withBig(top, big)...); err != nil {
 			return err
 		}
 		targets = append(targets, nixcacheTarget(nc))
 		b.res.Servers = append(b.res.Servers, report.Server{Name: name, Baseline: "nginx-" + comp, PushBaseline: "file-" + comp})
-		if nc.CoLocated {
+		if nc.StreamGateway != nil {
 			st := streamTarget(nc)
 			targets = append(targets, st)
 			b.res.Servers = append(b.res.Servers, report.Server{Name: st.name, Baseline: "nginx-" + comp})
 		}
 	}
-	if nc, stop, note, err := b.startLocal(ctx); err != nil {
+	if serveOnly {
+		b.logf("-only serve: no local-store server, big NAR, push, profiles or catalogue")
+	} else if nc, stop, note, err := b.startLocal(ctx); err != nil {
 		return err
 	} else if nc == nil {
 		b.logf("nixcache-local: not available: %s", note)
@@ -220,7 +227,7 @@ func (b *bench) run(ctx context.Context) error {
 		b.logf("nginx-%s: nix copy --to file://%s?compression=%s", comp, dir, comp)
 		paths := []string{top}
 		if comp == "none" {
-			paths = append(paths, big)
+			paths = withBig(top, big)
 		}
 		if _, err := b.nix(ctx, nixConfig(), "nix", append([]string{"copy", "--to", "file://" + dir + "?compression=" + comp}, paths...)...); err != nil {
 			return err
@@ -256,7 +263,7 @@ func (b *bench) run(ctx context.Context) error {
 		if _, err := load.NarPass(ctx, t.url, t.nars, 16); err != nil {
 			return err
 		}
-		if t.name != "nginx-zstd" {
+		if t.name != "nginx-zstd" && big != "" {
 			if t.big, err = load.Narinfos(ctx, t.url, []string{hashPart(big)}); err != nil {
 				return err
 			}
@@ -314,8 +321,10 @@ func (b *bench) run(ctx context.Context) error {
 				add(t.name, fig, tm.Total.Seconds(), (t.cpu() - c0).Seconds())
 			}
 		}
-		if err := b.pushRounds(ctx, round, top, add); err != nil {
-			return err
+		if !serveOnly {
+			if err := b.pushRounds(ctx, round, top, add); err != nil {
+				return err
+			}
 		}
 		b.logf("round %d/%d done", round+1, b.o.Rounds)
 	}
@@ -332,6 +341,9 @@ func (b *bench) run(ctx context.Context) error {
 		return strings.Compare(a.Server+a.Figure, c.Server+c.Figure)
 	})
 	b.res.ComputeRatios()
+	if serveOnly {
+		return nil
+	}
 
 	if err := b.bigNarPhase(ctx, targets); err != nil {
 		return err
@@ -362,6 +374,14 @@ func (b *bench) run(ctx context.Context) error {
 		"The catalogue's bulk-loaded paths were written into catalog.db in the index's layout (bucket paths: hash part -> indexv1.PathInfo, signed with the cache's key) and read back through the restarted index before measuring.",
 		"RssFile of the catalogue index is bbolt's mmap of catalog.db: page cache, shared and reclaimable.")
 	return nil
+}
+
+// withBig is the paths to push or copy: top, and big unless it is "".
+func withBig(top, big string) []string {
+	if big == "" {
+		return []string{top}
+	}
+	return []string{top, big}
 }
 
 // catalogPhase measures the catalogue at scale (package scale).
