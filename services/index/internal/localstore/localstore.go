@@ -89,11 +89,11 @@ import (
 
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/daemon"
+	"github.com/nixcache/nixcache/nix/nardump"
 	"github.com/nixcache/nixcache/nix/storepath"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
-	"github.com/nixcache/nixcache/services/index/internal/nardump"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
 )
 

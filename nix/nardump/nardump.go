@@ -5,7 +5,8 @@
 // It differs from nar.DumpPath in what serving a store path needs: it is a
 // Reader (it fills the caller's buffer, so file contents go from the page
 // cache straight into the gRPC chunk, with no copy through an intermediate
-// buffer and no large buffer allocated per archive); and it starts at an
+// buffer and no large buffer allocated per archive), and SendTo hands large
+// files' contents to a socket as files (sendfile); and it starts at an
 // offset without reading what comes before: files that end before the
 // offset are only lstat'ed, the file the offset falls in is opened and
 // seeked. Nothing is hashed: the NAR hash is the catalogue's, and Nix
@@ -69,7 +70,11 @@ func Open(path string, offset uint64) (*Reader, error) {
 
 // Read reads the next bytes of the archive; io.EOF after its last byte.
 // Once Read has failed it keeps failing.
-func (r *Reader) Read(p []byte) (int, error) {
+func (r *Reader) Read(p []byte) (int, error) { return r.read(p, false) }
+
+// read is Read; with toSend, it stops where the contents of a file that
+// SendTo sends from the file itself begin.
+func (r *Reader) read(p []byte, toSend bool) (int, error) {
 	n := 0
 	for n < len(p) && r.err == nil {
 		if r.off < len(r.buf) {
@@ -79,6 +84,9 @@ func (r *Reader) Read(p []byte) (int, error) {
 			continue
 		}
 		r.buf, r.off = r.buf[:0], 0
+		if toSend && r.sendable() {
+			break
+		}
 		if r.file != nil {
 			m, err := r.readFile(p[n:])
 			n += m
@@ -104,6 +112,77 @@ func (r *Reader) Read(p []byte) (int, error) {
 	return 0, r.err
 }
 
+// SendMin is the smallest file whose contents SendTo passes to the writer
+// as the open file: below it, copying the bytes through a buffer costs
+// less than the system calls of a sendfile.
+const SendMin = 64 << 10
+
+// sendSegment is the most SendTo copies from a file in one call to the
+// writer, so that before runs at least that often.
+const sendSegment = 4 << 20
+
+// SendTo writes the next n bytes of the archive to w, the bytes Read
+// would return. The contents of a regular file of SendMin bytes or more
+// go with io.CopyN from the open file, in segments, so that a w whose
+// ReadFrom takes an *os.File (a TCP connection, net/http's response
+// writer) sends them with sendfile and they never enter user space; the
+// format bytes and small files go through buf. before, unless nil, runs
+// before each write to w (to push a deadline back). It returns the bytes
+// written; the archive ending before n bytes is io.ErrUnexpectedEOF.
+func (r *Reader) SendTo(w io.Writer, n uint64, buf []byte, before func()) (uint64, error) {
+	var sent uint64
+	for sent < n {
+		if r.err == nil && r.sendable() {
+			k := min(r.fileLeft, n-sent, sendSegment)
+			if before != nil {
+				before()
+			}
+			m, err := io.CopyN(w, r.file, int64(k))
+			sent += uint64(m)
+			r.fileLeft -= uint64(m)
+			switch {
+			case err == io.EOF:
+				r.err = fmt.Errorf("dump %s: file shrank while being read (%d bytes short)", r.fileName, r.fileLeft)
+				return sent, r.err
+			case err != nil:
+				// The writer's error (the client went away): the
+				// Reader stays where it is.
+				return sent, err
+			}
+			if r.fileLeft == 0 {
+				if err := r.endFile(); err != nil {
+					r.err = err
+					return sent, err
+				}
+			}
+			continue
+		}
+		m, err := r.read(buf[:min(uint64(len(buf)), n-sent)], true)
+		if m > 0 {
+			if before != nil {
+				before()
+			}
+			if _, werr := w.Write(buf[:m]); werr != nil {
+				return sent, werr
+			}
+			sent += uint64(m)
+		}
+		if err == io.EOF {
+			return sent, io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return sent, err
+		}
+	}
+	return sent, nil
+}
+
+// sendable reports whether the next bytes are contents of a file that
+// SendTo sends from the file.
+func (r *Reader) sendable() bool {
+	return r.off >= len(r.buf) && r.file != nil && r.fileLeft >= SendMin
+}
+
 // Close closes the file being read, if any.
 func (r *Reader) Close() error {
 	if r.err == nil {
@@ -126,14 +205,7 @@ func (r *Reader) readFile(p []byte) (int, error) {
 	n, err := r.file.Read(p)
 	r.fileLeft -= uint64(n)
 	if r.fileLeft == 0 {
-		cerr := r.file.Close()
-		r.file = nil
-		if cerr != nil {
-			return n, fmt.Errorf("dump %s: %w", r.fileName, cerr)
-		}
-		r.put(zeros[:r.filePad])
-		r.closeNode()
-		return n, nil
+		return n, r.endFile()
 	}
 	switch {
 	case err == io.EOF || (err == nil && n == 0):
@@ -142,6 +214,19 @@ func (r *Reader) readFile(p []byte) (int, error) {
 		return n, fmt.Errorf("dump %s: %w", r.fileName, err)
 	}
 	return n, nil
+}
+
+// endFile closes the file whose contents were all read and finishes its
+// node.
+func (r *Reader) endFile() error {
+	err := r.file.Close()
+	r.file = nil
+	if err != nil {
+		return fmt.Errorf("dump %s: %w", r.fileName, err)
+	}
+	r.put(zeros[:r.filePad])
+	r.closeNode()
+	return nil
 }
 
 // step produces the next format bytes: the archive's start, a directory

@@ -14,7 +14,7 @@ import (
 	"testing"
 
 	"github.com/nixcache/nixcache/nix/nar"
-	"github.com/nixcache/nixcache/services/index/internal/nardump"
+	"github.com/nixcache/nixcache/nix/nardump"
 )
 
 // makeTree builds, under dir, a tree with every kind of node: nested and

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/nixcache/nixcache/nix/nar"
-	"github.com/nixcache/nixcache/services/index/internal/nardump"
+	"github.com/nixcache/nixcache/nix/nardump"
 )
 
 // benchTrees are a 64 MiB file, a tree of 2048 files of 8 KiB (a
