@@ -1106,12 +1106,16 @@ func (x *RecordDownloadsRequest) GetDownloads() []*NarDownloads {
 	return nil
 }
 
-// NarDownloads is what a gateway served of one stored file since its
-// previous report.
+// NarDownloads is what a gateway served of one stored file, or of one
+// NAR it dumped from the host's store, since its previous report.
 type NarDownloads struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The file's hash, "sha256:<nix32>" or bare nix32.
+	// The file's hash, "sha256:<nix32>" or bare nix32; or empty, and
+	// store_hash set.
 	FileHash string `protobuf:"bytes,1,opt,name=file_hash,json=fileHash,proto3" json:"file_hash,omitempty"`
+	// The hash part of a path of the host's store whose NAR the gateway
+	// dumped itself (-local-store-dir), when file_hash is empty.
+	StoreHash string `protobuf:"bytes,5,opt,name=store_hash,json=storeHash,proto3" json:"store_hash,omitempty"`
 	// Downloads started from byte 0 (a range starting later is the rest of
 	// one already counted).
 	Count uint64 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
@@ -1156,6 +1160,13 @@ func (*NarDownloads) Descriptor() ([]byte, []int) {
 func (x *NarDownloads) GetFileHash() string {
 	if x != nil {
 		return x.FileHash
+	}
+	return ""
+}
+
+func (x *NarDownloads) GetStoreHash() string {
+	if x != nil {
+		return x.StoreHash
 	}
 	return ""
 }
@@ -1969,9 +1980,11 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\vurl_expires\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"urlExpires\"W\n" +
 	"\x16RecordDownloadsRequest\x12=\n" +
-	"\tdownloads\x18\x01 \x03(\v2\x1f.nixcache.index.v1.NarDownloadsR\tdownloads\"\x87\x01\n" +
+	"\tdownloads\x18\x01 \x03(\v2\x1f.nixcache.index.v1.NarDownloadsR\tdownloads\"\xa6\x01\n" +
 	"\fNarDownloads\x12\x1b\n" +
-	"\tfile_hash\x18\x01 \x01(\tR\bfileHash\x12\x14\n" +
+	"\tfile_hash\x18\x01 \x01(\tR\bfileHash\x12\x1d\n" +
+	"\n" +
+	"store_hash\x18\x05 \x01(\tR\tstoreHash\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x04R\x05count\x12\x14\n" +
 	"\x05bytes\x18\x03 \x01(\x04R\x05bytes\x12.\n" +
 	"\x04last\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04last\"\x19\n" +

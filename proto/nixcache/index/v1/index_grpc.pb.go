@@ -49,8 +49,9 @@ type IndexServiceClient interface {
 	// StatNar tells whether a NAR file is stored, without its data.
 	StatNar(ctx context.Context, in *StatNarRequest, opts ...grpc.CallOption) (*StatNarResponse, error)
 	// RecordDownloads counts downloads that a co-located gateway served
-	// from the index's nars/ directory itself, reported in batches: the
-	// same counters and last-access times as downloads through GetNar.
+	// itself (from the index's nars/ directory, or dumped from the host's
+	// store), reported in batches: the same counters and last-access times
+	// as downloads through GetNar.
 	RecordDownloads(ctx context.Context, in *RecordDownloadsRequest, opts ...grpc.CallOption) (*RecordDownloadsResponse, error)
 	// GetNar streams a NAR file: a header message, then data chunks.
 	GetNar(ctx context.Context, in *GetNarRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetNarResponse], error)
@@ -241,8 +242,9 @@ type IndexServiceServer interface {
 	// StatNar tells whether a NAR file is stored, without its data.
 	StatNar(context.Context, *StatNarRequest) (*StatNarResponse, error)
 	// RecordDownloads counts downloads that a co-located gateway served
-	// from the index's nars/ directory itself, reported in batches: the
-	// same counters and last-access times as downloads through GetNar.
+	// itself (from the index's nars/ directory, or dumped from the host's
+	// store), reported in batches: the same counters and last-access times
+	// as downloads through GetNar.
 	RecordDownloads(context.Context, *RecordDownloadsRequest) (*RecordDownloadsResponse, error)
 	// GetNar streams a NAR file: a header message, then data chunks.
 	GetNar(*GetNarRequest, grpc.ServerStreamingServer[GetNarResponse]) error

@@ -126,8 +126,9 @@ func (s *narStream) SendMsg(m any) error {
 	return err
 }
 
-// RecordDownloads counts the downloads a co-located gateway served from
-// the index's nars/ directory and reported in a batch
+// RecordDownloads counts the downloads a co-located gateway served itself
+// (from the index's nars/ directory, or dumped from the host's store) and
+// reported in a batch
 // (IndexService.RecordDownloads), as if they had gone through GetNar. A
 // time in the future counts as now.
 func (t *Tracker) RecordDownloads(ds []*indexv1.NarDownloads) {
@@ -135,17 +136,20 @@ func (t *Tracker) RecordDownloads(ds []*indexv1.NarDownloads) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, d := range ds {
-		h, err := nixhash.ParseAs(nixhash.SHA256, d.GetFileHash())
-		if err != nil {
-			continue
-		}
-		t.narDownloads.Add(d.GetCount())
-		t.narBytesSent.Add(d.GetBytes())
 		last := now
 		if d.GetLast() != nil && d.GetLast().AsTime().Before(now) {
 			last = d.GetLast().AsTime()
 		}
-		merge(t.byFile, h.NixBase32(), catalog.Access{Last: last.Unix(), Downloads: d.GetCount()})
+		a := catalog.Access{Last: last.Unix(), Downloads: d.GetCount()}
+		if d.GetStoreHash() != "" {
+			merge(t.byPath, d.GetStoreHash(), a)
+		} else if h, err := nixhash.ParseAs(nixhash.SHA256, d.GetFileHash()); err == nil {
+			merge(t.byFile, h.NixBase32(), a)
+		} else {
+			continue
+		}
+		t.narDownloads.Add(d.GetCount())
+		t.narBytesSent.Add(d.GetBytes())
 	}
 }
 

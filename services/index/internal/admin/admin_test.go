@@ -275,8 +275,23 @@ func TestGetPathAndStats(t *testing.T) {
 		Last: timestamppb.New(e.clock.Add(time.Hour)),
 	}}})
 	must(t, err)
-	_, err = e.index.RecordDownloads(ctx, &indexv1.RecordDownloadsRequest{Downloads: []*indexv1.NarDownloads{{FileHash: "sha256:nope", Count: 1}}})
-	wantCode(t, err, codes.InvalidArgument, "downloads[0].file_hash")
+	for _, bad := range []struct {
+		d    *indexv1.NarDownloads
+		part string
+	}{
+		{&indexv1.NarDownloads{FileHash: "sha256:nope", Count: 1}, "downloads[1].file_hash"},
+		{&indexv1.NarDownloads{StoreHash: "not-a-hash", Count: 1}, "downloads[1].store_hash"},
+		{&indexv1.NarDownloads{FileHash: dep.GetFile().GetFileHash(), StoreHash: hashOf(top.GetStorePath())}, "both"},
+	} {
+		ok := &indexv1.NarDownloads{FileHash: dep.GetFile().GetFileHash(), Count: 1}
+		_, err = e.index.RecordDownloads(ctx, &indexv1.RecordDownloadsRequest{Downloads: []*indexv1.NarDownloads{ok, bad.d}})
+		wantCode(t, err, codes.InvalidArgument, bad.part)
+	}
+	// A NAR a gateway dumped from the host's store names its path.
+	_, err = e.index.RecordDownloads(ctx, &indexv1.RecordDownloadsRequest{Downloads: []*indexv1.NarDownloads{{
+		StoreHash: hashOf(top.GetStorePath()), Count: 1, Bytes: 7,
+	}}})
+	must(t, err)
 	if _, err := e.index.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(top.GetStorePath())}); err != nil {
 		t.Fatal(err)
 	}
@@ -291,6 +306,9 @@ func TestGetPathAndStats(t *testing.T) {
 			resp.GetSummary().GetLastAccess().AsTime().Unix() != e.clock.Unix() {
 			t.Errorf("GetPath(%s) = %v", arg, resp)
 		}
+	}
+	if resp, err := e.admin.GetPath(ctx, &indexv1.GetPathRequest{Path: top.GetStorePath()}); err != nil || resp.GetDownloads() != 1 {
+		t.Errorf("GetPath(top) = %v, %v; want the one download reported by store hash", resp, err)
 	}
 	for _, tt := range []struct {
 		arg  string
@@ -309,7 +327,7 @@ func TestGetPathAndStats(t *testing.T) {
 	must(t, err)
 	want := dep.GetFile().GetFileSize() + top.GetFile().GetFileSize()
 	if st.GetPaths() != 2 || st.GetPushedPaths() != 2 || st.GetStoredBytes() != want || st.GetNarBytes() != dep.GetNarSize()+top.GetNarSize() ||
-		st.GetNarinfoHits() != 1 || st.GetNarinfoMisses() != 1 || st.GetNarDownloads() != 4 || st.GetNarBytesServed() != 5*dep.GetFile().GetFileSize()+4 {
+		st.GetNarinfoHits() != 1 || st.GetNarinfoMisses() != 1 || st.GetNarDownloads() != 5 || st.GetNarBytesServed() != 5*dep.GetFile().GetFileSize()+11 {
 		t.Errorf("stats %v", st)
 	}
 }

@@ -222,13 +222,23 @@ func (s *Server) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*ind
 	return resp, nil
 }
 
-// RecordDownloads counts downloads that a co-located gateway served from
-// nars/ itself. The files need not exist any more (they may have been
-// collected since): their paths' last access is recorded if they do.
+// RecordDownloads counts downloads that a co-located gateway served
+// itself: files from nars/, NARs dumped from the host's store. The files
+// and paths need not exist any more (they may have been collected since):
+// their paths' last access is recorded if they do.
 func (s *Server) RecordDownloads(ctx context.Context, req *indexv1.RecordDownloadsRequest) (*indexv1.RecordDownloadsResponse, error) {
 	for i, d := range req.GetDownloads() {
-		if _, err := nixhash.ParseAs(nixhash.SHA256, d.GetFileHash()); err != nil {
-			return nil, toStatus(fault.Invalid("downloads[%d].file_hash: %v", i, err))
+		switch {
+		case d.GetFileHash() != "" && d.GetStoreHash() != "":
+			return nil, toStatus(fault.Invalid("downloads[%d]: file_hash and store_hash are both set", i))
+		case d.GetStoreHash() != "":
+			if err := storepath.ValidateHashPart(d.GetStoreHash()); err != nil {
+				return nil, toStatus(fault.Invalid("downloads[%d].store_hash: %v", i, err))
+			}
+		default:
+			if _, err := nixhash.ParseAs(nixhash.SHA256, d.GetFileHash()); err != nil {
+				return nil, toStatus(fault.Invalid("downloads[%d].file_hash: %v", i, err))
+			}
 		}
 	}
 	if s.downloads != nil {
