@@ -185,6 +185,77 @@ func TestLocalStoreFollowsHost(t *testing.T) {
 	}
 }
 
+// withGatewayDump has the gateway dump the host's NARs itself
+// (-local-store-dir), with its caches as deployed.
+func withGatewayDump() clusterOption {
+	return withArgs("gateway", append([]string{"-local-store-dir", "/nix/store"}, cachingGateway...)...)
+}
+
+// TestLocalStoreDumpedByGateway: a gateway on the host (-local-store-dir)
+// dumps the host's NARs itself. A fresh store substitutes the closure
+// trusting only the cache's key; the index streams no NAR yet counts the
+// downloads (the gateway reports them); a NAR downloaded again costs no
+// index call; paths deleted from the host are 404, NARs included, within
+// 5 s.
+func TestLocalStoreDumpedByGateway(t *testing.T) {
+	c := newCluster(t, withAdmin(), withLocalStore(startNixDaemon(t)), withGatewayDump())
+	top, closure := buildClosure(t)
+	local := pathInfos(t, nixConfig(), "--recursive", top)
+	for _, p := range closure {
+		waitStatus(t, c.URL+"/"+hashPart(p)+".narinfo", http.StatusOK, 5*time.Second)
+	}
+
+	store := filepath.Join(t.TempDir(), "store")
+	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", "copy", "--from", c.URL, "--to", store, top)
+	copied := pathInfos(t, nixConfig(), "--store", store, "--recursive", top)
+	for _, p := range closure {
+		if copied[p].NarHash != local[p].NarHash {
+			t.Errorf("%s: copied NarHash %q, host %q", p, copied[p].NarHash, local[p].NarHash)
+		}
+		assertSameTree(t, p, filepath.Join(store, strings.TrimPrefix(p, "/")))
+	}
+
+	index := "http://" + c.indexMetrics + "/metrics"
+	const series = `grpc_server_handled_total{grpc_code="OK",grpc_method="%s",grpc_service="nixcache.index.v1.IndexService",grpc_type="%s"}`
+	if n := metric(t, index, fmt.Sprintf(series, "GetNar", "server_stream")); n != 0 {
+		t.Errorf("the index streamed %v NARs; the gateway should have dumped them", n)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		stats := messages(t, c.admin("GetStats", ""))
+		if got := stats[0]["narDownloads"]; got == fmt.Sprint(len(closure)) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("GetStats narDownloads %v, want %d (one per path): %v", got, len(closure), stats)
+		}
+	}
+
+	nar := narURL(t, c, top)
+	lookups := fmt.Sprintf(series, "GetPathInfo", "unary")
+	before := metric(t, index, lookups)
+	for range 3 {
+		if r := httpDo(t, "GET", nar, "", nil, nil); r.status != http.StatusOK || uint64(len(r.body)) != local[top].NarSize {
+			t.Fatalf("GET %s again: %d, %d bytes, want 200, %d", nar, r.status, len(r.body), local[top].NarSize)
+		}
+	}
+	if n := metric(t, index, lookups) - before; n != 0 {
+		t.Errorf("3 more downloads of a NAR asked the index %v times, want 0", n)
+	}
+
+	mustNix(t, nixConfig(), "nix-store", "--delete", closure[0], closure[1], closure[2])
+	for _, p := range closure {
+		if _, err := os.Lstat(p); err == nil {
+			t.Fatalf("%s is still on disk after nix-store --delete", p)
+		}
+	}
+	// Gone from disk, the NAR is refused at once, kept answer or not.
+	if status := httpStatus(t, "GET", nar, "", nil); status != http.StatusNotFound {
+		t.Errorf("NAR of deleted %s: %d, want 404", top, status)
+	}
+	for _, p := range closure {
+		waitStatus(t, c.URL+"/"+hashPart(p)+".narinfo", http.StatusNotFound, 5*time.Second)
+	}
+}
+
 // narURL returns the NAR URL the narinfo of storePath names.
 func narURL(t *testing.T, c *cluster, storePath string) string {
 	t.Helper()
@@ -220,8 +291,9 @@ const bigTree = `{ seed }: derivation {
 }`
 
 // TestLocalStoreBigTree: executable bits, symlinks, empty directories and
-// a file larger than 1 GiB survive the round trip byte for byte, and a
-// range past 1 GiB is served right.
+// a file larger than 1 GiB survive the round trip byte for byte (dumped by
+// a gateway with -local-store-dir), and a range past 1 GiB is served right,
+// streamed from the index and dumped by the gateway.
 func TestLocalStoreBigTree(t *testing.T) {
 	c := newCluster(t, withLocalStore(startNixDaemon(t)))
 	start := time.Now()
@@ -240,9 +312,18 @@ func TestLocalStoreBigTree(t *testing.T) {
 		t.Errorf("range from %d: status %d, %d bytes; want 206 and bytes %d to %d of nix-store --dump", from, resp.status, len(resp.body), from, from+n)
 	}
 
+	// A gateway that dumps the host's NARs itself (large files with
+	// sendfile) serves the same range, and the substitution below.
+	dumper := c.startGateway("dumper", "-local-store-dir", "/nix/store")
+	dumpURL := dumper + strings.TrimPrefix(narURL(t, c, out), c.URL)
+	resp = httpDo(t, "GET", dumpURL, "", nil, http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", from, from+n-1)}})
+	if got := sha256.Sum256([]byte(resp.body)); resp.status != http.StatusPartialContent || hex.EncodeToString(got[:]) != wantSum {
+		t.Errorf("gateway dump, range from %d: status %d, %d bytes; want 206 and bytes %d to %d of nix-store --dump", from, resp.status, len(resp.body), from, from+n)
+	}
+
 	start = time.Now()
 	store := filepath.Join(t.TempDir(), "store")
-	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", "copy", "--from", c.URL, "--to", store, out)
+	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", "copy", "--from", dumper, "--to", store, out)
 	t.Logf("substituted %d NAR bytes in %s", hostSize, time.Since(start).Round(time.Millisecond))
 	gotSum, gotSize := dumpSum(t, filepath.Join(store, strings.TrimPrefix(out, "/")), 0, -1)
 	if gotSum != hostSum || gotSize != hostSize {

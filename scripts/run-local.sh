@@ -44,8 +44,13 @@ for _ in $(seq 100); do # the signer writes the public key on first start
 done
 pub=$(cat "$data/signer/secret.key.pub" 2>/dev/null || echo "<see the signer's log above>")
 bin/nixcache-index -data-dir "$data/index" -auth-file "$auth" & pids+=($!)
-# Co-located: the gateway sends the index's NAR files itself (README).
-bin/nixcache-gateway -listen "$http" -auth-file "$auth" -nar-dir "$data/index/nars" & pids+=($!)
+# Co-located: the gateway sends the index's NAR files itself (README), and
+# with NIXCACHE_LOCAL_STORE=true dumps the host store's NARs itself too.
+local_store=()
+if [ "${NIXCACHE_LOCAL_STORE:-false}" = true ]; then
+  local_store=(-local-store-dir "${NIXCACHE_STORE_DIR:-/nix/store}")
+fi
+bin/nixcache-gateway -listen "$http" -auth-file "$auth" -nar-dir "$data/index/nars" "${local_store[@]}" & pids+=($!)
 
 cat >&2 <<MSG
 

@@ -88,6 +88,9 @@ type NixcacheOptions struct {
 	// CoLocated gives the gateway -nar-dir (the index's nars/) when it has
 	// the flag.
 	CoLocated bool
+	// LocalStoreDir gives the gateway -local-store-dir (it dumps the host
+	// store's NARs itself) when it has the flag.
+	LocalStoreDir string
 	// StreamGateway starts a second gateway without -nar-dir (see
 	// Nixcache.StreamGateway).
 	StreamGateway bool
@@ -150,6 +153,9 @@ func StartNixcache(ctx context.Context, o NixcacheOptions) (*Nixcache, error) {
 		if o.CoLocated && hasFlag(o.Bin, "gateway", "-nar-dir") {
 			n.CoLocated = true
 			args = append(args, "-nar-dir", filepath.Join(o.Dir, "index", "nars"))
+		}
+		if o.LocalStoreDir != "" && hasFlag(o.Bin, "gateway", "-local-store-dir") {
+			args = append(args, "-local-store-dir", o.LocalStoreDir)
 		}
 		if args, err = withMetrics(o.Bin, "gateway", args); err == nil {
 			n.Gateway, err = proc.Start(o.Name+"/gateway", "gateway", logs, nil, filepath.Join(o.Bin, "nixcache-gateway"), args...)

@@ -369,7 +369,7 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	b.res.Notes = append(b.res.Notes,
 		"nixcache's services ran as deployed (JSON logs at info level; the gateway logs successful reads at debug, so not); nginx had its access log on.",
-		"nixcache-none and nixcache-zstd run co-located, their fastest documented deployment: the gateway reads the index's nars/ (-nar-dir) and sends stored files with sendfile. nixcache-*-stream is a second gateway on the same index without -nar-dir: every NAR streamed over gRPC, as with a remote index. nixcache-local's gateway has -nar-dir too, though the host's paths it serves are dumped by the index and streamed.",
+		"nixcache-none and nixcache-zstd run co-located, their fastest documented deployment: the gateway reads the index's nars/ (-nar-dir) and sends stored files with sendfile. nixcache-*-stream is a second gateway on the same index without -nar-dir: every NAR streamed over gRPC, as with a remote index. nixcache-local's gateway has -nar-dir and -local-store-dir: it dumps the host's paths from /nix/store itself, large files with sendfile.",
 		"NAR downloads read bodies into a 256 KiB buffer and discard them; the same client code for every server.",
 		"The catalogue's bulk-loaded paths were written into catalog.db in the index's layout (bucket paths: hash part -> indexv1.PathInfo, signed with the cache's key) and read back through the restarted index before measuring.",
 		"RssFile of the catalogue index is bbolt's mmap of catalog.db: page cache, shared and reclaimable.")
@@ -584,7 +584,9 @@ func (b *bench) startLocal(ctx context.Context) (nc *servers.Nixcache, stop func
 		return nil, nil, "", err
 	}
 	args := []string{"-local-store", "-nix-daemon-socket", d.Socket}
-	nc, err = b.startNixcache(ctx, "nixcache-local", args, func(o *servers.NixcacheOptions) { o.CoLocated = true })
+	nc, err = b.startNixcache(ctx, "nixcache-local", args, func(o *servers.NixcacheOptions) {
+		o.CoLocated, o.LocalStoreDir = true, "/nix/store"
+	})
 	if err != nil {
 		d.Stop()
 		return nil, nil, "", err

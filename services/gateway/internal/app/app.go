@@ -76,6 +76,10 @@ type Options struct {
 	// NarDir is the index's nars/ directory when the gateway can read it
 	// (-nar-dir, co-located); "" streams every NAR from the index.
 	NarDir string
+	// LocalStoreDir is the host's store directory when the gateway can
+	// read it (-local-store-dir, on the host of an index with
+	// -local-store); "" streams the host's NARs from the index.
+	LocalStoreDir string
 	// ReadHeaderTimeout bounds how long a client may take to send a
 	// request's headers (slowloris); 0 means 10 s.
 	ReadHeaderTimeout time.Duration
@@ -223,6 +227,7 @@ func newHandler(ctx context.Context, o Options, policy auth.Policy) (http.Handle
 		NarinfoCacheMaxAge:  o.NarinfoCacheMaxAge,
 		NarinfoCacheSize:    o.NarinfoCacheSize,
 		NarDir:              o.NarDir,
+		LocalStoreDir:       o.LocalStoreDir,
 		Landing:             landingHandler,
 		Admin:               adminHandler,
 	})

@@ -24,7 +24,7 @@ const maxPendingDownloadFiles = 4096
 // download: ReportDownloads sends them in one call per interval.
 type downloadLog struct {
 	mu      sync.Mutex
-	pending map[string]*indexv1.NarDownloads // by file hash
+	pending map[string]*indexv1.NarDownloads // by file hash or store hash
 	// full is signalled when pending reaches maxPendingDownloadFiles.
 	full chan struct{}
 }
@@ -33,15 +33,17 @@ func newDownloadLog() *downloadLog {
 	return &downloadLog{pending: map[string]*indexv1.NarDownloads{}, full: make(chan struct{}, 1)}
 }
 
-// note records that bytes of the file fileHash are being sent, from
-// offset (0: a download; later: the rest of one already counted).
-func (l *downloadLog) note(fileHash string, offset, bytes uint64, at time.Time) {
+// note records that bytes of the file fileHash, or of the NAR of the
+// host path storeHash, are being sent, from offset (0: a download; later:
+// the rest of one already counted).
+func (l *downloadLog) note(fileHash, storeHash string, offset, bytes uint64, at time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	d := l.pending[fileHash]
+	key := fileHash + storeHash // one of them is empty; they differ in length
+	d := l.pending[key]
 	if d == nil {
-		d = &indexv1.NarDownloads{FileHash: fileHash}
-		l.pending[fileHash] = d
+		d = &indexv1.NarDownloads{FileHash: fileHash, StoreHash: storeHash}
+		l.pending[key] = d
 		if len(l.pending) == maxPendingDownloadFiles {
 			select {
 			case l.full <- struct{}{}:
@@ -63,7 +65,8 @@ func (l *downloadLog) requeue(batch []*indexv1.NarDownloads) (dropped int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, b := range batch {
-		d := l.pending[b.GetFileHash()]
+		key := b.GetFileHash() + b.GetStoreHash()
+		d := l.pending[key]
 		switch {
 		case d != nil:
 			d.Count += b.GetCount()
@@ -72,7 +75,7 @@ func (l *downloadLog) requeue(batch []*indexv1.NarDownloads) (dropped int) {
 				d.Last = b.GetLast()
 			}
 		case len(l.pending) < maxPendingDownloadFiles:
-			l.pending[b.GetFileHash()] = b
+			l.pending[key] = b
 		default:
 			dropped++
 		}
@@ -95,12 +98,13 @@ func (l *downloadLog) take() []*indexv1.NarDownloads {
 	return out
 }
 
-// ReportDownloads sends the downloads this gateway served from -nar-dir to
-// the index every DownloadReportInterval, and once more when ctx ends (so
-// call it with a context that ends after the HTTP server has stopped). A
-// report the index does not take goes again with the next one, within
-// the bound on pending files: the counts are statistics, and a download
-// never waits on them. It returns at once without -nar-dir.
+// ReportDownloads sends the downloads this gateway served itself (from
+// -nar-dir, or dumped from -local-store-dir) to the index every
+// DownloadReportInterval, and once more when ctx ends (so call it with a
+// context that ends after the HTTP server has stopped). A report the
+// index does not take goes again with the next one, within the bound on
+// pending files: the counts are statistics, and a download never waits on
+// them. It returns at once without -nar-dir or -local-store-dir.
 func (h *Handler) ReportDownloads(ctx context.Context) {
 	if h.downloads == nil {
 		return
@@ -128,7 +132,7 @@ func (h *Handler) sendDownloads(ctx context.Context) {
 	defer cancel()
 	if _, err := h.Index.RecordDownloads(ctx, &indexv1.RecordDownloadsRequest{Downloads: batch}); err != nil {
 		dropped := h.downloads.requeue(batch)
-		h.Log.WarnContext(ctx, "report downloads served from -nar-dir to the index; trying again with the next report",
+		h.Log.WarnContext(ctx, "report the downloads this gateway served itself to the index; trying again with the next report",
 			"files", len(batch), "dropped", dropped, "err", err)
 	}
 }

@@ -71,6 +71,12 @@ type Config struct {
 	// kept as narinfos are, and the downloads are reported to the index
 	// in batches (ReportDownloads).
 	NarDir string
+	// LocalStoreDir is the host's store directory, readable by the
+	// gateway (same host as an index serving it, -local-store-dir): the
+	// NARs of the host's paths are dumped from it by the gateway (large
+	// files sent with sendfile) instead of streamed from the index. ""
+	// streams them.
+	LocalStoreDir string
 
 	// Landing serves GET and HEAD /; nil answers 404.
 	Landing http.Handler
@@ -83,11 +89,12 @@ type Handler struct {
 	Config
 	narinfos *narinfoCache // nil when NarinfoCacheTTL and NarinfoCacheMaxAge are 0
 	narRoot  *os.Root      // NarDir; nil without one
-	// narFiles keeps StatNar answers for NarDir while the index watch is
-	// in sync; nil without NarDir or without the watch.
-	narFiles *narFileCache
-	// downloads collects what is served from NarDir for the index; nil
-	// without NarDir.
+	// narSources keeps the index's answers for NarDir and LocalStoreDir
+	// while the index watch is in sync; nil without either or without
+	// the watch.
+	narSources *narSourceCache
+	// downloads collects what is served from NarDir and LocalStoreDir
+	// for the index; nil without either.
 	downloads *downloadLog
 	// methods are the method tables of the routes, made once: a map and
 	// method values built per request cost allocations on every answer.
@@ -137,9 +144,16 @@ func New(cfg Config) (*Handler, error) {
 			return nil, fmt.Errorf("httpapi: NAR directory: %w", err)
 		}
 		h.narRoot = root
+	}
+	if cfg.LocalStoreDir != "" {
+		if st, err := os.Stat(cfg.LocalStoreDir); err != nil || !st.IsDir() {
+			return nil, fmt.Errorf("httpapi: local store directory %s: not a readable directory (%v)", cfg.LocalStoreDir, err)
+		}
+	}
+	if cfg.NarDir != "" || cfg.LocalStoreDir != "" {
 		h.downloads = newDownloadLog()
 		if h.narinfos != nil {
-			h.narFiles = newNarFileCache(cfg.NarinfoCacheMaxAge, DefaultNarFileCacheEntries)
+			h.narSources = newNarSourceCache(cfg.NarinfoCacheMaxAge, DefaultNarSourceCacheEntries)
 		}
 	}
 	return h, nil

@@ -215,6 +215,9 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 	if h.narRoot != nil && t.fileHash != "" && !zstdOut && h.serveNarFile(w, r, t) {
 		return
 	}
+	if h.LocalStoreDir != "" && t.storeHash != "" && !zstdOut && h.serveLocalNar(w, r, t) {
+		return
+	}
 	var rng *byteRange
 	// Without validators of our own, a conditional range (If-Range) can
 	// never be known to match: serve everything, as RFC 9110 says.

@@ -24,7 +24,7 @@ const fileSegment = 4 << 20
 // crosses the index. The index stays the authority: StatNar must find the
 // file (stored, verified, not quarantined) and name it, and its answer is
 // reused only while the index watch says nothing was removed
-// (narFileCache); the gateway only opens that name, inside NarDir, and
+// (narSourceCache); the gateway only opens that name, inside NarDir, and
 // only a regular file of the size the index recorded. The download is
 // reported to the index later, in a batch (ReportDownloads). It reports
 // false, having written nothing, when the request is better left to the
@@ -48,7 +48,7 @@ func (h *Handler) serveNarFile(w http.ResponseWriter, r *http.Request, t narTarg
 	}
 	f := h.openNarFile(r, e.rel, nf.GetFileSize())
 	if f == nil {
-		h.narFiles.forget(t.fileHash)
+		h.narSources.forget(t.fileHash)
 		return false
 	}
 	defer f.Close()
@@ -71,7 +71,7 @@ func (h *Handler) serveNarFile(w http.ResponseWriter, r *http.Request, t narTarg
 			return true
 		}
 	}
-	h.downloads.note(t.fileHash, start, length, time.Now())
+	h.downloads.note(t.fileHash, "", start, length, time.Now())
 	setNarHeaders(w, length)
 	w.WriteHeader(code)
 	if err := h.copyFile(w, f, int64(length)); err != nil && r.Context().Err() == nil {
@@ -84,19 +84,22 @@ func (h *Handler) serveNarFile(w http.ResponseWriter, r *http.Request, t narTarg
 
 // statNarFile is the index's StatNar answer for the file fileHash names,
 // from the cache when it holds one.
-func (h *Handler) statNarFile(r *http.Request, fileHash string) (narFileEntry, error) {
-	if e, ok := h.narFiles.get(fileHash); ok {
+func (h *Handler) statNarFile(r *http.Request, fileHash string) (narSource, error) {
+	if e, ok := h.narSources.get(fileHash); ok {
 		return e, nil
 	}
-	epoch := h.narFiles.begin()
+	epoch := h.narSources.begin()
 	ctx, cancel := h.unary(r.Context())
 	defer cancel()
 	resp, err := h.Index.StatNar(ctx, &indexv1.StatNarRequest{FileHash: fileHash})
 	if err != nil {
-		return narFileEntry{}, err
+		return narSource{}, err
 	}
-	h.narFiles.finish(epoch, fileHash, resp)
-	return narFileEntry{file: resp.GetFile(), rel: resp.GetRelativePath()}, nil
+	e := narSource{file: resp.GetFile(), rel: resp.GetRelativePath()}
+	if e.rel != "" {
+		h.narSources.finish(epoch, fileHash, e)
+	}
+	return e, nil
 }
 
 // openNarFile opens rel, the name the index gave a file of size bytes,

@@ -29,13 +29,13 @@ const (
 	watchRetryMax = 2 * time.Second
 )
 
-// WatchIndex keeps the narinfo and NAR file caches in step with the index
-// until ctx ends: it watches the index's changes (IndexService.WatchPaths),
-// drops the answers for every path reported changed (and every NAR file
-// answer when a path is removed), and while the stream is in sync lets
-// answers live NarinfoCacheMaxAge. Whenever the stream ends or stalls it
-// drops both caches, falls back to NarinfoCacheTTL (NAR file answers are
-// not kept then), and watches again. It returns at once when
+// WatchIndex keeps the narinfo and NAR source caches in step with the
+// index until ctx ends: it watches the index's changes
+// (IndexService.WatchPaths), drops the answers for every path reported
+// changed (and every NAR source when a path is removed), and while the
+// stream is in sync lets answers live NarinfoCacheMaxAge. Whenever the
+// stream ends or stalls it drops both caches, falls back to
+// NarinfoCacheTTL (NAR sources are not kept then), and watches again. It returns at once when
 // NarinfoCacheMaxAge is 0.
 func (h *Handler) WatchIndex(ctx context.Context) {
 	c := h.narinfos
@@ -47,7 +47,7 @@ func (h *Handler) WatchIndex(ctx context.Context) {
 	for {
 		synced, err := h.watchOnce(ctx)
 		c.setLive(false, false)
-		h.narFiles.setLive(false)
+		h.narSources.setLive(false)
 		if ctx.Err() != nil {
 			return
 		}
@@ -100,7 +100,7 @@ func (h *Handler) watchOnce(ctx context.Context) (synced bool, err error) {
 			}
 			synced = true
 			c.setLive(true, msg.GetCacheNotFound())
-			h.narFiles.setLive(true)
+			h.narSources.setLive(true)
 			h.Log.InfoContext(ctx, "index watch in sync: narinfos cached up to -narinfo-cache-max-age", "max_age", c.maxAge,
 				"cache_not_found", msg.GetCacheNotFound())
 		}
@@ -109,11 +109,13 @@ func (h *Handler) watchOnce(ctx context.Context) (synced bool, err error) {
 		}
 		for _, ev := range msg.GetEvents() {
 			switch ev.GetKind() {
-			case indexv1.PathEventKind_PATH_EVENT_KIND_PUBLISHED, indexv1.PathEventKind_PATH_EVENT_KIND_CHANGED:
+			case indexv1.PathEventKind_PATH_EVENT_KIND_CHANGED:
+			case indexv1.PathEventKind_PATH_EVENT_KIND_PUBLISHED:
+				h.narSources.published(ev.GetHashParts())
 			default:
-				// Removed, or a kind newer than this gateway: a file
-				// the NAR file cache names may be gone.
-				h.narFiles.removed()
+				// Removed, or a kind newer than this gateway: a NAR
+				// source kept may be gone.
+				h.narSources.removed()
 			}
 			c.invalidate(ev.GetHashParts()...)
 			c.watchEvents.Add(uint64(len(ev.GetHashParts())))

@@ -39,10 +39,10 @@ func event(kind indexv1.PathEventKind, hashes ...string) *indexv1.WatchPathsResp
 	return &indexv1.WatchPathsResponse{Events: []*indexv1.PathEvent{{Kind: kind, HashParts: hashes}}}
 }
 
-// TestNarFileCache: a co-located gateway asks the index about a NAR file
+// TestNarSourceCache: a co-located gateway asks the index about a NAR file
 // once while the watch is in sync, and again after any path is removed,
 // after the disk contradicted the answer, and after the watch was lost.
-func TestNarFileCache(t *testing.T) {
+func TestNarSourceCache(t *testing.T) {
 	dir := t.TempDir()
 	e, wi, h := newWatchEnv(t, time.Minute, func(c *Config) { c.NarDir = dir })
 	p := e.addPath("cached-file", 3000)
@@ -135,14 +135,13 @@ func TestNarFileCache(t *testing.T) {
 	}
 }
 
-// TestNarFileCacheBound: the cache never holds more than its bound, and
+// TestNarSourceCacheBound: the cache never holds more than its bound, and
 // an entry in use survives the turnover of generations.
-func TestNarFileCacheBound(t *testing.T) {
-	c := newNarFileCache(time.Hour, 10)
+func TestNarSourceCacheBound(t *testing.T) {
+	c := newNarSourceCache(time.Hour, 10)
 	c.setLive(true)
-	resp := &indexv1.StatNarResponse{File: &indexv1.NarFile{}, RelativePath: "x"}
 	for i := range 100 {
-		c.finish(c.begin(), fmt.Sprint(i), resp)
+		c.finish(c.begin(), fmt.Sprint(i), narSource{file: &indexv1.NarFile{}, rel: "x"})
 		if _, ok := c.get("0"); !ok {
 			t.Fatalf("entry 0, used after every insert, was dropped at insert %d", i)
 		}
@@ -209,7 +208,7 @@ func TestDownloadLogBound(t *testing.T) {
 	l := newDownloadLog()
 	now := time.Now()
 	for i := range maxPendingDownloadFiles {
-		l.note(fmt.Sprint(i), 0, 1, now)
+		l.note(fmt.Sprint(i), "", 0, 1, now)
 	}
 	select {
 	case <-l.full:
@@ -217,8 +216,8 @@ func TestDownloadLogBound(t *testing.T) {
 		t.Error("a full log did not ask for a report")
 	}
 	batch := l.take()
-	l.note("new", 0, 1, now)
-	l.note("0", 0, 1, now)
+	l.note("new", "", 0, 1, now)
+	l.note("0", "", 0, 1, now)
 	if dropped := l.requeue(batch); dropped != 1 {
 		t.Errorf("requeue dropped %d files, want 1 (one place was taken by a new file)", dropped)
 	}

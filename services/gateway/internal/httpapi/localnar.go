@@ -1,0 +1,122 @@
+package httpapi
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nixcache/nixcache/nix/nardump"
+	"github.com/nixcache/nixcache/nix/storepath"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+)
+
+// dumpBufSize is the buffer a NAR dump writes its format bytes and small
+// files through; larger files go with sendfile.
+const dumpBufSize = 128 << 10
+
+var dumpBufs = sync.Pool{New: func() any {
+	b := make([]byte, dumpBufSize)
+	return &b
+}}
+
+// serveLocalNar answers GET of the NAR of a host path (the nix-serve URL
+// forms, which the narinfos of the index's -local-store paths name) by
+// dumping it from LocalStoreDir itself, as nix-serve and harmonia do: the
+// contents of large files go from the page cache to the socket with
+// sendfile, and no byte crosses the index or gRPC. The index stays the
+// authority on what is served: GetPathInfo must find the path, as a host
+// path (a pushed one of the same hash part is the index's to stream, from
+// its file), with the NAR hash the URL names; the answer is kept while the
+// index watch is in sync (narSourceCache). Nothing is hashed on the way,
+// as when the index dumps it: the NAR hash is in the signed narinfo, and
+// Nix checks it on arrival. It reports false, having written nothing,
+// when the request is better left to the index's stream.
+func (h *Handler) serveLocalNar(w http.ResponseWriter, r *http.Request, t narTarget) bool {
+	spec := r.Header.Get("Range")
+	if r.Header.Get("If-Range") != "" {
+		spec = ""
+	}
+	info, err := h.hostPathInfo(r, t.storeHash)
+	if err != nil {
+		h.writeError(w, r, err)
+		return true
+	}
+	if info == nil {
+		return false // pushed: the index serves its file
+	}
+	if t.narHash != "" && !sameHash(info.GetNarHash(), t.narHash) {
+		h.writeError(w, r, errNoSuchNar(r.URL.Path, "the store path's NAR has another hash"))
+		return true
+	}
+	sp, err := storepath.Parse(h.StoreDir, info.GetStorePath())
+	if err != nil {
+		h.Log.WarnContext(r.Context(), "index named a host path this gateway cannot place; streaming it instead", "store_path", info.GetStorePath(), "err", err)
+		return false
+	}
+	size := info.GetNarSize()
+	rng, err := parseRange(spec, size)
+	if err != nil { // errUnsatisfiable
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		writeText(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q not satisfiable: the NAR is %d bytes", spec, size))
+		return true
+	}
+	start, length, code := uint64(0), size, http.StatusOK
+	if rng != nil {
+		start, length, code = rng.start, rng.length, http.StatusPartialContent
+	}
+	nr, err := nardump.Open(filepath.Join(h.LocalStoreDir, sp.Base()), start)
+	if err != nil {
+		h.narSources.forget(storeKey(t.storeHash))
+		if !errors.Is(err, fs.ErrNotExist) {
+			h.Log.WarnContext(r.Context(), "host path not readable in -local-store-dir; streaming it instead", "err", err)
+		}
+		return false
+	}
+	defer nr.Close()
+	if rng != nil {
+		w.Header().Set("Content-Range", rng.contentRange())
+	}
+	h.downloads.note("", t.storeHash, start, length, time.Now())
+	setNarHeaders(w, length)
+	w.WriteHeader(code)
+	rc := http.NewResponseController(w)
+	before := func() {}
+	if h.TransferIdleTimeout > 0 {
+		before = func() { _ = rc.SetWriteDeadline(time.Now().Add(h.TransferIdleTimeout)) }
+	}
+	bufp := dumpBufs.Get().(*[]byte)
+	defer dumpBufs.Put(bufp)
+	if sent, err := nr.SendTo(w, length, *bufp, before); err != nil && r.Context().Err() == nil {
+		// The status is sent: the connection closes short of
+		// Content-Length. A path that changed on disk under the dump
+		// fails here (or at Nix's hash check), never silently.
+		h.Log.WarnContext(r.Context(), "NAR dump cut", "path", r.URL.Path, "sent", sent, "of", length, "err", err)
+	}
+	return true
+}
+
+// hostPathInfo is the index's info for the host path with hash part
+// hash, from the cache when it holds one; nil when the index has the path
+// as a pushed one.
+func (h *Handler) hostPathInfo(r *http.Request, hash string) (*indexv1.PathInfo, error) {
+	key := storeKey(hash)
+	if e, ok := h.narSources.get(key); ok {
+		return e.info, nil
+	}
+	epoch := h.narSources.begin()
+	ctx, cancel := h.unary(r.Context())
+	defer cancel()
+	resp, err := h.Index.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hash})
+	if err != nil {
+		return nil, err
+	}
+	if resp.GetInfo().GetFile() != nil {
+		return nil, nil
+	}
+	h.narSources.finish(epoch, key, narSource{info: resp.GetInfo()})
+	return resp.GetInfo(), nil
+}
