@@ -8,8 +8,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,20 +24,25 @@ const readBuf = 256 << 10
 // Conn is an HTTP client that keeps one connection to a server.
 type Conn struct {
 	client *http.Client
-	dials  atomic.Int64
-	buf    []byte
+	// used counts the connections that carried a request. Not dials:
+	// net/http may dial for a request while the connection it just read
+	// a body from is on its way back to the pool, then send the request
+	// on that one and keep the new one idle.
+	used  atomic.Int64
+	trace *httptrace.ClientTrace
+	buf   []byte
 }
 
 // NewConn returns a client that opens connections lazily, keeps at most
-// one idle, and counts how many it opened.
+// one idle, and counts how many carried requests.
 func NewConn() *Conn {
 	c := &Conn{buf: make([]byte, readBuf)}
-	d := &net.Dialer{}
+	c.trace = &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if !info.Reused {
+			c.used.Add(1)
+		}
+	}}
 	tr := &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c.dials.Add(1)
-			return d.DialContext(ctx, network, addr)
-		},
 		MaxIdleConns:        1,
 		MaxIdleConnsPerHost: 1,
 		DisableCompression:  true,
@@ -49,8 +54,8 @@ func NewConn() *Conn {
 	return c
 }
 
-// Dials is the number of connections the client opened.
-func (c *Conn) Dials() int64 { return c.dials.Load() }
+// Conns is the number of connections that carried a request.
+func (c *Conn) Conns() int64 { return c.used.Load() }
 
 // Close closes idle connections.
 func (c *Conn) Close() { c.client.CloseIdleConnections() }
@@ -60,7 +65,7 @@ func (c *Conn) Close() { c.client.CloseIdleConnections() }
 // status but 200, or a body of another length than Content-Length, is an
 // error.
 func (c *Conn) Get(ctx context.Context, url string, keep *strings.Builder) (int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, c.trace), http.MethodGet, url, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -127,7 +132,7 @@ type Timing struct {
 	Total     time.Duration
 	Latencies []time.Duration // per request, in order (narinfo passes)
 	Bytes     int64
-	Dials     int64
+	Conns     int64 // connections that carried requests
 }
 
 // NarinfoPass GETs the narinfo of each hash part sequentially over one
@@ -163,9 +168,9 @@ func SequentialPass(ctx context.Context, base string, urls []string) (Timing, er
 		t.Bytes += n
 	}
 	t.Total = time.Since(start)
-	t.Dials = c.Dials()
-	if t.Dials != 1 {
-		return t, fmt.Errorf("sequential pass on %s used %d connections, want 1 (keep-alive broken?)", base, t.Dials)
+	t.Conns = c.Conns()
+	if t.Conns != 1 {
+		return t, fmt.Errorf("sequential pass on %s used %d connections, want 1 (keep-alive broken?)", base, t.Conns)
 	}
 	return t, nil
 }
@@ -219,10 +224,10 @@ func NarPass(ctx context.Context, base string, nars []Nar, conns int) (Timing, e
 		return t, firstErr
 	}
 	for _, c := range clients {
-		t.Dials += c.Dials()
+		t.Conns += c.Conns()
 	}
-	if t.Dials != int64(conns) {
-		return t, fmt.Errorf("NAR pass on %s with %d workers opened %d connections (keep-alive broken, or a transfer cut?)", base, conns, t.Dials)
+	if t.Conns != int64(conns) {
+		return t, fmt.Errorf("NAR pass on %s with %d workers used %d connections (keep-alive broken, or a transfer cut?)", base, conns, t.Conns)
 	}
 	return t, nil
 }

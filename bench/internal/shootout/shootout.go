@@ -50,7 +50,7 @@ type Options struct {
 	// Only, when set, runs one part alone: "catalog" (the catalogue
 	// scale), "push" (the push rounds, and with Profile a profiled push)
 	// or "serve" (the narinfo and NAR passes of the co-located
-	// deployments and nginx).
+	// deployments, the host store's and nginx).
 	Only string
 
 	Stdout io.Writer // the ratio table
@@ -167,6 +167,7 @@ func (b *bench) run(ctx context.Context) error {
 	if b.o.Only == "push" {
 		return b.pushPhase(ctx, top)
 	}
+	// -only serve: no stream gateway, big NAR, push, profiles or catalogue.
 	serveOnly := b.o.Only == "serve"
 	var big string
 	if !serveOnly {
@@ -208,9 +209,7 @@ func (b *bench) run(ctx context.Context) error {
 			b.res.Servers = append(b.res.Servers, report.Server{Name: st.name, Baseline: "nginx-" + comp})
 		}
 	}
-	if serveOnly {
-		b.logf("-only serve: no local-store server, big NAR, push, profiles or catalogue")
-	} else if nc, stop, note, err := b.startLocal(ctx); err != nil {
+	if nc, stop, note, err := b.startLocal(ctx); err != nil {
 		return err
 	} else if nc == nil {
 		b.logf("nixcache-local: not available: %s", note)
