@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 )
@@ -31,15 +30,7 @@ func TestColocatedNarDir(t *testing.T) {
 	local := pathInfos(t, nixConfig(), "--recursive", top)
 	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL+"?compression=zstd", top)
 
-	store := filepath.Join(t.TempDir(), "store")
-	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", "copy", "--from", c.URL, "--to", store, top)
-	copied := pathInfos(t, nixConfig(), "--store", store, "--recursive", top)
-	for _, p := range closure {
-		if copied[p].NarHash != local[p].NarHash {
-			t.Errorf("%s: substituted NarHash %q, host %q", p, copied[p].NarHash, local[p].NarHash)
-		}
-	}
-	assertSameTree(t, top, filepath.Join(store, strings.TrimPrefix(top, "/")))
+	substituteAndCheck(t, c, top, closure, local)
 
 	index := "http://" + c.indexMetrics + "/metrics"
 	const series = `grpc_server_handled_total{grpc_code="OK",grpc_method="%s",grpc_service="nixcache.index.v1.IndexService",grpc_type="%s"}`

@@ -107,15 +107,7 @@ func TestLocalStoreSubstitute(t *testing.T) {
 		}
 	}
 
-	store := filepath.Join(t.TempDir(), "store")
-	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", "copy", "--from", c.URL, "--to", store, top)
-	copied := pathInfos(t, nixConfig(), "--store", store, "--recursive", top)
-	for _, p := range closure {
-		if copied[p].NarHash != local[p].NarHash {
-			t.Errorf("%s: copied NarHash %q, host %q", p, copied[p].NarHash, local[p].NarHash)
-		}
-		assertSameTree(t, p, filepath.Join(store, strings.TrimPrefix(p, "/")))
-	}
+	substituteAndCheck(t, c, top, closure, local)
 
 	store2 := filepath.Join(t.TempDir(), "store")
 	mustNix(t, nixConfig("substituters = "+c.URL, "trusted-public-keys = "+c.publicKey), "nix-store", "--store", store2, "--realise", top)
@@ -205,15 +197,7 @@ func TestLocalStoreDumpedByGateway(t *testing.T) {
 		waitStatus(t, c.URL+"/"+hashPart(p)+".narinfo", http.StatusOK, 5*time.Second)
 	}
 
-	store := filepath.Join(t.TempDir(), "store")
-	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", "copy", "--from", c.URL, "--to", store, top)
-	copied := pathInfos(t, nixConfig(), "--store", store, "--recursive", top)
-	for _, p := range closure {
-		if copied[p].NarHash != local[p].NarHash {
-			t.Errorf("%s: copied NarHash %q, host %q", p, copied[p].NarHash, local[p].NarHash)
-		}
-		assertSameTree(t, p, filepath.Join(store, strings.TrimPrefix(p, "/")))
-	}
+	substituteAndCheck(t, c, top, closure, local)
 
 	index := "http://" + c.indexMetrics + "/metrics"
 	const series = `grpc_server_handled_total{grpc_code="OK",grpc_method="%s",grpc_service="nixcache.index.v1.IndexService",grpc_type="%s"}`

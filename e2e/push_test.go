@@ -189,6 +189,22 @@ func readFile(t *testing.T, path string) string {
 	return string(b)
 }
 
+// substituteAndCheck copies the closure of top from c into a fresh store
+// that trusts only the cache's key, and checks every path of closure
+// against the host's (local): its NarHash, and its tree byte for byte.
+func substituteAndCheck(t *testing.T, c *cluster, top string, closure []string, local map[string]pathInfo) {
+	t.Helper()
+	store := filepath.Join(t.TempDir(), "store")
+	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", "copy", "--from", c.URL, "--to", store, top)
+	copied := pathInfos(t, nixConfig(), "--store", store, "--recursive", top)
+	for _, p := range closure {
+		if copied[p].NarHash != local[p].NarHash {
+			t.Errorf("%s: substituted NarHash %q, host %q", p, copied[p].NarHash, local[p].NarHash)
+		}
+		assertSameTree(t, p, filepath.Join(store, strings.TrimPrefix(p, "/")))
+	}
+}
+
 // assertSameTree compares the NAR serialisations of two trees with the real
 // nix-store --dump.
 func assertSameTree(t *testing.T, want, got string) {

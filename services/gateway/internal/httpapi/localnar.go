@@ -2,9 +2,9 @@ package httpapi
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -36,10 +36,6 @@ var dumpBufs = sync.Pool{New: func() any {
 // Nix checks it on arrival. It reports false, having written nothing,
 // when the request is better left to the index's stream.
 func (h *Handler) serveLocalNar(w http.ResponseWriter, r *http.Request, t narTarget) bool {
-	spec := r.Header.Get("Range")
-	if r.Header.Get("If-Range") != "" {
-		spec = ""
-	}
 	info, err := h.hostPathInfo(r, t.storeHash)
 	if err != nil {
 		h.writeError(w, r, err)
@@ -57,29 +53,27 @@ func (h *Handler) serveLocalNar(w http.ResponseWriter, r *http.Request, t narTar
 		h.Log.WarnContext(r.Context(), "index named a host path this gateway cannot place; streaming it instead", "store_path", info.GetStorePath(), "err", err)
 		return false
 	}
-	size := info.GetNarSize()
-	rng, err := parseRange(spec, size)
-	if err != nil { // errUnsatisfiable
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
-		writeText(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q not satisfiable: the NAR is %d bytes", spec, size))
-		return true
-	}
-	start, length, code := uint64(0), size, http.StatusOK
-	if rng != nil {
-		start, length, code = rng.start, rng.length, http.StatusPartialContent
-	}
-	nr, err := nardump.Open(filepath.Join(h.LocalStoreDir, sp.Base()), start)
-	if err != nil {
+	// A path gone from the directory is left to the index, which knows
+	// whether it still is one.
+	root := filepath.Join(h.LocalStoreDir, sp.Base())
+	if _, err := os.Lstat(root); err != nil {
 		h.narSources.forget(storeKey(t.storeHash))
 		if !errors.Is(err, fs.ErrNotExist) {
 			h.Log.WarnContext(r.Context(), "host path not readable in -local-store-dir; streaming it instead", "err", err)
 		}
 		return false
 	}
-	defer nr.Close()
-	if rng != nil {
-		w.Header().Set("Content-Range", rng.contentRange())
+	start, length, code, ok := answerRange(w, r, info.GetNarSize())
+	if !ok {
+		return true
 	}
+	nr, err := nardump.Open(root, start)
+	if err != nil { // gone since the Lstat
+		h.narSources.forget(storeKey(t.storeHash))
+		h.writeError(w, r, errNoSuchNar(r.URL.Path, "the store path is no longer in the store"))
+		return true
+	}
+	defer nr.Close()
 	h.downloads.note("", t.storeHash, start, length, time.Now())
 	setNarHeaders(w, length)
 	w.WriteHeader(code)

@@ -30,12 +30,6 @@ const fileSegment = 4 << 20
 // false, having written nothing, when the request is better left to the
 // index's stream: no name, or no such file here.
 func (h *Handler) serveNarFile(w http.ResponseWriter, r *http.Request, t narTarget) bool {
-	// Without validators of our own, a conditional range (If-Range) can
-	// never be known to match: serve everything, as RFC 9110 says.
-	spec := r.Header.Get("Range")
-	if r.Header.Get("If-Range") != "" {
-		spec = ""
-	}
 	e, err := h.statNarFile(r, t.fileHash)
 	if err != nil {
 		h.writeError(w, r, err)
@@ -53,17 +47,9 @@ func (h *Handler) serveNarFile(w http.ResponseWriter, r *http.Request, t narTarg
 	}
 	defer f.Close()
 
-	size := nf.GetFileSize()
-	rng, err := parseRange(spec, size)
-	if err != nil { // errUnsatisfiable
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
-		writeText(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q not satisfiable: the NAR is %d bytes", spec, size))
+	start, length, code, ok := answerRange(w, r, nf.GetFileSize())
+	if !ok {
 		return true
-	}
-	start, length, code := uint64(0), size, http.StatusOK
-	if rng != nil {
-		w.Header().Set("Content-Range", rng.contentRange())
-		start, length, code = rng.start, rng.length, http.StatusPartialContent
 	}
 	if start > 0 {
 		if _, err := f.Seek(int64(start), io.SeekStart); err != nil {

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 )
@@ -61,4 +62,28 @@ func parseRange(spec string, size uint64) (*byteRange, error) {
 	}
 	end = min(end, size-1)
 	return &byteRange{start: start, length: end - start + 1, total: size}, nil
+}
+
+// answerRange resolves the request's Range header against a
+// representation of size bytes that the handler serves itself: the first
+// byte and the length to send, and the status, with Content-Range set.
+// Without validators of our own, a conditional range (If-Range) can never
+// be known to match: then everything is served, as RFC 9110 says. It
+// reports false when it answered 416 itself.
+func answerRange(w http.ResponseWriter, r *http.Request, size uint64) (start, length uint64, code int, ok bool) {
+	spec := r.Header.Get("Range")
+	if r.Header.Get("If-Range") != "" {
+		spec = ""
+	}
+	rng, err := parseRange(spec, size)
+	if err != nil { // errUnsatisfiable
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		writeText(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q not satisfiable: the NAR is %d bytes", spec, size))
+		return 0, 0, 0, false
+	}
+	if rng == nil {
+		return 0, size, http.StatusOK, true
+	}
+	w.Header().Set("Content-Range", rng.contentRange())
+	return rng.start, rng.length, http.StatusPartialContent, true
 }
