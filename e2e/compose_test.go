@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -20,8 +22,9 @@ import (
 // TestCompose runs the repository's docker-compose.yml on this machine's
 // Docker engine, as a user deploys it, and drives it with the real Nix
 // client through the published port: push and substitute, a restart of the
-// index, the signer stopped and started again, `down` then `up`, and where
-// the private key is and is not.
+// index, the signer stopped and started again, `down` then `up`, where the
+// private key is and is not, and the host-store override
+// (docker/local-store.yml) switched on.
 //
 // It needs Docker and docker compose (v2) or docker-compose (1.29); set
 // NIXCACHE_COMPOSE to choose the command (e.g. "docker-compose"), or
@@ -112,6 +115,9 @@ func TestCompose(t *testing.T) {
 				t.Fatalf("after down and up the signer has key %q, before %q", again, key)
 			}
 			p.assertServed(key, tops...)
+		}},
+		{"host store override", func(t *testing.T) {
+			p.assertServesHostStore(key, tops)
 		}},
 	}
 	for _, s := range steps {
@@ -289,6 +295,53 @@ func (p *composeProject) buildContextOverride(dir string) string {
 		t.Fatal(err)
 	}
 	return override
+}
+
+// withFile adds a compose file to the project (after the others) and
+// settings as .env lines would.
+func (p *composeProject) withFile(file string, env ...string) {
+	i := slices.Index(p.args, "--env-file")
+	p.args = slices.Insert(p.args, i, "-f", file)
+	p.env = append(p.env, env...)
+}
+
+// assertServesHostStore switches the host-store override on, with the
+// host's nix-daemon on its usual socket (started for the test when none
+// runs), as the README tells: a closure built on the host and never
+// pushed is then substituted from the cache, trusting only its key, and
+// the gateway dumps the NARs itself (the index streams none); what was
+// pushed before is still served.
+func (p *composeProject) assertServesHostStore(key string, pushed []string) {
+	t := p.t
+	t.Helper()
+	socket := startNixDaemonOn(t, "/nix/var/nix/daemon-socket/socket")
+	st, err := os.Stat(filepath.Dir(socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gid := st.Sys().(*syscall.Stat_t).Gid
+	p.withFile(filepath.Join(p.root, "docker", "local-store.yml"), fmt.Sprintf("NIXCACHE_NIX_SOCKET_GID=%d", gid))
+	p.up()
+
+	top, closure := buildClosure(t)
+	for _, path := range closure {
+		p.waitStatus("GET", p.URL+"/"+hashPart(path)+".narinfo", http.StatusOK, time.Minute)
+	}
+	getNars := `grpc_client_handled_total{grpc_code="OK",grpc_method="GetNar",grpc_service="nixcache.index.v1.IndexService",grpc_type="server_stream"}`
+	streamed := metric(t, p.URL+"/metrics", getNars)
+	local := pathInfos(t, nixConfig(), "--recursive", top)
+	store := filepath.Join(t.TempDir(), "store")
+	p.mustNix(nixConfig("trusted-public-keys = "+key), "nix", "copy", "--from", p.URL, "--to", store, top)
+	copied := p.pathInfos("--store", store, "--recursive", top)
+	for _, path := range closure {
+		if copied[path].NarHash != local[path].NarHash {
+			t.Errorf("%s: substituted NarHash %q, host %q", path, copied[path].NarHash, local[path].NarHash)
+		}
+	}
+	if n := metric(t, p.URL+"/metrics", getNars) - streamed; n != 0 {
+		t.Errorf("the index streamed %v NARs of host paths; the gateway should have dumped them (NIXCACHE_LOCAL_STORE_DIR)", n)
+	}
+	p.assertServed(key, pushed...)
 }
 
 // run runs one compose command, killed after timeout, and returns what it

@@ -26,8 +26,18 @@ import (
 // until it accepts connections; it is stopped when the test ends.
 func startNixDaemon(t *testing.T) string {
 	t.Helper()
+	return startNixDaemonOn(t, filepath.Join(t.TempDir(), "socket"))
+}
+
+// startNixDaemonOn is startNixDaemon on the given socket path; a daemon
+// already listening there is used as it is.
+func startNixDaemonOn(t *testing.T, socket string) string {
+	t.Helper()
+	if conn, err := net.Dial("unix", socket); err == nil {
+		conn.Close()
+		return socket
+	}
 	dir := t.TempDir()
-	socket := filepath.Join(dir, "socket")
 	logs, err := os.Create(filepath.Join(dir, "nix-daemon.log"))
 	if err != nil {
 		t.Fatal(err)
