@@ -111,6 +111,10 @@ func (h *Handler) hostPathInfo(r *http.Request, hash string) (*indexv1.PathInfo,
 	if resp.GetInfo().GetFile() != nil {
 		return nil, nil
 	}
-	h.narSources.finish(epoch, key, narSource{info: resp.GetInfo()})
-	return resp.GetInfo(), nil
+	// Kept: what a dump needs, not the references and signatures.
+	info := resp.GetInfo()
+	h.narSources.finish(epoch, key, narSource{info: &indexv1.PathInfo{
+		StorePath: info.GetStorePath(), NarHash: info.GetNarHash(), NarSize: info.GetNarSize(),
+	}})
+	return info, nil
 }

@@ -8,9 +8,11 @@ import (
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
-// DefaultNarSourceCacheEntries bounds the NAR source cache: about 200
-// bytes a file, some 1.5 KiB a host path, so from 13 to 100 MiB at most.
-const DefaultNarSourceCacheEntries = 1 << 16
+// DefaultNarSourceCacheEntries bounds the NAR source cache: about 500
+// bytes an entry (a file's record and name, or a host path's name, NAR
+// hash and size), so some 16 MiB at most (TestNarSourceCacheMemory). A
+// miss costs one index call.
+const DefaultNarSourceCacheEntries = 1 << 15
 
 // narSourceCache remembers where a co-located gateway reads NARs from, as
 // the index said: its StatNar answers for the files sent from -nar-dir
@@ -52,7 +54,7 @@ type narSourceCache struct {
 type narSource struct {
 	file    *indexv1.NarFile
 	rel     string            // the file's relative_path under NarDir
-	info    *indexv1.PathInfo // the host path's info
+	info    *indexv1.PathInfo // the host path's store path, NAR hash and size
 	expires time.Time
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -226,4 +227,44 @@ func TestDownloadLogBound(t *testing.T) {
 			t.Errorf("file 0: %d downloads after requeue, want 2", d.GetCount())
 		}
 	}
+}
+
+// TestNarSourceCacheMemory: a full cache stays within what
+// DefaultNarSourceCacheEntries promises (some 16 MiB), with entries as the
+// gateway makes them: StatNar answers as they arrive, and trimmed infos of
+// host paths.
+func TestNarSourceCacheMemory(t *testing.T) {
+	const n = DefaultNarSourceCacheEntries
+	const budget = 18 << 20
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	c := newNarSourceCache(time.Hour, n)
+	c.setLive(true)
+	for i := range n {
+		fileHash := fmt.Sprintf("sha256:%052d", i)
+		if i%2 == 0 {
+			c.finish(c.begin(), fileHash, narSource{
+				file: &indexv1.NarFile{FileHash: fileHash, FileSize: 1 << 20, Compression: "zstd",
+					NarHash: fmt.Sprintf("sha256:%052d", -i), NarSize: 3 << 20},
+				rel: fileHash[7:9] + "/" + fileHash[7:] + ".nar.zst",
+			})
+			continue
+		}
+		hash := fmt.Sprintf("%032d", i)
+		c.finish(c.begin(), storeKey(hash), narSource{info: &indexv1.PathInfo{
+			StorePath: "/nix/store/" + hash + "-some-package-1.2.3", NarHash: fmt.Sprintf("sha256:%052d", i), NarSize: 1 << 20,
+		}})
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("%d entries: %.1f MiB, %d bytes an entry", c.len(), float64(grew)/(1<<20), grew/int64(c.len()))
+	if c.len() < n/2 || c.len() > n {
+		t.Errorf("%d entries kept, want between %d and %d", c.len(), n/2, n)
+	}
+	if grew > budget {
+		t.Errorf("a full cache takes %.1f MiB, more than the %d MiB promised", float64(grew)/(1<<20), budget>>20)
+	}
+	runtime.KeepAlive(c)
 }
