@@ -3,6 +3,7 @@ package httpapi
 import (
 	"encoding/binary"
 	"io"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
@@ -73,3 +75,63 @@ func (c *chunkCodec) chunk(data mem.BufferSlice) (chunk []byte, ok bool) {
 	}
 	return c.buf, true
 }
+
+// uploadCodec is the codec of the gateway's PutNar calls. It encodes each
+// data chunk straight into a buffer of its pool, which gRPC frees back to
+// it once the frames are written. The protobuf codec takes the buffer from
+// gRPC's default pool instead, whose tier above 32 KiB is 1 MiB and is
+// cleared on every Get: four bytes zeroed per byte uploaded, a fifth of
+// the gateway's CPU in a push. Every other message goes to the protobuf
+// codec. The wire format is unchanged: the codec's name is "proto".
+type uploadCodec struct {
+	proto encoding.CodecV2
+	pool  mem.BufferPool
+}
+
+// narUploadCodec is the call option giving a PutNar call the uploadCodec.
+func narUploadCodec() grpc.CallOption {
+	return grpc.ForceCodecV2(uploadCodec{proto: encoding.GetCodecV2("proto"), pool: uploadBuffers})
+}
+
+func (c uploadCodec) Name() string { return "proto" }
+
+func (c uploadCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.proto.Unmarshal(data, v) }
+
+func (c uploadCodec) Marshal(v any) (mem.BufferSlice, error) {
+	msg, ok := v.(*indexv1.PutNarRequest)
+	if !ok {
+		return c.proto.Marshal(v)
+	}
+	chunk, ok := msg.GetMsg().(*indexv1.PutNarRequest_Chunk)
+	if !ok || len(msg.ProtoReflect().GetUnknown()) > 0 {
+		return c.proto.Marshal(v)
+	}
+	// What proto.Marshal writes for a message holding only the chunk.
+	size := protowire.SizeTag(2) + protowire.SizeBytes(len(chunk.Chunk))
+	bp := c.pool.Get(size)
+	*bp = protowire.AppendBytes(protowire.AppendTag((*bp)[:0], 2, protowire.BytesType), chunk.Chunk)
+	return mem.BufferSlice{mem.NewBuffer(bp, c.pool)}, nil
+}
+
+// uploadBuffers is the pool of the uploadCodec's buffers.
+var uploadBuffers mem.BufferPool = &dirtyPool{}
+
+// dirtyPool is a mem.BufferPool that hands buffers out as they were left:
+// the uploadCodec overwrites every byte it uses. Buffers fit a chunk
+// message, so that one size serves every Get.
+type dirtyPool struct{ pool sync.Pool }
+
+// chunkMessageSize bounds an encoded chunk message: grpcutil.ChunkSize of
+// data, its tag and length.
+const chunkMessageSize = grpcutil.ChunkSize + 16
+
+func (p *dirtyPool) Get(length int) *[]byte {
+	if bp, ok := p.pool.Get().(*[]byte); ok && cap(*bp) >= length {
+		*bp = (*bp)[:length]
+		return bp
+	}
+	b := make([]byte, length, max(length, chunkMessageSize))
+	return &b
+}
+
+func (p *dirtyPool) Put(bp *[]byte) { p.pool.Put(bp) }

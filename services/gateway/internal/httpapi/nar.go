@@ -373,7 +373,7 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 	guard := h.newStallGuard(cancel)
 	var raw indexv1.IndexService_PutNarClient
 	if err := guard.open("NAR upload", func() (err error) {
-		raw, err = h.Index.PutNar(ctx)
+		raw, err = h.Index.PutNar(ctx, narUploadCodec())
 		return err
 	}); err != nil {
 		h.writeError(w, r, stalledError(ctx, err))
