@@ -309,6 +309,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	// catalogue closes.
 	tracker := admin.NewTracker(cat, o.Log.With("component", "admin"))
 	srvOpts := append(append(ops.serverOptions(), tracker.Interceptors()...), tlsOpts...)
+	srvOpts = append(srvOpts, server.Codec())
 	srv := grpcutil.NewServer(o.Log, append(srvOpts, grpc.WaitForHandlers(true))...)
 	defer ops.serveMetrics(o.MetricsListener, srv.Health, o)()
 	logDir := ""

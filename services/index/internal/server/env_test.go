@@ -103,7 +103,7 @@ func startIndexWith(t testing.TB, dir string, sc signerConn, ls localSetup) *ind
 		idx.handlerDone <- err
 		return err
 	})
-	srv := grpcutil.NewServer(log, notify)
+	srv := grpcutil.NewServer(log, notify, server.Codec())
 	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(log, cat, nars, pub, local))
 	lis := bufconn.Listen(1 << 20)
 	ctx, cancel := context.WithCancel(context.Background())

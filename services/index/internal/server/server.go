@@ -106,7 +106,8 @@ func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 	}
 	want.Compression = hdr.GetExpectedCompression()
 
-	nf, err := s.nars.Ingest(ctx, &chunkReader[*indexv1.PutNarRequest, *indexv1.PutNarHeader]{recv: stream.Recv}, want)
+	chunks := &chunkReader[*indexv1.PutNarRequest, *indexv1.PutNarHeader]{recv: stream.Recv, release: releaseChunk}
+	nf, err := s.nars.Ingest(ctx, chunks, want)
 	if err != nil {
 		if errors.Is(err, fault.ErrInvalid) {
 			s.log.WarnContext(ctx, "refused NAR upload", "err", err)
@@ -133,20 +134,36 @@ type uploadMessage[H comparable] interface {
 // chunkReader reads the data chunks that follow an upload's header.
 type chunkReader[M uploadMessage[H], H comparable] struct {
 	recv func() (M, error)
-	buf  []byte
+	// release, unless nil, takes back each chunk once it is read.
+	release func([]byte)
+	chunk   []byte // the chunk being read
+	buf     []byte // what is left of it
+}
+
+// next receives the next chunk, releasing the one read.
+func (r *chunkReader[M, H]) next() error {
+	var none H
+	if r.release != nil && r.chunk != nil {
+		r.release(r.chunk)
+	}
+	r.chunk, r.buf = nil, nil
+	msg, err := r.recv()
+	if err != nil {
+		return err // io.EOF at the end
+	}
+	if msg.GetHeader() != none {
+		return fault.Invalid("a second header after the first message")
+	}
+	r.chunk = msg.GetChunk()
+	r.buf = r.chunk
+	return nil
 }
 
 func (r *chunkReader[M, H]) Read(p []byte) (int, error) {
-	var none H
 	for len(r.buf) == 0 {
-		msg, err := r.recv()
-		if err != nil {
-			return 0, err // io.EOF at the end
+		if err := r.next(); err != nil {
+			return 0, err
 		}
-		if msg.GetHeader() != none {
-			return 0, fault.Invalid("a second header after the first message")
-		}
-		r.buf = msg.GetChunk()
 	}
 	n := copy(p, r.buf)
 	r.buf = r.buf[n:]
@@ -157,7 +174,6 @@ func (r *chunkReader[M, H]) Read(p []byte) (int, error) {
 // them first (io.Copy and narstore.Ingest use it); it returns w's error as
 // is and stops at the first.
 func (r *chunkReader[M, H]) WriteTo(w io.Writer) (int64, error) {
-	var none H
 	var n int64
 	for {
 		if len(r.buf) > 0 {
@@ -169,17 +185,13 @@ func (r *chunkReader[M, H]) WriteTo(w io.Writer) (int64, error) {
 			}
 			continue
 		}
-		msg, err := r.recv()
+		err := r.next()
 		if err == io.EOF {
 			return n, nil
 		}
 		if err != nil {
 			return n, err
 		}
-		if msg.GetHeader() != none {
-			return n, fault.Invalid("a second header after the first message")
-		}
-		r.buf = msg.GetChunk()
 	}
 }
 
