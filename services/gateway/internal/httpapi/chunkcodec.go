@@ -1,8 +1,6 @@
 package httpapi
 
 import (
-	"encoding/binary"
-	"io"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -15,10 +13,6 @@ import (
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
-// chunkTag is the first byte of a GetNarResponse holding a data chunk:
-// field 2 (chunk), wire type bytes.
-var chunkTag = protowire.EncodeTag(2, protowire.BytesType)
-
 // chunkCodec is the codec of one GetNar stream on the gateway's side. It
 // decodes each data chunk into one buffer it reuses, where the protobuf
 // codec would allocate (and zero, and later collect) a fresh 256 KiB slice
@@ -29,7 +23,6 @@ var chunkTag = protowire.EncodeTag(2, protowire.BytesType)
 // codec. The wire format is unchanged: the codec's name is "proto".
 type chunkCodec struct {
 	proto encoding.CodecV2
-	r     mem.Reader
 	buf   []byte
 }
 
@@ -56,24 +49,13 @@ func (c *chunkCodec) Unmarshal(data mem.BufferSlice, v any) error {
 // chunk copies the chunk of data, a GetNarResponse holding only a chunk,
 // into c.buf; ok is false when data is anything else.
 func (c *chunkCodec) chunk(data mem.BufferSlice) (chunk []byte, ok bool) {
-	c.r.Reset(data) // takes its own references, freed as it reads
-	defer c.r.Close()
-	tag, err := binary.ReadUvarint(&c.r)
-	if err != nil || tag != chunkTag {
-		return nil, false
-	}
-	n, err := binary.ReadUvarint(&c.r)
-	if err != nil || n != uint64(c.r.Remaining()) {
-		return nil, false
-	}
-	if uint64(cap(c.buf)) < n {
-		c.buf = make([]byte, n)
-	}
-	c.buf = c.buf[:n]
-	if _, err := io.ReadFull(&c.r, c.buf); err != nil {
-		return nil, false
-	}
-	return c.buf, true
+	return grpcutil.LoneBytesField(data, 2, func(n int) []byte {
+		if cap(c.buf) < n {
+			c.buf = make([]byte, n)
+		}
+		c.buf = c.buf[:n]
+		return c.buf
+	})
 }
 
 // uploadCodec is the codec of the gateway's PutNar calls. It encodes each

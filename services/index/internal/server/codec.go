@@ -1,15 +1,12 @@
 package server
 
 import (
-	"encoding/binary"
-	"io"
 	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto" // registers the "proto" codec uploadCodec falls back to
 	"google.golang.org/grpc/mem"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
@@ -49,35 +46,16 @@ func (c uploadCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return c.proto.Unmarshal(data, v)
 }
 
-// chunkTag is the first byte of a PutNarRequest holding a data chunk:
-// field 2 (chunk), wire type bytes.
-var chunkTag = protowire.EncodeTag(2, protowire.BytesType)
-
 // decodeChunk copies the chunk of data, a PutNarRequest holding only a
 // chunk, into a buffer of uploadChunks; ok is false when data is anything
 // else.
 func decodeChunk(data mem.BufferSlice) (chunk []byte, ok bool) {
-	r := data.Reader() // takes its own references, freed as it reads
-	defer r.Close()
-	tag, err := binary.ReadUvarint(r)
-	if err != nil || tag != chunkTag {
-		return nil, false
-	}
-	n, err := binary.ReadUvarint(r)
-	if err != nil || n != uint64(r.Remaining()) {
-		return nil, false
-	}
-	var buf []byte
-	if n <= grpcutil.ChunkSize {
-		buf = (*uploadChunks.Get().(*[]byte))[:n]
-	} else {
-		buf = make([]byte, n) // a client sending larger chunks: not pooled
-	}
-	if _, err := io.ReadFull(r, buf); err != nil {
-		releaseChunk(buf)
-		return nil, false
-	}
-	return buf, true
+	return grpcutil.LoneBytesField(data, 2, func(n int) []byte {
+		if n > grpcutil.ChunkSize {
+			return make([]byte, n) // a client sending larger chunks: not pooled
+		}
+		return (*uploadChunks.Get().(*[]byte))[:n]
+	})
 }
 
 // uploadChunks holds the buffers uploadCodec decodes chunks into.
