@@ -246,7 +246,9 @@ func (b *bench) run(ctx context.Context) error {
 		targets = append(targets, &target{name: name, url: ng.URLs[name], pids: func() []int { return append(ng.Workers(), ng.Master.Pid()) }})
 		b.res.Servers = append(b.res.Servers, report.Server{Name: name})
 	}
-	b.res.Servers = append(b.res.Servers, report.Server{Name: "file-none"}, report.Server{Name: "file-zstd"})
+	if !serveOnly {
+		b.res.Servers = append(b.res.Servers, pushReferences()...)
+	}
 
 	// Warm-up: every narinfo (checking them) and every NAR once.
 	for _, t := range targets {
@@ -410,7 +412,7 @@ func (b *bench) pushPhase(ctx context.Context, top string) error {
 	for _, comp := range []string{"none", "zstd"} {
 		b.res.Servers = append(b.res.Servers, report.Server{Name: "nixcache-" + comp, PushBaseline: "file-" + comp})
 	}
-	b.res.Servers = append(b.res.Servers, report.Server{Name: "file-none"}, report.Server{Name: "file-zstd"})
+	b.res.Servers = append(b.res.Servers, pushReferences()...)
 	for round := range b.o.Rounds {
 		if err := b.pushRounds(ctx, round, top, b.addMeasure); err != nil {
 			return err
@@ -429,9 +431,20 @@ func (b *bench) pushPhase(ctx context.Context, top string) error {
 	return b.profilePush(ctx)
 }
 
+// pushReferences are the servers nixcache's push is measured against:
+// nix copy --to file://, the baseline, and to a cache that keeps nothing
+// (servers.Discard), the floor of any HTTP cache with this Nix, itself
+// compared with file://.
+func pushReferences() []report.Server {
+	return []report.Server{
+		{Name: "null-none", PushBaseline: "file-none"}, {Name: "null-zstd", PushBaseline: "file-zstd"},
+		{Name: "file-none"}, {Name: "file-zstd"},
+	}
+}
+
 // pushRounds runs one round of pushes, nix copy --to nixcache against nix
-// copy --to file://, for both compressions, alternating which goes first,
-// and adds each figure with add.
+// copy --to file:// and to a cache that keeps nothing, for both
+// compressions, rotating which goes first, and adds each figure with add.
 func (b *bench) pushRounds(ctx context.Context, round int, top string, add func(server, figure string, secs, cpu float64)) error {
 	for i, comp := range []string{"none", "zstd"} {
 		pushes := []func() error{
@@ -447,10 +460,15 @@ func (b *bench) pushRounds(ctx context.Context, round int, top string, add func(
 				b.logf("push %s to file://: %.2f s", comp, secs)
 				return err
 			},
+			func() error {
+				secs, err := b.nullRound(ctx, comp, top)
+				add("null-"+comp, report.Push, secs, 0)
+				b.logf("push %s to a cache that keeps nothing: %.2f s", comp, secs)
+				return err
+			},
 		}
-		if (round+i)%2 == 1 {
-			slices.Reverse(pushes)
-		}
+		k := (round + i) % len(pushes)
+		pushes = append(pushes[k:], pushes[:k]...)
 		for _, p := range pushes {
 			if err := p(); err != nil {
 				return err
@@ -566,6 +584,21 @@ func (b *bench) fileRound(ctx context.Context, comp, top string) (float64, error
 	defer os.RemoveAll(dir)
 	start := time.Now()
 	if _, err := b.nix(ctx, nixConfig(), "nix", "copy", "--to", "file://"+dir+"?compression="+comp, top); err != nil {
+		return 0, err
+	}
+	return time.Since(start).Seconds(), nil
+}
+
+// nullRound times one nix copy of the closure to a cache that keeps
+// nothing (servers.Discard).
+func (b *bench) nullRound(ctx context.Context, comp, top string) (float64, error) {
+	d, err := servers.StartDiscard()
+	if err != nil {
+		return 0, err
+	}
+	defer d.Stop()
+	start := time.Now()
+	if _, err := b.nix(ctx, nixConfig(), "nix", "copy", "--to", d.URL+"?compression="+comp, top); err != nil {
 		return 0, err
 	}
 	return time.Since(start).Seconds(), nil
