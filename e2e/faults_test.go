@@ -102,6 +102,15 @@ func (c *cluster) freeze(service string) (thaw func()) {
 	if err := proc.Signal(syscall.SIGSTOP); err != nil {
 		c.t.Fatal(err)
 	}
+	// The signal is delivered when the kernel next schedules the process:
+	// until /proc says it stopped, it may still answer a request.
+	stat := fmt.Sprintf("/proc/%d/stat", proc.Pid)
+	waitFor(c.t, 10*time.Second, service+" stopped", func() bool {
+		b, err := os.ReadFile(stat)
+		// The state is the field after the command name in parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		return err == nil && i >= 0 && i+2 < len(b) && b[i+2] == 'T'
+	})
 	var once sync.Once
 	thaw = func() { once.Do(func() { _ = proc.Signal(syscall.SIGCONT) }) }
 	c.t.Cleanup(thaw)
