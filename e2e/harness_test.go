@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -329,12 +330,18 @@ func (c *cluster) netrc(token string) string {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// Below Linux's ephemeral range (32768 up): a port from that range may
+	// become the local end of an outgoing connection before the service
+	// given it binds it.
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 10000+mathrand.IntN(22000))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free port below 32000 in 100 tries")
+	return ""
 }
 
 func randomHex(t *testing.T, n int) string {

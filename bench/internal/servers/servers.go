@@ -7,7 +7,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -27,14 +29,19 @@ import (
 // readyTimeout bounds the start of any server.
 const readyTimeout = 60 * time.Second
 
-// FreeAddr returns a loopback address with a port free at the moment.
+// FreeAddr returns a loopback address with a port free at the moment,
+// below Linux's ephemeral range (32768 up): a port from that range may
+// become the local end of an outgoing connection before the server that
+// was given it binds it ("address already in use" failed a run).
 func FreeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("find a free port: %w", err)
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 10000+mathrand.IntN(22000))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return "", errors.New("find a free port: 100 tries below 32000 all in use")
 }
 
 func randomHex(n int) string {
