@@ -20,7 +20,8 @@ var (
 	black   = color.RGBA{0, 0, 0, 255}
 	grey    = color.RGBA{190, 190, 190, 255}
 	red     = color.RGBA{200, 30, 30, 255}
-	palette = []color.RGBA{{31, 119, 180, 255}, {255, 127, 14, 255}, {44, 160, 44, 255}, {148, 103, 189, 255}}
+	palette = []color.RGBA{{31, 119, 180, 255}, {255, 127, 14, 255}, {44, 160, 44, 255}, {148, 103, 189, 255},
+		{140, 86, 75, 255}, {227, 119, 194, 255}, {127, 127, 127, 255}, {188, 189, 34, 255}}
 )
 
 // WritePNG draws the ratio table: per figure a bar per nixcache server
@@ -38,7 +39,16 @@ func (r *Results) WritePNG(path string) error {
 		barH, gap               = 18, 22
 	)
 	groupH := len(names)*barH + gap
-	height := top + len(Figures)*groupH + 70
+	// The legend: as many lines as its entries need.
+	legendW := func(n string) int { return 30 + 7*len(n) }
+	legendLines, lw := 1, left
+	for _, n := range names {
+		if lw+legendW(n) > width-right {
+			legendLines, lw = legendLines+1, left
+		}
+		lw += legendW(n)
+	}
+	height := top + len(Figures)*groupH + 70 + 18*(legendLines-1)
 	img := image.NewRGBA(image.Rect(0, 0, width, height))
 	draw.Draw(img, img.Bounds(), &image.Uniform{white}, image.Point{}, draw.Src)
 
@@ -91,10 +101,13 @@ func (r *Results) WritePNG(path string) error {
 	ly := plotBottom + 40
 	lx := left
 	for si, n := range names {
+		if lx+legendW(n) > width-right {
+			lx, ly = left, ly+18
+		}
 		c := palette[si%len(palette)]
 		draw.Draw(img, image.Rect(lx, ly-10, lx+14, ly+2), &image.Uniform{c}, image.Point{}, draw.Src)
 		text(img, lx+18, ly, black, n)
-		lx += 30 + 7*len(n)
+		lx += legendW(n)
 	}
 	vline(img, lx, ly-10, ly-7, red)
 	vline(img, lx, ly-4, ly-1, red)
