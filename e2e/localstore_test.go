@@ -402,15 +402,7 @@ func TestLocalStorePushedAndLocal(t *testing.T) {
 	if len(remote) != len(closure) {
 		t.Errorf("nix path-info --recursive lists %d paths, want %d: %v", len(remote), len(closure), remote)
 	}
-	local := pathInfos(t, nixConfig(), "--recursive", top)
-	store := filepath.Join(t.TempDir(), "store")
-	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", "copy", "--from", c.URL, "--to", store, top)
-	copied := pathInfos(t, nixConfig(), "--store", store, "--recursive", top)
-	for _, p := range closure {
-		if copied[p].NarHash != local[p].NarHash {
-			t.Errorf("%s: copied NarHash %q, host %q", p, copied[p].NarHash, local[p].NarHash)
-		}
-	}
+	substituteAndCheck(t, c, top, closure, pathInfos(t, nixConfig(), "--recursive", top))
 
 	c.stop("index")
 	c.extraArgs["index"] = nil
