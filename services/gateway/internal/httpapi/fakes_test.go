@@ -319,6 +319,13 @@ type env struct {
 // newEnv starts a gateway; configure may change its Config.
 func newEnv(t testing.TB, configure ...func(*Config)) *env {
 	t.Helper()
+	return newEnvServing(t, nil, configure...)
+}
+
+// newEnvServing is newEnv with the fake index served through serve(index)
+// (a wrapper adding calls or hooks); nil serves it as it is.
+func newEnvServing(t testing.TB, serve func(*fakeIndex) indexv1.IndexServiceServer, configure ...func(*Config)) *env {
+	t.Helper()
 	e := &env{
 		index: newFakeIndex(),
 		signer: &fakeSigner{keys: []*signerv1.PublicKey{
@@ -330,7 +337,11 @@ func newEnv(t testing.TB, configure ...func(*Config)) *env {
 
 	lis := bufconn.Listen(1 << 20)
 	gs := grpcutil.NewServer(log)
-	indexv1.RegisterIndexServiceServer(gs.GRPC, e.index)
+	var served indexv1.IndexServiceServer = e.index
+	if serve != nil {
+		served = serve(e.index)
+	}
+	indexv1.RegisterIndexServiceServer(gs.GRPC, served)
 	signerv1.RegisterSignerServiceServer(gs.GRPC, e.signer)
 	go gs.GRPC.Serve(lis)
 	t.Cleanup(gs.GRPC.Stop)

@@ -2,23 +2,15 @@ package httpapi
 
 import (
 	"context"
-	"log/slog"
-	"net"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
-	"github.com/nixcache/nixcache/platform/auth"
-	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
-	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 )
 
 // watchIndex is the fake index with a WatchPaths the test drives: each
@@ -94,56 +86,21 @@ func (w *watchIndex) WatchPaths(req *indexv1.WatchPathsRequest, stream indexv1.I
 // configure may change its Config.
 func newWatchEnv(t *testing.T, ttl time.Duration, configure ...func(*Config)) (*env, *watchIndex, *Handler) {
 	t.Helper()
-	e := &env{index: newFakeIndex(), signer: &fakeSigner{}, logs: &syncBuffer{}}
-	wi := &watchIndex{fakeIndex: e.index, sessions: make(chan *watchSession)}
-	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	lis := bufconn.Listen(1 << 20)
-	gs := grpcutil.NewServer(log)
-	indexv1.RegisterIndexServiceServer(gs.GRPC, wi)
-	signerv1.RegisterSignerServiceServer(gs.GRPC, e.signer)
-	go gs.GRPC.Serve(lis)
-	t.Cleanup(gs.GRPC.Stop)
-	conn, err := grpcutil.Dial("passthrough:///bufnet", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-		return lis.DialContext(ctx)
-	}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	tokens, err := auth.ParseTokens(strings.NewReader(testTokenFile), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{
-		Index:              indexv1.NewIndexServiceClient(conn),
-		Signer:             signerv1.NewSignerServiceClient(conn),
-		Auth:               auth.Policy{Tokens: tokens, PublicRead: true},
-		Log:                log,
-		StoreDir:           "/nix/store",
-		MaxNarinfoSize:     64 << 10,
-		RequestTimeout:     10 * time.Second,
-		NarinfoCacheTTL:    ttl,
-		NarinfoCacheMaxAge: time.Hour,
-	}
-	for _, c := range configure {
-		c(&cfg)
-	}
-	e.narDir = cfg.NarDir
-	h, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.h = h
-	e.srv = httptest.NewServer(h)
-	t.Cleanup(e.srv.Close)
+	var wi *watchIndex
+	e := newEnvServing(t, func(f *fakeIndex) indexv1.IndexServiceServer {
+		wi = &watchIndex{fakeIndex: f, sessions: make(chan *watchSession)}
+		return wi
+	}, append([]func(*Config){func(c *Config) {
+		c.NarinfoCacheTTL, c.NarinfoCacheMaxAge = ttl, time.Hour
+	}}, configure...)...)
 	ctx, cancel := context.WithCancel(context.Background())
 	watched := make(chan struct{})
-	go func() { defer close(watched); h.WatchIndex(ctx) }()
+	go func() { defer close(watched); e.h.WatchIndex(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		<-watched
 	})
-	return e, wi, h
+	return e, wi, e.h
 }
 
 // nextSession waits for the gateway to (re)subscribe.
