@@ -24,13 +24,44 @@ const maxPendingDownloadFiles = 4096
 // download: ReportDownloads sends them in one call per interval.
 type downloadLog struct {
 	mu      sync.Mutex
-	pending map[string]*indexv1.NarDownloads // by file hash or store hash
+	pending map[string]*noted // by file hash or store hash
 	// full is signalled when pending reaches maxPendingDownloadFiles.
 	full chan struct{}
 }
 
+// noted is what was served of one file or host path since the last
+// report; it becomes an indexv1.NarDownloads only when reported, so that
+// a download allocates nothing here but its first entry.
+type noted struct {
+	fileHash, storeHash string
+	count, bytes        uint64
+	last                time.Time
+}
+
 func newDownloadLog() *downloadLog {
-	return &downloadLog{pending: map[string]*indexv1.NarDownloads{}, full: make(chan struct{}, 1)}
+	return &downloadLog{pending: map[string]*noted{}, full: make(chan struct{}, 1)}
+}
+
+// entry returns the pending entry of a file or host path, made if need
+// be; at the bound on pending files only with grow (a download being
+// served), else nil. The caller holds the lock.
+func (l *downloadLog) entry(fileHash, storeHash string, grow bool) *noted {
+	key := fileHash + storeHash // one of them is empty; they differ in length
+	if n := l.pending[key]; n != nil {
+		return n
+	}
+	if !grow && len(l.pending) >= maxPendingDownloadFiles {
+		return nil
+	}
+	n := &noted{fileHash: fileHash, storeHash: storeHash}
+	l.pending[key] = n
+	if len(l.pending) == maxPendingDownloadFiles {
+		select {
+		case l.full <- struct{}{}:
+		default:
+		}
+	}
+	return n
 }
 
 // note records that bytes of the file fileHash, or of the NAR of the
@@ -39,23 +70,14 @@ func newDownloadLog() *downloadLog {
 func (l *downloadLog) note(fileHash, storeHash string, offset, bytes uint64, at time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	key := fileHash + storeHash // one of them is empty; they differ in length
-	d := l.pending[key]
-	if d == nil {
-		d = &indexv1.NarDownloads{FileHash: fileHash, StoreHash: storeHash}
-		l.pending[key] = d
-		if len(l.pending) == maxPendingDownloadFiles {
-			select {
-			case l.full <- struct{}{}:
-			default:
-			}
-		}
-	}
+	n := l.entry(fileHash, storeHash, true)
 	if offset == 0 {
-		d.Count++
+		n.count++
 	}
-	d.Bytes += bytes
-	d.Last = timestamppb.New(at)
+	n.bytes += bytes
+	if at.After(n.last) {
+		n.last = at
+	}
 }
 
 // requeue puts back a batch the index did not take, to go with the next
@@ -65,19 +87,15 @@ func (l *downloadLog) requeue(batch []*indexv1.NarDownloads) (dropped int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, b := range batch {
-		key := b.GetFileHash() + b.GetStoreHash()
-		d := l.pending[key]
-		switch {
-		case d != nil:
-			d.Count += b.GetCount()
-			d.Bytes += b.GetBytes()
-			if b.GetLast().AsTime().After(d.GetLast().AsTime()) {
-				d.Last = b.GetLast()
-			}
-		case len(l.pending) < maxPendingDownloadFiles:
-			l.pending[key] = b
-		default:
+		n := l.entry(b.GetFileHash(), b.GetStoreHash(), false)
+		if n == nil {
 			dropped++
+			continue
+		}
+		n.count += b.GetCount()
+		n.bytes += b.GetBytes()
+		if last := b.GetLast().AsTime(); last.After(n.last) {
+			n.last = last
 		}
 	}
 	return dropped
@@ -91,10 +109,11 @@ func (l *downloadLog) take() []*indexv1.NarDownloads {
 		return nil
 	}
 	out := make([]*indexv1.NarDownloads, 0, len(l.pending))
-	for _, d := range l.pending {
-		out = append(out, d)
+	for _, n := range l.pending {
+		out = append(out, &indexv1.NarDownloads{FileHash: n.fileHash, StoreHash: n.storeHash,
+			Count: n.count, Bytes: n.bytes, Last: timestamppb.New(n.last)})
 	}
-	l.pending = map[string]*indexv1.NarDownloads{}
+	l.pending = map[string]*noted{}
 	return out
 }
 
