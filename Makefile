@@ -35,7 +35,7 @@ test-unit:
 test-e2e: build
 	NIXCACHE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m -skip '^TestCompose$$' ./e2e/...
 
-## test-load: the load test (e2e/load_test.go, README § Load test) for LOAD_DURATION; load.json and load.md in LOAD_OUT.
+## test-load: the load test (e2e/load_test.go, docs/development.md § Load test) for LOAD_DURATION; load.json and load.md in LOAD_OUT.
 ## (make test-e2e runs the same test for 15 s.)
 LOAD_DURATION ?= 60s
 LOAD_OUT ?= $(or $(TMPDIR),/tmp)/nixcache-load
@@ -52,7 +52,7 @@ test-crash-long: build
 test-compose: build
 	NIXCACHE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 10m -run '^TestCompose$$' ./e2e/...
 
-## compose-up: the cache in Docker (README § Deploying with docker compose): images, a push token, start, public key.
+## compose-up: the cache in Docker (docs/deploy.md § Deploying with docker compose): images, a push token, start, public key.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 compose-up: build
 	@docker/init-auth.sh
@@ -66,7 +66,7 @@ bin/versitygw: scripts/tools.sh
 	@mkdir -p $(BIN)
 	GOBIN=$(CURDIR)/$(BIN) GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 go install $(VERSITYGW)
 
-## compose-s3-up: compose-up with the NAR files in a bucket (docker/s3.yml, README § The bucket backend in compose).
+## compose-s3-up: compose-up with the NAR files in a bucket (docker/s3.yml, docs/deploy.md § The bucket backend in compose).
 compose-s3-up: build bin/versitygw
 	@docker/init-auth.sh
 	@docker/init-s3.sh
@@ -74,7 +74,7 @@ compose-s3-up: build bin/versitygw
 	@echo "nixcache: public key for trusted-public-keys (docker compose exec signer /nixcache-signer list-keys):" >&2
 	@COMPOSE_FILE=docker-compose.yml:docker/s3.yml $(COMPOSE) exec -T signer /nixcache-signer list-keys
 
-## bench: the cache shootout against nginx (bench/, README § Benchmarks); results in bench/results/<date>.{md,json,png}.
+## bench: the cache shootout against nginx (bench/README.md); results in bench/results/<date>.{md,json,png}.
 bench: tools
 	go run ./bench -repo $(CURDIR) -out $(CURDIR)/bench/results
 

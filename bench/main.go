@@ -1,5 +1,5 @@
 // Command bench is nixcache's benchmark: the cache shootout against nginx
-// (README § Benchmarks). `make bench` runs it in full and writes
+// (bench/README.md). `make bench` runs it in full and writes
 // bench/results/<date>.{md,json,png}; `make bench-smoke` runs a tiny
 // version (a few paths, one round) that CI runs so the benchmark keeps
 // working.

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// watchBound is the documented bound (README, "Several gateways") on how
+// watchBound is the documented bound (docs/architecture.md, "How long a removed path may still be served") on how
 // long a gateway may serve a path after the index removed it while its
 // index watch is up: the watch timeout, after which a silent stream is
 // taken for dead and the cache dropped. Events normally arrive within

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes a private CA and one certificate per service for mutual TLS between
-# the nixcache services (README: "Mutual TLS between the services").
+# the nixcache services (docs/deploy.md: "Mutual TLS between the services").
 #
 #   scripts/gen-certs.sh DIR [SAN...]
 #

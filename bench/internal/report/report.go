@@ -265,7 +265,7 @@ func (r *Results) server(name string) Server {
 func (r *Results) Markdown(w io.Writer) {
 	m := r.Machine
 	fmt.Fprintf(w, "# nixcache benchmark, %s (%s)\n\n", r.Date.Format("2006-01-02"), r.Mode)
-	fmt.Fprintf(w, "Made by `make bench` (bench/, see README § Benchmarks). Every figure is the median of %d rounds "+
+	fmt.Fprintf(w, "Made by `make bench` (bench/, see bench/README.md). Every figure is the median of %d rounds "+
 		"of one run, the servers interleaved on one machine, after a warm-up pass; ratios are to nginx serving a "+
 		"`nix copy --to file://` copy of the same closure with the same compression (push: to `nix copy --to file://`).\n\n", r.Rounds)
 	fmt.Fprintf(w, "Machine: %d cores, %s, %s RAM, Linux %s, %s, %s, %s; nixcache at %s; run took %s.\n\n",
