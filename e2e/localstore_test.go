@@ -482,7 +482,9 @@ func TestLocalStoreStartupErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			args := append([]string{"-listen", freeAddr(t), "-data-dir", t.TempDir(), "-local-store"}, tt.args...)
+			// No metrics listener: the default 127.0.0.1:9111 may be taken by a
+			// cache running on this host (make run), which must not fail the test.
+			args := append([]string{"-listen", freeAddr(t), "-metrics-listen", "", "-data-dir", t.TempDir(), "-local-store"}, tt.args...)
 			cmd := exec.Command(filepath.Join(binDir, "nixcache-index"), args...)
 			var out bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &out
