@@ -161,6 +161,25 @@ func (c *Catalog) HostNars() ([]HostNar, error) {
 	return out, nil
 }
 
+// UncopiedLocal returns the hash parts of the local paths that have no
+// compressed copy, in key order.
+func (c *Catalog) UncopiedLocal() ([]string, error) {
+	var out []string
+	err := c.db.View(func(tx *bolt.Tx) error {
+		copies := tx.Bucket(hostNarsBucket)
+		return tx.Bucket(localBucket).ForEach(func(k, _ []byte) error {
+			if copies.Get(k) == nil {
+				out = append(out, string(k))
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list local paths without a copy: %w", err)
+	}
+	return out, nil
+}
+
 // dropHostNar deletes the compressed copy of the local path with this
 // hash part, returning it (nil when there was none).
 func dropHostNar(tx *bolt.Tx, hashPart string) (*indexv1.NarFile, error) {

@@ -377,3 +377,35 @@ func TestForgetAndRestart(t *testing.T) {
 		t.Errorf("usage %+v after the restart, want none", u)
 	}
 }
+
+func TestAhead(t *testing.T) {
+	e := newEnv(t)
+	// Catalogued before the start, and while it runs.
+	a := e.addPath("k", 64<<10, true)
+	s, _, err := Open(Config{Dir: e.dir, StoreDir: e.storeDir, MaxBytes: 100 << 10, Ahead: true, Log: slog.New(slog.DiscardHandler)}, e.cat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(20 * time.Second); e.copyOf(a) == nil; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no copy made ahead of time of a path catalogued before the start: %+v", s.Stats())
+		}
+	}
+	// No room for b's copy ahead of time: a's is kept.
+	b := e.addPath("l", 64<<10, true)
+	s.Appeared([]string{b})
+	settle(t, s)
+	if e.copyOf(b) != nil || e.copyOf(a) == nil {
+		t.Errorf("copies of a, b: %v, %v; a copy made ahead of time evicted another", e.copyOf(a), e.copyOf(b))
+	}
+	// Downloaded, b's copy evicts a's.
+	s.Requested(b)
+	settle(t, s)
+	if e.copyOf(b) == nil || e.copyOf(a) != nil {
+		t.Errorf("copies of a, b: %v, %v; want b's only after its download", e.copyOf(a), e.copyOf(b))
+	}
+}

@@ -36,6 +36,14 @@ func (s *Store) Run(ctx context.Context) {
 	if err := lowerPriority(); err != nil {
 		s.cfg.Log.Warn("host NAR copies run at normal priority", "err", err)
 	}
+	if s.cfg.Ahead {
+		// The paths catalogued by an earlier run, not copied yet.
+		hashes, err := s.cat.UncopiedLocal()
+		if err != nil {
+			s.cfg.Log.Warn("host paths catalogued before this start are copied only when downloaded", "err", err)
+		}
+		s.Appeared(hashes)
+	}
 	for {
 		j, ok := s.next()
 		if !ok {
