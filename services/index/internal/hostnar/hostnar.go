@@ -130,6 +130,10 @@ type Store struct {
 	queued  map[string]bool
 	wake    chan struct{}
 
+	// ws is the worker's encoder, decoder and buffer (make.go), used by
+	// Run's goroutine alone.
+	ws *workspace
+
 	stats Stats
 }
 

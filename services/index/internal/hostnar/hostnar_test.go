@@ -220,7 +220,10 @@ func TestCheckRefusesDamagedFile(t *testing.T) {
 		t.Fatalf("compress: %q, %v", why, err)
 	}
 	want, _ := nixhash.Parse(info.GetNarHash())
-	buf := make([]byte, ioBufSize)
+	ws, err := s.workspace()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for name, damage := range map[string]func(f *os.File) error{
 		"a byte flipped": func(f *os.File) error { _, err := f.WriteAt([]byte{0xff}, int64(nf.GetFileSize()/2)); return err },
 		"cut short":      func(f *os.File) error { return f.Truncate(int64(nf.GetFileSize() - 1)) },
@@ -246,14 +249,14 @@ func TestCheckRefusesDamagedFile(t *testing.T) {
 		if err := damage(f); err != nil {
 			t.Fatal(err)
 		}
-		if err := check(context.Background(), f, nf, want, buf); err == nil {
+		if err := ws.check(context.Background(), f, nf, want); err == nil {
 			t.Errorf("%s: check passed a damaged copy", name)
 		}
 		f.Close()
 	}
 	f, _ := os.Open(tmp)
 	defer f.Close()
-	if err := check(context.Background(), f, nf, want, buf); err != nil {
+	if err := ws.check(context.Background(), f, nf, want); err != nil {
 		t.Errorf("check of the undamaged copy: %v", err)
 	}
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/nardump"
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
@@ -234,22 +233,22 @@ func (s *Store) compress(ctx context.Context, root string, info *indexv1.PathInf
 		}
 	}()
 
+	ws, err := s.workspace()
+	if err != nil {
+		return "", nil, "", err
+	}
 	fileHash := sha256.New()
 	fileCount := &counter{}
 	bw := bufio.NewWriterSize(io.MultiWriter(f, fileHash, fileCount), ioBufSize)
-	enc, err := zstd.NewWriter(bw, zstd.WithEncoderLevel(s.level), zstd.WithEncoderConcurrency(1))
-	if err != nil {
-		return "", nil, "", fmt.Errorf("zstd: %w", err)
-	}
+	ws.enc.Reset(bw)
+	defer ws.enc.Reset(io.Discard) // drop bw
 	narHash := sha256.New()
 	narCount := &counter{}
 	src := io.TeeReader(ctxReader{ctx, nr}, io.MultiWriter(narHash, narCount))
-	buf := make([]byte, ioBufSize)
-	if _, err := io.CopyBuffer(enc, src, buf); err != nil {
-		enc.Close()
+	if _, err := io.CopyBuffer(ws.enc, src, ws.buf); err != nil {
 		return "", nil, "", fmt.Errorf("compress NAR of %s: %w", info.GetStorePath(), err)
 	}
-	if err := enc.Close(); err != nil {
+	if err := ws.enc.Close(); err != nil {
 		return "", nil, "", fmt.Errorf("compress NAR of %s: %w", info.GetStorePath(), err)
 	}
 	if err := bw.Flush(); err != nil {
@@ -272,34 +271,62 @@ func (s *Store) compress(ctx context.Context, root string, info *indexv1.PathInf
 		NarHash:     info.GetNarHash(),
 		NarSize:     info.GetNarSize(),
 	}
-	if err := check(ctx, f, nf, wantNar, buf); err != nil {
+	if err := ws.check(ctx, f, nf, wantNar); err != nil {
 		return "", nil, "", fmt.Errorf("host NAR copy of %s: %w", info.GetStorePath(), err)
 	}
 	keep = true
 	return f.Name(), nf, "", nil
 }
 
+// workspace is what the worker compresses and checks with, made once:
+// an encoder's and a decoder's tables and windows are large next to a
+// small NAR, and the index's memory stays flat.
+type workspace struct {
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+	buf []byte
+}
+
+// workspace returns the worker's workspace, making it on first use.
+func (s *Store) workspace() (*workspace, error) {
+	if s.ws != nil {
+		return s.ws, nil
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(s.level), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, fmt.Errorf("zstd encoder: %w", err)
+	}
+	// The window bound is the one every zstd NAR is read with
+	// (nix/compression); a copy made here never needs more.
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(128<<20), zstd.WithDecoderLowmem(true))
+	if err != nil {
+		return nil, fmt.Errorf("zstd decoder: %w", err)
+	}
+	s.ws = &workspace{enc: enc, dec: dec, buf: make([]byte, ioBufSize)}
+	return s.ws, nil
+}
+
 // check reads the copy f back: its hash and size must be nf's, and its
 // content, decompressed, must be the NAR of hash wantNar and nf's NAR size.
-func check(ctx context.Context, f *os.File, nf *indexv1.NarFile, wantNar nixhash.Hash, buf []byte) error {
+func (ws *workspace) check(ctx context.Context, f *os.File, nf *indexv1.NarFile, wantNar nixhash.Hash) error {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("read back: %w", err)
 	}
 	fileHash := sha256.New()
 	fileCount := &counter{}
 	raw := io.TeeReader(ctxReader{ctx, bufio.NewReaderSize(f, ioBufSize)}, io.MultiWriter(fileHash, fileCount))
-	dec, err := compression.NewReader(compression.Zstd, raw)
-	if err != nil {
+	if err := ws.dec.Reset(raw); err != nil {
 		return fmt.Errorf("read back: %w", err)
 	}
-	defer dec.Close()
+	defer ws.dec.Reset(nil) // drop raw
 	narHash := sha256.New()
-	n, err := io.CopyBuffer(narHash, dec, buf)
+	n, err := io.CopyBuffer(narHash, ws.dec, ws.buf)
 	if err != nil {
 		return fmt.Errorf("read back: decompress: %w", err)
 	}
-	// The decoder stops at the end of the frame; the file must end there.
-	if _, err := io.CopyBuffer(io.Discard, raw, buf); err != nil {
+	// The decoder stops at the end of the last frame; the file must end
+	// there.
+	if _, err := io.CopyBuffer(io.Discard, raw, ws.buf); err != nil {
 		return fmt.Errorf("read back: %w", err)
 	}
 	written, _ := nixhash.ParseAs(nixhash.SHA256, nf.GetFileHash())
