@@ -203,8 +203,10 @@ func buildLeaves(t *testing.T, n, size int) []string {
 
 // TestHostNarEviction: under a budget that holds one copy of the two, the
 // second path's copy evicts the first's: its narinfo names the
-// uncompressed NAR again (and that is served), its copy is 404 and gone
-// from disk, and the copies never exceed the budget.
+// uncompressed NAR again (and that is served), its file is gone from disk,
+// and the copies never exceed the budget. A client holding the old
+// narinfo still gets the evicted copy's bytes (made again as they
+// stream), and that download brings the copy back, evicting the other.
 func TestHostNarEviction(t *testing.T) {
 	const budget = 500000
 	c := newCluster(t, withHostCopies(startNixDaemon(t), "-host-nar-max-size", fmt.Sprint(budget)))
@@ -216,6 +218,7 @@ func TestHostNarEviction(t *testing.T) {
 	}
 	waitCompression(t, c, a, "zstd", 30*time.Second)
 	aCopy := narURL(t, c, a)
+	aFileHash := servedNarinfoField(t, c, a, "FileHash")
 	if _, total := hostCopies(t, c); total == 0 || total > budget {
 		t.Fatalf("copies hold %d bytes after the first, want 1 to %d", total, budget)
 	}
@@ -230,11 +233,23 @@ func TestHostNarEviction(t *testing.T) {
 	if len(files) != 1 || total > budget {
 		t.Errorf("copies after the eviction: %v (%d bytes), want one within %d bytes", files, total, budget)
 	}
-	if status := httpStatus(t, "GET", aCopy, "", nil); status != http.StatusNotFound {
-		t.Errorf("evicted copy %s: %d, want 404", aCopy, status)
-	}
 	if r := httpDo(t, "GET", narURL(t, c, a), "", nil, nil); r.status != http.StatusOK || !strings.Contains(narURL(t, c, a), "-") {
 		t.Errorf("the evicted path's NAR, uncompressed: %d", r.status)
+	}
+
+	r := httpDo(t, "GET", aCopy, "", nil, nil)
+	sum := sha256.Sum256([]byte(r.body))
+	want, _ := nixhash.Parse(aFileHash)
+	if r.status != http.StatusOK || !want.Equal(nixhash.Hash{Algo: nixhash.SHA256, Digest: sum[:]}) {
+		t.Fatalf("evicted copy %s: %d, %d bytes; want 200 and the bytes of FileHash %s", aCopy, r.status, len(r.body), aFileHash)
+	}
+	waitCompression(t, c, a, "zstd", 30*time.Second)
+	waitCompression(t, c, b, "none", 5*time.Second)
+	if got := servedNarinfoField(t, c, a, "FileHash"); got != aFileHash {
+		t.Errorf("copy made again: FileHash %s, was %s", got, aFileHash)
+	}
+	if files, total := hostCopies(t, c); len(files) != 1 || total > budget {
+		t.Errorf("copies after the evicted one came back: %v (%d bytes), want one within %d bytes", files, total, budget)
 	}
 }
 

@@ -425,7 +425,7 @@ func openHostNars(o Options, cat *catalog.Catalog) (*hostnar.Store, error) {
 		for i, r := range recs {
 			hashes[i] = r.HashPart
 		}
-		if _, err := cat.DropHostNars(hashes); err != nil {
+		if _, err := cat.DropHostNars(hashes, false); err != nil {
 			return nil, err
 		}
 		if err := os.RemoveAll(dir); err != nil {

@@ -16,12 +16,19 @@ import (
 // the path's narinfo while they exist. A record is kept only beside the
 // local path it was made from, with the same NAR hash: DeleteLocal and
 // ClearLocal drop it with the path, in the same transaction.
+//
+// A copy evicted for the budget is retired, not forgotten: a client may
+// hold a narinfo naming it, and while the path exists the index can make
+// the same bytes again (hostnar regenerates it for such a download).
 var (
 	// hostNarsBucket maps a local path's hash part to the compact NarFile
 	// record of its compressed copy.
 	hostNarsBucket = []byte("host-nars")
-	// hostNarFilesBucket maps a copy's nix32 file hash to the hash part
-	// of the path it was made from.
+	// hostNarsRetiredBucket maps a local path's hash part to the record
+	// of its last evicted copy.
+	hostNarsRetiredBucket = []byte("host-nars-retired")
+	// hostNarFilesBucket maps the nix32 file hash of a copy, kept or
+	// retired, to the hash part of the path it was made from.
 	hostNarFilesBucket = []byte("host-nar-files")
 )
 
@@ -29,6 +36,8 @@ var (
 type HostNar struct {
 	HashPart string
 	File     *indexv1.NarFile
+	// Retired: evicted, its file gone; named by no narinfo any more.
+	Retired bool
 }
 
 // AddHostNar records nf as the compressed copy of the local path with
@@ -64,6 +73,9 @@ func (c *Catalog) AddHostNar(hashPart string, nf *indexv1.NarFile) (bool, error)
 		} else if old != nil {
 			return fmt.Errorf("local path %s has a compressed copy already", hashPart)
 		}
+		if err := dropRetired(tx, hashPart); err != nil {
+			return err
+		}
 		enc, err := encodeNarFile(nf)
 		if err != nil {
 			return err
@@ -85,9 +97,10 @@ func (c *Catalog) AddHostNar(hashPart string, nf *indexv1.NarFile) (bool, error)
 
 // DropHostNars forgets the compressed copies of the local paths with these
 // hash parts and returns those it forgot; their paths' narinfos change
-// back to the uncompressed NAR (watchers hear of it). The caller removes
-// the files.
-func (c *Catalog) DropHostNars(hashParts []string) ([]HostNar, error) {
+// back to the uncompressed NAR (watchers hear of it). With retire, each
+// is kept as its path's retired copy (HostNarByFile still finds it). The
+// caller removes the files.
+func (c *Catalog) DropHostNars(hashParts []string, retire bool) ([]HostNar, error) {
 	var dropped []HostNar
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		dropped = nil
@@ -96,8 +109,29 @@ func (c *Catalog) DropHostNars(hashParts []string) ([]HostNar, error) {
 			if err != nil {
 				return err
 			}
-			if nf != nil {
-				dropped = append(dropped, HostNar{HashPart: h, File: nf})
+			if nf == nil {
+				continue
+			}
+			dropped = append(dropped, HostNar{HashPart: h, File: nf})
+			if !retire {
+				continue
+			}
+			if err := dropRetired(tx, h); err != nil {
+				return err
+			}
+			fileKey, err := fileDigestKey(nf)
+			if err != nil {
+				return err
+			}
+			enc, err := encodeNarFile(nf)
+			if err != nil {
+				return err
+			}
+			if err := tx.Bucket(hostNarsRetiredBucket).Put([]byte(h), enc); err != nil {
+				return err
+			}
+			if err := tx.Bucket(hostNarFilesBucket).Put(fileKey, []byte(h)); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -113,8 +147,8 @@ func (c *Catalog) DropHostNars(hashParts []string) ([]HostNar, error) {
 	return dropped, nil
 }
 
-// HostNarByFile returns the compressed copy whose hash has nix32 digest
-// fileHash, or an error of class fault.ErrNotFound.
+// HostNarByFile returns the compressed copy, kept or retired, whose hash
+// has nix32 digest fileHash, or an error of class fault.ErrNotFound.
 func (c *Catalog) HostNarByFile(fileHash string) (HostNar, error) {
 	var hn HostNar
 	err := c.db.View(func(tx *bolt.Tx) error {
@@ -122,16 +156,24 @@ func (c *Catalog) HostNarByFile(fileHash string) (HostNar, error) {
 		if owner == nil {
 			return nil
 		}
-		v := tx.Bucket(hostNarsBucket).Get(owner)
-		if v == nil {
-			return fmt.Errorf("file %s names local path %s, which has no compressed copy", fileHash, owner)
+		for _, b := range []struct {
+			name    []byte
+			retired bool
+		}{{hostNarsBucket, false}, {hostNarsRetiredBucket, true}} {
+			v := tx.Bucket(b.name).Get(owner)
+			if v == nil {
+				continue
+			}
+			nf, err := decodeNarFile(v)
+			if err != nil {
+				return err
+			}
+			if h, err := nixhash.ParseAs(nixhash.SHA256, nf.GetFileHash()); err == nil && h.NixBase32() == fileHash {
+				hn = HostNar{HashPart: string(owner), File: nf, Retired: b.retired}
+				return nil
+			}
 		}
-		nf, err := decodeNarFile(v)
-		if err != nil {
-			return err
-		}
-		hn = HostNar{HashPart: string(owner), File: nf}
-		return nil
+		return fmt.Errorf("file %s names local path %s, which has no such compressed copy", fileHash, owner)
 	})
 	if err != nil {
 		return HostNar{}, fmt.Errorf("read compressed copy %s: %w", fileHash, err)
@@ -183,7 +225,20 @@ func (c *Catalog) UncopiedLocal() ([]string, error) {
 // dropHostNar deletes the compressed copy of the local path with this
 // hash part, returning it (nil when there was none).
 func dropHostNar(tx *bolt.Tx, hashPart string) (*indexv1.NarFile, error) {
-	b := tx.Bucket(hostNarsBucket)
+	return dropCopyRecord(tx, hostNarsBucket, hashPart)
+}
+
+// dropRetired deletes the retired copy of the local path with this hash
+// part, if any.
+func dropRetired(tx *bolt.Tx, hashPart string) error {
+	_, err := dropCopyRecord(tx, hostNarsRetiredBucket, hashPart)
+	return err
+}
+
+// dropCopyRecord deletes the record of bucket (kept or retired copies)
+// under hashPart, and its file hash's entry, returning the record.
+func dropCopyRecord(tx *bolt.Tx, bucket []byte, hashPart string) (*indexv1.NarFile, error) {
+	b := tx.Bucket(bucket)
 	v := b.Get([]byte(hashPart))
 	if v == nil {
 		return nil, nil

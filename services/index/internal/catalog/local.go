@@ -150,6 +150,9 @@ func (c *Catalog) DeleteLocal(hashParts []string) ([]HostNar, error) {
 			if nf != nil {
 				copies = append(copies, HostNar{HashPart: h, File: nf})
 			}
+			if err := dropRetired(tx, h); err != nil {
+				return err
+			}
 			old, err := setPath(tx, localBucket, h, nil)
 			if err != nil {
 				return err
@@ -174,7 +177,7 @@ func (c *Catalog) DeleteLocal(hashParts []string) ([]HostNar, error) {
 // NARs (whose files the caller removes).
 func (c *Catalog) ClearLocal() error {
 	err := c.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{localBucket, localUnsignedBucket, hostNarsBucket, hostNarFilesBucket} {
+		for _, name := range [][]byte{localBucket, localUnsignedBucket, hostNarsBucket, hostNarsRetiredBucket, hostNarFilesBucket} {
 			if err := tx.DeleteBucket(name); err != nil {
 				return err
 			}

@@ -58,10 +58,16 @@
 //
 // The copies' total size stays within MaxBytes: before a new copy is
 // recorded, the least recently used copies are dropped until it fits (a
-// NAR that could not fit alone is not copied). Use is a download of the
-// copy (StatNar with download, GetNar, RecordDownloads) or of the path.
-// Use times are kept in memory; after a restart the order starts from the
-// catalogue's key order.
+// copy that grows past the budget alone is given up). Use is a download
+// of the copy (StatNar with download, GetNar, RecordDownloads) or of the
+// path. Use times are kept in memory; after a restart the order starts
+// from the catalogue's key order.
+//
+// An evicted copy is retired (catalog.DropHostNars): its narinfo names
+// the uncompressed NAR again, but a client may hold the old narinfo (Nix
+// keeps them for a month), so GetNar of the retired file hash makes the
+// same bytes again from the store as they stream (retired.go) and queues
+// the copy again.
 package hostnar
 
 import (
@@ -217,7 +223,7 @@ func Open(cfg Config, cat *catalog.Catalog) (*Store, StartReport, error) {
 		s.add(r.HashPart, r.File, key, false)
 	}
 	if len(bad) > 0 {
-		dropped, err := cat.DropHostNars(bad)
+		dropped, err := cat.DropHostNars(bad, false)
 		if err != nil {
 			return nil, rep, err
 		}
@@ -339,7 +345,7 @@ func (s *Store) drop(victims []*entry) {
 	for i, e := range victims {
 		hashes[i] = e.hashPart
 	}
-	dropped, err := s.cat.DropHostNars(hashes)
+	dropped, err := s.cat.DropHostNars(hashes, true)
 	if err != nil {
 		// The records stay, naming files that stay: served, and dropped
 		// at the next start if the budget still says so.

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/nardump"
@@ -50,12 +53,18 @@ func newEnv(t *testing.T) *env {
 // hash, and returns its hash part.
 func (e *env) addPath(hashChar string, size int, random bool) string {
 	e.t.Helper()
-	hash := strings.Repeat(hashChar, 32)
-	sp := filepath.Join(e.storeDir, hash+"-p")
 	data := bytes.Repeat([]byte("nixcache "), size/9+1)[:size]
 	if random {
 		rand.Read(data)
 	}
+	return e.addPathData(hashChar, data)
+}
+
+// addPathData is addPath with the path's content.
+func (e *env) addPathData(hashChar string, data []byte) string {
+	e.t.Helper()
+	hash := strings.Repeat(hashChar, 32)
+	sp := filepath.Join(e.storeDir, hash+"-p")
 	if err := os.WriteFile(sp, data, 0o644); err != nil {
 		e.t.Fatal(err)
 	}
@@ -410,5 +419,89 @@ func TestAhead(t *testing.T) {
 	settle(t, s)
 	if e.copyOf(b) == nil || e.copyOf(a) != nil {
 		t.Errorf("copies of a, b: %v, %v; want b's only after its download", e.copyOf(a), e.copyOf(b))
+	}
+}
+
+func TestRetiredCopyMadeAgain(t *testing.T) {
+	e := newEnv(t)
+	// a: numbers, which zstd compresses differently at each level; b:
+	// random bytes. The budget holds b's copy alone.
+	var numbers bytes.Buffer
+	for i := range 20000 {
+		fmt.Fprintln(&numbers, i*7919%100003)
+	}
+	a, b := e.addPathData("m", numbers.Bytes()), e.addPath("n", 64<<10, true)
+	s, _ := e.open(70 << 10)
+	s.Requested(a)
+	settle(t, s)
+	nfA := e.copyOf(a)
+	if nfA == nil {
+		t.Fatalf("no copy of a: %+v", s.Stats())
+	}
+	relA, _ := s.RelativePath(nfA)
+	want, err := os.ReadFile(filepath.Join(filepath.Dir(e.dir), filepath.FromSlash(relA)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Requested(b)
+	settle(t, s)
+	if e.copyOf(a) != nil || e.copyOf(b) == nil {
+		t.Fatalf("copies of a, b: %v, %v; want b's only", e.copyOf(a), e.copyOf(b))
+	}
+
+	hn, err := e.cat.HostNarByFile(strings.TrimPrefix(nfA.GetFileHash(), "sha256:"))
+	if err != nil || !hn.Retired || hn.HashPart != a {
+		t.Fatalf("HostNarByFile of the evicted copy: %+v, %v; want it retired", hn, err)
+	}
+	read := func(s *Store, offset, length uint64) ([]byte, error) {
+		rg, err := s.OpenRetired(context.Background(), hn, offset, length)
+		if err != nil {
+			return nil, err
+		}
+		defer rg.Close()
+		return io.ReadAll(rg)
+	}
+	got, err := read(s, 0, 0)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("retired copy made again: %d bytes, %v; want the %d bytes evicted", len(got), err, len(want))
+	}
+	got, err = read(s, 100, 50)
+	if err != nil || !bytes.Equal(got, want[100:150]) {
+		t.Errorf("range 100+50 of the retired copy: %d bytes, %v", len(got), err)
+	}
+	// At another level the bytes differ: the stream fails before its end.
+	other, _, err := Open(Config{Dir: e.dir, StoreDir: e.storeDir, MaxBytes: 70 << 10, Level: 1, Log: slog.New(slog.DiscardHandler)}, e.cat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := read(other, 0, 0); err == nil {
+		t.Errorf("a copy made again at another level was served whole (%d bytes)", len(got))
+	}
+	// Bytes of the right size but not the recorded hash: failed too.
+	forged := hn
+	forged.File = proto.Clone(hn.File).(*indexv1.NarFile)
+	forged.File.FileHash = "sha256:" + strings.Repeat("1", 52)
+	if rg, err := s.OpenRetired(context.Background(), forged, 0, 0); err == nil {
+		got, err := io.ReadAll(rg)
+		rg.Close()
+		if err == nil {
+			t.Errorf("bytes not of the recorded file hash were served whole (%d bytes)", len(got))
+		}
+	}
+	// The path changed: no longer the copy's NAR.
+	info, _, _ := e.cat.LocalPathInfo(a)
+	info.NarHash = "sha256:" + strings.Repeat("0", 52)
+	if err := e.cat.PutLocal([]catalog.LocalPath{{Info: info, Signed: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.OpenRetired(context.Background(), hn, 0, 0); !errors.Is(err, fault.ErrNotFound) {
+		t.Errorf("retired copy of a changed path: %v, want ErrNotFound", err)
+	}
+	// Gone with the path.
+	if _, err := e.cat.DeleteLocal([]string{a}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.cat.HostNarByFile(strings.TrimPrefix(nfA.GetFileHash(), "sha256:")); !errors.Is(err, fault.ErrNotFound) {
+		t.Errorf("retired copy of a deleted path still found: %v", err)
 	}
 }

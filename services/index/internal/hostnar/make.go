@@ -127,9 +127,6 @@ func (s *Store) tryCopy(ctx context.Context, j job) (*indexv1.NarFile, string, e
 	if info.GetFile() != nil {
 		return nil, "", nil
 	}
-	if info.GetNarSize() > s.cfg.MaxBytes {
-		return nil, "the NAR is larger than the budget", nil
-	}
 	sp, err := storepath.Parse(s.cfg.StoreDir, info.GetStorePath())
 	if err != nil {
 		return nil, "", err
@@ -238,21 +235,27 @@ func (s *Store) compress(ctx context.Context, root string, info *indexv1.PathInf
 		return "", nil, "", err
 	}
 	fileHash := sha256.New()
-	fileCount := &counter{}
-	bw := bufio.NewWriterSize(io.MultiWriter(f, fileHash, fileCount), ioBufSize)
+	// A copy that would not fit in the budget alone is given up as soon
+	// as it grows past it.
+	fileCount := &counter{limit: s.cfg.MaxBytes}
+	bw := bufio.NewWriterSize(io.MultiWriter(fileCount, f, fileHash), ioBufSize)
 	ws.enc.Reset(bw)
 	defer ws.enc.Reset(io.Discard) // drop bw
 	narHash := sha256.New()
 	narCount := &counter{}
 	src := io.TeeReader(ctxReader{ctx, nr}, io.MultiWriter(narHash, narCount))
-	if _, err := io.CopyBuffer(ws.enc, src, ws.buf); err != nil {
-		return "", nil, "", fmt.Errorf("compress NAR of %s: %w", info.GetStorePath(), err)
+	_, err = io.CopyBuffer(ws.enc, src, ws.buf)
+	if err == nil {
+		err = ws.enc.Close()
 	}
-	if err := ws.enc.Close(); err != nil {
-		return "", nil, "", fmt.Errorf("compress NAR of %s: %w", info.GetStorePath(), err)
+	if err == nil {
+		err = bw.Flush()
 	}
-	if err := bw.Flush(); err != nil {
-		return "", nil, "", fmt.Errorf("write host NAR copy: %w", err)
+	if errors.Is(err, errTooLarge) {
+		return "", nil, "the copy is larger than the budget", nil
+	}
+	if err != nil {
+		return "", nil, "", fmt.Errorf("compress NAR of %s: %w", info.GetStorePath(), err)
 	}
 	if narCount.n != info.GetNarSize() || !sameDigest(narHash, wantNar) {
 		return "", nil, "the path's files are not the NAR the Nix daemon registered (changed on disk?)", nil
@@ -345,11 +348,18 @@ func sameDigest(h hash.Hash, want nixhash.Hash) bool {
 	return got.Equal(want)
 }
 
-// counter counts the bytes written to it.
-type counter struct{ n uint64 }
+// errTooLarge: a copy grew past the budget.
+var errTooLarge = errors.New("larger than the budget")
+
+// counter counts the bytes written to it; past limit (unless 0) it fails
+// with errTooLarge.
+type counter struct{ n, limit uint64 }
 
 func (c *counter) Write(p []byte) (int, error) {
 	c.n += uint64(len(p))
+	if c.limit > 0 && c.n > c.limit {
+		return 0, errTooLarge
+	}
 	return len(p), nil
 }
 

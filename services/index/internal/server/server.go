@@ -83,6 +83,8 @@ type HostCopies interface {
 	RelativePath(nf *indexv1.NarFile) (string, error)
 	// Open opens a byte range of a copy.
 	Open(ctx context.Context, nf *indexv1.NarFile, offset, length uint64) (*narstore.Range, error)
+	// OpenRetired opens a byte range of an evicted copy, made again.
+	OpenRetired(ctx context.Context, hn catalog.HostNar, offset, length uint64) (*narstore.Range, error)
 }
 
 // WithHostCopies serves the compressed copies of host paths' NARs too.
@@ -261,11 +263,15 @@ func (s *Server) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*ind
 }
 
 // statHostCopy is StatNar's answer for a compressed copy of a host path's
-// NAR: always in the local nars/host/ directory, never presigned.
+// NAR: always in the local nars/host/ directory, never presigned; a
+// retired copy has no file there (GetNar makes it again).
 func (s *Server) statHostCopy(req *indexv1.StatNarRequest) (*indexv1.StatNarResponse, error) {
 	hn, err := s.hostCopy(req.GetFileHash())
 	if err != nil {
 		return nil, toStatus(err)
+	}
+	if hn.Retired {
+		return &indexv1.StatNarResponse{File: hn.File}, nil
 	}
 	rel, err := s.copies.RelativePath(hn.File)
 	if err != nil {
@@ -402,6 +408,13 @@ func (s *Server) openNar(ctx context.Context, req *indexv1.GetNarRequest) (*nars
 			}
 			if err := checkHash(hn.File.GetNarHash()); err != nil {
 				return nil, err
+			}
+			if hn.Retired {
+				// A client holds a narinfo from before the eviction.
+				if req.GetOffset() == 0 {
+					s.copies.Requested(hn.HashPart)
+				}
+				return s.copies.OpenRetired(ctx, hn, req.GetOffset(), req.GetLength())
 			}
 			s.copies.Used(sel.FileHash)
 			return s.copies.Open(ctx, hn.File, req.GetOffset(), req.GetLength())
