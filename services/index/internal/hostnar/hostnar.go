@@ -139,6 +139,9 @@ type Store struct {
 	// ws is the worker's encoder, decoder and buffer (make.go), used by
 	// Run's goroutine alone.
 	ws *workspace
+	// retiredEncoders hold the encoders of retired copies made again
+	// (retired.go).
+	retiredEncoders sync.Pool
 
 	stats Stats
 }

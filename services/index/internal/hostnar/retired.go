@@ -72,12 +72,15 @@ func (s *Store) OpenRetired(ctx context.Context, hn catalog.HostNar, offset, len
 		defer nr.Close()
 		h := sha256.New()
 		count := &counter{}
-		enc, err := zstd.NewWriter(io.MultiWriter(pw, h, count), zstd.WithEncoderLevel(s.level), zstd.WithEncoderConcurrency(1))
+		enc, err := s.retiredEncoder()
 		if err == nil {
+			enc.Reset(io.MultiWriter(pw, h, count))
 			_, err = io.Copy(enc, ctxReader{ctx, nr})
 			if cerr := enc.Close(); err == nil {
 				err = cerr
 			}
+			enc.Reset(io.Discard) // drop pw
+			s.retiredEncoders.Put(enc)
 		}
 		if err == nil && (count.n != total || !sameDigest(h, want)) {
 			err = errRemade
@@ -92,4 +95,14 @@ func (s *Store) OpenRetired(ctx context.Context, hn catalog.HostNar, offset, len
 		}
 	}
 	return narstore.NewRange(ctx, pr, pr, total, n, nf.GetCompression(), offset+n == total), nil
+}
+
+// retiredEncoder returns an encoder of the copies' level from the pool of
+// those that made retired copies again (their tables are reused, as the
+// worker's are).
+func (s *Store) retiredEncoder() (*zstd.Encoder, error) {
+	if enc, ok := s.retiredEncoders.Get().(*zstd.Encoder); ok {
+		return enc, nil
+	}
+	return zstd.NewWriter(nil, zstd.WithEncoderLevel(s.level), zstd.WithEncoderConcurrency(1))
 }
