@@ -100,6 +100,10 @@ const Compression = compression.Zstd
 // as fast as xz -0 and close to xz's ratio on NARs.
 const DefaultLevel = 3
 
+// maxQueued bounds the paths queued for a copy (some 100 bytes each): the
+// downloads reported are not trusted to be few.
+const maxQueued = 1 << 16
+
 // fileMode is the copies' mode: readable by the index's group, as the
 // pushed files, for a co-located gateway.
 const fileMode = 0o640
@@ -133,8 +137,11 @@ type Store struct {
 	lru     list.List         // of *entry, most recently used first
 	total   uint64            // bytes of the entries, pending ones included
 	queue   []job
-	queued  map[string]bool
+	queued  map[string]bool // the paths queued or being copied
 	wake    chan struct{}
+	// aheadLeft: paths to copy ahead of time were left out of a full
+	// queue.
+	aheadLeft bool
 
 	// ws is the worker's encoder, decoder and buffer (make.go), used by
 	// Run's goroutine alone.
@@ -411,17 +418,23 @@ func (s *Store) Appeared(hashParts []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, h := range hashParts {
-		if s.entries[h] == nil && s.total < s.cfg.MaxBytes {
-			s.enqueue(job{hashPart: h, ahead: true})
+		if s.entries[h] == nil && s.total < s.cfg.MaxBytes && !s.enqueue(job{hashPart: h, ahead: true}) {
+			// Looked for again once the queue is empty (Run).
+			s.aheadLeft = true
+			return
 		}
 	}
 }
 
 // enqueue queues j unless its path is queued already; the caller holds
-// the lock.
-func (s *Store) enqueue(j job) {
+// the lock. It reports false when the queue is full: the job is dropped
+// (a download asks again).
+func (s *Store) enqueue(j job) bool {
 	if s.queued[j.hashPart] {
-		return
+		return true
+	}
+	if len(s.queued) >= maxQueued {
+		return false
 	}
 	s.queued[j.hashPart] = true
 	s.queue = append(s.queue, j)
@@ -429,6 +442,7 @@ func (s *Store) enqueue(j job) {
 	case s.wake <- struct{}{}:
 	default:
 	}
+	return true
 }
 
 // Used notes a download of the copy with this file hash ("sha256:<nix32>"

@@ -505,3 +505,18 @@ func TestRetiredCopyMadeAgain(t *testing.T) {
 		t.Errorf("retired copy of a deleted path still found: %v", err)
 	}
 }
+
+func TestQueueBounded(t *testing.T) {
+	e := newEnv(t)
+	s, _, err := Open(Config{Dir: e.dir, StoreDir: e.storeDir, MaxBytes: 1 << 30, Log: slog.New(slog.DiscardHandler)}, e.cat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Reported downloads of paths nobody has: a flood, not run.
+	for i := range maxQueued + 100 {
+		s.Requested(fmt.Sprintf("%032d", i))
+	}
+	if n := s.Pending(); n != maxQueued {
+		t.Errorf("%d paths queued, want at most %d", n, maxQueued)
+	}
+}

@@ -37,14 +37,14 @@ func (s *Store) Run(ctx context.Context) {
 	}
 	if s.cfg.Ahead {
 		// The paths catalogued by an earlier run, not copied yet.
-		hashes, err := s.cat.UncopiedLocal()
-		if err != nil {
-			s.cfg.Log.Warn("host paths catalogued before this start are copied only when downloaded", "err", err)
-		}
-		s.Appeared(hashes)
+		s.queueUncopied()
 	}
 	for {
 		j, ok := s.next()
+		if !ok && s.takeAheadLeft() {
+			s.queueUncopied()
+			continue
+		}
 		if !ok {
 			select {
 			case <-ctx.Done():
@@ -61,6 +61,25 @@ func (s *Store) Run(ctx context.Context) {
 		delete(s.queued, j.hashPart)
 		s.mu.Unlock()
 	}
+}
+
+// queueUncopied queues, ahead of time, the host paths without a copy.
+func (s *Store) queueUncopied() {
+	hashes, err := s.cat.UncopiedLocal()
+	if err != nil {
+		s.cfg.Log.Warn("host paths catalogued before are copied only when downloaded", "err", err)
+	}
+	s.Appeared(hashes)
+}
+
+// takeAheadLeft reports, and clears, whether paths to copy ahead of time
+// were left out of a full queue.
+func (s *Store) takeAheadLeft() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	left := s.aheadLeft
+	s.aheadLeft = false
+	return left
 }
 
 // next takes the first queued job.
