@@ -187,6 +187,12 @@ func TestLocalStoreFollowsHost(t *testing.T) {
 	}
 }
 
+// withoutHostCopies has the index keep no compressed copies of the host's
+// NARs: they are always dumped.
+func withoutHostCopies() clusterOption {
+	return withArgs("index", "-host-nar-max-size", "0")
+}
+
 // withGatewayDump has the gateway dump the host's NARs itself
 // (-local-store-dir), with its caches as deployed.
 func withGatewayDump() clusterOption {
@@ -200,7 +206,9 @@ func withGatewayDump() clusterOption {
 // index call; paths deleted from the host are 404, NARs included, within
 // 5 s.
 func TestLocalStoreDumpedByGateway(t *testing.T) {
-	c := newCluster(t, withAdmin(), withLocalStore(startNixDaemon(t)), withGatewayDump())
+	// No compressed copies (hostnar_test.go): the narinfos keep naming
+	// the dumped NARs.
+	c := newCluster(t, withAdmin(), withLocalStore(startNixDaemon(t)), withGatewayDump(), withoutHostCopies())
 	top, closure := buildClosure(t)
 	local := pathInfos(t, nixConfig(), "--recursive", top)
 	for _, p := range closure {
@@ -289,7 +297,8 @@ const bigTree = `{ seed }: derivation {
 // a gateway with -local-store-dir), and a range past 1 GiB is served right,
 // streamed from the index and dumped by the gateway.
 func TestLocalStoreBigTree(t *testing.T) {
-	c := newCluster(t, withLocalStore(startNixDaemon(t)))
+	// No compressed copy of the 1 GiB path (hostnar_test.go).
+	c := newCluster(t, withLocalStore(startNixDaemon(t)), withoutHostCopies())
 	start := time.Now()
 	out := strings.TrimSpace(mustNix(t, nixConfig(), "nix-build", "-E", bigTree, "--argstr", "seed", randomHex(t, 4), "--no-out-link"))
 	t.Cleanup(func() { nixRun(t, nixConfig(), "nix-store", "--delete", out) })

@@ -77,6 +77,12 @@ type target struct {
 	nars   []load.Nar
 	big    []load.Nar
 	hashes []string
+	// warmed, when set, runs after the warm-up pass (nixcache-local-zstd:
+	// wait for the compressed copies, then take the narinfos naming them).
+	warmed func(ctx context.Context, t *target) error
+	// warmup is how long the warm-up pass (every NAR, 16 connections)
+	// took: the first download of each path.
+	warmup time.Duration
 }
 
 func (t *target) cpu() time.Duration {
@@ -219,6 +225,16 @@ func (b *bench) run(ctx context.Context) error {
 		targets = append(targets, nixcacheTarget(nc))
 		b.res.Servers = append(b.res.Servers, report.Server{Name: "nixcache-local", Baseline: "nginx-none"})
 	}
+	if t, stop, note, err := b.startLocalZstd(ctx, func() []*target { return targets }); err != nil {
+		return err
+	} else if t == nil {
+		b.logf("nixcache-local-zstd: not available: %s", note)
+		b.res.Servers = append(b.res.Servers, report.Server{Name: "nixcache-local-zstd", Baseline: "nginx-zstd", Unavailable: note})
+	} else {
+		stops = append(stops, stop)
+		targets = append(targets, t)
+		b.res.Servers = append(b.res.Servers, report.Server{Name: "nixcache-local-zstd", Baseline: "nginx-zstd"})
+	}
 	roots := map[string]string{}
 	for _, comp := range []string{"none", "zstd"} {
 		dir := filepath.Join(b.o.Work, "static-"+comp)
@@ -261,8 +277,20 @@ func (b *bench) run(ctx context.Context) error {
 			sum += int64(n.Size)
 		}
 		b.res.Workload.Files[t.name] = sum
+		start := time.Now()
 		if _, err := load.NarPass(ctx, t.url, t.nars, 16); err != nil {
 			return err
+		}
+		t.warmup = time.Since(start)
+		if t.warmed != nil {
+			if err := t.warmed(ctx, t); err != nil {
+				return err
+			}
+			sum = 0
+			for _, n := range t.nars {
+				sum += int64(n.Size)
+			}
+			b.res.Workload.Files[t.name] = sum
 		}
 		if t.name != "nginx-zstd" && big != "" {
 			if t.big, err = load.Narinfos(ctx, t.url, []string{hashPart(big)}); err != nil {
@@ -370,7 +398,7 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	b.res.Notes = append(b.res.Notes,
 		"nixcache's services ran as deployed (JSON logs at info level; the gateway logs successful reads at debug, so not); nginx had its access log on.",
-		"nixcache-none and nixcache-zstd run co-located, their fastest documented deployment: the gateway reads the index's nars/ (-nar-dir) and sends stored files with sendfile. nixcache-*-stream is a second gateway on the same index without -nar-dir: every NAR streamed over gRPC, as with a remote index. nixcache-local's gateway has -nar-dir and -local-store-dir: it dumps the host's paths from /nix/store itself, large files with sendfile.",
+		"nixcache-none and nixcache-zstd run co-located, their fastest documented deployment: the gateway reads the index's nars/ (-nar-dir) and sends stored files with sendfile. nixcache-*-stream is a second gateway on the same index without -nar-dir: every NAR streamed over gRPC, as with a remote index. nixcache-local's gateway has -nar-dir and -local-store-dir: it dumps the host's paths from /nix/store itself, large files with sendfile (its index keeps no compressed copies: -host-nar-max-size 0). nixcache-local-zstd is the same deployment with the index's zstd copies of the host's NARs (-host-nar-max-size): measured on the second and later downloads, once the first (the warm-up) has had every copy made; the gateway sends the copies from nars/host/ with sendfile.",
 		"NAR downloads read bodies into a 256 KiB buffer and discard them; the same client code for every server.",
 		"The catalogue's bulk-loaded paths were written into catalog.db in the index's layout (bucket paths: hash part -> indexv1.PathInfo, signed with the cache's key) and read back through the restarted index before measuring.",
 		"RssFile of the catalogue index is bbolt's mmap of catalog.db: page cache, shared and reclaimable.")
@@ -616,6 +644,10 @@ func (b *bench) startLocal(ctx context.Context) (nc *servers.Nixcache, stop func
 		return nil, nil, "", err
 	}
 	args := []string{"-local-store", "-nix-daemon-socket", d.Socket}
+	if strings.Contains(string(help), "-host-nar-max-size") {
+		// The uncompressed host store, as before the copies.
+		args = append(args, "-host-nar-max-size", "0")
+	}
 	nc, err = b.startNixcache(ctx, "nixcache-local", args, func(o *servers.NixcacheOptions) {
 		o.CoLocated, o.LocalStoreDir = true, "/nix/store"
 	})
@@ -624,6 +656,101 @@ func (b *bench) startLocal(ctx context.Context) (nc *servers.Nixcache, stop func
 		return nil, nil, "", err
 	}
 	return nc, func() { nc.Stop(); d.Stop() }, "", nil
+}
+
+// startLocalZstd starts nixcache serving the host store with compressed
+// copies of its NARs (-host-nar-max-size), when the index has them. The
+// budget is the workload's NAR size: the copies must all fit for the
+// second downloads to be measured, and the budget is checked after the
+// rounds. The target's warm-up is the first download of every path; then
+// it waits until every narinfo names its copy; targets gives the others
+// (for nixcache-local's warm-up, compared in the notes).
+func (b *bench) startLocalZstd(ctx context.Context, targets func() []*target) (t *target, stop func(), note string, err error) {
+	help, _ := exec.CommandContext(ctx, filepath.Join(b.bin, "nixcache-index"), "-h").CombinedOutput()
+	if !strings.Contains(string(help), "-host-nar-max-size") {
+		return nil, nil, "this nixcache-index keeps no compressed copies of host NARs (-host-nar-max-size)", nil
+	}
+	d, err := servers.StartNixDaemon(ctx, filepath.Join(b.o.Work, "nix-daemon-zstd"), nil)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	budget := max(b.res.Workload.NarBytes, 1<<20)
+	args := []string{"-local-store", "-nix-daemon-socket", d.Socket, "-host-nar-max-size", strconv.FormatUint(budget, 10)}
+	nc, err := b.startNixcache(ctx, "nixcache-local-zstd", args, func(o *servers.NixcacheOptions) {
+		o.CoLocated, o.LocalStoreDir = true, "/nix/store"
+	})
+	if err != nil {
+		d.Stop()
+		return nil, nil, "", err
+	}
+	t = nixcacheTarget(nc)
+	copies := filepath.Join(nc.Dir, "index", "nars", "host")
+	t.warmed = func(ctx context.Context, t *target) error {
+		start := time.Now()
+		deadline := start.Add(30 * time.Minute)
+		for {
+			nars, err := load.Narinfos(ctx, t.url, t.hashes)
+			if err != nil {
+				return err
+			}
+			done := 0
+			for _, n := range nars {
+				if strings.HasSuffix(n.URL, ".nar.zst") {
+					done++
+				}
+			}
+			if done == len(nars) {
+				t.nars = nars
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("nixcache-local-zstd: %d of %d narinfos name a compressed copy after %s", done, len(nars), time.Since(start).Round(time.Second))
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		used := dirSize(copies)
+		b.logf("nixcache-local-zstd: every copy made %.1f s after the first downloads: %.0f MiB on disk, budget %.0f MiB",
+			time.Since(start).Seconds(), float64(used)/(1<<20), float64(budget)/(1<<20))
+		first := fmt.Sprintf("its first downloads (the warm-up, every NAR uncompressed on 16 connections, copies being made meanwhile) took %.3f s", t.warmup.Seconds())
+		for _, o := range targets() {
+			if o.name == "nixcache-local" && o.warmup > 0 {
+				first += fmt.Sprintf(", nixcache-local's (no copies) %.3f s", o.warmup.Seconds())
+			}
+		}
+		b.res.Notes = append(b.res.Notes, fmt.Sprintf("nixcache-local-zstd: %s; the index had made every copy %.1f s after they ended (level 3, one worker at nice 19); they held %.1f MiB on disk against a budget of %.1f MiB (-host-nar-max-size).",
+			first, time.Since(start).Seconds(), float64(used)/(1<<20), float64(budget)/(1<<20)))
+		return nil
+	}
+	stop = func() {
+		used := dirSize(copies)
+		held := "held"
+		if uint64(used) > budget {
+			held = "EXCEEDED"
+		}
+		b.res.Notes = append(b.res.Notes, fmt.Sprintf("nixcache-local-zstd: after the rounds the copies held %.1f MiB on disk: budget of %.1f MiB %s.",
+			float64(used)/(1<<20), float64(budget)/(1<<20), held))
+		nc.Stop()
+		d.Stop()
+	}
+	return t, stop, "", nil
+}
+
+// dirSize is the total size of the regular files under dir.
+func dirSize(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(_ string, e os.DirEntry, err error) error {
+		if err == nil && e.Type().IsRegular() {
+			if fi, err := e.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
 }
 
 // bigNarPhase downloads the big NAR from each server that has it, while

@@ -619,13 +619,20 @@ type PathInfo struct {
 	// Content address ("fixed:r:sha256:...", "text:sha256:..."), may be empty.
 	Ca string `protobuf:"bytes,7,opt,name=ca,proto3" json:"ca,omitempty"`
 	// The NAR file this path is served from. Unset for paths the index
-	// serves by dumping them from a local store.
+	// serves by dumping them from a local store, until it has made a
+	// compressed copy of one (host_store).
 	File *NarFile `protobuf:"bytes,8,opt,name=file,proto3" json:"file,omitempty"`
 	// The URL the narinfo names, relative to the cache root.
 	Url              string                 `protobuf:"bytes,9,opt,name=url,proto3" json:"url,omitempty"`
 	RegistrationTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=registration_time,json=registrationTime,proto3" json:"registration_time,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Set for a path of the host's store (-local-store): its NAR can be
+	// dumped from the store directory (nix-serve's URL forms, uncompressed,
+	// always work). When file is set too, it is the compressed copy the
+	// index keeps of that NAR (under nars/host/), which url names; StatNar
+	// and GetNar find it by its file hash like a pushed file.
+	HostStore     bool `protobuf:"varint,11,opt,name=host_store,json=hostStore,proto3" json:"host_store,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PathInfo) Reset() {
@@ -726,6 +733,13 @@ func (x *PathInfo) GetRegistrationTime() *timestamppb.Timestamp {
 		return x.RegistrationTime
 	}
 	return nil
+}
+
+func (x *PathInfo) GetHostStore() bool {
+	if x != nil {
+		return x.HostStore
+	}
+	return false
 }
 
 type PutNarRequest struct {
@@ -1941,7 +1955,7 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\tfile_size\x18\x02 \x01(\x04R\bfileSize\x12 \n" +
 	"\vcompression\x18\x03 \x01(\tR\vcompression\x12\x19\n" +
 	"\bnar_hash\x18\x04 \x01(\tR\anarHash\x12\x19\n" +
-	"\bnar_size\x18\x05 \x01(\x04R\anarSize\"\xd4\x02\n" +
+	"\bnar_size\x18\x05 \x01(\x04R\anarSize\"\xf3\x02\n" +
 	"\bPathInfo\x12\x1d\n" +
 	"\n" +
 	"store_path\x18\x01 \x01(\tR\tstorePath\x12\x19\n" +
@@ -1958,7 +1972,9 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\x04file\x18\b \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\x12\x10\n" +
 	"\x03url\x18\t \x01(\tR\x03url\x12G\n" +
 	"\x11registration_time\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\x10registrationTime\"i\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x10registrationTime\x12\x1d\n" +
+	"\n" +
+	"host_store\x18\v \x01(\bR\thostStore\"i\n" +
 	"\rPutNarRequest\x129\n" +
 	"\x06header\x18\x01 \x01(\v2\x1f.nixcache.index.v1.PutNarHeaderH\x00R\x06header\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x05\n" +

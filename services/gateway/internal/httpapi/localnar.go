@@ -108,7 +108,10 @@ func (h *Handler) hostPathInfo(r *http.Request, hash string) (*indexv1.PathInfo,
 	if err != nil {
 		return nil, err
 	}
-	if resp.GetInfo().GetFile() != nil {
+	// A host path may have a file too: the index's compressed copy of
+	// its NAR, which its narinfo names now; the nix-serve URL an older
+	// narinfo named is still dumped here.
+	if resp.GetInfo().GetFile() != nil && !resp.GetInfo().GetHostStore() {
 		return nil, nil
 	}
 	// Kept: what a dump needs, not the references and signatures.

@@ -27,6 +27,7 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/admin"
 	"github.com/nixcache/nixcache/services/index/internal/artifact"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
+	"github.com/nixcache/nixcache/services/index/internal/hostnar"
 	"github.com/nixcache/nixcache/services/index/internal/localstore"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
 	"github.com/nixcache/nixcache/services/index/internal/publish"
@@ -71,6 +72,14 @@ type Options struct {
 	NixLogDir string
 	// LocalSyncInterval is how often the store is checked for changes.
 	LocalSyncInterval time.Duration
+	// HostNarMaxSize is the byte budget of the compressed copies of the
+	// host paths' NARs (package hostnar, LocalStore only); 0 makes none.
+	HostNarMaxSize uint64
+	// HostNarLevel is their zstd level, 1 to 22 (0: hostnar.DefaultLevel).
+	HostNarLevel int
+	// HostNarAhead copies every host path when it is catalogued, not only
+	// after its first download.
+	HostNarAhead bool
 
 	// GCMaxSize and GCMaxAge are the default retention policies of
 	// garbage collection (0: none); GCInterval, when > 0, runs it that
@@ -164,6 +173,9 @@ func (o Options) Validate() error {
 		}
 		if o.LocalSyncInterval <= 0 {
 			errs = append(errs, "-local-sync-interval must be > 0")
+		}
+		if o.HostNarLevel < 0 || o.HostNarLevel > 22 {
+			errs = append(errs, "-host-nar-level must be between 1 and 22")
 		}
 	}
 	if o.GCMaxAge < 0 {
@@ -283,6 +295,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	pub := publish.New(cat, signer, o.StoreDir, o.SignTimeout)
 
 	var local server.LocalStore
+	var copies *hostnar.Store
 	if o.LocalStore {
 		store, pool, err := openLocal(ctx, o, cat, signer)
 		if err != nil {
@@ -291,18 +304,39 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		}
 		defer pool.Close()
 		runCtx, stop := context.WithCancel(ctx)
-		synced := make(chan struct{})
+		if copies, err = openHostNars(o, cat); err != nil {
+			stop()
+			lis.Close()
+			return err
+		}
+		if copies != nil {
+			store.WithCopies(copies)
+		}
+		done := make(chan struct{}, 2)
 		go func() {
-			defer close(synced)
+			defer func() { done <- struct{}{} }()
 			store.Run(runCtx)
 		}()
+		go func() {
+			defer func() { done <- struct{}{} }()
+			if copies != nil {
+				copies.Run(runCtx)
+			}
+		}()
 		// Stopped before the catalogue closes.
-		defer func() { stop(); <-synced }()
+		defer func() { stop(); <-done; <-done }()
 		local = store
-	} else if err := cat.ClearLocal(); err != nil {
-		// Paths of a store served before must not linger.
-		lis.Close()
-		return err
+	} else {
+		// Paths of a store served before must not linger, nor copies of
+		// their NARs.
+		err := cat.ClearLocal()
+		if err == nil {
+			err = os.RemoveAll(hostNarDir(o))
+		}
+		if err != nil {
+			lis.Close()
+			return err
+		}
 	}
 
 	// Handlers cut at the end of the grace period still finish before the
@@ -318,6 +352,12 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	}
 	indexSvc := server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir).WithPresign(o.PresignExpiry).
 		WithDownloads(tracker)
+	if copies != nil {
+		indexSvc.WithHostCopies(copies)
+		if err := ops.registry.Register(hostNarCollector{copies, o.HostNarMaxSize}); err != nil {
+			return fmt.Errorf("host NAR metrics: %w", err)
+		}
+	}
 	if len(o.Upstreams) > 0 {
 		puller, err := openUpstream(o, ops, cat, nars, pub)
 		if err != nil {
@@ -366,6 +406,53 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	err = srv.Serve(ctx, lis, o.ShutdownGrace)
 	o.Log.Info("index stopped")
 	return err
+}
+
+// hostNarDir is the directory of the compressed copies of host paths'
+// NARs: inside nars/, so that a co-located gateway's -nar-dir covers it.
+func hostNarDir(o Options) string { return filepath.Join(o.DataDir, "nars", "host") }
+
+// openHostNars opens the compressed copies of the host paths' NARs, or,
+// with a budget of 0, forgets and removes any kept before (nil, nil).
+func openHostNars(o Options, cat *catalog.Catalog) (*hostnar.Store, error) {
+	dir := hostNarDir(o)
+	if o.HostNarMaxSize == 0 {
+		recs, err := cat.HostNars()
+		if err != nil {
+			return nil, err
+		}
+		hashes := make([]string, len(recs))
+		for i, r := range recs {
+			hashes[i] = r.HashPart
+		}
+		if _, err := cat.DropHostNars(hashes, false); err != nil {
+			return nil, err
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, fmt.Errorf("remove host NAR copies: %w", err)
+		}
+		return nil, nil
+	}
+	copies, rep, err := hostnar.Open(hostnar.Config{
+		Dir:      dir,
+		StoreDir: o.StoreDir,
+		Level:    o.HostNarLevel,
+		MaxBytes: o.HostNarMaxSize,
+		Ahead:    o.HostNarAhead,
+		Log:      o.Log.With("component", "hostnar"),
+	}, cat)
+	if err != nil {
+		return nil, err
+	}
+	level := slog.LevelInfo
+	if rep.DroppedRecords+rep.RemovedFiles+rep.Leftovers > 0 {
+		level = slog.LevelWarn
+	}
+	u := copies.Usage()
+	o.Log.Log(context.Background(), level, "compressed copies of host NARs checked", "dir", dir, "kept", rep.Kept, "bytes", u.Bytes,
+		"budget", o.HostNarMaxSize, "level", o.HostNarLevel, "ahead", o.HostNarAhead,
+		"dropped_records", rep.DroppedRecords, "removed_files", rep.RemovedFiles, "unfinished_removed", rep.Leftovers)
+	return copies, nil
 }
 
 // openLocal checks that the host's store can be served, the store

@@ -72,7 +72,7 @@ func TestChanges(t *testing.T) {
 		{"local c again, unsigned over signed: kept", func() error {
 			return c.PutLocal([]catalog.LocalPath{{Info: localInfo(hashC, "sha256:c")}})
 		}, ""},
-		{"delete local d and a (absent)", func() error { return c.DeleteLocal([]string{hashD, hashA}) }, "removed d"},
+		{"delete local d and a (absent)", func() error { _, err := c.DeleteLocal([]string{hashD, hashA}); return err }, "removed d"},
 	}
 	names := map[string]string{hashA: "a", hashB: "b", hashC: "c", hashD: "d"}
 	kinds := map[indexv1.PathEventKind]string{published: "published", removed: "removed", changed: "changed"}

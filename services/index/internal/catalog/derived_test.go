@@ -250,7 +250,7 @@ func TestDerivedMatchesRecount(t *testing.T) {
 					err = c.PutLocal(ps)
 				case 9:
 					op = "DeleteLocal"
-					err = c.DeleteLocal(some())
+					_, err = c.DeleteLocal(some())
 				case 10:
 					op = "ReplaceSignatures"
 					if e, lerr := c.Lookup(key); lerr == nil {

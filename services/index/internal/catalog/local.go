@@ -31,7 +31,9 @@ type LocalPath struct {
 }
 
 // LocalPathInfo returns the local path with this hash part and whether it
-// is signed, or an error of class fault.ErrNotFound.
+// is signed, or an error of class fault.ErrNotFound. The info is marked
+// HostStore and, when the index keeps a compressed copy of its NAR
+// (hostnar.go), names it (File, Url).
 func (c *Catalog) LocalPathInfo(hashPart string) (*indexv1.PathInfo, bool, error) {
 	var info *indexv1.PathInfo
 	var found, unsigned bool
@@ -43,8 +45,10 @@ func (c *Catalog) LocalPathInfo(hashPart string) (*indexv1.PathInfo, bool, error
 		found = true
 		unsigned = tx.Bucket(localUnsignedBucket).Get([]byte(hashPart)) != nil
 		var err error
-		info, err = decodePath(hashPart, v)
-		return err
+		if info, err = decodePath(hashPart, v); err != nil {
+			return err
+		}
+		return withHostNar(tx, hashPart, info)
 	})
 	if err != nil {
 		return nil, false, fmt.Errorf("read local path %s: %w", hashPart, err)
@@ -77,7 +81,7 @@ func (c *Catalog) PutLocal(paths []LocalPath) error {
 			} else {
 				changed = append(changed, string(key))
 			}
-			if _, err := setPath(tx, localBucket, string(key), p.Info); err != nil {
+			if _, err := setPath(tx, localBucket, string(key), withoutHostNar(p.Info)); err != nil {
 				return err
 			}
 			if err := setUnsigned(tx, key, !p.Signed); err != nil {
@@ -112,7 +116,7 @@ func (c *Catalog) SignedLocal(infos []*indexv1.PathInfo) (int, error) {
 			if old := b.Get(key); old == nil || !sameLocal(key, old, info) {
 				continue
 			}
-			if _, err := setPath(tx, localBucket, string(key), info); err != nil {
+			if _, err := setPath(tx, localBucket, string(key), withoutHostNar(info)); err != nil {
 				return err
 			}
 			if err := setUnsigned(tx, key, false); err != nil {
@@ -130,12 +134,25 @@ func (c *Catalog) SignedLocal(infos []*indexv1.PathInfo) (int, error) {
 	return n, nil
 }
 
-// DeleteLocal forgets the local paths with these hash parts.
-func (c *Catalog) DeleteLocal(hashParts []string) error {
+// DeleteLocal forgets the local paths with these hash parts, and the
+// compressed copies of their NARs, which it returns for the caller to
+// remove the files.
+func (c *Catalog) DeleteLocal(hashParts []string) ([]HostNar, error) {
 	var removed []string
+	var copies []HostNar
 	err := c.db.Update(func(tx *bolt.Tx) error {
-		removed = nil
+		removed, copies = nil, nil
 		for _, h := range hashParts {
+			nf, err := dropHostNar(tx, h)
+			if err != nil {
+				return err
+			}
+			if nf != nil {
+				copies = append(copies, HostNar{HashPart: h, File: nf})
+			}
+			if err := dropRetired(tx, h); err != nil {
+				return err
+			}
 			old, err := setPath(tx, localBucket, h, nil)
 			if err != nil {
 				return err
@@ -150,16 +167,17 @@ func (c *Catalog) DeleteLocal(hashParts []string) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("delete local paths: %w", err)
+		return nil, fmt.Errorf("delete local paths: %w", err)
 	}
 	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, removed...)
-	return nil
+	return copies, nil
 }
 
-// ClearLocal forgets every local path.
+// ClearLocal forgets every local path, and the compressed copies of their
+// NARs (whose files the caller removes).
 func (c *Catalog) ClearLocal() error {
 	err := c.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{localBucket, localUnsignedBucket} {
+		for _, name := range [][]byte{localBucket, localUnsignedBucket, hostNarsBucket, hostNarsRetiredBucket, hostNarFilesBucket} {
 			if err := tx.DeleteBucket(name); err != nil {
 				return err
 			}

@@ -83,7 +83,7 @@ func TestLocalPaths(t *testing.T) {
 		t.Errorf("PresentLocal: %v, %v", present, err)
 	}
 
-	if err := c.DeleteLocal([]string{hashC}); err != nil {
+	if _, err := c.DeleteLocal([]string{hashC}); err != nil {
 		t.Fatal(err)
 	}
 	if unsigned, _ := c.UnsignedLocal(10); len(unsigned) != 0 {

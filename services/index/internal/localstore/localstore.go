@@ -143,11 +143,45 @@ type Store struct {
 
 	// daemonFailing is set while lookups cannot reach the daemon.
 	daemonFailing atomic.Bool
+
+	// copies hears of the paths catalogued and of the compressed copies
+	// dropped with the paths gone (package hostnar); nil: none are kept.
+	copies Copies
+}
+
+// Copies keeps compressed copies of the local paths' NARs (package
+// hostnar).
+type Copies interface {
+	// Appeared notes paths just catalogued.
+	Appeared(hashParts []string)
+	// Forget removes the files of copies dropped with their paths.
+	Forget(copies []catalog.HostNar)
 }
 
 // New returns a Store over the catalogue's local paths.
 func New(cfg Config, cat *catalog.Catalog, d Daemon, s Signer) *Store {
 	return &Store{cfg: cfg, cat: cat, daemon: d, signer: s, now: time.Now}
+}
+
+// WithCopies has the store tell c of the paths it catalogues and of the
+// copies dropped with the paths it forgets; call it before Run.
+func (s *Store) WithCopies(c Copies) *Store {
+	s.copies = c
+	return s
+}
+
+// appeared tells the copies of paths just catalogued.
+func (s *Store) appeared(infos []*indexv1.PathInfo) {
+	if s.copies == nil || len(infos) == 0 {
+		return
+	}
+	hashes := make([]string, 0, len(infos))
+	for _, info := range infos {
+		if h := hashPartOf(s.cfg.StoreDir, info.GetStorePath()); h != "" {
+			hashes = append(hashes, h)
+		}
+	}
+	s.copies.Appeared(hashes)
 }
 
 // PathInfo returns the signed info of the local path with this hash part:
@@ -224,6 +258,7 @@ func (s *Store) lookup(ctx context.Context, hashPart string) (*indexv1.PathInfo,
 	if err := s.cat.PutLocal([]catalog.LocalPath{{Info: info, Signed: signErr == nil}}); err != nil {
 		return nil, false, err
 	}
+	s.appeared([]*indexv1.PathInfo{info})
 	s.cfg.Log.DebugContext(ctx, "catalogued local path on lookup", "store_path", p, "signed", signErr == nil)
 	if signErr != nil {
 		return nil, false, fault.Unavailable("store path %s is not signed yet: %v", p, signErr)
@@ -319,6 +354,7 @@ func (s *Store) toPathInfo(di *daemon.PathInfo) (*indexv1.PathInfo, error) {
 		References: slices.Compact(refs),
 		Signatures: slices.Clone(di.Sigs),
 		Ca:         di.CA,
+		HostStore:  true,
 	}
 	if di.Deriver != "" {
 		// A deriver we cannot name is left out, as Nix leaves out one it

@@ -246,6 +246,7 @@ func (s *Store) add(ctx context.Context, paths []string) (added, unsigned int, e
 	if err := s.cat.PutLocal(recs); err != nil {
 		return 0, 0, err
 	}
+	s.appeared(infos)
 	return len(infos), unsigned, nil
 }
 
@@ -277,8 +278,12 @@ func (s *Store) remove(ctx context.Context, hashParts []string) (int, error) {
 			gone = append(gone, hashPartOf(s.cfg.StoreDir, p))
 		}
 	}
-	if err := s.cat.DeleteLocal(gone); err != nil {
+	copies, err := s.cat.DeleteLocal(gone)
+	if err != nil {
 		return 0, err
+	}
+	if s.copies != nil {
+		s.copies.Forget(copies)
 	}
 	return len(gone), nil
 }

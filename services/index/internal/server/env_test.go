@@ -64,6 +64,8 @@ func startIndex(t testing.TB, dir string, sc signerConn) *index {
 type localSetup struct {
 	storeDir string
 	newLocal func(*catalog.Catalog, *signerclient.Client) server.LocalStore
+	// copies, unless nil, are the host copies served (after newLocal).
+	copies func() server.HostCopies
 }
 
 // startIndexWith runs the index on dir, its signer being sc, with ls.
@@ -104,7 +106,11 @@ func startIndexWith(t testing.TB, dir string, sc signerConn, ls localSetup) *ind
 		return err
 	})
 	srv := grpcutil.NewServer(log, notify, server.Codec())
-	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(log, cat, nars, pub, local))
+	svc := server.New(log, cat, nars, pub, local)
+	if ls.copies != nil {
+		svc.WithHostCopies(ls.copies())
+	}
+	indexv1.RegisterIndexServiceServer(srv.GRPC, svc)
 	lis := bufconn.Listen(1 << 20)
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)

@@ -66,6 +66,31 @@ type Server struct {
 	// downloads counts what gateways report with RecordDownloads; nil
 	// counts nothing.
 	downloads DownloadRecorder
+	// copies, when set, are the compressed copies of host paths' NARs
+	// (package hostnar), found by file hash beside the pushed files.
+	copies HostCopies
+}
+
+// HostCopies are the compressed copies the index keeps of the NARs of
+// the host's paths (package hostnar): their records are in the catalogue
+// (catalog.HostNarByFile), their files under nars/host/.
+type HostCopies interface {
+	// Requested notes a download of a host path's NAR.
+	Requested(hashPart string)
+	// Used notes a download of a copy, by file hash.
+	Used(fileHash string)
+	// RelativePath is where the copy lies under nars/.
+	RelativePath(nf *indexv1.NarFile) (string, error)
+	// Open opens a byte range of a copy.
+	Open(ctx context.Context, nf *indexv1.NarFile, offset, length uint64) (*narstore.Range, error)
+	// OpenRetired opens a byte range of an evicted copy, made again.
+	OpenRetired(ctx context.Context, hn catalog.HostNar, offset, length uint64) (*narstore.Range, error)
+}
+
+// WithHostCopies serves the compressed copies of host paths' NARs too.
+func (s *Server) WithHostCopies(c HostCopies) *Server {
+	s.copies = c
+	return s
 }
 
 // DownloadRecorder counts downloads that gateways served themselves.
@@ -210,6 +235,9 @@ func (s *Server) WithPresign(expiry time.Duration) *Server {
 // answer nor a name.
 func (s *Server) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*indexv1.StatNarResponse, error) {
 	nf, err := s.narFile(req.GetFileHash())
+	if errors.Is(err, fault.ErrNotFound) && s.copies != nil {
+		return s.statHostCopy(req)
+	}
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -234,6 +262,36 @@ func (s *Server) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*ind
 	return resp, nil
 }
 
+// statHostCopy is StatNar's answer for a compressed copy of a host path's
+// NAR: always in the local nars/host/ directory, never presigned; a
+// retired copy has no file there (GetNar makes it again).
+func (s *Server) statHostCopy(req *indexv1.StatNarRequest) (*indexv1.StatNarResponse, error) {
+	hn, err := s.hostCopy(req.GetFileHash())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if hn.Retired {
+		return &indexv1.StatNarResponse{File: hn.File}, nil
+	}
+	rel, err := s.copies.RelativePath(hn.File)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if req.GetDownload() || req.GetPresign() {
+		s.copies.Used(req.GetFileHash())
+	}
+	return &indexv1.StatNarResponse{File: hn.File, RelativePath: rel}, nil
+}
+
+// hostCopy looks a compressed copy up by file hash.
+func (s *Server) hostCopy(fileHash string) (catalog.HostNar, error) {
+	h, err := nixhash.ParseAs(nixhash.SHA256, fileHash)
+	if err != nil {
+		return catalog.HostNar{}, fault.Invalid("file_hash: %v", err)
+	}
+	return s.catalog.HostNarByFile(h.NixBase32())
+}
+
 // RecordDownloads counts downloads that a co-located gateway served
 // itself: files from nars/, NARs dumped from the host's store. The files
 // and paths need not exist any more (they may have been collected since):
@@ -255,6 +313,16 @@ func (s *Server) RecordDownloads(ctx context.Context, req *indexv1.RecordDownloa
 	}
 	if s.downloads != nil {
 		s.downloads.RecordDownloads(req.GetDownloads())
+	}
+	if s.copies != nil {
+		for _, d := range req.GetDownloads() {
+			switch {
+			case d.GetStoreHash() != "" && d.GetCount() > 0:
+				s.copies.Requested(d.GetStoreHash())
+			case d.GetFileHash() != "":
+				s.copies.Used(d.GetFileHash())
+			}
+		}
 	}
 	return &indexv1.RecordDownloadsResponse{}, nil
 }
@@ -333,6 +401,24 @@ func (s *Server) openNar(ctx context.Context, req *indexv1.GetNarRequest) (*nars
 	switch sel := req.GetSelector().(type) {
 	case *indexv1.GetNarRequest_FileHash:
 		nf, err := s.narFile(sel.FileHash)
+		if errors.Is(err, fault.ErrNotFound) && s.copies != nil {
+			hn, herr := s.hostCopy(sel.FileHash)
+			if herr != nil {
+				return nil, herr
+			}
+			if err := checkHash(hn.File.GetNarHash()); err != nil {
+				return nil, err
+			}
+			if hn.Retired {
+				// A client holds a narinfo from before the eviction.
+				if req.GetOffset() == 0 {
+					s.copies.Requested(hn.HashPart)
+				}
+				return s.copies.OpenRetired(ctx, hn, req.GetOffset(), req.GetLength())
+			}
+			s.copies.Used(sel.FileHash)
+			return s.copies.Open(ctx, hn.File, req.GetOffset(), req.GetLength())
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -348,8 +434,11 @@ func (s *Server) openNar(ctx context.Context, req *indexv1.GetNarRequest) (*nars
 		if err := checkHash(info.GetNarHash()); err != nil {
 			return nil, err
 		}
-		if nf := info.GetFile(); nf != nil {
+		if nf := info.GetFile(); nf != nil && !info.GetHostStore() {
 			return s.nars.Open(ctx, nf, true, req.GetOffset(), req.GetLength())
+		}
+		if s.copies != nil && req.GetOffset() == 0 {
+			s.copies.Requested(sel.StoreHash)
 		}
 		return s.local.OpenNar(ctx, info, req.GetOffset(), req.GetLength())
 	default:

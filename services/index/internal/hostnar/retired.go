@@ -1,0 +1,108 @@
+package hostnar
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path/filepath"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/nixcache/nixcache/nix/nardump"
+	"github.com/nixcache/nixcache/nix/nixhash"
+	"github.com/nixcache/nixcache/nix/storepath"
+	"github.com/nixcache/nixcache/services/index/internal/catalog"
+	"github.com/nixcache/nixcache/services/index/internal/fault"
+	"github.com/nixcache/nixcache/services/index/internal/narstore"
+)
+
+// errRemade is why a retired copy cannot be served again: the bytes made
+// again are not the ones recorded.
+var errRemade = errors.New("the copy made again differs from the one evicted (was -host-nar-level changed?)")
+
+// OpenRetired opens the byte range [offset, offset+length) (length 0: to
+// the end) of a retired copy (evicted, its file gone), for a client that
+// holds a narinfo naming it: the copy is made again from the store, as
+// it streams. zstd at the same level makes the same bytes from the same
+// NAR, so it is the file the narinfo names; the bytes are hashed on the
+// way and the stream fails before its last byte if they are not (another
+// level, another encoder version), so a client never gets a wrong file
+// whole. A path that is gone or changed is fault.ErrNotFound.
+func (s *Store) OpenRetired(ctx context.Context, hn catalog.HostNar, offset, length uint64) (*narstore.Range, error) {
+	nf := hn.File
+	total := nf.GetFileSize()
+	if offset >= total && !(offset == 0 && total == 0) {
+		return nil, fault.OutOfRange("offset %d is at or beyond the end of the %d-byte file", offset, total)
+	}
+	n := total - offset
+	if length > 0 && length < n {
+		n = length
+	}
+	gone := fault.NotFound("NAR file %s is no longer in the cache", nf.GetFileHash())
+	info, _, err := s.cat.LocalPathInfo(hn.HashPart)
+	if errors.Is(err, fault.ErrNotFound) {
+		return nil, gone
+	}
+	if err != nil {
+		return nil, err
+	}
+	if info.GetNarHash() != nf.GetNarHash() {
+		return nil, gone
+	}
+	want, err := nixhash.ParseAs(nixhash.SHA256, nf.GetFileHash())
+	if err != nil {
+		return nil, fmt.Errorf("retired copy: %w", err)
+	}
+	sp, err := storepath.Parse(s.cfg.StoreDir, info.GetStorePath())
+	if err != nil {
+		return nil, fmt.Errorf("retired copy: %w", err)
+	}
+	nr, err := nardump.Open(filepath.Join(s.cfg.StoreDir, sp.Base()), 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, gone
+	}
+	if err != nil {
+		return nil, fmt.Errorf("retired copy: %w", err)
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		defer nr.Close()
+		h := sha256.New()
+		count := &counter{}
+		enc, err := s.retiredEncoder()
+		if err == nil {
+			enc.Reset(io.MultiWriter(pw, h, count))
+			_, err = io.Copy(enc, ctxReader{ctx, nr})
+			if cerr := enc.Close(); err == nil {
+				err = cerr
+			}
+			enc.Reset(io.Discard) // drop pw
+			s.retiredEncoders.Put(enc)
+		}
+		if err == nil && (count.n != total || !sameDigest(h, want)) {
+			err = errRemade
+			s.cfg.Log.Warn("retired host NAR copy not served", "hash_part", hn.HashPart, "file_hash", nf.GetFileHash(), "err", err)
+		}
+		pw.CloseWithError(err) // nil: io.EOF
+	}()
+	if offset > 0 {
+		if _, err := io.CopyN(io.Discard, pr, int64(offset)); err != nil {
+			pr.Close()
+			return nil, fmt.Errorf("retired copy: skip to offset %d: %w", offset, err)
+		}
+	}
+	return narstore.NewRange(ctx, pr, pr, total, n, nf.GetCompression(), offset+n == total), nil
+}
+
+// retiredEncoder returns an encoder of the copies' level from the pool of
+// those that made retired copies again (their tables are reused, as the
+// worker's are).
+func (s *Store) retiredEncoder() (*zstd.Encoder, error) {
+	if enc, ok := s.retiredEncoders.Get().(*zstd.Encoder); ok {
+		return enc, nil
+	}
+	return zstd.NewWriter(nil, zstd.WithEncoderLevel(s.level), zstd.WithEncoderConcurrency(1))
+}
