@@ -28,9 +28,8 @@ import (
 func benchHandler(b *testing.B) http.Handler {
 	b.Helper()
 	indexAddr, _ := upstream(b, true)
-	signerAddr, _ := upstream(b, false)
 	o := options(b)
-	o.IndexAddr, o.SignerAddr = indexAddr, signerAddr
+	o.IndexAddr = indexAddr
 	o.NarinfoCacheTTL = time.Hour // the narinfo comes from the cache after the first request
 	o.Log = slog.New(slog.NewJSONHandler(io.Discard, nil))
 	h, closeConns, err := newHandler(context.Background(), o, auth.Policy{PublicRead: true})

@@ -82,12 +82,11 @@ func get(t *testing.T, url string, header ...string) (int, http.Header, string) 
 
 func TestHealthAndReadiness(t *testing.T) {
 	indexAddr, indexHealth := upstream(t, true)
-	signerAddr, signerHealth := upstream(t, false)
 	o := options(t)
-	o.IndexAddr, o.SignerAddr = indexAddr, signerAddr
+	o.IndexAddr = indexAddr
 	url, _ := start(t, o)
 
-	down := options(t) // both upstreams unreachable
+	down := options(t) // the index unreachable
 	downURL, _ := start(t, down)
 
 	tests := []struct {
@@ -100,9 +99,10 @@ func TestHealthAndReadiness(t *testing.T) {
 	}{
 		{"healthz", url + "/healthz", healthpb.HealthCheckResponse_SERVING, 200, []string{"ok"}, nil},
 		{"healthz with nothing up", downURL + "/healthz", healthpb.HealthCheckResponse_SERVING, 200, []string{"ok"}, nil},
-		{"ready", url + "/readyz", healthpb.HealthCheckResponse_SERVING, 200, []string{"ready", "index: ok", "signer: ok"}, nil},
-		{"index not serving", url + "/readyz", healthpb.HealthCheckResponse_NOT_SERVING, 503, []string{"not ready", "index: down: NOT_SERVING", "signer: ok"}, nil},
-		{"nothing up", downURL + "/readyz", healthpb.HealthCheckResponse_SERVING, 503, []string{"index: down", "signer: down"}, []string{": ok"}},
+		// The gateway never talks to the signer: it is no dependency.
+		{"ready", url + "/readyz", healthpb.HealthCheckResponse_SERVING, 200, []string{"ready", "index: ok"}, []string{"signer"}},
+		{"index not serving", url + "/readyz", healthpb.HealthCheckResponse_NOT_SERVING, 503, []string{"not ready", "index: down: NOT_SERVING"}, []string{"signer"}},
+		{"nothing up", downURL + "/readyz", healthpb.HealthCheckResponse_SERVING, 503, []string{"index: down"}, []string{": ok", "signer"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -123,8 +123,6 @@ func TestHealthAndReadiness(t *testing.T) {
 			}
 		})
 	}
-	signerHealth.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-
 	req, _ := http.NewRequest("POST", url+"/readyz", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -138,9 +136,8 @@ func TestHealthAndReadiness(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	indexAddr, _ := upstream(t, true)
-	signerAddr, _ := upstream(t, false)
 	o := options(t)
-	o.IndexAddr, o.SignerAddr = indexAddr, signerAddr
+	o.IndexAddr = indexAddr
 	url, _ := start(t, o)
 
 	for _, r := range []struct {
