@@ -74,6 +74,11 @@ type Config struct {
 type Handler struct {
 	cfg       Config
 	publicURL *url.URL // nil: from the request
+
+	// lastKeys are the keys the index listed last: shown while it does
+	// not answer (keys change seldom; the page stays useful).
+	mu       sync.Mutex
+	lastKeys []*indexv1.KeyInfo
 }
 
 // New returns the landing page handler.
@@ -153,12 +158,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	wg.Go(func() {
 		resp, err := h.cfg.Admin.ListKeys(statsCtx, &indexv1.ListKeysRequest{})
 		p.SignerUp = answered(err)
+		h.mu.Lock()
+		switch {
+		case err == nil:
+			h.lastKeys = resp.GetKeys()
+			p.Keys = h.lastKeys
+		case !p.SignerUp:
+			p.Keys = h.lastKeys // down: the keys as last listed, if ever
+		}
+		h.mu.Unlock()
 		if err != nil {
 			h.logFailure(ctx, "landing page: list signing keys", err)
-			p.KeysError = "Public keys unavailable: " + unavailable(err, "the signer (asked through the index)")
-			return
+			if p.Keys == nil {
+				p.KeysError = "Public keys unavailable: " + unavailable(err, "the signer (asked through the index)")
+				return
+			}
 		}
-		p.Keys = resp.GetKeys()
 		var active []string
 		for _, k := range p.Keys {
 			if k.GetActive() {

@@ -58,9 +58,10 @@ func (f *fakeAdmin) ListKeys(ctx context.Context, _ *indexv1.ListKeysRequest) (*
 	md, _ := metadata.FromIncomingContext(ctx)
 	f.mu.Lock()
 	f.keysMD = md
+	err := f.keysErr
 	f.mu.Unlock()
-	if f.keysErr != nil {
-		return nil, f.keysErr
+	if err != nil {
+		return nil, err
 	}
 	return &indexv1.ListKeysResponse{Keys: f.keys}, nil
 }
@@ -336,5 +337,28 @@ func TestFormat(t *testing.T) {
 	}
 	if got := formatRatio(1, 2); got != "33.3%" {
 		t.Errorf("formatRatio(1, 2) = %q", got)
+	}
+}
+
+// TestKeysAsLastListed: while the index does not answer, the page shows
+// the keys it listed last; a refusal (private reads) shows none.
+func TestKeysAsLastListed(t *testing.T) {
+	e := newEnv(t)
+	h := e.handler(t, "")
+	if body := get(t, h, "cache.local").Body.String(); !strings.Contains(body, activeKey) {
+		t.Fatalf("first page lacks the key:\n%s", body)
+	}
+	e.admin.mu.Lock()
+	e.admin.keysErr = status.Error(codes.Unavailable, "down")
+	e.admin.mu.Unlock()
+	body := get(t, h, "cache.local").Body.String()
+	if !strings.Contains(body, "trusted-public-keys = "+activeKey) || !strings.Contains(body, "Signer unavailable") {
+		t.Errorf("index down: the page lacks the last listed key or the signer's state:\n%s", body)
+	}
+	e.admin.mu.Lock()
+	e.admin.keysErr = status.Error(codes.Unauthenticated, "read requires a token")
+	e.admin.mu.Unlock()
+	if body := get(t, h, "cache.local").Body.String(); strings.Contains(body, activeKey) {
+		t.Errorf("refused: the page shows the key:\n%s", body)
 	}
 }
