@@ -200,7 +200,7 @@ func withGatewayDump() clusterOption {
 // index call; paths deleted from the host are 404, NARs included, within
 // 5 s.
 func TestLocalStoreDumpedByGateway(t *testing.T) {
-	c := newCluster(t, withAdmin(), withLocalStore(startNixDaemon(t)), withGatewayDump())
+	c := newCluster(t, withLocalStore(startNixDaemon(t)), withGatewayDump())
 	top, closure := buildClosure(t)
 	local := pathInfos(t, nixConfig(), "--recursive", top)
 	for _, p := range closure {
