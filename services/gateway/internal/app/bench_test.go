@@ -27,7 +27,7 @@ import (
 // that knows knownHash, logging JSON at info as deployed.
 func benchHandler(b *testing.B) http.Handler {
 	b.Helper()
-	indexAddr, _ := upstream(b, true)
+	indexAddr, _ := upstream(b)
 	o := options(b)
 	o.IndexAddr = indexAddr
 	o.NarinfoCacheTTL = time.Hour // the narinfo comes from the cache after the first request

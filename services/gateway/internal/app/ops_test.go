@@ -43,9 +43,9 @@ func (oneIndex) GetPathInfo(_ context.Context, req *indexv1.GetPathInfoRequest) 
 	}}, nil
 }
 
-// upstream serves grpc.health.v1 (and, for the index, IndexService) on
-// 127.0.0.1:0.
-func upstream(t testing.TB, index bool) (addr string, hs *health.Server) {
+// upstream serves an index on 127.0.0.1:0: grpc.health.v1 and
+// IndexService.
+func upstream(t testing.TB) (addr string, hs *health.Server) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -54,9 +54,7 @@ func upstream(t testing.TB, index bool) (addr string, hs *health.Server) {
 	srv := grpc.NewServer()
 	hs = health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
-	if index {
-		indexv1.RegisterIndexServiceServer(srv, oneIndex{})
-	}
+	indexv1.RegisterIndexServiceServer(srv, oneIndex{})
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	return lis.Addr().String(), hs
@@ -81,7 +79,7 @@ func get(t *testing.T, url string, header ...string) (int, http.Header, string) 
 }
 
 func TestHealthAndReadiness(t *testing.T) {
-	indexAddr, indexHealth := upstream(t, true)
+	indexAddr, indexHealth := upstream(t)
 	o := options(t)
 	o.IndexAddr = indexAddr
 	url, _ := start(t, o)
@@ -135,7 +133,7 @@ func TestHealthAndReadiness(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
-	indexAddr, _ := upstream(t, true)
+	indexAddr, _ := upstream(t)
 	o := options(t)
 	o.IndexAddr = indexAddr
 	url, _ := start(t, o)
@@ -182,7 +180,7 @@ func TestPrivateRead(t *testing.T) {
 	if err := os.WriteFile(authFile, []byte("laptop read readtok\nci push pushtok\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	indexAddr, _ := upstream(t, true)
+	indexAddr, _ := upstream(t)
 	o := options(t)
 	o.IndexAddr = indexAddr
 	o.PrivateRead = true
