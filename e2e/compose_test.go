@@ -127,6 +127,12 @@ func TestCompose(t *testing.T) {
 			p.assertServed(key, tops...)
 			p.assertAuditTrail(closure, `"caller":"tls client CN=nixcache-index"`)
 			p.assertSignerIsolated()
+			// Control: the signer answers the index's certificate (it
+			// takes no other but its own: -tls-client-names).
+			if out, err := exec.Command("docker", "exec", p.container("index"),
+				"/nixcache-index", "healthcheck", "-addr", "signer:5010").CombinedOutput(); err != nil {
+				t.Errorf("from the index, the signer's health check over mutual TLS: %v\n%s", err, out)
+			}
 		}},
 		{"host store override", func(t *testing.T) {
 			p.assertServesHostStore(key, tops)
@@ -818,7 +824,12 @@ func (p *composeProject) assertAuditTrail(closure []string, want string) {
 func (p *composeProject) withMutualTLS() {
 	t := p.t
 	t.Helper()
-	certs := genCerts(t)
+	// Beside the token file: the project's directory lives until after
+	// the final `down`, which reads the compose files' secrets too.
+	certs := filepath.Join(filepath.Dir(filepath.Dir(p.authFile)), "tls")
+	if out, err := exec.Command(filepath.Join(p.root, "scripts", "gen-certs.sh"), certs).CombinedOutput(); err != nil {
+		t.Fatalf("scripts/gen-certs.sh: %v\n%s", err, out)
+	}
 	entries, err := os.ReadDir(certs)
 	if err != nil {
 		t.Fatal(err)
