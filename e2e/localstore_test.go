@@ -482,7 +482,7 @@ func TestLocalStoreStartupErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			args := append([]string{"-listen", freeAddr(t), "-data-dir", t.TempDir(), "-local-store"}, tt.args...)
+			args := append([]string{"-listen", freeAddr(t), "-insecure-tcp", "-data-dir", t.TempDir(), "-local-store"}, tt.args...)
 			cmd := exec.Command(filepath.Join(binDir, "nixcache-index"), args...)
 			var out bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &out

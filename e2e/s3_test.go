@@ -557,7 +557,7 @@ func TestS3StartupErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			args := append([]string{"-listen", freeAddr(t), "-metrics-listen", "", "-data-dir", t.TempDir(),
+			args := append([]string{"-listen", freeAddr(t), "-insecure-tcp", "-metrics-listen", "", "-data-dir", t.TempDir(),
 				"-nar-backend", "s3", "-s3-endpoint", s.endpoint, "-s3-path-style"}, tt.args...)
 			cmd := exec.CommandContext(ctx, filepath.Join(binDir, "nixcache-index"), args...)
 			cmd.Env = append(withoutAWS(os.Environ()), tt.env...)
