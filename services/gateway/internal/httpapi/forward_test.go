@@ -5,10 +5,13 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/nixcache/nixcache/nix/nixbase32"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
@@ -81,5 +84,23 @@ func TestPushForwardsCredentials(t *testing.T) {
 	e.do(t, request{method: http.MethodGet, path: "/" + hash + ".narinfo", bearer: readToken})
 	if got, ok := seen.get("GetPathInfo"); !ok || len(got) != 0 {
 		t.Errorf("GetPathInfo (called %v) got authorization %q, want none", ok, got)
+	}
+}
+
+// TestIndexRefusesCredentials: a push the gateway let through but the
+// index refused (its token file differs) answers the index's status and
+// reason, and the gateway's log says what to check.
+func TestIndexRefusesCredentials(t *testing.T) {
+	e := newEnv(t)
+	e.index.mu.Lock()
+	e.index.err = status.Error(codes.Unauthenticated, "push is disabled: no credentials are configured (-auth-file)")
+	e.index.mu.Unlock()
+	hash := hashPart("refused")
+	r := e.do(t, request{method: http.MethodPut, path: "/" + hash + ".narinfo", body: []byte(pushedNarinfo(hash).String()), bearer: pushToken})
+	if r.code != http.StatusUnauthorized || !strings.Contains(string(r.body), "index: push is disabled") {
+		t.Errorf("PUT narinfo refused by the index: %d %q, want 401 naming the index", r.code, r.body)
+	}
+	if logs := e.logs.String(); !strings.Contains(logs, "same token file") {
+		t.Errorf("the gateway's log does not point at the token files:\n%s", logs)
 	}
 }
