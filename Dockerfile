@@ -9,8 +9,10 @@
 # Each image holds its binary, /etc/passwd and /etc/group (user nixcache,
 # 65532) and, for the signer and the index, the directory that their volume
 # is mounted on, owned by that user (a new named volume takes its owner from
-# it). No CA certificates: the services speak plain gRPC and HTTP to each
-# other and to Nix clients, and make no TLS connection of their own.
+# it); the signer's and the index's gRPC sockets live in /run/nixcache/,
+# each in a volume of its own, which the service's callers mount. No CA
+# certificates: the services speak gRPC over those sockets (or mutual TLS
+# with certificates mounted in) and plain HTTP to Nix clients.
 # The binaries are the entrypoints; `<binary> healthcheck` is each one's
 # health check (there is no shell).
 
@@ -21,25 +23,29 @@ USER 65532:65532
 
 FROM base AS signer
 COPY --chown=65532:65532 docker/volumes/signer/ /var/lib/nixcache/signer/
+COPY --chown=65532:65532 docker/volumes/socket/ /run/nixcache/signer/
 COPY bin/nixcache-signer /nixcache-signer
-ENV NIXCACHE_LISTEN=0.0.0.0:5010 \
+ENV NIXCACHE_LISTEN=unix:/run/nixcache/signer/signer.sock \
     NIXCACHE_KEY_FILES=/var/lib/nixcache/signer/secret.key
-EXPOSE 5010
 VOLUME /var/lib/nixcache/signer
 ENTRYPOINT ["/nixcache-signer"]
 
 FROM base AS index
 COPY --chown=65532:65532 docker/volumes/index/ /var/lib/nixcache/index/
+COPY --chown=65532:65532 docker/volumes/socket/ /run/nixcache/signer/
+COPY --chown=65532:65532 docker/volumes/socket/ /run/nixcache/index/
 COPY bin/nixcache-index /nixcache-index
-ENV NIXCACHE_LISTEN=0.0.0.0:5011 \
+ENV NIXCACHE_LISTEN=unix:/run/nixcache/index/index.sock \
+    NIXCACHE_SIGNER_ADDR=unix:/run/nixcache/signer/signer.sock \
     NIXCACHE_DATA_DIR=/var/lib/nixcache/index
-EXPOSE 5011
 VOLUME /var/lib/nixcache/index
 ENTRYPOINT ["/nixcache-index"]
 
 FROM base AS gateway
+COPY --chown=65532:65532 docker/volumes/socket/ /run/nixcache/index/
 COPY bin/nixcache-gateway /nixcache-gateway
-ENV NIXCACHE_LISTEN=0.0.0.0:5000
+ENV NIXCACHE_LISTEN=0.0.0.0:5000 \
+    NIXCACHE_INDEX_ADDR=unix:/run/nixcache/index/index.sock
 EXPOSE 5000
 ENTRYPOINT ["/nixcache-gateway"]
 

@@ -13,15 +13,6 @@ import (
 	"testing"
 )
 
-// withAdmin gives the index the cluster's token file, so that its
-// AdminService (and the gateway's JSON API in front of it) accepts the
-// operator's token.
-func withAdmin() clusterOption {
-	return func(c *cluster) {
-		c.extraArgs["index"] = append(c.extraArgs["index"], "-auth-file", filepath.Join(c.dir, "auth"))
-	}
-}
-
 // grpcurlPath finds the real grpcurl: on PATH, or where scripts/tools.sh
 // installs it.
 func grpcurlPath(t *testing.T) string {
@@ -87,7 +78,7 @@ func messages(t *testing.T, out string) []map[string]any {
 // TestAdminGRPCurl drives every admin call with the real grpcurl, as the
 // README shows them, and checks the scopes on gRPC and on the JSON API.
 func TestAdminGRPCurl(t *testing.T) {
-	c := newCluster(t, withAdmin())
+	c := newCluster(t)
 	top, closure := buildClosure(t)
 	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL, top)
 
@@ -191,7 +182,7 @@ func (c *cluster) gcPaths(data string) []string {
 // collects down to a size limit: the dry run matches the real run, pins
 // stay, and every closure left still substitutes with the real Nix.
 func TestGarbageCollection(t *testing.T) {
-	c := newCluster(t, withAdmin())
+	c := newCluster(t)
 	push := nixConfig("netrc-file = " + c.netrc(c.pushToken))
 	trusting := nixConfig("trusted-public-keys = " + c.publicKey)
 	var tops []string
@@ -267,7 +258,7 @@ func (c *cluster) narFileOf(storePath string) string {
 // TestVerifyCorruptNar corrupts a stored NAR file: Verify reports it and
 // the path is no longer served.
 func TestVerifyCorruptNar(t *testing.T) {
-	c := newCluster(t, withAdmin())
+	c := newCluster(t)
 	top, _ := buildClosure(t)
 	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL, top)
 	file := c.narFileOf(top)
@@ -301,7 +292,7 @@ func TestVerifyCorruptNar(t *testing.T) {
 // TestKeyRotation adds a key, after which clients trusting only it accept
 // every path, then retires the old one, whose signatures go.
 func TestKeyRotation(t *testing.T) {
-	c := newCluster(t, withAdmin())
+	c := newCluster(t)
 	top, closure := buildClosure(t)
 	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL, top)
 
@@ -351,7 +342,7 @@ func (e *nixError) Error() string { return e.err.Error() + "\n" + e.stderr }
 // TestAdminJSONWithCurl drives the JSON admin API with the real curl, as
 // the README shows it: the token as a Bearer header, answers in JSON.
 func TestAdminJSONWithCurl(t *testing.T) {
-	c := newCluster(t, withAdmin())
+	c := newCluster(t)
 	top, closure := buildClosure(t)
 	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL, top)
 

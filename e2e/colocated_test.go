@@ -25,7 +25,7 @@ func withNarDir() clusterOption {
 // served although the gateway can still read it and had kept the index's
 // answer for it.
 func TestColocatedNarDir(t *testing.T) {
-	c := newCluster(t, withAdmin(), withNarDir(), withArgs("gateway", cachingGateway...))
+	c := newCluster(t, withNarDir(), withArgs("gateway", cachingGateway...))
 	top, closure := buildClosure(t)
 	local := pathInfos(t, nixConfig(), "--recursive", top)
 	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL+"?compression=zstd", top)

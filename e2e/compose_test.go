@@ -23,8 +23,9 @@ import (
 // Docker engine, as a user deploys it, and drives it with the real Nix
 // client through the published port: push and substitute, a restart of the
 // index, the signer stopped and started again, `down` then `up`, where the
-// private key is and is not, and the host-store override
-// (docker/local-store.yml) switched on.
+// private key is and is not, the signer out of the gateway's reach and its
+// audit trail, the mutual-TLS override (docker/mtls.yml) and the host-store
+// override (docker/local-store.yml) switched on.
 //
 // It needs Docker and docker compose (v2) or docker-compose (1.29); set
 // NIXCACHE_COMPOSE to choose the command (e.g. "docker-compose"), or
@@ -47,14 +48,15 @@ func TestCompose(t *testing.T) {
 		{"private key only in the signer", func(t *testing.T) {
 			p.assertKeyOnlyInSigner(key)
 		}},
-		{"signer unreachable from the host", func(t *testing.T) {
-			p.assertSignerUnreachable()
+		{"signer isolated from the gateway", func(t *testing.T) {
+			p.assertSignerIsolated()
 		}},
 		{"push and substitute", func(t *testing.T) {
-			top, _ := buildClosure(t)
+			top, closure := buildClosure(t)
 			p.mustNix(push, "nix", "copy", "--to", p.URL+"?compression=zstd", top)
 			tops = append(tops, top)
 			p.assertServed(key, tops...)
+			p.assertAuditTrail(closure, `"caller":"unix peer pid=`)
 		}},
 		{"gateway co-located, read-only", func(t *testing.T) {
 			p.assertGatewayReadsNars()
@@ -115,6 +117,22 @@ func TestCompose(t *testing.T) {
 				t.Fatalf("after down and up the signer has key %q, before %q", again, key)
 			}
 			p.assertServed(key, tops...)
+		}},
+		{"mutual TLS override", func(t *testing.T) {
+			p.withMutualTLS()
+			p.assertServed(key, tops...)
+			top, closure := buildClosure(t)
+			p.mustNix(push, "nix", "copy", "--to", p.URL+"?compression=zstd", top)
+			tops = append(tops, top)
+			p.assertServed(key, tops...)
+			p.assertAuditTrail(closure, `"caller":"tls client CN=nixcache-index"`)
+			p.assertSignerIsolated()
+			// Control: the signer answers the index's certificate (it
+			// takes no other but its own: -tls-client-names).
+			if out, err := exec.Command("docker", "exec", p.container("index"),
+				"/nixcache-index", "healthcheck", "-addr", "signer:5010").CombinedOutput(); err != nil {
+				t.Errorf("from the index, the signer's health check over mutual TLS: %v\n%s", err, out)
+			}
 		}},
 		{"host store override", func(t *testing.T) {
 			p.assertServesHostStore(key, tops)
@@ -699,14 +717,14 @@ func (p *composeProject) assertKeyOnlyInSigner(key string) {
 	}
 }
 
-// assertSignerUnreachable: the signer publishes no port, sits only on an
-// internal network, and its gRPC port does not answer from the host, while
-// it does answer at the same address inside that network.
-func (p *composeProject) assertSignerUnreachable() {
+// assertSignerIsolated: the signer publishes no port and sits only on the
+// internal network "signing", which the gateway is not on; only the index
+// mounts the signer's socket volume; from inside the gateway the name
+// "signer" does not even resolve, while from inside the index it does.
+func (p *composeProject) assertSignerIsolated() {
 	t := p.t
 	t.Helper()
-	id := p.container("signer")
-	var info struct {
+	type container struct {
 		HostConfig struct {
 			PortBindings map[string]any
 		}
@@ -714,37 +732,115 @@ func (p *composeProject) assertSignerUnreachable() {
 			Ports    map[string][]any
 			Networks map[string]struct{ IPAddress string }
 		}
+		Mounts []dockerMount
 	}
-	if err := json.Unmarshal([]byte(p.docker("inspect", "-f", "{{json .}}", id)), &info); err != nil {
-		t.Fatal(err)
+	inspect := func(service string) container {
+		var c container
+		if err := json.Unmarshal([]byte(p.docker("inspect", "-f", "{{json .}}", p.container(service))), &c); err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
-	if len(info.HostConfig.PortBindings) > 0 {
-		t.Errorf("the signer has port bindings: %v", info.HostConfig.PortBindings)
+	signer, index, gateway := inspect("signer"), inspect("index"), inspect("gateway")
+	if len(signer.HostConfig.PortBindings) > 0 {
+		t.Errorf("the signer has port bindings: %v", signer.HostConfig.PortBindings)
 	}
-	for port, bindings := range info.NetworkSettings.Ports {
+	for port, bindings := range signer.NetworkSettings.Ports {
 		if len(bindings) > 0 {
 			t.Errorf("the signer's port %s is published: %v", port, bindings)
 		}
 	}
-	if len(info.NetworkSettings.Networks) != 1 {
-		t.Fatalf("the signer is on %d networks, want 1 (the internal one): %v", len(info.NetworkSettings.Networks), info.NetworkSettings.Networks)
+	signing := p.name + "_signing"
+	if len(signer.NetworkSettings.Networks) != 1 {
+		t.Errorf("the signer is on networks %v, want only %s", signer.NetworkSettings.Networks, signing)
 	}
-	for name, n := range info.NetworkSettings.Networks {
+	for name := range signer.NetworkSettings.Networks {
+		if name != signing {
+			t.Errorf("the signer is on network %s, want only %s", name, signing)
+		}
 		if internal := strings.TrimSpace(p.docker("network", "inspect", "-f", "{{.Internal}}", name)); internal != "true" {
 			t.Errorf("the signer's network %s is not internal", name)
 		}
-		addr := net.JoinHostPort(n.IPAddress, "5010")
-		// Control: the signer serves at that address inside its network.
-		if out, err := exec.Command("docker", "exec", id, "/nixcache-signer", "healthcheck", "-addr", addr).CombinedOutput(); err != nil {
-			t.Fatalf("the signer does not answer at %s inside its network: %v\n%s", addr, err, out)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		serving := healthServing(ctx, addr)
-		cancel()
-		if serving {
-			t.Errorf("the signer answers gRPC at %s from the host", addr)
+	}
+	if _, ok := index.NetworkSettings.Networks[signing]; !ok {
+		t.Errorf("the index is not on %s: %v", signing, index.NetworkSettings.Networks)
+	}
+	for name := range gateway.NetworkSettings.Networks {
+		if _, shared := signer.NetworkSettings.Networks[name]; shared {
+			t.Errorf("the gateway shares network %s with the signer", name)
 		}
 	}
+	socketVolume := p.name + "_signer-socket"
+	for service, c := range map[string]container{"index": index, "gateway": gateway} {
+		mounted := slices.ContainsFunc(c.Mounts, func(m dockerMount) bool { return m.Name == socketVolume })
+		if mounted != (service == "index") {
+			t.Errorf("%s mounts the signer's socket volume: %v, want %v", service, mounted, service == "index")
+		}
+	}
+
+	// The gateway's health check subcommand, pointed at the signer's
+	// name, tells whether the name resolves there: the images have no
+	// shell and no other tool.
+	out, err := exec.Command("docker", "exec", p.container("gateway"), "/nixcache-gateway", "healthcheck",
+		"-addr", "signer:5010", "-timeout", "15s").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "lookup signer") {
+		t.Errorf("from the gateway, signer:5010: %v, want the name not to resolve:\n%s", err, out)
+	}
+	// Control: from the index the name resolves (and, over mutual TLS, the
+	// signer answers the index's certificate).
+	out, _ = exec.Command("docker", "exec", p.container("index"), "/nixcache-index", "healthcheck",
+		"-addr", "signer:5010", "-timeout", "15s").CombinedOutput()
+	if strings.Contains(string(out), "lookup signer") {
+		t.Errorf("from the index, the signer's name does not resolve:\n%s", out)
+	}
+}
+
+// assertAuditTrail: the signer's log has an audit line for every path of
+// closure, naming the caller as want says (the index's uid on the socket,
+// or its certificate).
+func (p *composeProject) assertAuditTrail(closure []string, want string) {
+	t := p.t
+	t.Helper()
+	logs := p.compose("logs", "--no-color", "signer")
+	for _, path := range closure {
+		found := false
+		for _, line := range strings.Split(logs, "\n") {
+			if strings.Contains(line, `"msg":"signed"`) && strings.Contains(line, `"store_path":"`+path+`"`) {
+				found = true
+				if !strings.Contains(line, want) {
+					t.Errorf("audit line of %s lacks %s:\n%s", path, want, line)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no audit line for %s in the signer's log", path)
+		}
+	}
+}
+
+// withMutualTLS switches docker/mtls.yml on, with certificates made by
+// scripts/gen-certs.sh and given to the containers' user, as the README
+// tells, and brings the project up again.
+func (p *composeProject) withMutualTLS() {
+	t := p.t
+	t.Helper()
+	// Beside the token file: the project's directory lives until after
+	// the final `down`, which reads the compose files' secrets too.
+	certs := filepath.Join(filepath.Dir(filepath.Dir(p.authFile)), "tls")
+	if out, err := exec.Command(filepath.Join(p.root, "scripts", "gen-certs.sh"), certs).CombinedOutput(); err != nil {
+		t.Fatalf("scripts/gen-certs.sh: %v\n%s", err, out)
+	}
+	entries, err := os.ReadDir(certs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if err := os.Chown(filepath.Join(certs, e.Name()), 65532, 65532); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.withFile(filepath.Join(p.root, "docker", "mtls.yml"), "NIXCACHE_TLS_DIR="+certs)
+	p.up()
 }
 
 // pathNamed is the path of closure whose name contains part.

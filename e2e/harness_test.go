@@ -57,14 +57,16 @@ func run(m *testing.M) int {
 // services in start order.
 var services = []string{"signer", "index", "gateway"}
 
-// cluster is one nixcache deployment: the three real binaries on loopback.
+// cluster is one nixcache deployment: the three real binaries, the signer
+// and the index on Unix sockets (their defaults; withMutualTLS puts them
+// on loopback TCP), the gateway on loopback.
 type cluster struct {
 	t          *testing.T
 	dir        string
 	URL        string // the gateway, http://127.0.0.1:PORT
 	httpAddr   string
-	signerAddr string
-	indexAddr  string
+	signerAddr string // unix:PATH, or 127.0.0.1:PORT with mutual TLS
+	indexAddr  string // the same
 	pushToken  string
 	readToken  string
 	adminToken string
@@ -99,12 +101,13 @@ func withArgs(service string, args ...string) clusterOption {
 func newCluster(t *testing.T, opts ...clusterOption) *cluster {
 	t.Helper()
 	dir := t.TempDir()
+	sockets := socketDir(t)
 	c := &cluster{
 		t:          t,
 		dir:        dir,
 		httpAddr:   freeAddr(t),
-		signerAddr: freeAddr(t),
-		indexAddr:  freeAddr(t),
+		signerAddr: "unix:" + filepath.Join(sockets, "signer.sock"),
+		indexAddr:  "unix:" + filepath.Join(sockets, "index.sock"),
 		pushToken:  "push-" + randomHex(t, 16),
 		readToken:  "read-" + randomHex(t, 16),
 		adminToken: "admin-" + randomHex(t, 16),
@@ -157,8 +160,11 @@ func (c *cluster) args(service string) []string {
 			"-key-files", filepath.Join(c.dir, "signer", "secret.key"),
 			"-key-dir", filepath.Join(c.dir, "signer", "keys")), c.extraArgs[service]...)
 	case "index":
+		// The index checks the push scope of the writes itself: it has
+		// the gateway's token file.
 		return append(append(common, "-listen", c.indexAddr, "-metrics-listen", c.indexMetrics,
-			"-data-dir", filepath.Join(c.dir, "index"), "-signer-addr", c.signerAddr), c.extraArgs[service]...)
+			"-data-dir", filepath.Join(c.dir, "index"), "-signer-addr", c.signerAddr,
+			"-auth-file", filepath.Join(c.dir, "auth")), c.extraArgs[service]...)
 	case "gateway":
 		// No narinfo cache: the tests check that what the index does
 		// (delete, GC, quarantine, re-sign) shows at once; the cache and
@@ -167,7 +173,7 @@ func (c *cluster) args(service string) []string {
 		// wins).
 		common = append(common, "-narinfo-cache-ttl", "0", "-narinfo-cache-max-age", "0")
 		return append(append(common, "-listen", c.httpAddr, "-index-addr", c.indexAddr,
-			"-signer-addr", c.signerAddr, "-auth-file", filepath.Join(c.dir, "auth")), c.extraArgs[service]...)
+			"-auth-file", filepath.Join(c.dir, "auth")), c.extraArgs[service]...)
 	}
 	panic("unknown service " + service)
 }
@@ -326,6 +332,19 @@ func (c *cluster) netrc(token string) string {
 		c.t.Fatal(err)
 	}
 	return path
+}
+
+// socketDir makes a directory for the services' sockets, mode 0700 as
+// scripts/run-local.sh makes the data directory, with a short path (a
+// socket's path is limited to 107 bytes; t.TempDir's carry the test name).
+func socketDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "nixcache-sock-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 func freeAddr(t *testing.T) string {

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/nixcache/nixcache/nix/compression"
@@ -374,8 +375,10 @@ func TestHostileInput(t *testing.T) {
 				want(fmt.Sprintf("GetArtifact(%v, %q)", kind, bad), err)
 			}
 		}
-		// A path info naming a traversal, straight to the index.
-		_, err = idx.PutPathInfo(ctx, &indexv1.PutPathInfoRequest{Info: &indexv1.PathInfo{
+		// A path info naming a traversal, straight to the index, with a
+		// push token (without one it is refused before it is read).
+		pushCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.pushToken)
+		_, err = idx.PutPathInfo(pushCtx, &indexv1.PutPathInfoRequest{Info: &indexv1.PathInfo{
 			StorePath: "/nix/store/../../etc/" + ctlHash + "-x",
 			NarHash:   "sha256:" + ctlFile, NarSize: uint64(len(ctlNAR)),
 			Url: "nar/../../" + ctlFile + ".nar",

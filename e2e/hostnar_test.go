@@ -104,7 +104,7 @@ func hostCopies(t *testing.T, c *cluster) (map[string]int64, int64) {
 // works. Deleted from the host, the paths are 404 within 5 s, their copies
 // gone from disk and from the cache.
 func TestHostNarCopies(t *testing.T) {
-	c := newCluster(t, withAdmin(), withHostCopies(startNixDaemon(t)))
+	c := newCluster(t, withHostCopies(startNixDaemon(t)))
 	top, closure := buildClosure(t)
 	local := pathInfos(t, nixConfig(), "--recursive", top)
 	oldURL := map[string]string{}

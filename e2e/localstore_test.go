@@ -208,7 +208,7 @@ func withGatewayDump() clusterOption {
 func TestLocalStoreDumpedByGateway(t *testing.T) {
 	// No compressed copies (hostnar_test.go): the narinfos keep naming
 	// the dumped NARs.
-	c := newCluster(t, withAdmin(), withLocalStore(startNixDaemon(t)), withGatewayDump(), withoutHostCopies())
+	c := newCluster(t, withLocalStore(startNixDaemon(t)), withGatewayDump(), withoutHostCopies())
 	top, closure := buildClosure(t)
 	local := pathInfos(t, nixConfig(), "--recursive", top)
 	for _, p := range closure {
@@ -493,7 +493,7 @@ func TestLocalStoreStartupErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			// No metrics listener: the default 127.0.0.1:9111 may be taken by a
 			// cache running on this host (make run), which must not fail the test.
-			args := append([]string{"-listen", freeAddr(t), "-metrics-listen", "", "-data-dir", t.TempDir(), "-local-store"}, tt.args...)
+			args := append([]string{"-listen", freeAddr(t), "-insecure-tcp", "-metrics-listen", "", "-data-dir", t.TempDir(), "-local-store"}, tt.args...)
 			cmd := exec.Command(filepath.Join(binDir, "nixcache-index"), args...)
 			var out bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &out

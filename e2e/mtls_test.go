@@ -31,6 +31,8 @@ func genCerts(t *testing.T) string {
 func withMutualTLS(dir string) clusterOption {
 	return func(c *cluster) {
 		file := func(name string) string { return filepath.Join(dir, name) }
+		// Mutual TLS is for services on several hosts: TCP.
+		c.signerAddr, c.indexAddr = freeAddr(c.t), freeAddr(c.t)
 		for _, s := range []string{"signer", "index"} {
 			c.extraArgs[s] = append(c.extraArgs[s], "-tls-cert", file(s+".pem"), "-tls-key", file(s+".key"), "-tls-client-ca", file("ca.pem"))
 		}

@@ -147,7 +147,7 @@ func goneWithin(t *testing.T, url string, bound time.Duration) time.Duration {
 // within the documented bound, although B's TTL is 10 minutes; after an
 // index restart B watches again and the bound still holds.
 func TestSeveralGateways(t *testing.T) {
-	c := newCluster(t, withAdmin(), withArgs("gateway", cachingGateway...))
+	c := newCluster(t, withArgs("gateway", cachingGateway...))
 	a := c.URL
 	b := c.startGateway("gateway-b", cachingGateway...)
 	const watchUp = "nixcache_index_watch_up"

@@ -14,7 +14,7 @@ import (
 // multigw_test.go tests the cache with the watch.
 func TestNarinfoCacheBound(t *testing.T) {
 	const ttl = 2 * time.Second
-	c := newCluster(t, withAdmin(), withArgs("gateway", "-narinfo-cache-ttl", ttl.String(), "-narinfo-cache-max-age", "0"))
+	c := newCluster(t, withArgs("gateway", "-narinfo-cache-ttl", ttl.String(), "-narinfo-cache-max-age", "0"))
 	top, _ := buildClosure(t)
 	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL, top)
 

@@ -340,7 +340,7 @@ func TestS3Redirect(t *testing.T) {
 	s := startS3(t)
 	// Clients reach the bucket under another name than the index does.
 	public := strings.Replace(s.endpoint, "127.0.0.1", "localhost", 1)
-	c := newCluster(t, withS3(s, "", "-s3-presign-endpoint", public), withArgs("gateway", "-nar-redirect"), withAdmin())
+	c := newCluster(t, withS3(s, "", "-s3-presign-endpoint", public), withArgs("gateway", "-nar-redirect"))
 	top, closure := buildClosure(t)
 	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL+"?compression=zstd", top)
 
@@ -398,7 +398,7 @@ func TestS3Redirect(t *testing.T) {
 // index reads its credentials from a file here.
 func TestS3VerifyDeleteGC(t *testing.T) {
 	s := startS3(t)
-	c := newCluster(t, withS3CredentialsFile(s), withAdmin())
+	c := newCluster(t, withS3CredentialsFile(s))
 	push := nixConfig("netrc-file = " + c.netrc(c.pushToken))
 	top1, _ := buildClosure(t)
 	top2, _ := buildClosure(t)
@@ -557,7 +557,7 @@ func TestS3StartupErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			args := append([]string{"-listen", freeAddr(t), "-metrics-listen", "", "-data-dir", t.TempDir(),
+			args := append([]string{"-listen", freeAddr(t), "-insecure-tcp", "-metrics-listen", "", "-data-dir", t.TempDir(),
 				"-nar-backend", "s3", "-s3-endpoint", s.endpoint, "-s3-path-style"}, tt.args...)
 			cmd := exec.CommandContext(ctx, filepath.Join(binDir, "nixcache-index"), args...)
 			cmd.Env = append(withoutAWS(os.Environ()), tt.env...)
@@ -592,7 +592,7 @@ func TestS3CreateBucket(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "nixcache-index"), "-listen", addr, "-metrics-listen", "",
-		"-data-dir", t.TempDir(), "-signer-addr", freeAddr(t), "-nar-backend", "s3", "-s3-endpoint", s.endpoint,
+		"-data-dir", t.TempDir(), "-insecure-tcp", "-signer-addr", freeAddr(t), "-nar-backend", "s3", "-s3-endpoint", s.endpoint,
 		"-s3-path-style", "-s3-bucket", bucket, "-s3-create-bucket")
 	cmd.Env = append(withoutAWS(os.Environ()), "AWS_ACCESS_KEY_ID="+s.access, "AWS_SECRET_ACCESS_KEY="+s.secret)
 	var out bytes.Buffer

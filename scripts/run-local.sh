@@ -4,7 +4,10 @@
 # each service documents in `bin/nixcache-<service> -h`; these are the ones
 # this script sets unless you already did:
 #
-#   NIXCACHE_DATA_DIR   ./data   where keys, catalogue, NARs and tokens live
+#   NIXCACHE_DATA_DIR   ./data   where keys, catalogue, NARs, tokens and the
+#                                signer's and the index's gRPC sockets live
+#                                (mode 0700: no other user of the host can
+#                                reach the services, nor get a signature)
 #   NIXCACHE_KEY_NAME   <hostname>-1   name of the key made on first start
 #   NIXCACHE_LISTEN_HTTP 127.0.0.1:5000   the gateway's address
 set -euo pipefail
@@ -14,10 +17,12 @@ data=${NIXCACHE_DATA_DIR:-$PWD/data}
 key_name=${NIXCACHE_KEY_NAME:-$(hostname)-1}
 http=${NIXCACHE_LISTEN_HTTP:-127.0.0.1:5000}
 export NIXCACHE_LOG_FORMAT=${NIXCACHE_LOG_FORMAT:-text}
-unset NIXCACHE_DATA_DIR NIXCACHE_LISTEN # each service gets its own below
+unset NIXCACHE_DATA_DIR NIXCACHE_LISTEN NIXCACHE_SIGNER_ADDR NIXCACHE_INDEX_ADDR # each service gets its own below
 
 mkdir -p "$data/signer" "$data/index/nars" "$data/gateway"
-chmod 700 "$data/signer"
+chmod 700 "$data" "$data/signer"
+signer_sock=unix:$data/signer.sock
+index_sock=unix:$data/index.sock
 
 auth=$data/gateway/auth
 if [ ! -f "$auth" ]; then
@@ -36,21 +41,23 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-bin/nixcache-signer -key-files "$data/signer/secret.key" -generate-key "$key_name" \
+bin/nixcache-signer -listen "$signer_sock" -key-files "$data/signer/secret.key" -generate-key "$key_name" \
   -key-dir "$data/signer/keys" & pids+=($!)
 for _ in $(seq 100); do # the signer writes the public key on first start
   [ -f "$data/signer/secret.key.pub" ] && break
   sleep 0.1
 done
 pub=$(cat "$data/signer/secret.key.pub" 2>/dev/null || echo "<see the signer's log above>")
-bin/nixcache-index -data-dir "$data/index" -auth-file "$auth" & pids+=($!)
+# The index checks the push scope of every write itself (the token file is
+# the gateway's), so a gateway taken over cannot publish without a token.
+bin/nixcache-index -listen "$index_sock" -signer-addr "$signer_sock" -data-dir "$data/index" -auth-file "$auth" & pids+=($!)
 # Co-located: the gateway sends the index's NAR files itself (README), and
 # with NIXCACHE_LOCAL_STORE=true dumps the host store's NARs itself too.
 local_store=()
 if [ "${NIXCACHE_LOCAL_STORE:-false}" = true ]; then
   local_store=(-local-store-dir "${NIXCACHE_STORE_DIR:-/nix/store}")
 fi
-bin/nixcache-gateway -listen "$http" -auth-file "$auth" -nar-dir "$data/index/nars" "${local_store[@]}" & pids+=($!)
+bin/nixcache-gateway -listen "$http" -index-addr "$index_sock" -auth-file "$auth" -nar-dir "$data/index/nars" "${local_store[@]}" & pids+=($!)
 
 cat >&2 <<MSG
 

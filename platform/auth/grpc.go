@@ -18,7 +18,8 @@ const authorizationKey = "authorization"
 
 // Rules maps full gRPC method names ("/nixcache.index.v1.AdminService/GetStats")
 // to the scope a call needs. Methods not in the table are not checked:
-// service-to-service RPCs are protected by the network.
+// service-to-service RPCs are protected by the transport (a Unix socket
+// only the services' user reaches, or mutual TLS).
 type Rules map[string]Scope
 
 // ServiceRules returns rules for every method of the service sd: each

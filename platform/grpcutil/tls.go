@@ -29,6 +29,11 @@ import (
 // renewed file that does not load is logged and the last good one kept.
 type TLSFiles struct {
 	Cert, Key, CA string
+	// ClientNames, on a server, are the names a client certificate must
+	// carry one of (its common name or a DNS name): "nixcache-index" lets
+	// only the index's certificate call the signer. Empty: any
+	// certificate signed by CA.
+	ClientNames []string
 	// flags name the flags that set Cert, Key and CA, for error messages.
 	flags [3]string
 }
@@ -41,6 +46,15 @@ func ServerTLSFlags(fs *flag.FlagSet) *TLSFiles {
 	fs.StringVar(&f.Cert, f.flags[0], "", "PEM certificate (chain) of this gRPC server; with -tls-key and -tls-client-ca turns on mutual TLS (empty: plain text)")
 	fs.StringVar(&f.Key, f.flags[1], "", "PEM private key of -tls-cert")
 	fs.StringVar(&f.CA, f.flags[2], "", "PEM CA certificate(s); gRPC clients must present a certificate signed by one")
+	fs.Func("tls-client-names", "comma-separated names, one of which a client certificate must carry as its common name or a DNS name (e.g. nixcache-index: only the index may call); empty: any certificate signed by -tls-client-ca", func(v string) error {
+		f.ClientNames = nil
+		for _, n := range strings.Split(v, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				f.ClientNames = append(f.ClientNames, n)
+			}
+		}
+		return nil
+	})
 	return f
 }
 
@@ -76,6 +90,9 @@ func (f *TLSFiles) flag(i int) string {
 // one certificate. Errors name the flag at fault.
 func (f *TLSFiles) Validate() error {
 	if !f.Enabled() {
+		if len(f.ClientNames) > 0 {
+			return errors.New("-tls-client-names needs mutual TLS (-tls-cert, -tls-key, -tls-client-ca)")
+		}
 		return nil
 	}
 	var missing []string
@@ -119,6 +136,9 @@ func (f *TLSFiles) loadCA() (*x509.CertPool, error) {
 // (grpc.Creds), or none when f is not enabled.
 func (f *TLSFiles) ServerOptions(log *slog.Logger) ([]grpc.ServerOption, error) {
 	if !f.Enabled() {
+		if f != nil {
+			return nil, f.Validate() // -tls-client-names alone
+		}
 		return nil, nil
 	}
 	creds, err := f.ServerCredentials(log)
@@ -147,13 +167,32 @@ func (f *TLSFiles) ServerCredentials(log *slog.Logger) (credentials.TransportCre
 				return nil, err
 			}
 			return &tls.Config{
-				MinVersion:   tls.VersionTLS13,
-				Certificates: []tls.Certificate{*cert},
-				ClientAuth:   tls.RequireAndVerifyClientCert,
-				ClientCAs:    pool,
+				MinVersion:       tls.VersionTLS13,
+				Certificates:     []tls.Certificate{*cert},
+				ClientAuth:       tls.RequireAndVerifyClientCert,
+				ClientCAs:        pool,
+				VerifyConnection: f.checkClientName,
 			}, nil
 		},
 	}), nil
+}
+
+// checkClientName refuses a client certificate that carries none of
+// f.ClientNames (after the chain was verified against the CA).
+func (f *TLSFiles) checkClientName(cs tls.ConnectionState) error {
+	if len(f.ClientNames) == 0 {
+		return nil
+	}
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("tls: the client sent no certificate")
+	}
+	leaf := cs.PeerCertificates[0]
+	for _, n := range f.ClientNames {
+		if leaf.Subject.CommonName == n || slices.Contains(leaf.DNSNames, n) {
+			return nil
+		}
+	}
+	return fmt.Errorf("tls: client certificate %q is not one of -tls-client-names %q", leaf.Subject.CommonName, f.ClientNames)
 }
 
 // DialOption returns the transport credentials for calls to target:

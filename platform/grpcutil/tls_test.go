@@ -268,3 +268,29 @@ func TestServerName(t *testing.T) {
 		}
 	}
 }
+
+// TestClientNames: with ClientNames, only a client certificate carrying
+// one of them (common name or DNS name) is served.
+func TestClientNames(t *testing.T) {
+	ca := tlstest.NewCA(t, "nixcache test CA")
+	server := files(ca, ca, "signer", "127.0.0.1")
+	server.ClientNames = []string{"nixcache-index", "index.internal"}
+	addr := serveTLS(t, server)
+	for name, c := range map[string]struct {
+		files *TLSFiles
+		ok    bool
+	}{
+		"named by CN":        {files(ca, ca, "nixcache-index"), true},
+		"named by DNS name":  {files(ca, ca, "some-index", "index.internal"), true},
+		"another of the CA":  {files(ca, ca, "nixcache-gateway", "gateway"), false},
+		"a name as a prefix": {files(ca, ca, "nixcache-index-2"), false},
+	} {
+		err := check(t, addr, dialOption(t, c.files, addr))
+		if c.ok != (err == nil) {
+			t.Errorf("%s: %v, want served %v", name, err, c.ok)
+		}
+	}
+	if err := (&TLSFiles{ClientNames: []string{"x"}}).Validate(); err == nil {
+		t.Error("ClientNames without TLS files: valid")
+	}
+}

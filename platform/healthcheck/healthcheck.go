@@ -40,7 +40,8 @@ const ListenEnv = "NIXCACHE_LISTEN"
 // clients (and, say, keep them out of its request log).
 const UserAgent = "nixcache-healthcheck"
 
-// Probe checks the service at addr (host:port) once; nil means healthy.
+// Probe checks the service at addr (host:port, or unix:PATH for gRPC)
+// once; nil means healthy.
 type Probe func(ctx context.Context, addr string) error
 
 // GRPC is the Probe of a gRPC service over plain text: grpc.health.v1
@@ -51,7 +52,11 @@ func GRPC(ctx context.Context, addr string) error {
 
 // grpcProbe is the gRPC Probe over the transport of creds.
 func grpcProbe(ctx context.Context, addr string, creds grpc.DialOption) error {
-	cc, err := grpc.NewClient("passthrough:///"+addr, creds)
+	target := addr
+	if _, unix := grpcutil.SocketPath(addr); !unix {
+		target = "passthrough:///" + addr
+	}
+	cc, err := grpc.NewClient(target, creds)
 	if err != nil {
 		return fmt.Errorf("health check %s: %w", addr, err)
 	}

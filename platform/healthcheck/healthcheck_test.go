@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -32,6 +33,22 @@ func grpcServer(t *testing.T, status healthpb.HealthCheckResponse_ServingStatus)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
 	return lis.Addr().String()
+}
+
+// grpcUnixServer is grpcServer on a Unix socket; it returns "unix:PATH".
+func grpcUnixServer(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "health.sock")
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return "unix:" + path
 }
 
 // closedAddr is an address nothing listens on.
@@ -70,6 +87,7 @@ func TestHealthcheck(t *testing.T) {
 		{"grpc serving", GRPC, func(t *testing.T) string { return grpcServer(t, healthpb.HealthCheckResponse_SERVING) }, 0, ""},
 		{"grpc not serving", GRPC, func(t *testing.T) string { return grpcServer(t, healthpb.HealthCheckResponse_NOT_SERVING) }, 1, "NOT_SERVING"},
 		{"grpc nothing listening", GRPC, closedAddr, 1, "unhealthy"},
+		{"grpc unix socket", GRPC, grpcUnixServer, 0, ""},
 		{"http 200", HTTPGet("/nix-cache-info"), func(t *testing.T) string { return httpServer(t, http.StatusOK) }, 0, ""},
 		{"http 503", HTTPGet("/nix-cache-info"), func(t *testing.T) string { return httpServer(t, http.StatusServiceUnavailable) }, 1, "503"},
 		{"http wrong path", HTTPGet("/healthz"), func(t *testing.T) string { return httpServer(t, http.StatusOK) }, 1, "404"},

@@ -1,5 +1,5 @@
 // Command nixcache-gateway serves the Nix binary-cache HTTP protocol in
-// front of the nixcache index and signer services.
+// front of the nixcache index service. It never talks to the signer.
 package main
 
 import (
@@ -39,14 +39,14 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("nixcache-gateway", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:5000", "HTTP address to serve the binary cache on")
 	var o app.Options
-	fs.StringVar(&o.IndexAddr, "index-addr", "127.0.0.1:5011", "gRPC address of the index service")
-	fs.StringVar(&o.SignerAddr, "signer-addr", "127.0.0.1:5010", "gRPC address of the signer service")
+	fs.StringVar(&o.IndexAddr, "index-addr", "unix:data/index.sock", "gRPC address of the index service: unix:PATH (the index's default) or host:port (with mutual TLS, -grpc-tls-*)")
+	signerAddr := fs.String("signer-addr", "", "deprecated and ignored: the gateway no longer talks to the signer (it learns the public keys from the index)")
 	fs.StringVar(&o.StoreDir, "store-dir", storepath.DefaultStoreDir, "Nix store directory the cache serves paths of")
 	fs.IntVar(&o.Priority, "priority", 30, "cache priority announced in nix-cache-info (lower is preferred; cache.nixos.org is 40)")
 	fs.StringVar(&o.AuthFile, "auth-file", "", `token file, one "<name> <scopes> <token>" a line, scopes a comma list of read,push,admin; empty disables pushing`)
 	publicRead := fs.Bool("public-read", true, "let anyone read (nix-cache-info, narinfos, NARs); false requires a token with the read scope (Nix clients send it from a netrc file) and -auth-file")
 	fs.Int64Var(&o.MaxNarinfoSize, "max-narinfo-size", 64<<10, "largest narinfo a client may push, in bytes")
-	fs.DurationVar(&o.RequestTimeout, "request-timeout", 30*time.Second, "bound on each index or signer call, and on the wait for a NAR stream to start")
+	fs.DurationVar(&o.RequestTimeout, "request-timeout", 30*time.Second, "bound on each index call, and on the wait for a NAR stream to start")
 	fs.DurationVar(&o.TransferIdleTimeout, "transfer-idle-timeout", 2*time.Minute, "longest a NAR upload or download may make no progress (0: unbounded)")
 	fs.StringVar(&o.PublicURL, "public-url", "", "URL clients reach the cache at, as the landing page shows it (default: the scheme and Host of each request)")
 	fs.BoolVar(&o.NarRedirect, "nar-redirect", false, "answer GET /nar/<file hash>.nar* with a redirect (307) to a presigned URL of the file when the index keeps NARs in a bucket (index -nar-backend=s3): clients download from the bucket, which they must be able to reach (index -s3-presign-endpoint)")
@@ -72,6 +72,9 @@ func run(args []string) error {
 		return err
 	}
 	o.Log = log
+	if *signerAddr != "" {
+		log.Warn("-signer-addr (NIXCACHE_SIGNER_ADDR) is deprecated and ignored: the gateway never talks to the signer; remove it", "signer_addr", *signerAddr)
+	}
 	o.PrivateRead = !*publicRead
 	o.UpstreamTLS = *upstreamTLS
 

@@ -24,9 +24,13 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
 )
 
+// defaultListen is a Unix socket in the data directory, which only the
+// services' user can reach.
+const defaultListen = "unix:data/index.sock"
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(healthcheck.GRPCMain("nixcache-index", "127.0.0.1:5011", os.Args[2:], os.Stderr))
+		os.Exit(healthcheck.GRPCMain("nixcache-index", defaultListen, os.Args[2:], os.Stderr))
 	}
 	if len(os.Args) > 1 && os.Args[1] == "check" {
 		if err := runCheck(os.Args[2:]); err != nil {
@@ -43,16 +47,16 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("nixcache-index", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:5011", "gRPC listen address")
+	listen := grpcutil.ListenFlags(fs, defaultListen)
 	dataDir := fs.String("data-dir", "data/index", "directory of the catalogue (catalog.db) and the NAR files")
-	signerAddr := fs.String("signer-addr", "127.0.0.1:5010", "signer gRPC address")
+	signerAddr := fs.String("signer-addr", "unix:data/signer.sock", "signer gRPC address: unix:PATH (the signer's default) or host:port (with mutual TLS, -grpc-tls-*)")
 	storeDir := fs.String("store-dir", storepath.DefaultStoreDir, "Nix store directory of the cached paths")
 	maxNarSize := fs.Uint64("max-nar-size", 64<<30, "largest NAR file, and largest decompressed NAR, accepted, in bytes")
 	signTimeout := fs.Duration("sign-timeout", 10*time.Second, "deadline of each call to the signer")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long calls in flight may finish at shutdown")
-	authFile := fs.String("auth-file", "", `token file, one "<name> <scopes> <token>" a line (scopes: read,push,admin); AdminService needs admin, except GetStats and ListKeys (read); empty disables those needing a token`)
+	authFile := fs.String("auth-file", "", `token file, one "<name> <scopes> <token>" a line (scopes: read,push,admin), the gateway's: IndexService's PutNar, PutPathInfo and PutArtifact need push (the gateway forwards its caller's token), AdminService admin, except GetStats and ListKeys (read); empty disables pushing and those needing a token`)
 	publicRead := fs.Bool("public-read", true, "let callers without a token use the read-scoped admin RPCs (GetStats, ListKeys); false needs -auth-file")
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:9111", "HTTP address serving /metrics and /healthz; empty disables")
 	localStore := fs.Bool("local-store", false, "also serve the host's Nix store (-store-dir, which must be readable), as nix-serve does, learning its paths from the Nix daemon")
@@ -152,9 +156,9 @@ func run(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	lis, err := net.Listen("tcp", *listen)
+	lis, err := listen.Listen(serverTLS, log)
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return err
 	}
 	if *metricsListen != "" {
 		mlis, err := net.Listen("tcp", *metricsListen)

@@ -29,8 +29,11 @@ import (
 )
 
 const (
-	name          = "nixcache-signer"
-	defaultListen = "127.0.0.1:5010"
+	name = "nixcache-signer"
+	// defaultListen is a Unix socket in the data directory, which only
+	// the services' user can reach: no other user of the host can get a
+	// signature.
+	defaultListen = "unix:data/signer.sock"
 )
 
 func main() {
@@ -56,7 +59,7 @@ func run(args []string, stderr io.Writer) int {
 func serve(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", defaultListen, "gRPC listen address")
+	listen := grpcutil.ListenFlags(fs, defaultListen)
 	keyFiles := fs.String("key-files", "", "comma-separated Nix secret key files (mode 0600); every key signs unless retired, the first is the primary")
 	keyDir := fs.String("key-dir", "", "directory of the keys made with GenerateKey (`dir`, e.g. data/signer/keys) and of the list of retired keys; loaded at start with -key-files; empty disables GenerateKey and RetireKey")
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:9110", "HTTP address serving /metrics and /healthz; empty disables")
@@ -91,9 +94,9 @@ func serve(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	lis, err := net.Listen("tcp", *listen)
+	lis, err := listen.Listen(tlsFiles, log)
 	if err != nil {
-		log.Error("listen", "addr", *listen, "err", err)
+		log.Error("listen", "err", err)
 		return 1
 	}
 	defer lis.Close()

@@ -87,10 +87,11 @@ func TestUsage(t *testing.T) {
 		{name: "stray argument", args: []string{"serve"}, wantCode: 2, want: []string{`unexpected argument "serve"`}},
 		{name: "bad log format", args: []string{"-log-format", "xml"}, wantCode: 2, want: []string{"xml"}},
 		{name: "bad env", env: map[string]string{"NIXCACHE_MAX_BATCH": "many"}, wantCode: 2, want: []string{"NIXCACHE_MAX_BATCH"}},
-		{name: "no key files", args: []string{"-listen", "127.0.0.1:0"}, wantCode: 1, want: []string{"-key-files"}},
-		{name: "world-readable key", args: []string{"-listen", "127.0.0.1:0", "-key-files", open}, wantCode: 1, want: []string{open, "group or others", "chmod 600"}},
-		{name: "world-readable key from env", env: map[string]string{"NIXCACHE_KEY_FILES": open, "NIXCACHE_LISTEN": "127.0.0.1:0"}, wantCode: 1, want: []string{"chmod 600"}},
-		{name: "duplicate key names", args: []string{"-listen", "127.0.0.1:0", "-log-format", "text", "-key-files", dup + "," + dup}, wantCode: 1, want: []string{"already used"}},
+		{name: "no key files", args: []string{"-listen", "127.0.0.1:0", "-insecure-tcp"}, wantCode: 1, want: []string{"-key-files"}},
+		{name: "world-readable key", args: []string{"-listen", "127.0.0.1:0", "-insecure-tcp", "-key-files", open}, wantCode: 1, want: []string{open, "group or others", "chmod 600"}},
+		{name: "world-readable key from env", env: map[string]string{"NIXCACHE_KEY_FILES": open, "NIXCACHE_LISTEN": "127.0.0.1:0", "NIXCACHE_INSECURE_TCP": "true"}, wantCode: 1, want: []string{"chmod 600"}},
+		{name: "plain TCP refused", args: []string{"-listen", "127.0.0.1:0", "-key-files", dup}, wantCode: 1, want: []string{"without mutual TLS", "-insecure-tcp"}},
+		{name: "duplicate key names", args: []string{"-listen", "127.0.0.1:0", "-insecure-tcp", "-log-format", "text", "-key-files", dup + "," + dup}, wantCode: 1, want: []string{"already used"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -81,6 +81,10 @@ type Nixcache struct {
 
 	bin       string
 	indexArgs []string
+	// insecureTCP: the binaries serve Unix sockets by default and need
+	// -insecure-tcp for the bench's loopback addresses (and the index
+	// the token file).
+	insecureTCP bool
 }
 
 // NixcacheOptions configure StartNixcache.
@@ -140,7 +144,13 @@ func StartNixcache(ctx context.Context, o NixcacheOptions) (*Nixcache, error) {
 		common = append(common, "-log-level", o.LogLevel)
 	}
 	logs := filepath.Join(o.Dir, "logs")
-	signerArgs := append(common, "-listen", n.SignerAddr, "-key-files", n.SecretKey)
+	// Binaries that serve Unix sockets by default refuse plain TCP
+	// without -insecure-tcp, and their gateway never calls the signer.
+	n.insecureTCP = hasBoolFlag(o.Bin, "signer", "-insecure-tcp")
+	signerArgs := append(slices.Clone(common), "-listen", n.SignerAddr, "-key-files", n.SecretKey)
+	if n.insecureTCP {
+		signerArgs = append(signerArgs, "-insecure-tcp")
+	}
 	if signerArgs, err = withMetrics(o.Bin, "signer", signerArgs); err != nil {
 		return nil, err
 	}
@@ -152,8 +162,11 @@ func StartNixcache(ctx context.Context, o NixcacheOptions) (*Nixcache, error) {
 		err = n.StartIndex(ctx)
 	}
 	gatewayArgs := func(addr string) []string {
-		return append(slices.Clone(common), "-listen", addr, "-index-addr", n.IndexAddr, "-signer-addr", n.SignerAddr,
-			"-auth-file", filepath.Join(o.Dir, "auth"))
+		args := append(slices.Clone(common), "-listen", addr, "-index-addr", n.IndexAddr, "-auth-file", filepath.Join(o.Dir, "auth"))
+		if !n.insecureTCP {
+			args = append(args, "-signer-addr", n.SignerAddr)
+		}
+		return args
 	}
 	if err == nil {
 		args := gatewayArgs(n.HTTPAddr)
@@ -196,6 +209,10 @@ func StartNixcache(ctx context.Context, o NixcacheOptions) (*Nixcache, error) {
 func (n *Nixcache) StartIndex(ctx context.Context) error {
 	args := []string{"-log-format", "json", "-listen", n.IndexAddr,
 		"-data-dir", filepath.Join(n.Dir, "index"), "-signer-addr", n.SignerAddr}
+	if n.insecureTCP {
+		// The index checks the push token itself too.
+		args = append(args, "-insecure-tcp", "-auth-file", filepath.Join(n.Dir, "auth"))
+	}
 	args = append(args, n.indexArgs...)
 	args, err := withMetrics(n.bin, "index", args)
 	if err != nil {
@@ -218,6 +235,13 @@ func (n *Nixcache) StartIndex(ctx context.Context) error {
 func hasFlag(bin, service, flag string) bool {
 	help, _ := exec.Command(filepath.Join(bin, "nixcache-"+service), "-h").CombinedOutput()
 	return strings.Contains(string(help), flag+" ")
+}
+
+// hasBoolFlag reports whether a service's binary has the boolean flag
+// (printed alone on its help line).
+func hasBoolFlag(bin, service, flag string) bool {
+	help, _ := exec.Command(filepath.Join(bin, "nixcache-"+service), "-h").CombinedOutput()
+	return strings.Contains(string(help), "  "+flag+"\n")
 }
 
 // withMetrics gives a service that serves metrics on a fixed default port

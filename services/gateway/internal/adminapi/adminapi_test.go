@@ -24,7 +24,6 @@ import (
 
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
-	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 	"github.com/nixcache/nixcache/services/gateway/internal/httpapi"
 )
 
@@ -149,7 +148,6 @@ func newEnv(t *testing.T, requestTimeout time.Duration) *env {
 	// its response recorder) in front of the admin API.
 	h, err := httpapi.New(httpapi.Config{
 		Index:          indexv1.NewIndexServiceClient(conn),
-		Signer:         signerv1.NewSignerServiceClient(conn),
 		Log:            log,
 		StoreDir:       "/nix/store",
 		MaxNarinfoSize: 1 << 10,

@@ -1,5 +1,7 @@
-// Package app runs the gateway: it connects to the index and signer and
-// serves the Nix binary-cache HTTP protocol until its context ends.
+// Package app runs the gateway: it connects to the index and serves the
+// Nix binary-cache HTTP protocol until its context ends. The gateway, the
+// process facing the network, never talks to the signer: it learns the
+// public keys from the index.
 package app
 
 import (
@@ -18,7 +20,6 @@ import (
 	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
-	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 	"github.com/nixcache/nixcache/services/gateway/internal/adminapi"
 	"github.com/nixcache/nixcache/services/gateway/internal/httpapi"
 	"github.com/nixcache/nixcache/services/gateway/internal/landing"
@@ -35,10 +36,9 @@ const (
 
 // Options configures Run.
 type Options struct {
-	IndexAddr  string // gRPC target of the index
-	SignerAddr string // gRPC target of the signer
-	StoreDir   string
-	Priority   int
+	IndexAddr string // gRPC target of the index
+	StoreDir  string
+	Priority  int
 	// AuthFile is the token file; "" disables pushing.
 	AuthFile string
 	// PrivateRead makes reads need a token with the read scope
@@ -52,10 +52,10 @@ type Options struct {
 	// PublicURL is the cache's URL as the landing page shows it; "" uses
 	// the scheme and Host of each request.
 	PublicURL string
-	// UpstreamTLS, when enabled, calls the index and the signer over
-	// mutual TLS (-grpc-tls-cert, -grpc-tls-key, -grpc-tls-ca).
+	// UpstreamTLS, when enabled, calls the index over mutual TLS
+	// (-grpc-tls-cert, -grpc-tls-key, -grpc-tls-ca).
 	UpstreamTLS grpcutil.TLSFiles
-	// DialOptions are added to both gRPC clients' (tests use them).
+	// DialOptions are added to the index client's (tests use them).
 	DialOptions []grpc.DialOption
 
 	// ZstdLocal compresses uncompressed NARs with zstd on the fly for
@@ -89,8 +89,6 @@ func (o Options) validate() error {
 	switch {
 	case o.IndexAddr == "":
 		return errors.New("index address is empty")
-	case o.SignerAddr == "":
-		return errors.New("signer address is empty")
 	case o.Priority < 0:
 		return fmt.Errorf("priority %d is negative", o.Priority)
 	case o.MaxNarinfoSize <= 0:
@@ -161,7 +159,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 	return serve(ctx, srv, lis, o.ShutdownGrace, o.Log)
 }
 
-// newHandler connects to the index and the signer and returns the
+// newHandler connects to the index and returns the
 // gateway's whole HTTP handler (ops endpoints and metrics around the Nix
 // routes), its narinfo cache following the index until ctx ends or the
 // returned function is called, which stops that and closes the
@@ -172,25 +170,15 @@ func newHandler(ctx context.Context, o Options, policy auth.Policy) (http.Handle
 	if err != nil {
 		return nil, nil, err
 	}
-	signerCreds, err := o.UpstreamTLS.DialOption(o.SignerAddr, o.Log)
-	if err != nil {
-		return nil, nil, err
-	}
-	indexConn, err := grpcutil.Dial(o.IndexAddr, append(append(ops.dialOptions(), indexCreds), o.DialOptions...)...)
+	// The writes carry the pusher's credentials: the index checks the
+	// push scope again.
+	dialOpts := append(append(ops.dialOptions(), indexCreds), auth.ForwardDialOptions(httpapi.ForwardedMethods...)...)
+	indexConn, err := grpcutil.Dial(o.IndexAddr, append(dialOpts, o.DialOptions...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("index: %w", err)
 	}
-	signerConn, err := grpcutil.Dial(o.SignerAddr, append(append(ops.dialOptions(), signerCreds), o.DialOptions...)...)
-	if err != nil {
-		indexConn.Close()
-		return nil, nil, fmt.Errorf("signer: %w", err)
-	}
-	closeConns := func() {
-		signerConn.Close()
-		indexConn.Close()
-	}
+	closeConns := func() { indexConn.Close() }
 
-	signer := signerv1.NewSignerServiceClient(signerConn)
 	adminHandler, err := adminapi.New(adminapi.Config{
 		Index:          indexConn,
 		RequestTimeout: o.RequestTimeout,
@@ -201,7 +189,6 @@ func newHandler(ctx context.Context, o Options, policy auth.Policy) (http.Handle
 		return nil, nil, err
 	}
 	landingHandler, err := landing.New(landing.Config{
-		Signer:    signer,
 		Admin:     indexv1.NewAdminServiceClient(indexConn),
 		PublicURL: o.PublicURL,
 		Timeout:   o.RequestTimeout,
@@ -213,7 +200,6 @@ func newHandler(ctx context.Context, o Options, policy auth.Policy) (http.Handle
 	}
 	handler, err := httpapi.New(httpapi.Config{
 		Index:               indexv1.NewIndexServiceClient(indexConn),
-		Signer:              signer,
 		Auth:                policy,
 		Log:                 o.Log,
 		StoreDir:            o.StoreDir,
@@ -253,7 +239,7 @@ func newHandler(ctx context.Context, o Options, policy auth.Policy) (http.Handle
 		<-reported
 		closeConns()
 	}
-	return ops.handler(handler, dependency{"index", indexConn}, dependency{"signer", signerConn}), closeAll, nil
+	return ops.handler(handler, dependency{"index", indexConn}), closeAll, nil
 }
 
 // serve runs srv on lis until ctx is done, then shuts it down.

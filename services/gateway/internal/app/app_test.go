@@ -28,7 +28,6 @@ func closedAddr(t testing.TB) string {
 func options(t testing.TB) Options {
 	return Options{
 		IndexAddr:           closedAddr(t),
-		SignerAddr:          closedAddr(t),
 		StoreDir:            "/nix/store",
 		Priority:            30,
 		MaxNarinfoSize:      64 << 10,

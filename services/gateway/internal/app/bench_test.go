@@ -27,10 +27,9 @@ import (
 // that knows knownHash, logging JSON at info as deployed.
 func benchHandler(b *testing.B) http.Handler {
 	b.Helper()
-	indexAddr, _ := upstream(b, true)
-	signerAddr, _ := upstream(b, false)
+	indexAddr, _ := upstream(b)
 	o := options(b)
-	o.IndexAddr, o.SignerAddr = indexAddr, signerAddr
+	o.IndexAddr = indexAddr
 	o.NarinfoCacheTTL = time.Hour // the narinfo comes from the cache after the first request
 	o.Log = slog.New(slog.NewJSONHandler(io.Discard, nil))
 	h, closeConns, err := newHandler(context.Background(), o, auth.Policy{PublicRead: true})

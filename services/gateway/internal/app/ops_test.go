@@ -43,9 +43,9 @@ func (oneIndex) GetPathInfo(_ context.Context, req *indexv1.GetPathInfoRequest) 
 	}}, nil
 }
 
-// upstream serves grpc.health.v1 (and, for the index, IndexService) on
-// 127.0.0.1:0.
-func upstream(t testing.TB, index bool) (addr string, hs *health.Server) {
+// upstream serves an index on 127.0.0.1:0: grpc.health.v1 and
+// IndexService.
+func upstream(t testing.TB) (addr string, hs *health.Server) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -54,9 +54,7 @@ func upstream(t testing.TB, index bool) (addr string, hs *health.Server) {
 	srv := grpc.NewServer()
 	hs = health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
-	if index {
-		indexv1.RegisterIndexServiceServer(srv, oneIndex{})
-	}
+	indexv1.RegisterIndexServiceServer(srv, oneIndex{})
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	return lis.Addr().String(), hs
@@ -81,13 +79,12 @@ func get(t *testing.T, url string, header ...string) (int, http.Header, string) 
 }
 
 func TestHealthAndReadiness(t *testing.T) {
-	indexAddr, indexHealth := upstream(t, true)
-	signerAddr, signerHealth := upstream(t, false)
+	indexAddr, indexHealth := upstream(t)
 	o := options(t)
-	o.IndexAddr, o.SignerAddr = indexAddr, signerAddr
+	o.IndexAddr = indexAddr
 	url, _ := start(t, o)
 
-	down := options(t) // both upstreams unreachable
+	down := options(t) // the index unreachable
 	downURL, _ := start(t, down)
 
 	tests := []struct {
@@ -100,9 +97,10 @@ func TestHealthAndReadiness(t *testing.T) {
 	}{
 		{"healthz", url + "/healthz", healthpb.HealthCheckResponse_SERVING, 200, []string{"ok"}, nil},
 		{"healthz with nothing up", downURL + "/healthz", healthpb.HealthCheckResponse_SERVING, 200, []string{"ok"}, nil},
-		{"ready", url + "/readyz", healthpb.HealthCheckResponse_SERVING, 200, []string{"ready", "index: ok", "signer: ok"}, nil},
-		{"index not serving", url + "/readyz", healthpb.HealthCheckResponse_NOT_SERVING, 503, []string{"not ready", "index: down: NOT_SERVING", "signer: ok"}, nil},
-		{"nothing up", downURL + "/readyz", healthpb.HealthCheckResponse_SERVING, 503, []string{"index: down", "signer: down"}, []string{": ok"}},
+		// The gateway never talks to the signer: it is no dependency.
+		{"ready", url + "/readyz", healthpb.HealthCheckResponse_SERVING, 200, []string{"ready", "index: ok"}, []string{"signer"}},
+		{"index not serving", url + "/readyz", healthpb.HealthCheckResponse_NOT_SERVING, 503, []string{"not ready", "index: down: NOT_SERVING"}, []string{"signer"}},
+		{"nothing up", downURL + "/readyz", healthpb.HealthCheckResponse_SERVING, 503, []string{"index: down"}, []string{": ok", "signer"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -123,8 +121,6 @@ func TestHealthAndReadiness(t *testing.T) {
 			}
 		})
 	}
-	signerHealth.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-
 	req, _ := http.NewRequest("POST", url+"/readyz", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -137,10 +133,9 @@ func TestHealthAndReadiness(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
-	indexAddr, _ := upstream(t, true)
-	signerAddr, _ := upstream(t, false)
+	indexAddr, _ := upstream(t)
 	o := options(t)
-	o.IndexAddr, o.SignerAddr = indexAddr, signerAddr
+	o.IndexAddr = indexAddr
 	url, _ := start(t, o)
 
 	for _, r := range []struct {
@@ -185,7 +180,7 @@ func TestPrivateRead(t *testing.T) {
 	if err := os.WriteFile(authFile, []byte("laptop read readtok\nci push pushtok\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	indexAddr, _ := upstream(t, true)
+	indexAddr, _ := upstream(t)
 	o := options(t)
 	o.IndexAddr = indexAddr
 	o.PrivateRead = true

@@ -89,6 +89,13 @@ func (h *Handler) classify(r *http.Request, err error) (int, string) {
 	}
 	if st, ok := status.FromError(err); ok {
 		code := httpStatus(st.Code())
+		if c := st.Code(); c == codes.Unauthenticated || c == codes.PermissionDenied {
+			// The gateway let the caller through; the index, which
+			// checks a write's token again, did not.
+			h.Log.WarnContext(r.Context(), "the index refused credentials the gateway accepted: do both load the same token file (-auth-file)?",
+				"code", c.String(), "err", st.Message())
+			return code, "index: " + st.Message()
+		}
 		if code == http.StatusServiceUnavailable {
 			h.Log.WarnContext(r.Context(), "upstream unavailable", "code", st.Code().String(), "err", st.Message())
 		} else if code >= 500 {

@@ -27,7 +27,6 @@ import (
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/logging"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
-	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 )
 
 // fakeChunk is the chunk size of the fake index's NAR streams: small, so
@@ -265,16 +264,6 @@ func (f *fakeIndex) PutPathInfo(ctx context.Context, req *indexv1.PutPathInfoReq
 	return &indexv1.PutPathInfoResponse{Info: req.GetInfo()}, nil
 }
 
-// fakeSigner is an in-memory SignerService with fixed keys.
-type fakeSigner struct {
-	signerv1.UnimplementedSignerServiceServer
-	keys []*signerv1.PublicKey
-}
-
-func (s *fakeSigner) ListKeys(context.Context, *signerv1.ListKeysRequest) (*signerv1.ListKeysResponse, error) {
-	return &signerv1.ListKeysResponse{Keys: s.keys}, nil
-}
-
 // syncBuffer is a bytes.Buffer safe for concurrent log writes.
 type syncBuffer struct {
 	mu  sync.Mutex
@@ -304,12 +293,11 @@ ci     read,push  ` + pushToken + `
 reader read       ` + readToken + `
 `
 
-// env is a gateway over fake index and signer services.
+// env is a gateway over a fake index service.
 type env struct {
-	index  *fakeIndex
-	signer *fakeSigner
-	srv    *httptest.Server
-	logs   *syncBuffer
+	index *fakeIndex
+	srv   *httptest.Server
+	logs  *syncBuffer
 	// narDir is the gateway's NarDir: addPath writes each file there too
 	// and the fake index names it.
 	narDir string
@@ -328,10 +316,7 @@ func newEnvServing(t testing.TB, serve func(*fakeIndex) indexv1.IndexServiceServ
 	t.Helper()
 	e := &env{
 		index: newFakeIndex(),
-		signer: &fakeSigner{keys: []*signerv1.PublicKey{
-			{Name: "cache-1", PublicKey: "cache-1:" + strings.Repeat("A", 43) + "=", Active: true},
-		}},
-		logs: &syncBuffer{},
+		logs:  &syncBuffer{},
 	}
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
@@ -342,12 +327,13 @@ func newEnvServing(t testing.TB, serve func(*fakeIndex) indexv1.IndexServiceServ
 		served = serve(e.index)
 	}
 	indexv1.RegisterIndexServiceServer(gs.GRPC, served)
-	signerv1.RegisterSignerServiceServer(gs.GRPC, e.signer)
 	go gs.GRPC.Serve(lis)
 	t.Cleanup(gs.GRPC.Stop)
-	conn, err := grpcutil.Dial("passthrough:///bufnet", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-		return lis.DialContext(ctx)
-	}))
+	// The writes forward the pusher's credentials, as in the gateway.
+	conn, err := grpcutil.Dial("passthrough:///bufnet", append(auth.ForwardDialOptions(ForwardedMethods...),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return lis.DialContext(ctx)
+		}))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +345,6 @@ func newEnvServing(t testing.TB, serve func(*fakeIndex) indexv1.IndexServiceServ
 	}
 	cfg := Config{
 		Index:               indexv1.NewIndexServiceClient(conn),
-		Signer:              signerv1.NewSignerServiceClient(conn),
 		Auth:                auth.Policy{Tokens: tokens, PublicRead: true},
 		Log:                 log,
 		StoreDir:            "/nix/store",

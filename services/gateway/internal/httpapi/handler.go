@@ -17,15 +17,13 @@ import (
 	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/logging"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
-	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 )
 
 // Config configures a Handler.
 type Config struct {
-	Index  indexv1.IndexServiceClient
-	Signer signerv1.SignerServiceClient
-	Auth   auth.Policy
-	Log    *slog.Logger
+	Index indexv1.IndexServiceClient
+	Auth  auth.Policy
+	Log   *slog.Logger
 
 	// StoreDir is the store directory narinfos name, e.g. "/nix/store".
 	StoreDir string
@@ -105,6 +103,16 @@ type Handler struct {
 	cacheInfoBody string
 }
 
+// ForwardedMethods are the index's methods that get the caller's
+// credentials (auth.ForwardDialOptions): the writes, whose push scope the
+// index checks again, so that a gateway taken over cannot publish without
+// a valid token.
+var ForwardedMethods = []string{
+	indexv1.IndexService_PutNar_FullMethodName,
+	indexv1.IndexService_PutPathInfo_FullMethodName,
+	indexv1.IndexService_PutArtifact_FullMethodName,
+}
+
 // DefaultNarinfoCacheSize is the narinfo cache's size when the Config
 // leaves it 0: about 50,000 narinfos of 1 KiB.
 const DefaultNarinfoCacheSize = 64 << 20
@@ -112,8 +120,8 @@ const DefaultNarinfoCacheSize = 64 << 20
 // New returns a Handler serving the cache protocol.
 func New(cfg Config) (*Handler, error) {
 	switch {
-	case cfg.Index == nil || cfg.Signer == nil:
-		return nil, errors.New("httpapi: index and signer clients are required")
+	case cfg.Index == nil:
+		return nil, errors.New("httpapi: index client is required")
 	case cfg.Log == nil:
 		return nil, errors.New("httpapi: logger is required")
 	case cfg.MaxNarinfoSize <= 0:
@@ -163,8 +171,13 @@ func New(cfg Config) (*Handler, error) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	id := requestID(r)
-	// grpcutil's client interceptors pass the id on to the index and signer.
-	r = r.WithContext(logging.WithRequestID(r.Context(), id))
+	// grpcutil's client interceptors pass the id on to the index.
+	ctx := logging.WithRequestID(r.Context(), id)
+	if r.Method == http.MethodPut {
+		// The index checks a push's credentials again (ForwardedMethods).
+		ctx = auth.WithForwarded(ctx, r.Header.Get("Authorization"))
+	}
+	r = r.WithContext(ctx)
 	w.Header().Set(requestIDHeader, id)
 	rec := &recorder{ResponseWriter: w}
 	h.route(rec, r)

@@ -21,7 +21,6 @@ import (
 	"github.com/nixcache/nixcache/nix/nixbase32"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
-	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 )
 
 func TestGetNar(t *testing.T) {
@@ -369,8 +368,8 @@ func TestNarDirFallback(t *testing.T) {
 
 func TestNarDirMissing(t *testing.T) {
 	_, err := New(Config{
-		Index: indexv1.NewIndexServiceClient(nil), Signer: signerv1.NewSignerServiceClient(nil),
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxNarinfoSize: 1, RequestTimeout: time.Second,
+		Index: indexv1.NewIndexServiceClient(nil),
+		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)), MaxNarinfoSize: 1, RequestTimeout: time.Second,
 		NarDir: filepath.Join(t.TempDir(), "absent"),
 	})
 	if err == nil || !strings.Contains(err.Error(), "NAR directory") {

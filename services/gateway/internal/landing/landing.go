@@ -28,7 +28,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
-	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 )
 
 var (
@@ -59,13 +58,14 @@ func sourceHash(s string) string {
 
 // Config configures New.
 type Config struct {
-	Signer signerv1.SignerServiceClient
-	Admin  indexv1.AdminServiceClient
+	// Admin is the index's AdminService: GetStats, and ListKeys (the
+	// index asks the signer; the gateway never talks to it).
+	Admin indexv1.AdminServiceClient
 	// PublicURL is the URL clients reach the cache at, e.g.
 	// "https://cache.example.org"; "" derives it from each request's
 	// scheme and Host.
 	PublicURL string
-	// Timeout bounds the calls to the signer and the index.
+	// Timeout bounds the calls to the index.
 	Timeout time.Duration
 	Log     *slog.Logger
 }
@@ -74,13 +74,18 @@ type Config struct {
 type Handler struct {
 	cfg       Config
 	publicURL *url.URL // nil: from the request
+
+	// lastKeys are the keys the index listed last: shown while it does
+	// not answer (keys change seldom; the page stays useful).
+	mu       sync.Mutex
+	lastKeys []*indexv1.KeyInfo
 }
 
 // New returns the landing page handler.
 func New(cfg Config) (*Handler, error) {
 	switch {
-	case cfg.Signer == nil || cfg.Admin == nil:
-		return nil, errors.New("landing: signer and admin clients are required")
+	case cfg.Admin == nil:
+		return nil, errors.New("landing: admin client is required")
 	case cfg.Timeout <= 0:
 		return nil, errors.New("landing: timeout must be positive")
 	case cfg.Log == nil:
@@ -119,7 +124,7 @@ type page struct {
 	URL  string // the cache, as substituters takes it
 	Host string // the netrc machine
 
-	Keys []*signerv1.PublicKey
+	Keys []*indexv1.KeyInfo
 	// TrustedKeys are the active public keys, space-separated.
 	TrustedKeys string
 	KeysError   string // why the keys are missing
@@ -127,7 +132,8 @@ type page struct {
 	Stats      *indexv1.GetStatsResponse
 	StatsError string // why the stats are missing
 
-	// Whether the signer and the index answered at all.
+	// Whether the keys (the signer, through the index) and the index
+	// answered at all.
 	SignerUp, IndexUp bool
 
 	Rendered time.Time
@@ -141,23 +147,33 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Timeout)
 	defer cancel()
-	// The index checks the caller's credentials for the stats, as for
-	// /api/v1/stats: anonymous reads are fine when reads are public. The
-	// signer needs none and gets none.
+	// The index checks the caller's credentials for the stats and the
+	// keys, as for /api/v1/stats: anonymous reads are fine when reads are
+	// public.
 	statsCtx := ctx
 	if a := r.Header.Get("Authorization"); a != "" {
 		statsCtx = metadata.AppendToOutgoingContext(ctx, "authorization", a)
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		resp, err := h.cfg.Signer.ListKeys(ctx, &signerv1.ListKeysRequest{})
+		resp, err := h.cfg.Admin.ListKeys(statsCtx, &indexv1.ListKeysRequest{})
 		p.SignerUp = answered(err)
+		h.mu.Lock()
+		switch {
+		case err == nil:
+			h.lastKeys = resp.GetKeys()
+			p.Keys = h.lastKeys
+		case !p.SignerUp:
+			p.Keys = h.lastKeys // down: the keys as last listed, if ever
+		}
+		h.mu.Unlock()
 		if err != nil {
 			h.logFailure(ctx, "landing page: list signing keys", err)
-			p.KeysError = "Public keys unavailable: " + unavailable(err, "the signer")
-			return
+			if p.Keys == nil {
+				p.KeysError = "Public keys unavailable: " + unavailable(err, "the signer (asked through the index)")
+				return
+			}
 		}
-		p.Keys = resp.GetKeys()
 		var active []string
 		for _, k := range p.Keys {
 			if k.GetActive() {

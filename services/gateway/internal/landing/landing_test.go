@@ -23,7 +23,6 @@ import (
 
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
-	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 )
 
 const (
@@ -31,31 +30,17 @@ const (
 	retiredKey = "cache-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 )
 
-type fakeSigner struct {
-	signerv1.UnimplementedSignerServiceServer
-	keys []*signerv1.PublicKey
-	err  error
-	mu   sync.Mutex
-	md   metadata.MD
-}
-
-func (f *fakeSigner) ListKeys(ctx context.Context, _ *signerv1.ListKeysRequest) (*signerv1.ListKeysResponse, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	f.mu.Lock()
-	f.md = md
-	f.mu.Unlock()
-	if f.err != nil {
-		return nil, f.err
-	}
-	return &signerv1.ListKeysResponse{Keys: f.keys}, nil
-}
-
+// fakeAdmin is the index's AdminService: the stats, and the signer's keys
+// as the index lists them.
 type fakeAdmin struct {
 	indexv1.UnimplementedAdminServiceServer
-	stats *indexv1.GetStatsResponse
-	err   error
-	mu    sync.Mutex
-	md    metadata.MD
+	stats   *indexv1.GetStatsResponse
+	keys    []*indexv1.KeyInfo
+	err     error // of GetStats
+	keysErr error // of ListKeys
+	mu      sync.Mutex
+	md      metadata.MD // of the last GetStats
+	keysMD  metadata.MD // of the last ListKeys
 }
 
 func (f *fakeAdmin) GetStats(ctx context.Context, _ *indexv1.GetStatsRequest) (*indexv1.GetStatsResponse, error) {
@@ -69,30 +54,42 @@ func (f *fakeAdmin) GetStats(ctx context.Context, _ *indexv1.GetStatsRequest) (*
 	return f.stats, nil
 }
 
+func (f *fakeAdmin) ListKeys(ctx context.Context, _ *indexv1.ListKeysRequest) (*indexv1.ListKeysResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	f.mu.Lock()
+	f.keysMD = md
+	err := f.keysErr
+	f.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return &indexv1.ListKeysResponse{Keys: f.keys}, nil
+}
+
 type env struct {
-	signer *fakeSigner
-	admin  *fakeAdmin
-	conn   *grpc.ClientConn
-	log    *slog.Logger
+	admin *fakeAdmin
+	conn  *grpc.ClientConn
+	log   *slog.Logger
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	e := &env{
-		signer: &fakeSigner{keys: []*signerv1.PublicKey{
-			{Name: "cache-1", PublicKey: retiredKey},
-			{Name: "cache-2", PublicKey: activeKey, Active: true},
-		}},
-		admin: &fakeAdmin{stats: &indexv1.GetStatsResponse{
-			Paths: 12345, PushedPaths: 12000, LocalPaths: 345,
-			NarBytes: 3 << 30, StoredBytes: 1536 << 20,
-			NarinfoHits: 90, NarinfoMisses: 10,
-		}},
+		admin: &fakeAdmin{
+			stats: &indexv1.GetStatsResponse{
+				Paths: 12345, PushedPaths: 12000, LocalPaths: 345,
+				NarBytes: 3 << 30, StoredBytes: 1536 << 20,
+				NarinfoHits: 90, NarinfoMisses: 10,
+			},
+			keys: []*indexv1.KeyInfo{
+				{Name: "cache-1", PublicKey: retiredKey},
+				{Name: "cache-2", PublicKey: activeKey, Active: true},
+			},
+		},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	lis := bufconn.Listen(1 << 20)
 	gs := grpcutil.NewServer(e.log)
-	signerv1.RegisterSignerServiceServer(gs.GRPC, e.signer)
 	indexv1.RegisterAdminServiceServer(gs.GRPC, e.admin)
 	go gs.GRPC.Serve(lis)
 	t.Cleanup(gs.GRPC.Stop)
@@ -110,7 +107,6 @@ func newEnv(t *testing.T) *env {
 func (e *env) handler(t *testing.T, publicURL string) *Handler {
 	t.Helper()
 	h, err := New(Config{
-		Signer:    signerv1.NewSignerServiceClient(e.conn),
 		Admin:     indexv1.NewAdminServiceClient(e.conn),
 		PublicURL: publicURL,
 		Timeout:   5 * time.Second,
@@ -173,7 +169,7 @@ func TestPage(t *testing.T) {
 		{
 			name: "signer down", host: "cache.local", signerErr: status.Error(codes.Unavailable, "connection refused"),
 			want: []string{
-				"Public keys unavailable: the signer is not answering.",
+				"Public keys unavailable: the signer (asked through the index) is not answering.",
 				"trusted-public-keys = &lt;the cache&#39;s public key&gt;",
 				"Signer unavailable", "Index up", `id="stat-paths">12,345</span>`,
 			},
@@ -196,7 +192,7 @@ func TestPage(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t)
-			e.signer.err, e.admin.err = tt.signerErr, tt.adminErr
+			e.admin.keysErr, e.admin.err = tt.signerErr, tt.adminErr
 			w := get(t, e.handler(t, tt.publicURL), tt.host)
 			body := w.Body.String()
 			if w.Code != http.StatusOK {
@@ -226,7 +222,7 @@ func TestPage(t *testing.T) {
 // and checks none reaches the page as markup.
 func TestPageEscapes(t *testing.T) {
 	e := newEnv(t)
-	e.signer.keys = []*signerv1.PublicKey{{
+	e.admin.keys = []*indexv1.KeyInfo{{
 		Name:      `k"><script>alert(1)</script>`,
 		PublicKey: `k:<img src=x onerror=alert(2)>'"`,
 		Active:    true,
@@ -272,15 +268,15 @@ func TestContentSecurityPolicy(t *testing.T) {
 }
 
 // TestCredentials checks that the caller's Authorization goes to the index
-// for the stats, and never to the signer.
+// for the stats and the keys.
 func TestCredentials(t *testing.T) {
 	e := newEnv(t)
 	get(t, e.handler(t, ""), "cache.local", "Authorization", "Bearer read-token")
 	if got := e.admin.md.Get("authorization"); len(got) != 1 || got[0] != "Bearer read-token" {
-		t.Errorf("index got authorization %q", got)
+		t.Errorf("index got authorization %q for the stats", got)
 	}
-	if got := e.signer.md.Get("authorization"); len(got) != 0 {
-		t.Errorf("signer got authorization %q", got)
+	if got := e.admin.keysMD.Get("authorization"); len(got) != 1 || got[0] != "Bearer read-token" {
+		t.Errorf("index got authorization %q for the keys", got)
 	}
 }
 
@@ -301,16 +297,15 @@ func TestHead(t *testing.T) {
 
 func TestNew(t *testing.T) {
 	e := newEnv(t)
-	signer, admin := signerv1.NewSignerServiceClient(e.conn), indexv1.NewAdminServiceClient(e.conn)
+	admin := indexv1.NewAdminServiceClient(e.conn)
 	for _, c := range []Config{
-		{Admin: admin, Timeout: time.Second, Log: e.log},
-		{Signer: signer, Timeout: time.Second, Log: e.log},
-		{Signer: signer, Admin: admin, Log: e.log},
-		{Signer: signer, Admin: admin, Timeout: time.Second},
-		{Signer: signer, Admin: admin, Timeout: time.Second, Log: e.log, PublicURL: "cache.example.org"},
-		{Signer: signer, Admin: admin, Timeout: time.Second, Log: e.log, PublicURL: "ftp://cache.example.org"},
-		{Signer: signer, Admin: admin, Timeout: time.Second, Log: e.log, PublicURL: "https://cache.example.org/?x=1"},
-		{Signer: signer, Admin: admin, Timeout: time.Second, Log: e.log, PublicURL: "https://user@cache.example.org"},
+		{Timeout: time.Second, Log: e.log},
+		{Admin: admin, Log: e.log},
+		{Admin: admin, Timeout: time.Second},
+		{Admin: admin, Timeout: time.Second, Log: e.log, PublicURL: "cache.example.org"},
+		{Admin: admin, Timeout: time.Second, Log: e.log, PublicURL: "ftp://cache.example.org"},
+		{Admin: admin, Timeout: time.Second, Log: e.log, PublicURL: "https://cache.example.org/?x=1"},
+		{Admin: admin, Timeout: time.Second, Log: e.log, PublicURL: "https://user@cache.example.org"},
 	} {
 		if _, err := New(c); err == nil {
 			t.Errorf("New(%+v) succeeded", c)
@@ -342,5 +337,28 @@ func TestFormat(t *testing.T) {
 	}
 	if got := formatRatio(1, 2); got != "33.3%" {
 		t.Errorf("formatRatio(1, 2) = %q", got)
+	}
+}
+
+// TestKeysAsLastListed: while the index does not answer, the page shows
+// the keys it listed last; a refusal (private reads) shows none.
+func TestKeysAsLastListed(t *testing.T) {
+	e := newEnv(t)
+	h := e.handler(t, "")
+	if body := get(t, h, "cache.local").Body.String(); !strings.Contains(body, activeKey) {
+		t.Fatalf("first page lacks the key:\n%s", body)
+	}
+	e.admin.mu.Lock()
+	e.admin.keysErr = status.Error(codes.Unavailable, "down")
+	e.admin.mu.Unlock()
+	body := get(t, h, "cache.local").Body.String()
+	if !strings.Contains(body, "trusted-public-keys = "+activeKey) || !strings.Contains(body, "Signer unavailable") {
+		t.Errorf("index down: the page lacks the last listed key or the signer's state:\n%s", body)
+	}
+	e.admin.mu.Lock()
+	e.admin.keysErr = status.Error(codes.Unauthenticated, "read requires a token")
+	e.admin.mu.Unlock()
+	if body := get(t, h, "cache.local").Body.String(); strings.Contains(body, activeKey) {
+		t.Errorf("refused: the page shows the key:\n%s", body)
 	}
 }

@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
@@ -41,15 +44,34 @@ func listen(t *testing.T) net.Listener {
 	return lis
 }
 
+// pushToken is the token of the clients start returns.
+const pushToken = "app-test-push-token"
+
 // start runs the index until the returned stop is called; stop returns
-// Run's error.
+// Run's error. Without an o.AuthFile it gets one, and the client sends a
+// push token with every call, as the gateway forwards its caller's.
 func start(t *testing.T, o app.Options) (indexv1.IndexServiceClient, func() error) {
 	t.Helper()
+	if o.AuthFile == "" {
+		o.AuthFile = filepath.Join(t.TempDir(), "auth")
+		if err := os.WriteFile(o.AuthFile, []byte("pusher push,read "+pushToken+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	lis := listen(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- app.Run(ctx, o, lis) }()
-	cc, err := grpcutil.Dial(lis.Addr().String())
+	withToken := func(ctx context.Context) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+pushToken)
+	}
+	cc, err := grpcutil.Dial(lis.Addr().String(),
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			return invoker(withToken(ctx), method, req, reply, cc, opts...)
+		}),
+		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			return streamer(withToken(ctx), desc, cc, method, opts...)
+		}))
 	if err != nil {
 		t.Fatal(err)
 	}

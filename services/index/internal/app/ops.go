@@ -29,20 +29,38 @@ type ops struct {
 	rules    auth.Rules
 }
 
-// adminRules are the scopes AdminService needs: GetStats and ListKeys need
-// read (anonymous while reads are public: the landing page shows them),
-// every other method admin. IndexService is not checked: the gateway
-// calls it, and the network protects it.
-func adminRules() (auth.Rules, error) {
-	return auth.ServiceRules(&indexv1.AdminService_ServiceDesc, auth.Admin, map[string]auth.Scope{
+// authRules are the scopes the index's methods need. AdminService: GetStats
+// and ListKeys need read (anonymous while reads are public: the landing
+// page shows them), every other method admin. IndexService: the writes
+// need push, checked here as well as in the gateway, which forwards its
+// caller's credentials: a gateway taken over cannot publish without a
+// valid token. IndexService's reads are not checked here: the gateway
+// checks its callers, and the Unix socket or mutual TLS keeps everyone
+// but the services out.
+func authRules() (auth.Rules, error) {
+	rules, err := auth.ServiceRules(&indexv1.AdminService_ServiceDesc, auth.Admin, map[string]auth.Scope{
 		"GetStats": auth.Read,
 		"ListKeys": auth.Read,
 	})
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range pushMethods {
+		rules[m] = auth.Push
+	}
+	return rules, nil
+}
+
+// pushMethods are IndexService's writes, which need the push scope.
+var pushMethods = []string{
+	indexv1.IndexService_PutNar_FullMethodName,
+	indexv1.IndexService_PutPathInfo_FullMethodName,
+	indexv1.IndexService_PutArtifact_FullMethodName,
 }
 
 // newOps loads the token file and builds the metrics.
 func newOps(o Options) (*ops, error) {
-	rules, err := adminRules()
+	rules, err := authRules()
 	if err != nil {
 		return nil, err
 	}
@@ -60,12 +78,12 @@ func newOps(o Options) (*ops, error) {
 	case o.PrivateRead:
 		return nil, fmt.Errorf("-public-read=false needs -auth-file: nobody could read")
 	default:
-		o.Log.Warn("no -auth-file: the admin RPCs are disabled")
+		o.Log.Warn("no -auth-file: pushing and the admin RPCs are disabled")
 	}
 	return p, nil
 }
 
-// serverOptions measure every call, then check AdminService's scopes.
+// serverOptions measure every call, then check the scopes of authRules.
 func (p *ops) serverOptions() []grpc.ServerOption {
 	return append(p.server.ServerOptions(), p.policy.ServerOptions(p.rules)...)
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
+	"github.com/nixcache/nixcache/platform/auth"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
@@ -135,22 +136,30 @@ func TestAdminAuth(t *testing.T) {
 	}
 }
 
-func TestAdminRulesCoverEveryMethod(t *testing.T) {
-	rules, err := adminRules()
+func TestAuthRulesCoverEveryMethod(t *testing.T) {
+	rules, err := authRules()
 	if err != nil {
 		t.Fatal(err)
 	}
 	sd := indexv1.AdminService_ServiceDesc
-	if n := len(sd.Methods) + len(sd.Streams); len(rules) != n {
-		t.Errorf("%d rules for %d methods", len(rules), n)
+	if n := len(sd.Methods) + len(sd.Streams) + 3; len(rules) != n {
+		t.Errorf("%d rules for %d AdminService methods and IndexService's 3 writes", len(rules), n)
 	}
 	for m, s := range rules {
 		want := "admin"
-		if strings.HasSuffix(m, "/GetStats") || strings.HasSuffix(m, "/ListKeys") {
+		switch {
+		case strings.HasSuffix(m, "/GetStats") || strings.HasSuffix(m, "/ListKeys"):
 			want = "read"
+		case strings.HasPrefix(m, "/nixcache.index.v1.IndexService/"):
+			want = "push"
 		}
 		if s.String() != want {
 			t.Errorf("%s needs %s, want %s", m, s, want)
+		}
+	}
+	for _, m := range []string{"PutNar", "PutPathInfo", "PutArtifact"} {
+		if rules["/nixcache.index.v1.IndexService/"+m] != auth.Push {
+			t.Errorf("IndexService/%s does not need push", m)
 		}
 	}
 }
@@ -159,5 +168,100 @@ func TestPrivateReadNeedsAuthFile(t *testing.T) {
 	_, err := newOps(Options{PrivateRead: true, Log: slog.New(slog.DiscardHandler)})
 	if err == nil || !strings.Contains(err.Error(), "-auth-file") {
 		t.Errorf("newOps = %v, want an error naming -auth-file", err)
+	}
+}
+
+// stubIndex answers PutPathInfo and GetPathInfo with OK.
+type stubIndex struct {
+	indexv1.UnimplementedIndexServiceServer
+}
+
+func (stubIndex) PutPathInfo(context.Context, *indexv1.PutPathInfoRequest) (*indexv1.PutPathInfoResponse, error) {
+	return &indexv1.PutPathInfoResponse{}, nil
+}
+
+func (stubIndex) GetPathInfo(context.Context, *indexv1.GetPathInfoRequest) (*indexv1.GetPathInfoResponse, error) {
+	return &indexv1.GetPathInfoResponse{}, nil
+}
+
+func (stubIndex) PutNar(stream indexv1.IndexService_PutNarServer) error {
+	return stream.SendAndClose(&indexv1.PutNarResponse{})
+}
+
+// TestIndexWritesNeedPush: the index checks the push scope of IndexService's
+// writes itself, whatever the gateway let through; its reads are not
+// checked.
+func TestIndexWritesNeedPush(t *testing.T) {
+	authFile := filepath.Join(t.TempDir(), "auth")
+	if err := os.WriteFile(authFile, []byte("laptop read readtok\nci push,read pushtok\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	serve := func(o Options) indexv1.IndexServiceClient {
+		p, err := newOps(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis := bufconn.Listen(1 << 20)
+		srv := grpc.NewServer(p.serverOptions()...)
+		indexv1.RegisterIndexServiceServer(srv, stubIndex{})
+		go srv.Serve(lis)
+		t.Cleanup(srv.Stop)
+		cc, err := grpc.NewClient("passthrough:///bufnet",
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+			grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return indexv1.NewIndexServiceClient(cc)
+	}
+	withTokens := serve(Options{AuthFile: authFile, Log: log})
+	noTokens := serve(Options{Log: log})
+	calls := map[string]func(context.Context, indexv1.IndexServiceClient) error{
+		"PutPathInfo": func(ctx context.Context, c indexv1.IndexServiceClient) error {
+			_, err := c.PutPathInfo(ctx, &indexv1.PutPathInfoRequest{})
+			return err
+		},
+		"PutNar": func(ctx context.Context, c indexv1.IndexServiceClient) error {
+			up, err := c.PutNar(ctx)
+			if err != nil {
+				return err
+			}
+			_, err = up.CloseAndRecv()
+			return err
+		},
+		"GetPathInfo": func(ctx context.Context, c indexv1.IndexServiceClient) error {
+			_, err := c.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{})
+			return err
+		},
+	}
+	tests := []struct {
+		name   string
+		client indexv1.IndexServiceClient
+		method string
+		token  string
+		want   codes.Code
+	}{
+		{"path info, anonymous", withTokens, "PutPathInfo", "", codes.Unauthenticated},
+		{"path info, wrong token", withTokens, "PutPathInfo", "nope", codes.Unauthenticated},
+		{"path info, read token", withTokens, "PutPathInfo", "readtok", codes.PermissionDenied},
+		{"path info, push token", withTokens, "PutPathInfo", "pushtok", codes.OK},
+		{"nar stream, anonymous", withTokens, "PutNar", "", codes.Unauthenticated},
+		{"nar stream, read token", withTokens, "PutNar", "readtok", codes.PermissionDenied},
+		{"nar stream, push token", withTokens, "PutNar", "pushtok", codes.OK},
+		{"path info, no auth file", noTokens, "PutPathInfo", "pushtok", codes.Unauthenticated},
+		{"read, anonymous", withTokens, "GetPathInfo", "", codes.OK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := t.Context()
+			if tt.token != "" {
+				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tt.token)
+			}
+			if got := status.Code(calls[tt.method](ctx, tt.client)); got != tt.want {
+				t.Errorf("%s: %v, want %v", tt.method, got, tt.want)
+			}
+		})
 	}
 }

@@ -5,11 +5,16 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +23,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/nixcache/nixcache/nix/signature"
+	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/logging"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 	"github.com/nixcache/nixcache/services/signer/internal/keyfile"
@@ -299,4 +305,93 @@ func secretForms(t *testing.T, file string) map[string]string {
 		forms[fmt.Sprintf("base64 key characters %d-%d", i, i+piece)] = b64[i : i+piece]
 	}
 	return forms
+}
+
+// TestAuditTrail: served on a Unix socket, every signature is logged with
+// its store path, its key and the caller's pid and uid (the kernel's word),
+// and counted by key in /metrics.
+func TestAuditTrail(t *testing.T) {
+	dir := t.TempDir()
+	writeKey(t, filepath.Join(dir, "key"), "cache-1")
+	sock := filepath.Join(dir, "run", "signer.sock")
+	lis, err := grpcutil.ListenConfig{Addr: "unix:" + sock}.Listen(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mlis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	opts := options(filepath.Join(dir, "key"))
+	opts.Log = slog.New(slog.NewJSONHandler(&logs, nil))
+	opts.MetricsListener = mlis
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, opts, lis) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	const other = "1;/nix/store/7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-hello-2.12;sha256:1i9kxmk8s2k1zpv0fcz6xvn8mxbsqjdpc9yr72ilwi5dbwkn0kqz;226552;"
+	if _, err := signerv1.NewSignerServiceClient(conn).Sign(t.Context(),
+		&signerv1.SignRequest{Fingerprints: []string{fingerprint, other}}, grpc.WaitForReady(true)); err != nil {
+		t.Fatal(err)
+	}
+
+	caller := fmt.Sprintf("unix peer pid=%d uid=%d gid=%d", os.Getpid(), os.Getuid(), os.Getgid())
+	for _, path := range []string{"/nix/store/1p9q0bz6f22dyxh4lw8xs08p4201vyq4-f", "/nix/store/7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-hello-2.12"} {
+		found := false
+		for _, line := range strings.Split(logs.String(), "\n") {
+			var rec struct {
+				Msg       string   `json:"msg"`
+				StorePath string   `json:"store_path"`
+				Keys      []string `json:"keys"`
+				Caller    string   `json:"caller"`
+			}
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "signed" && rec.StorePath == path {
+				found = true
+				if len(rec.Keys) != 1 || rec.Keys[0] != "cache-1" || rec.Caller != caller {
+					t.Errorf("audit line of %s: keys %q, caller %q; want [cache-1], %q", path, rec.Keys, rec.Caller, caller)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no audit line for %s in:\n%s", path, logs.String())
+		}
+	}
+	resp, err := http.Get("http://" + mlis.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := `nixcache_signer_signatures_total{key="cache-1"} 2`; !strings.Contains(string(body), want) {
+		t.Errorf("/metrics lacks %q:\n%s", want, body)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/nixcache/nixcache/nix/signature"
 	"github.com/nixcache/nixcache/nix/storepath"
+	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/metrics"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 	"github.com/nixcache/nixcache/services/signer/internal/keyring"
@@ -48,7 +49,9 @@ type Config struct {
 	MaxBatch int
 	// Metrics counts signatures; nil counts nothing.
 	Metrics *metrics.Signer
-	// Log gets the errors behind Internal answers; nil discards them.
+	// Log gets the audit trail (every signature made, with the store
+	// path, the keys and the caller; every key generated or retired) and
+	// the errors behind Internal answers; nil discards them.
 	Log *slog.Logger
 }
 
@@ -103,7 +106,7 @@ func (s *Signer) GenerateKey(ctx context.Context, req *signerv1.GenerateKeyReque
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
-	s.log.InfoContext(ctx, "generated a new signing key", "key", info.Public.Name, "public_key", info.Public.String(), "file", info.File)
+	s.log.InfoContext(ctx, "generated a new signing key", "key", info.Public.Name, "public_key", info.Public.String(), "file", info.File, "caller", grpcutil.Caller(ctx))
 	return &signerv1.GenerateKeyResponse{Key: publicKey(info)}, nil
 }
 
@@ -120,7 +123,7 @@ func (s *Signer) RetireKey(ctx context.Context, req *signerv1.RetireKeyRequest) 
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
-	s.log.InfoContext(ctx, "key retired", "key", info.Public.Name, "public_key", info.Public.String())
+	s.log.InfoContext(ctx, "key retired", "key", info.Public.Name, "public_key", info.Public.String(), "caller", grpcutil.Caller(ctx))
 	return &signerv1.RetireKeyResponse{Key: publicKey(info)}, nil
 }
 
@@ -137,10 +140,13 @@ func (s *Signer) sign(ctx context.Context, fingerprints []string) ([][]string, e
 	case n > s.maxBatch:
 		return nil, invalidArgument(fmt.Sprintf("%d fingerprints in one call, more than the limit of %d", n, s.maxBatch))
 	}
+	paths := make([]string, len(fingerprints))
 	for i, fp := range fingerprints {
-		if _, err := signature.ParseFingerprint(s.storeDir, fp); err != nil {
+		parsed, err := signature.ParseFingerprint(s.storeDir, fp)
+		if err != nil {
 			return nil, invalidArgument(fmt.Sprintf("fingerprints[%d]: %v", i, err))
 		}
+		paths[i] = parsed.StorePath
 	}
 	keys := s.ring.Active()
 	if len(keys) == 0 {
@@ -159,8 +165,15 @@ func (s *Signer) sign(ctx context.Context, fingerprints []string) ([][]string, e
 		}
 		out[i] = sigs
 	}
-	for _, k := range keys {
+	names := make([]string, len(keys))
+	for i, k := range keys {
+		names[i] = k.Name
 		s.metrics.Signed(k.Name, len(fingerprints))
+	}
+	// The audit trail: every signature made, and who asked for it.
+	caller := grpcutil.Caller(ctx)
+	for _, p := range paths {
+		s.log.InfoContext(ctx, "signed", "store_path", p, "keys", names, "caller", caller)
 	}
 	return out, nil
 }
