@@ -9,8 +9,10 @@
 # Each image holds its binary, /etc/passwd and /etc/group (user nixcache,
 # 65532) and, for the signer and the index, the directory that their volume
 # is mounted on, owned by that user (a new named volume takes its owner from
-# it). No CA certificates: the services speak plain gRPC and HTTP to each
-# other and to Nix clients, and make no TLS connection of their own.
+# it). No CA certificates: the one TLS connection a service makes of its
+# own is the index's to an https:// upstream cache (docker/upstream.yml),
+# checked against the roots compiled into nixcache-index
+# (golang.org/x/crypto/x509roots/fallback) or those SSL_CERT_FILE names.
 # The binaries are the entrypoints; `<binary> healthcheck` is each one's
 # health check (there is no shell).
 

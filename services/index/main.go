@@ -21,6 +21,11 @@ import (
 	"github.com/nixcache/nixcache/platform/logging"
 	"github.com/nixcache/nixcache/services/index/internal/app"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
+
+	// The CA roots of the upstream caches (-upstream https://...) when the
+	// system has none, as in the FROM scratch image: Go's x509 uses them
+	// only then, so SSL_CERT_FILE and SSL_CERT_DIR still choose others.
+	_ "golang.org/x/crypto/x509roots/fallback"
 )
 
 func main() {
