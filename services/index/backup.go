@@ -30,7 +30,7 @@ func runBackup(args []string, stdout io.Writer) error {
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: nixcache-index backup [flags] > catalog.db\n\n"+
 			"Copies the catalogue (catalog.db) of a running index, consistent as of the call, while it\n"+
-			"goes on serving, to standard output or -o. The NAR files are not in it: copy them after\n"+
+			"goes on serving, to standard output or -out. The NAR files are not in it: copy them after\n"+
 			"(nars/ in the data directory). The token is -admin-token, else the first token with the\n"+
 			"admin scope in -auth-file (in the index's container both are set already).")
 		fs.PrintDefaults()
@@ -38,7 +38,7 @@ func runBackup(args []string, stdout io.Writer) error {
 	addr := fs.String("addr", healthcheck.SelfAddr("127.0.0.1:5011"), "the index's gRPC address; the default is $NIXCACHE_LISTEN when set (a wildcard host made loopback)")
 	token := fs.String("admin-token", "", "token with the admin scope")
 	authFile := fs.String("auth-file", "", "token file to take the first admin token from when -admin-token is empty")
-	out := fs.String("o", "-", `file to write the copy to ("-": standard output); written beside it first, then renamed`)
+	out := fs.String("out", "-", `file to write the copy to ("-": standard output); written beside it first, then renamed`)
 	timeout := fs.Duration("timeout", 30*time.Minute, "bound on the whole copy")
 	tlsFiles := grpcutil.ClientTLSFlags(fs)
 	if err := envflag.Parse(fs, args); err != nil {

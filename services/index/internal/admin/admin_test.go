@@ -710,9 +710,10 @@ func sameSet(a, b []string) bool {
 	return slices.Equal(a, b)
 }
 
-// TestBackup: the copy Backup streams is a catalogue with every path and
-// pin, which an index opened on it serves.
+// TestBackup: the copy Backup streams, in many messages, is a catalogue
+// with every path and pin.
 func TestBackup(t *testing.T) {
+	defer admin.SetBackupChunk(4096)()
 	e := newEnv(t)
 	ctx := context.Background()
 	dep := e.push("dep")

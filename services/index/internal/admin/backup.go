@@ -11,7 +11,7 @@ import (
 )
 
 // backupChunk is how many bytes of the copy one BackupResponse carries.
-const backupChunk = 256 << 10
+var backupChunk = 256 << 10
 
 // Backup streams a consistent copy of the catalogue, taken at the call
 // (catalog.Backup), the size first.
@@ -22,18 +22,22 @@ func (s *Service) Backup(req *indexv1.BackupRequest, stream indexv1.AdminService
 	}
 	defer f.Close()
 	s.cfg.Log.Info("catalogue backup", "bytes", size)
-	buf := make([]byte, backupChunk)
 	resp := &indexv1.BackupResponse{Size: uint64(size)}
 	var sent int64
 	for {
-		n, err := f.Read(buf)
+		// A fresh buffer per Send: the message may still be referenced.
+		buf := make([]byte, backupChunk)
+		n, err := io.ReadFull(f, buf)
 		if n > 0 {
 			resp.Data = buf[:n]
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
 			sent += int64(n)
-			resp.Size = 0
+			resp = &indexv1.BackupResponse{}
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			err = io.EOF
 		}
 		if errors.Is(err, io.EOF) {
 			break
