@@ -11,8 +11,10 @@
 # is mounted on, owned by that user (a new named volume takes its owner from
 # it); the signer's and the index's gRPC sockets live in /run/nixcache/,
 # each in a volume of its own, which the service's callers mount. No CA
-# certificates: the services speak gRPC over those sockets (or mutual TLS
-# with certificates mounted in) and plain HTTP to Nix clients.
+# certificates: the one TLS connection a service makes of its own is the
+# index's to an https:// upstream cache (docker/upstream.yml), checked
+# against the roots compiled into nixcache-index
+# (golang.org/x/crypto/x509roots/fallback) or those SSL_CERT_FILE names.
 # The binaries are the entrypoints; `<binary> healthcheck` is each one's
 # health check (there is no shell).
 

@@ -169,11 +169,18 @@ type composeProject struct {
 
 func newComposeProject(t *testing.T) *composeProject {
 	t.Helper()
-	command := composeCommand(t)
 	root, err := filepath.Abs("..")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newComposeProjectAt(t, root, binDir)
+}
+
+// newComposeProjectAt is newComposeProject with the compose files and
+// Dockerfile of the tree root and the binaries in bin.
+func newComposeProjectAt(t *testing.T, root, bin string) *composeProject {
+	t.Helper()
+	command := composeCommand(t)
 	dir := t.TempDir()
 	name := "nixcachee2e" + randomHex(t, 4)
 	httpAddr := freeAddr(t)
@@ -192,7 +199,7 @@ func newComposeProject(t *testing.T) *composeProject {
 		t.Fatal(err)
 	}
 	p.args = []string{"-p", name, "-f", filepath.Join(root, "docker-compose.yml")}
-	if override := p.buildContextOverride(dir); override != "" {
+	if override := p.buildContextOverride(dir, bin); override != "" {
 		p.args = append(p.args, "-f", override)
 	}
 	p.args = append(p.args, "--env-file", envFile)
@@ -264,9 +271,9 @@ func composeCommand(t *testing.T) []string {
 // buildContextOverride returns a compose file that points the builds at a
 // copy of the build context holding the binaries under test, when those are
 // not the repository's bin/ (which docker-compose.yml builds from); else "".
-func (p *composeProject) buildContextOverride(dir string) string {
+func (p *composeProject) buildContextOverride(dir, bin string) string {
 	t := p.t
-	bin, err := filepath.Abs(binDir)
+	bin, err := filepath.Abs(bin)
 	if err != nil {
 		t.Fatal(err)
 	}

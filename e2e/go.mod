@@ -11,6 +11,7 @@ require (
 	github.com/minio/minio-go/v7 v7.4.1
 	github.com/nixcache/nixcache/nix v0.0.0-00010101000000-000000000000
 	github.com/nixcache/nixcache/proto v0.0.0-00010101000000-000000000000
+	go.etcd.io/bbolt v1.4.3
 	google.golang.org/grpc v1.85.0
 )
 

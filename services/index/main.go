@@ -22,6 +22,11 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/app"
 	"github.com/nixcache/nixcache/services/index/internal/hostnar"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
+
+	// The CA roots of the upstream caches (-upstream https://...) when the
+	// system has none, as in the FROM scratch image: Go's x509 uses them
+	// only then, so SSL_CERT_FILE and SSL_CERT_DIR still choose others.
+	_ "golang.org/x/crypto/x509roots/fallback"
 )
 
 // defaultListen is a Unix socket in the data directory, which only the
@@ -35,6 +40,13 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "check" {
 		if err := runCheck(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "nixcache-index check:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "backup" {
+		if err := runBackup(os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "nixcache-index backup:", err)
 			os.Exit(1)
 		}
 		return

@@ -1674,6 +1674,97 @@ func (x *RetireKeyResponse) GetDone() bool {
 	return false
 }
 
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+type BackupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The size of the whole copy in bytes, in the first message only: a
+	// copy that ends shorter is cut off.
+	Size uint64 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	// The next bytes of the copy.
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupResponse) Reset() {
+	*x = BackupResponse{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupResponse) ProtoMessage() {}
+
+func (x *BackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
+func (*BackupResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *BackupResponse) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *BackupResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_nixcache_index_v1_admin_proto protoreflect.FileDescriptor
 
 const file_nixcache_index_v1_admin_proto_rawDesc = "" +
@@ -1792,11 +1883,15 @@ const file_nixcache_index_v1_admin_proto_rawDesc = "" +
 	"\x11RetireKeyResponse\x12\x18\n" +
 	"\aupdated\x18\x01 \x01(\x04R\aupdated\x12\x14\n" +
 	"\x05total\x18\x02 \x01(\x04R\x05total\x12\x12\n" +
-	"\x04done\x18\x03 \x01(\bR\x04done*E\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\"\x0f\n" +
+	"\rBackupRequest\"8\n" +
+	"\x0eBackupResponse\x12\x12\n" +
+	"\x04size\x18\x01 \x01(\x04R\x04size\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data*E\n" +
 	"\x06Source\x12\x16\n" +
 	"\x12SOURCE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSOURCE_PUSHED\x10\x01\x12\x10\n" +
-	"\fSOURCE_LOCAL\x10\x022\x89\b\n" +
+	"\fSOURCE_LOCAL\x10\x022\xda\b\n" +
 	"\fAdminService\x12V\n" +
 	"\tListPaths\x12#.nixcache.index.v1.ListPathsRequest\x1a$.nixcache.index.v1.ListPathsResponse\x12P\n" +
 	"\aGetPath\x12!.nixcache.index.v1.GetPathRequest\x1a\".nixcache.index.v1.GetPathResponse\x12Y\n" +
@@ -1810,7 +1905,8 @@ const file_nixcache_index_v1_admin_proto_rawDesc = "" +
 	"\bListPins\x12\".nixcache.index.v1.ListPinsRequest\x1a#.nixcache.index.v1.ListPinsResponse\x12S\n" +
 	"\bListKeys\x12\".nixcache.index.v1.ListKeysRequest\x1a#.nixcache.index.v1.ListKeysResponse\x12O\n" +
 	"\x06AddKey\x12 .nixcache.index.v1.AddKeyRequest\x1a!.nixcache.index.v1.AddKeyResponse0\x01\x12X\n" +
-	"\tRetireKey\x12#.nixcache.index.v1.RetireKeyRequest\x1a$.nixcache.index.v1.RetireKeyResponse0\x01B>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
+	"\tRetireKey\x12#.nixcache.index.v1.RetireKeyRequest\x1a$.nixcache.index.v1.RetireKeyResponse0\x01\x12O\n" +
+	"\x06Backup\x12 .nixcache.index.v1.BackupRequest\x1a!.nixcache.index.v1.BackupResponse0\x01B>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
 
 var (
 	file_nixcache_index_v1_admin_proto_rawDescOnce sync.Once
@@ -1825,7 +1921,7 @@ func file_nixcache_index_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_nixcache_index_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_nixcache_index_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_nixcache_index_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_nixcache_index_v1_admin_proto_goTypes = []any{
 	(Source)(0),                    // 0: nixcache.index.v1.Source
 	(*PathSummary)(nil),            // 1: nixcache.index.v1.PathSummary
@@ -1855,19 +1951,21 @@ var file_nixcache_index_v1_admin_proto_goTypes = []any{
 	(*AddKeyResponse)(nil),         // 25: nixcache.index.v1.AddKeyResponse
 	(*RetireKeyRequest)(nil),       // 26: nixcache.index.v1.RetireKeyRequest
 	(*RetireKeyResponse)(nil),      // 27: nixcache.index.v1.RetireKeyResponse
-	(*timestamppb.Timestamp)(nil),  // 28: google.protobuf.Timestamp
-	(*PathInfo)(nil),               // 29: nixcache.index.v1.PathInfo
-	(*durationpb.Duration)(nil),    // 30: google.protobuf.Duration
+	(*BackupRequest)(nil),          // 28: nixcache.index.v1.BackupRequest
+	(*BackupResponse)(nil),         // 29: nixcache.index.v1.BackupResponse
+	(*timestamppb.Timestamp)(nil),  // 30: google.protobuf.Timestamp
+	(*PathInfo)(nil),               // 31: nixcache.index.v1.PathInfo
+	(*durationpb.Duration)(nil),    // 32: google.protobuf.Duration
 }
 var file_nixcache_index_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: nixcache.index.v1.PathSummary.source:type_name -> nixcache.index.v1.Source
-	28, // 1: nixcache.index.v1.PathSummary.registration_time:type_name -> google.protobuf.Timestamp
-	28, // 2: nixcache.index.v1.PathSummary.last_access:type_name -> google.protobuf.Timestamp
+	30, // 1: nixcache.index.v1.PathSummary.registration_time:type_name -> google.protobuf.Timestamp
+	30, // 2: nixcache.index.v1.PathSummary.last_access:type_name -> google.protobuf.Timestamp
 	1,  // 3: nixcache.index.v1.ListPathsResponse.paths:type_name -> nixcache.index.v1.PathSummary
-	29, // 4: nixcache.index.v1.GetPathResponse.info:type_name -> nixcache.index.v1.PathInfo
+	31, // 4: nixcache.index.v1.GetPathResponse.info:type_name -> nixcache.index.v1.PathInfo
 	1,  // 5: nixcache.index.v1.GetPathResponse.summary:type_name -> nixcache.index.v1.PathSummary
-	30, // 6: nixcache.index.v1.CollectGarbageRequest.max_age:type_name -> google.protobuf.Duration
-	28, // 7: nixcache.index.v1.Pin.created:type_name -> google.protobuf.Timestamp
+	32, // 6: nixcache.index.v1.CollectGarbageRequest.max_age:type_name -> google.protobuf.Duration
+	30, // 7: nixcache.index.v1.Pin.created:type_name -> google.protobuf.Timestamp
 	14, // 8: nixcache.index.v1.PinResponse.pin:type_name -> nixcache.index.v1.Pin
 	14, // 9: nixcache.index.v1.ListPinsResponse.pins:type_name -> nixcache.index.v1.Pin
 	21, // 10: nixcache.index.v1.ListKeysResponse.keys:type_name -> nixcache.index.v1.KeyInfo
@@ -1884,20 +1982,22 @@ var file_nixcache_index_v1_admin_proto_depIdxs = []int32{
 	22, // 21: nixcache.index.v1.AdminService.ListKeys:input_type -> nixcache.index.v1.ListKeysRequest
 	24, // 22: nixcache.index.v1.AdminService.AddKey:input_type -> nixcache.index.v1.AddKeyRequest
 	26, // 23: nixcache.index.v1.AdminService.RetireKey:input_type -> nixcache.index.v1.RetireKeyRequest
-	3,  // 24: nixcache.index.v1.AdminService.ListPaths:output_type -> nixcache.index.v1.ListPathsResponse
-	5,  // 25: nixcache.index.v1.AdminService.GetPath:output_type -> nixcache.index.v1.GetPathResponse
-	7,  // 26: nixcache.index.v1.AdminService.DeletePath:output_type -> nixcache.index.v1.DeletePathResponse
-	9,  // 27: nixcache.index.v1.AdminService.GetStats:output_type -> nixcache.index.v1.GetStatsResponse
-	11, // 28: nixcache.index.v1.AdminService.Verify:output_type -> nixcache.index.v1.VerifyResponse
-	13, // 29: nixcache.index.v1.AdminService.CollectGarbage:output_type -> nixcache.index.v1.CollectGarbageResponse
-	16, // 30: nixcache.index.v1.AdminService.Pin:output_type -> nixcache.index.v1.PinResponse
-	18, // 31: nixcache.index.v1.AdminService.Unpin:output_type -> nixcache.index.v1.UnpinResponse
-	20, // 32: nixcache.index.v1.AdminService.ListPins:output_type -> nixcache.index.v1.ListPinsResponse
-	23, // 33: nixcache.index.v1.AdminService.ListKeys:output_type -> nixcache.index.v1.ListKeysResponse
-	25, // 34: nixcache.index.v1.AdminService.AddKey:output_type -> nixcache.index.v1.AddKeyResponse
-	27, // 35: nixcache.index.v1.AdminService.RetireKey:output_type -> nixcache.index.v1.RetireKeyResponse
-	24, // [24:36] is the sub-list for method output_type
-	12, // [12:24] is the sub-list for method input_type
+	28, // 24: nixcache.index.v1.AdminService.Backup:input_type -> nixcache.index.v1.BackupRequest
+	3,  // 25: nixcache.index.v1.AdminService.ListPaths:output_type -> nixcache.index.v1.ListPathsResponse
+	5,  // 26: nixcache.index.v1.AdminService.GetPath:output_type -> nixcache.index.v1.GetPathResponse
+	7,  // 27: nixcache.index.v1.AdminService.DeletePath:output_type -> nixcache.index.v1.DeletePathResponse
+	9,  // 28: nixcache.index.v1.AdminService.GetStats:output_type -> nixcache.index.v1.GetStatsResponse
+	11, // 29: nixcache.index.v1.AdminService.Verify:output_type -> nixcache.index.v1.VerifyResponse
+	13, // 30: nixcache.index.v1.AdminService.CollectGarbage:output_type -> nixcache.index.v1.CollectGarbageResponse
+	16, // 31: nixcache.index.v1.AdminService.Pin:output_type -> nixcache.index.v1.PinResponse
+	18, // 32: nixcache.index.v1.AdminService.Unpin:output_type -> nixcache.index.v1.UnpinResponse
+	20, // 33: nixcache.index.v1.AdminService.ListPins:output_type -> nixcache.index.v1.ListPinsResponse
+	23, // 34: nixcache.index.v1.AdminService.ListKeys:output_type -> nixcache.index.v1.ListKeysResponse
+	25, // 35: nixcache.index.v1.AdminService.AddKey:output_type -> nixcache.index.v1.AddKeyResponse
+	27, // 36: nixcache.index.v1.AdminService.RetireKey:output_type -> nixcache.index.v1.RetireKeyResponse
+	29, // 37: nixcache.index.v1.AdminService.Backup:output_type -> nixcache.index.v1.BackupResponse
+	25, // [25:38] is the sub-list for method output_type
+	12, // [12:25] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -1915,7 +2015,7 @@ func file_nixcache_index_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nixcache_index_v1_admin_proto_rawDesc), len(file_nixcache_index_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

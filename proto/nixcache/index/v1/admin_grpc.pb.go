@@ -31,6 +31,7 @@ const (
 	AdminService_ListKeys_FullMethodName       = "/nixcache.index.v1.AdminService/ListKeys"
 	AdminService_AddKey_FullMethodName         = "/nixcache.index.v1.AdminService/AddKey"
 	AdminService_RetireKey_FullMethodName      = "/nixcache.index.v1.AdminService/RetireKey"
+	AdminService_Backup_FullMethodName         = "/nixcache.index.v1.AdminService/Backup"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -77,6 +78,11 @@ type AdminServiceClient interface {
 	// RetireKey stops signing with a key and removes its signatures from
 	// every path. Retiring the last active key is refused.
 	RetireKey(ctx context.Context, in *RetireKeyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RetireKeyResponse], error)
+	// Backup streams a copy of the catalogue file (catalog.db) as it is at
+	// the call, consistent, while the index goes on serving and storing. The
+	// NAR files are not in it. Not in the JSON API: `nixcache-index backup`
+	// calls it.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
 }
 
 type adminServiceClient struct {
@@ -243,6 +249,25 @@ func (c *adminServiceClient) RetireKey(ctx context.Context, in *RetireKeyRequest
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_RetireKeyClient = grpc.ServerStreamingClient[RetireKeyResponse]
 
+func (c *adminServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[4], AdminService_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_BackupClient = grpc.ServerStreamingClient[BackupResponse]
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -287,6 +312,11 @@ type AdminServiceServer interface {
 	// RetireKey stops signing with a key and removes its signatures from
 	// every path. Retiring the last active key is refused.
 	RetireKey(*RetireKeyRequest, grpc.ServerStreamingServer[RetireKeyResponse]) error
+	// Backup streams a copy of the catalogue file (catalog.db) as it is at
+	// the call, consistent, while the index goes on serving and storing. The
+	// NAR files are not in it. Not in the JSON API: `nixcache-index backup`
+	// calls it.
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -332,6 +362,9 @@ func (UnimplementedAdminServiceServer) AddKey(*AddKeyRequest, grpc.ServerStreami
 }
 func (UnimplementedAdminServiceServer) RetireKey(*RetireKeyRequest, grpc.ServerStreamingServer[RetireKeyResponse]) error {
 	return status.Error(codes.Unimplemented, "method RetireKey not implemented")
+}
+func (UnimplementedAdminServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
+	return status.Error(codes.Unimplemented, "method Backup not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -542,6 +575,17 @@ func _AdminService_RetireKey_Handler(srv interface{}, stream grpc.ServerStream) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_RetireKeyServer = grpc.ServerStreamingServer[RetireKeyResponse]
 
+func _AdminService_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_BackupServer = grpc.ServerStreamingServer[BackupResponse]
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -601,6 +645,11 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "RetireKey",
 			Handler:       _AdminService_RetireKey_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Backup",
+			Handler:       _AdminService_Backup_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -1,6 +1,7 @@
 package admin_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -707,4 +708,45 @@ func sameSet(a, b []string) bool {
 	slices.Sort(a)
 	slices.Sort(b)
 	return slices.Equal(a, b)
+}
+
+// TestBackup: the copy Backup streams, in many messages, is a catalogue
+// with every path and pin.
+func TestBackup(t *testing.T) {
+	defer admin.SetBackupChunk(4096)()
+	e := newEnv(t)
+	ctx := context.Background()
+	dep := e.push("dep")
+	top := e.push("top", dep.GetStorePath())
+	if _, err := e.admin.Pin(ctx, &indexv1.PinRequest{Path: top.GetStorePath()}); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	n, err := admin.WriteBackup(ctx, e.admin, &buf)
+	if err != nil {
+		t.Fatalf("WriteBackup: %v", err)
+	}
+	if n != int64(buf.Len()) || n == 0 {
+		t.Fatalf("WriteBackup wrote %d bytes, says %d", buf.Len(), n)
+	}
+	path := filepath.Join(t.TempDir(), "catalog.db")
+	must(t, os.WriteFile(path, buf.Bytes(), 0o600))
+	restored, err := catalog.Open(path)
+	if err != nil {
+		t.Fatalf("open the copy: %v", err)
+	}
+	defer restored.Close()
+	for _, want := range []*indexv1.PathInfo{dep, top} {
+		got, err := restored.PathInfo(hashOf(want.GetStorePath()))
+		if err != nil {
+			t.Fatalf("%s in the copy: %v", want.GetStorePath(), err)
+		}
+		if got.GetNarHash() != want.GetNarHash() || !slices.Equal(got.GetSignatures(), want.GetSignatures()) || len(got.GetSignatures()) == 0 {
+			t.Errorf("%s in the copy: %v, want %v", want.GetStorePath(), got, want)
+		}
+	}
+	pins, err := restored.Pins()
+	if err != nil || len(pins) != 1 || pins[0].GetStorePath() != top.GetStorePath() {
+		t.Errorf("pins in the copy: %v, %v; want %s", pins, err, top.GetStorePath())
+	}
 }

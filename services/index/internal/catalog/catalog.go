@@ -44,6 +44,12 @@ func Open(path string) (*Catalog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)
 	}
+	// Before anything is written: a catalogue of a later version (an index
+	// downgraded) is left exactly as it is.
+	if err := refuseNewer(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open catalog %s: %w", path, err)
+	}
 	if err := db.Update(createBuckets); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -473,19 +474,39 @@ func TestMigrateSchema1(t *testing.T) {
 	checkDerived(t, c, "after the second migration")
 }
 
+// TestNewerSchemaIsRefused: a catalogue of a later version, without a
+// bucket this one makes (a later layout may drop one), is refused with a
+// message that says why, and not written to at all.
 func TestNewerSchemaIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "catalog.db")
 	c, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = c.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(metaBucket).Put(schemaKey, []byte{schemaVersion + 1}) })
+	err = c.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(statsBucket); err != nil {
+			return err
+		}
+		return tx.Bucket(metaBucket).Put(schemaKey, []byte{schemaVersion + 1})
+	})
 	c.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c, err := Open(path); err == nil {
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err = Open(path)
+	if err == nil {
 		c.Close()
 		t.Fatal("a catalogue of a newer schema opened")
+	}
+	want := fmt.Sprintf("catalog schema %d is newer than this index's (%d)", schemaVersion+1, schemaVersion)
+	if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "left unchanged") {
+		t.Errorf("Open of a newer catalogue: %q, want it to say %q and that the file is left unchanged", err, want)
+	}
+	if after, err := os.ReadFile(path); err != nil || !bytes.Equal(after, before) {
+		t.Errorf("the refused catalogue was written to (%v)", err)
 	}
 }

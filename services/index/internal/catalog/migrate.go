@@ -39,6 +39,23 @@ func schemaOf(db *bolt.DB) (int, error) {
 	return v, err
 }
 
+// refuseNewer fails when db is of a schema this code does not know.
+func refuseNewer(db *bolt.DB) error {
+	v, err := schemaOf(db)
+	if err != nil {
+		return err
+	}
+	if v > schemaVersion {
+		return newerSchema(v)
+	}
+	return nil
+}
+
+func newerSchema(v int) error {
+	return fmt.Errorf("catalog schema %d is newer than this index's (%d): it was written by a later nixcache; "+
+		"run that version again, or restore a backup made by this one (the file is left unchanged)", v, schemaVersion)
+}
+
 // isEmpty reports whether db holds no record in any bucket (a new file).
 func isEmpty(db *bolt.DB) (bool, error) {
 	empty := true
@@ -182,7 +199,7 @@ func upgrade(path string, db *bolt.DB) (*bolt.DB, error) {
 		return db, nil
 	}
 	if v > schemaVersion {
-		return nil, fmt.Errorf("catalog schema %d is newer than this index's (%d): upgrade the index", v, schemaVersion)
+		return nil, newerSchema(v)
 	}
 	empty, err := isEmpty(db)
 	if err != nil {
