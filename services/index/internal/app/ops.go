@@ -30,13 +30,15 @@ type ops struct {
 }
 
 // adminRules are the scopes AdminService needs: GetStats and ListKeys need
-// read (anonymous while reads are public: the landing page shows them),
-// every other method admin. IndexService is not checked: the gateway
+// read (anonymous while reads are public: the landing page shows them), so
+// does FindMissingPaths (a narinfo per path tells the same), every other
+// method admin. IndexService is not checked: the gateway
 // calls it, and the network protects it.
 func adminRules() (auth.Rules, error) {
 	return auth.ServiceRules(&indexv1.AdminService_ServiceDesc, auth.Admin, map[string]auth.Scope{
-		"GetStats": auth.Read,
-		"ListKeys": auth.Read,
+		"GetStats":         auth.Read,
+		"ListKeys":         auth.Read,
+		"FindMissingPaths": auth.Read,
 	})
 }
 
