@@ -2,6 +2,13 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"regexp"
+	"slices"
+	"syscall"
+	"time"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,23 +89,219 @@ func TestClientPush(t *testing.T) {
 	}
 }
 
+// narinfoPut is a successful narinfo upload in a gateway's access log.
+var narinfoPut = regexp.MustCompile(`method=PUT path=/([0-9a-z]{32})\.narinfo status=204`)
+
 // narinfoPuts counts the successful narinfo uploads of each hash part in
 // a gateway's log.
 func narinfoPuts(t *testing.T, logPath string) map[string]int {
 	t.Helper()
 	puts := map[string]int{}
-	for _, line := range strings.Split(readFile(t, logPath), "\n") {
-		if !strings.Contains(line, `"method":"PUT"`) || !strings.Contains(line, `"status":204`) {
-			continue
-		}
-		i := strings.Index(line, `"path":"/`)
-		if i < 0 {
-			continue
-		}
-		rest := line[i+len(`"path":"/`):]
-		if j := strings.Index(rest, `.narinfo"`); j == 32 {
-			puts[rest[:32]]++
-		}
+	for _, m := range narinfoPut.FindAllStringSubmatch(readFile(t, logPath), -1) {
+		puts[m[1]]++
 	}
 	return puts
 }
+
+// clientDaemon is a running `nixcache daemon` (or watch-store).
+type clientDaemon struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	log  string
+}
+
+// startClient starts the client with args in the background, logging to
+// a file; it is killed at the end of the test.
+func startClient(t *testing.T, args ...string) *clientDaemon {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), "nixcache.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := nixcacheCmd(args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &clientDaemon{cmd: cmd, done: make(chan struct{}), log: logPath}
+	go func() {
+		_ = cmd.Wait()
+		logf.Close()
+		close(d.done)
+	}()
+	t.Cleanup(func() {
+		d.kill()
+		if t.Failed() {
+			t.Logf("--- nixcache %s log ---\n%s", args[0], readFile(t, logPath))
+		}
+	})
+	return d
+}
+
+// kill sends SIGKILL and waits for the process to end.
+func (d *clientDaemon) kill() {
+	_ = d.cmd.Process.Signal(syscall.SIGKILL)
+	<-d.done
+}
+
+// hookScript writes a post-build-hook that queues in spool.
+func hookScript(t *testing.T, spool string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "post-build-hook")
+	script := fmt.Sprintf("#!/bin/sh\nexec %s hook -spool %s\n", filepath.Join(binDir, "nixcache"), spool)
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestClientHook: a post-build-hook in the nix-daemon's nix.conf queues
+// what nix-build builds through the daemon, and `nixcache daemon` pushes
+// it; the path is substitutable from the cache within 5 s of the build.
+func TestClientHook(t *testing.T) {
+	c := newCluster(t)
+	spool := filepath.Join(t.TempDir(), "spool.db")
+	socket := startNixDaemonWith(t, filepath.Join(t.TempDir(), "socket"),
+		nixConfig("post-build-hook = "+hookScript(t, spool)))
+	startClient(t, append([]string{"daemon"}, pushArgs(c, socket, "-spool", spool, "-poll-interval", "100ms")...)...)
+
+	seed := randomHex(t, 8)
+	expr := filepath.Join(t.TempDir(), "hooked.nix")
+	if err := os.WriteFile(expr, []byte(fmt.Sprintf(`derivation {
+  name = "hooked-%s";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "echo %s > $out" ];
+}
+`, seed, seed)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("nix-build", expr, "--no-out-link")
+	cmd.Env = append(os.Environ(), "NIX_CONFIG="+nixConfig(), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+socket,
+		"HOME="+t.TempDir())
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("nix-build through the daemon: %v\n%s", err, errb.String())
+	}
+	built := time.Now()
+	top := strings.TrimSpace(string(out))
+	waitFor(t, 5*time.Second, "built path in the cache", func() bool {
+		return httpStatus(t, http.MethodGet, c.URL+"/"+hashPart(top)+".narinfo", "", nil) == http.StatusOK
+	})
+	t.Logf("%s in the cache %s after nix-build returned", top, time.Since(built).Round(time.Millisecond))
+	local := pathInfos(t, nixConfig(), "--recursive", top)
+	substituteAndCheck(t, c, top, []string{top}, local)
+	status, _ := mustNixcache(t, nil, "status", "-spool", spool)
+	if !strings.Contains(status, "queued: 0") || !strings.Contains(status, "pushed: 1") {
+		t.Errorf("nixcache status after the push:\n%s", status)
+	}
+
+	// The hook itself, timed: it must never hold a build up.
+	var times []time.Duration
+	for range 50 {
+		start := time.Now()
+		if _, errOut, err := runNixcache(t, []string{"OUT_PATHS=" + top}, "hook", "-spool", spool); err != nil {
+			t.Fatalf("hook: %v\n%s", err, errOut)
+		}
+		times = append(times, time.Since(start))
+	}
+	slices.Sort(times)
+	p99 := times[len(times)*99/100]
+	t.Logf("nixcache hook: median %s, p99 %s (50 runs)", times[len(times)/2], p99)
+	if p99 > 250*time.Millisecond {
+		t.Errorf("nixcache hook p99 %s, want well under 250 ms", p99)
+	}
+}
+
+// addRandomPaths adds n store paths of size random bytes each (no
+// references) and returns them.
+func addRandomPaths(t *testing.T, n, size int) []string {
+	t.Helper()
+	var paths []string
+	for i := range n {
+		dir := filepath.Join(t.TempDir(), fmt.Sprintf("blob-%d-%s", i, randomHex(t, 4)))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, size)
+		for j := range b {
+			b[j] = byte(rand.Uint32())
+		}
+		if err := os.WriteFile(filepath.Join(dir, "data"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, strings.TrimSpace(mustNix(t, nixConfig(), "nix-store", "--add", dir)))
+	}
+	return paths
+}
+
+// TestClientDaemonKilled: the daemon is SIGKILLed mid-upload, again and
+// again; in the end every queued path is in the cache, verified, and its
+// narinfo was uploaded exactly once.
+func TestClientDaemonKilled(t *testing.T) {
+	c := newCluster(t)
+	socket := startNixDaemon(t)
+	spool := filepath.Join(t.TempDir(), "spool.db")
+	top, closure := buildClosure(t)
+	blobs := addRandomPaths(t, 12, 3<<20)
+	queued := append([]string{top}, blobs...)
+	mustNixcache(t, nil, append([]string{"hook", "-spool", spool}, queued...)...)
+	all := append(slices.Clone(closure), blobs...)
+
+	args := append([]string{"daemon"}, pushArgs(c, socket, "-spool", spool, "-poll-interval", "50ms", "-jobs", "2")...)
+	kills := 0
+	for round := range 8 {
+		d := startClient(t, args...)
+		// Kill once its first upload reached the cache (or after a while).
+		start := time.Now()
+		for time.Since(start) < 3*time.Second {
+			if strings.Contains(readFile(t, filepath.Join(c.dir, "logs", "gateway.log")), "method=PUT") {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(time.Duration(rand.IntN(400)) * time.Millisecond) // where in the upload: random, on purpose
+		select {
+		case <-d.done:
+			t.Fatalf("round %d: the daemon exited by itself:\n%s", round, readFile(t, d.log))
+		default:
+		}
+		d.kill()
+		kills++
+		st, _ := mustNixcache(t, nil, "status", "-spool", spool)
+		if strings.Contains(st, "queued: 0") {
+			break
+		}
+	}
+	d := startClient(t, args...)
+	waitFor(t, 60*time.Second, "queue drained", func() bool {
+		st, _, err := runNixcache(t, nil, "status", "-spool", spool)
+		return err == nil && strings.Contains(st, "queued: 0")
+	})
+	d.kill()
+	t.Logf("%d kills", kills)
+
+	puts := narinfoPuts(t, filepath.Join(c.dir, "logs", "gateway.log"))
+	for _, p := range all {
+		if n := puts[hashPart(p)]; n != 1 {
+			t.Errorf("%s: narinfo uploaded %d times, want 1", p, n)
+		}
+	}
+	if len(puts) != len(all) {
+		t.Errorf("%d narinfos uploaded, want %d", len(puts), len(all))
+	}
+	local := pathInfos(t, nixConfig(), append([]string{"--recursive"}, queued...)...)
+	store := filepath.Join(t.TempDir(), "store")
+	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", "copy", "--from", c.URL, "--to", store, top)
+	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", append([]string{"copy", "--from", c.URL, "--to", store}, blobs...)...)
+	copied := pathInfos(t, nixConfig(), append([]string{"--store", store, "--recursive"}, queued...)...)
+	for _, p := range all {
+		if copied[p].NarHash != local[p].NarHash {
+			t.Errorf("%s: substituted NarHash %q, host %q", p, copied[p].NarHash, local[p].NarHash)
+		}
+	}
+}
+

@@ -20,6 +20,7 @@ import (
 
 	"github.com/nixcache/nixcache/cmd/nixcache/internal/cacheclient"
 	"github.com/nixcache/nixcache/cmd/nixcache/internal/drain"
+	"github.com/nixcache/nixcache/cmd/nixcache/internal/drv"
 	"github.com/nixcache/nixcache/cmd/nixcache/internal/netrc"
 	"github.com/nixcache/nixcache/cmd/nixcache/internal/push"
 	"github.com/nixcache/nixcache/cmd/nixcache/internal/setup"
@@ -278,8 +279,15 @@ func runHook(args []string, std IO) error {
 	if err := envflag.Parse(fs, args); err != nil {
 		return err
 	}
-	// Nix runs the hook with the outputs in $OUT_PATHS, space-separated.
+	// Nix runs the hook with the outputs in $OUT_PATHS, space-separated;
+	// Nix 2.8 leaves it empty, and they are read from $DRV_PATH then.
 	outs := strings.Fields(os.Getenv("OUT_PATHS"))
+	if drvPath := os.Getenv("DRV_PATH"); len(outs) == 0 && drvPath != "" {
+		var err error
+		if outs, err = drv.Outputs(drvPath); err != nil {
+			return fmt.Errorf("hook: $OUT_PATHS is empty: %w", err)
+		}
+	}
 	outs = append(outs, fs.Args()...)
 	paths, err := storePaths(*storeDir, outs)
 	if err != nil {
