@@ -89,18 +89,19 @@ func TestClientPush(t *testing.T) {
 	}
 }
 
-// narinfoPut is a successful narinfo upload in a gateway's access log.
-var narinfoPut = regexp.MustCompile(`method=PUT path=/([0-9a-z]{32})\.narinfo status=204`)
+// published matches the index's log line for a path it published (a
+// narinfo upload that took effect, whether or not its client saw the
+// answer).
+var published = regexp.MustCompile(`msg="published path" store_path=(\S+)`)
 
-// narinfoPuts counts the successful narinfo uploads of each hash part in
-// a gateway's log.
-func narinfoPuts(t *testing.T, logPath string) map[string]int {
+// publications counts how many times the index published each store path.
+func publications(t *testing.T, c *cluster) map[string]int {
 	t.Helper()
-	puts := map[string]int{}
-	for _, m := range narinfoPut.FindAllStringSubmatch(readFile(t, logPath), -1) {
-		puts[m[1]]++
+	n := map[string]int{}
+	for _, m := range published.FindAllStringSubmatch(readFile(t, filepath.Join(c.dir, "logs", "index.log")), -1) {
+		n[m[1]]++
 	}
-	return puts
+	return n
 }
 
 // clientDaemon is a running `nixcache daemon` (or watch-store).
@@ -284,14 +285,14 @@ func TestClientDaemonKilled(t *testing.T) {
 	d.kill()
 	t.Logf("%d kills", kills)
 
-	puts := narinfoPuts(t, filepath.Join(c.dir, "logs", "gateway.log"))
+	pubs := publications(t, c)
 	for _, p := range all {
-		if n := puts[hashPart(p)]; n != 1 {
-			t.Errorf("%s: narinfo uploaded %d times, want 1", p, n)
+		if n := pubs[p]; n != 1 {
+			t.Errorf("%s: published %d times, want 1", p, n)
 		}
 	}
-	if len(puts) != len(all) {
-		t.Errorf("%d narinfos uploaded, want %d", len(puts), len(all))
+	if len(pubs) != len(all) {
+		t.Errorf("%d paths published, want %d", len(pubs), len(all))
 	}
 	local := pathInfos(t, nixConfig(), append([]string{"--recursive"}, queued...)...)
 	store := filepath.Join(t.TempDir(), "store")
