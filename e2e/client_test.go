@@ -306,3 +306,183 @@ func TestClientDaemonKilled(t *testing.T) {
 	}
 }
 
+
+// queueStatus is what `nixcache status` prints of spool.
+func queueStatus(t *testing.T, spool string) string {
+	t.Helper()
+	out, errOut, err := runNixcache(t, nil, "status", "-spool", spool)
+	if err != nil {
+		t.Fatalf("nixcache status: %v\n%s", err, errOut)
+	}
+	return out
+}
+
+// TestClientCacheDown: while the cache is down the daemon keeps the path
+// queued and says why in its log and in `nixcache status`; once the cache
+// is back, the path is pushed.
+func TestClientCacheDown(t *testing.T) {
+	c := newCluster(t)
+	socket := startNixDaemon(t)
+	spool := filepath.Join(t.TempDir(), "spool.db")
+	top, closure := buildClosure(t)
+	local := pathInfos(t, nixConfig(), "--recursive", top)
+	c.stop("gateway")
+	mustNixcache(t, []string{"OUT_PATHS=" + top}, "hook", "-spool", spool)
+	d := startClient(t, append([]string{"daemon"}, pushArgs(c, socket, "-spool", spool, "-poll-interval", "50ms",
+		"-retries", "1", "-max-backoff", "500ms")...)...)
+	waitFor(t, 30*time.Second, "the failure in nixcache status", func() bool {
+		return strings.Contains(queueStatus(t, spool), "connection refused")
+	})
+	if st := queueStatus(t, spool); !strings.Contains(st, "queued: 1\n") || !strings.Contains(st, "last error") {
+		t.Errorf("nixcache status while the cache is down:\n%s", st)
+	}
+	if log := readFile(t, d.log); !strings.Contains(log, "the paths stay queued") || !strings.Contains(log, "connection refused") {
+		t.Errorf("the daemon's log does not say why:\n%s", log)
+	}
+
+	c.start("gateway")
+	waitFor(t, 30*time.Second, "the queue drained once the cache is back", func() bool {
+		return strings.Contains(queueStatus(t, spool), "queued: 0\n")
+	})
+	if st := queueStatus(t, spool); strings.Contains(st, "last error") {
+		t.Errorf("the error is still shown after the push:\n%s", st)
+	}
+	substituteAndCheck(t, c, top, closure, local)
+}
+
+// TestClientWrongToken: a token the cache refuses keeps the path queued
+// with a clear error; the right one pushes it.
+func TestClientWrongToken(t *testing.T) {
+	c := newCluster(t)
+	socket := startNixDaemon(t)
+	spool := filepath.Join(t.TempDir(), "spool.db")
+	top, closure := buildClosure(t)
+	local := pathInfos(t, nixConfig(), "--recursive", top)
+	mustNixcache(t, nil, "hook", "-spool", spool, top)
+
+	for _, tc := range []struct{ name, token, want string }{
+		{"unknown token", "wrong-" + randomHex(t, 8), "401 Unauthorized"},
+		{"token without push", c.readToken, "403 Forbidden"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"daemon"}, pushArgs(c, socket, "-spool", spool, "-poll-interval", "50ms", "-max-backoff", "500ms")...)
+			d := startClient(t, append(args, "-token", tc.token)...)
+			waitFor(t, 30*time.Second, "the refusal in nixcache status", func() bool {
+				return strings.Contains(queueStatus(t, spool), tc.want)
+			})
+			d.kill()
+			if st := queueStatus(t, spool); !strings.Contains(st, "queued: 1\n") {
+				t.Errorf("nixcache status:\n%s", st)
+			}
+			if log := readFile(t, d.log); !strings.Contains(log, tc.want) {
+				t.Errorf("the daemon's log does not say why:\n%s", log)
+			}
+			// A push from the command line fails at once, saying why.
+			_, errOut, err := runNixcache(t, nil, append([]string{"push"}, pushArgs(c, socket, "-token", tc.token, top)...)...)
+			if err == nil || !strings.Contains(errOut, tc.want) {
+				t.Errorf("push with %s: %v\n%s", tc.name, err, errOut)
+			}
+		})
+	}
+	startClient(t, append([]string{"daemon"}, pushArgs(c, socket, "-spool", spool, "-poll-interval", "50ms")...)...)
+	waitFor(t, 30*time.Second, "the queue drained with the right token", func() bool {
+		return strings.Contains(queueStatus(t, spool), "queued: 0\n")
+	})
+	substituteAndCheck(t, c, top, closure, local)
+}
+
+// TestClientTwoGateways: part of a closure is pushed through one gateway,
+// the rest through another; the second push asks once and uploads only
+// what the first did not, and the whole closure is served by both.
+func TestClientTwoGateways(t *testing.T) {
+	c := newCluster(t)
+	gw2 := c.startGateway("gateway-2")
+	socket := startNixDaemon(t)
+	top, closure := buildClosure(t)
+	local := pathInfos(t, nixConfig(), "--recursive", top)
+	mid := ""
+	for _, p := range closure {
+		if strings.Contains(p, "-mid-") {
+			mid = p
+		}
+	}
+	_, errOut := mustNixcache(t, nil, append([]string{"push"}, pushArgs(c, socket, mid)...)...)
+	if !strings.Contains(errOut, "uploaded=2") {
+		t.Errorf("push of mid (and leaf) through the first gateway:\n%s", errOut)
+	}
+	_, errOut = mustNixcache(t, nil, append([]string{"push"}, pushArgs(c, socket, "-cache", gw2, top)...)...)
+	if !strings.Contains(errOut, "present=2") || !strings.Contains(errOut, "uploaded=1") {
+		t.Errorf("push of top through the second gateway:\n%s", errOut)
+	}
+	substituteAndCheck(t, c, top, closure, local)
+	for _, p := range closure {
+		if code := httpStatus(t, http.MethodGet, gw2+"/"+hashPart(p)+".narinfo", "", nil); code != http.StatusOK {
+			t.Errorf("%s through the second gateway: %d", p, code)
+		}
+	}
+}
+
+// TestClientWatchStore: watch-store pushes what is built after it starts.
+func TestClientWatchStore(t *testing.T) {
+	c := newCluster(t)
+	socket := startNixDaemon(t)
+	d := startClient(t, append([]string{"watch-store"}, pushArgs(c, socket, "-poll-interval", "100ms")...)...)
+	waitFor(t, 30*time.Second, "watch-store started", func() bool {
+		return strings.Contains(readFile(t, d.log), "watching the store")
+	})
+	top, closure := buildClosure(t)
+	built := time.Now()
+	local := pathInfos(t, nixConfig(), "--recursive", top)
+	waitFor(t, 15*time.Second, "the new closure in the cache", func() bool {
+		for _, p := range closure {
+			if httpStatus(t, http.MethodGet, c.URL+"/"+hashPart(p)+".narinfo", "", nil) != http.StatusOK {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("closure in the cache %s after the build", time.Since(built).Round(time.Millisecond))
+	substituteAndCheck(t, c, top, closure, local)
+}
+
+// TestClientUse: `nixcache use` prints, and writes, a configuration with
+// which the real Nix substitutes from the cache.
+func TestClientUse(t *testing.T) {
+	c := newCluster(t)
+	top, closure := buildClosure(t)
+	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL, top)
+
+	out, _ := mustNixcache(t, nil, "use", "-token", c.pushToken, c.URL)
+	host := strings.TrimPrefix(c.URL, "http://")
+	host = host[:strings.LastIndex(host, ":")]
+	for _, want := range []string{
+		"extra-substituters = " + c.URL + "\n",
+		"extra-trusted-public-keys = " + c.publicKey + "\n",
+		"machine " + host + " login nixcache password " + c.pushToken + "\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("nixcache use prints no %q:\n%s", want, out)
+		}
+	}
+
+	dir := t.TempDir()
+	nixConf, netrcFile := filepath.Join(dir, "nix.conf"), filepath.Join(dir, "netrc")
+	if err := os.WriteFile(nixConf, []byte("substituters =\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // twice: nothing is added again
+		mustNixcache(t, nil, "use", "-write", "-nix-conf", nixConf, "-netrc-file", netrcFile, "-token", c.pushToken, c.URL)
+	}
+	conf := readFile(t, nixConf)
+	if n := strings.Count(conf, "extra-substituters"); n != 1 {
+		t.Errorf("nix.conf has %d extra-substituters lines:\n%s", n, conf)
+	}
+	if got := readFile(t, netrcFile); strings.Count(got, "machine ") != 1 {
+		t.Errorf("netrc:\n%s", got)
+	}
+	store := filepath.Join(t.TempDir(), "store")
+	mustNix(t, nixConfig(conf), "nix-store", "--store", store, "--realise", top)
+	if got := pathInfos(t, nixConfig(), "--store", store, "--recursive", top); len(got) != len(closure) {
+		t.Errorf("substituted %d paths with the written nix.conf, want %d", len(got), len(closure))
+	}
+}
