@@ -5,15 +5,15 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"regexp"
-	"slices"
-	"syscall"
-	"time"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // The tests in this file drive the push client, bin/nixcache, against the
@@ -305,7 +305,6 @@ func TestClientDaemonKilled(t *testing.T) {
 		}
 	}
 }
-
 
 // queueStatus is what `nixcache status` prints of spool.
 func queueStatus(t *testing.T, spool string) string {
