@@ -79,6 +79,9 @@ func New(cfg Config) (*Client, error) {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConnsPerHost = 64
 		tr.ResponseHeaderTimeout = 5 * time.Minute
+		// NAR bodies go out in large writes (4 KiB by default: a
+		// syscall per 4 KiB).
+		tr.WriteBufferSize = 256 << 10
 		cfg.HTTP = &http.Client{Transport: tr}
 	}
 	return &Client{cfg: cfg, base: u}, nil
