@@ -103,19 +103,28 @@ func New(o Options) (*Pusher, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pusher{o: o, comp: comp}
-	for _, k := range o.SkipSignedBy {
+	skip, err := parseSkipKeys(o.SkipSignedBy)
+	if err != nil {
+		return nil, err
+	}
+	return &Pusher{o: o, comp: comp, skip: skip}, nil
+}
+
+// parseSkipKeys parses SkipSignedBy: key names, or public keys.
+func parseSkipKeys(list []string) ([]skipKey, error) {
+	var keys []skipKey
+	for _, k := range list {
 		if !strings.Contains(k, ":") {
-			p.skip = append(p.skip, skipKey{name: k})
+			keys = append(keys, skipKey{name: k})
 			continue
 		}
 		pk, err := signature.ParsePublicKey(k)
 		if err != nil {
 			return nil, fmt.Errorf("skip-signed-by %q: %w", k, err)
 		}
-		p.skip = append(p.skip, skipKey{name: pk.Name, key: &pk})
+		keys = append(keys, skipKey{name: pk.Name, key: &pk})
 	}
-	return p, nil
+	return keys, nil
 }
 
 // Push uploads the closures of roots (absolute store paths) that the
