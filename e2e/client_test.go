@@ -210,10 +210,12 @@ func TestClientHook(t *testing.T) {
 		times = append(times, time.Since(start))
 	}
 	slices.Sort(times)
-	p99 := times[len(times)*99/100]
-	t.Logf("nixcache hook: median %s, p99 %s (50 runs)", times[len(times)/2], p99)
-	if p99 > 250*time.Millisecond {
-		t.Errorf("nixcache hook p99 %s, want well under 250 ms", p99)
+	median := times[len(times)/2]
+	t.Logf("nixcache hook: median %s, max %s (50 runs; make bench measures its p99)", median, times[len(times)-1])
+	// A margin for a loaded machine: the hook's two fsyncs wait on the
+	// disk, a quiet builder's hook takes a few milliseconds.
+	if median > 100*time.Millisecond {
+		t.Errorf("nixcache hook median %s, want a few milliseconds (under 100 ms on a loaded machine)", median)
 	}
 }
 

@@ -29,6 +29,9 @@ const (
 	// Repush is a diagnostic: `nixcache push` of the closure again, when
 	// the cache has all of it (seconds, no ratio).
 	Repush = "repush"
+	// Hook is a diagnostic: the 99th percentile of `nixcache hook`, the
+	// post-build hook queueing a path (seconds, no ratio).
+	Hook = "hook-p99"
 	// CacheInfo is a diagnostic: GET /nix-cache-info as often as there
 	// are narinfos, which the gateway answers without the index.
 	CacheInfo = "cacheinfo"
@@ -437,6 +440,9 @@ func (r *Results) pushNotes(w io.Writer) {
 			if me := r.Measure(s.Name, f); me != nil && me.CPU > 0 && gib > 0 {
 				lines = append(lines, fmt.Sprintf("%s, %s: %.1f server CPU-s per pushed GiB (uncompressed NAR)", s.Name, FigureTitle[f], me.CPU/gib))
 			}
+		}
+		if me := r.Measure(s.Name, Hook); me != nil {
+			lines = append(lines, fmt.Sprintf("%s: `nixcache hook` (queue a path: process start, bbolt commit with its fsyncs) p99 %.1f ms, target ≤ 20 ms", s.Name, me.Median*1e3))
 		}
 		if me := r.Measure(s.Name, Repush); me != nil {
 			lines = append(lines, fmt.Sprintf("%s: `nixcache push` again, every path present (one missing-paths request): %.3f s", s.Name, me.Median))

@@ -477,6 +477,14 @@ func (b *bench) pushRounds(ctx context.Context, round int, top string, add func(
 				}
 				add("nixcache-"+comp, report.ClientPush, secs, cpu)
 				add("nixcache-"+comp, report.Repush, repush, 0)
+				if comp == "none" {
+					p99, err := b.hookP99(ctx, top)
+					if err != nil {
+						return err
+					}
+					add("nixcache-"+comp, report.Hook, p99, 0)
+					b.logf("nixcache hook: p99 %.1f ms", p99*1e3)
+				}
 				b.logf("nixcache push %s to nixcache: %.2f s, services %.2f CPU-s; again, all present: %.3f s", comp, secs, cpu, repush)
 				return err
 			},
@@ -645,6 +653,30 @@ func (b *bench) clientRound(ctx context.Context, comp, top string) (secs, repush
 		return 0, 0, 0, err
 	}
 	return secs, repush, cpu, nil
+}
+
+// hookRuns is how many times hookP99 runs the hook.
+const hookRuns = 200
+
+// hookP99 runs `nixcache hook` as Nix runs a post-build-hook, queueing
+// path in a fresh spool, hookRuns times, and returns the 99th percentile
+// of its wall time, in seconds.
+func (b *bench) hookP99(ctx context.Context, path string) (float64, error) {
+	spool := filepath.Join(b.o.Work, "hook-spool.db")
+	_ = os.Remove(spool)
+	defer os.Remove(spool)
+	times := make([]float64, 0, hookRuns)
+	for range hookRuns {
+		cmd := exec.CommandContext(ctx, filepath.Join(b.bin, "nixcache"), "hook", "-spool", spool)
+		cmd.Env = append(os.Environ(), "OUT_PATHS="+path)
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("nixcache hook: %v\n%s", err, out)
+		}
+		times = append(times, time.Since(start).Seconds())
+	}
+	slices.Sort(times)
+	return times[len(times)*99/100], nil
 }
 
 // fileRound times one nix copy of the closure to a fresh file:// cache.

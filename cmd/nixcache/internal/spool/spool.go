@@ -53,7 +53,17 @@ func New(path string) (*Spool, error) {
 // Path is the spool's file.
 func (s *Spool) Path() string { return s.path }
 
+// preallocSize is what a new spool file is written out to at once. A
+// file that grows as paths are queued costs each commit a block
+// allocation and a journal commit, which waits for the whole disk's: up to
+// a second per queued path on a busy disk (a few milliseconds into blocks
+// already written). bbolt never reads beyond its high-water mark, so the
+// zeros are free pages to it.
+const preallocSize = 4 << 20
+
 func (s *Spool) update(fn func(tx *bolt.Tx) error) error {
+	_, statErr := os.Stat(s.path)
+	fresh := errors.Is(statErr, os.ErrNotExist)
 	db, err := bolt.Open(s.path, 0o600, &bolt.Options{Timeout: openTimeout})
 	if err != nil {
 		return fmt.Errorf("open spool %s: %w", s.path, err)
@@ -66,10 +76,37 @@ func (s *Spool) update(fn func(tx *bolt.Tx) error) error {
 		}
 		return fn(tx)
 	})
+	if err == nil && fresh {
+		// Still under bbolt's lock: no other process writes the file.
+		err = prealloc(s.path, preallocSize)
+	}
 	if cerr := db.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close spool %s: %w", s.path, cerr)
 	}
 	return err
+}
+
+// prealloc writes the file at path out with zeros to size bytes.
+func prealloc(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("preallocate spool: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("preallocate spool: %w", err)
+	}
+	zeros := make([]byte, 64<<10)
+	for off := fi.Size(); off < size; off += int64(len(zeros)) {
+		if _, err := f.WriteAt(zeros[:min(int64(len(zeros)), size-off)], off); err != nil {
+			return fmt.Errorf("preallocate spool: %w", err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("preallocate spool: %w", err)
+	}
+	return nil
 }
 
 func (s *Spool) view(fn func(tx *bolt.Tx) error) error {

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -17,6 +18,11 @@ func TestQueue(t *testing.T) {
 	}
 	if err := s.Enqueue([]string{"/nix/store/a", "/nix/store/b"}); err != nil {
 		t.Fatal(err)
+	}
+	// The first commit wrote the file out, so that later ones allocate
+	// nothing.
+	if fi, err := os.Stat(s.Path()); err != nil || fi.Size() < preallocSize {
+		t.Errorf("new spool file: %v, %v; want %d bytes written out", fi.Size(), err, preallocSize)
 	}
 	if err := s.Enqueue([]string{"/nix/store/c"}); err != nil {
 		t.Fatal(err)
