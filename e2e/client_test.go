@@ -407,11 +407,14 @@ func TestClientTwoGateways(t *testing.T) {
 			mid = p
 		}
 	}
-	_, errOut := mustNixcache(t, nil, append([]string{"push"}, pushArgs(c, socket, mid)...)...)
-	if !strings.Contains(errOut, "uploaded=2") {
-		t.Errorf("push of mid (and leaf) through the first gateway:\n%s", errOut)
+	// Paths on stdin, as `nix-store -qR` prints them.
+	cmd := nixcacheCmd(append([]string{"push"}, pushArgs(c, socket, "-stdin")...)...)
+	cmd.Stdin = strings.NewReader(mustNix(t, nixConfig(), "nix-store", "--query", "--requisites", mid))
+	out, err := cmd.CombinedOutput()
+	if errOut := string(out); err != nil || !strings.Contains(errOut, "uploaded=2") {
+		t.Errorf("push of mid (and leaf) through the first gateway, -stdin: %v\n%s", err, errOut)
 	}
-	_, errOut = mustNixcache(t, nil, append([]string{"push"}, pushArgs(c, socket, "-cache", gw2, top)...)...)
+	_, errOut := mustNixcache(t, nil, append([]string{"push"}, pushArgs(c, socket, "-cache", gw2, top)...)...)
 	if !strings.Contains(errOut, "present=2") || !strings.Contains(errOut, "uploaded=1") {
 		t.Errorf("push of top through the second gateway:\n%s", errOut)
 	}
