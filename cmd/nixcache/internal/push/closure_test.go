@@ -23,3 +23,12 @@ func TestTopoOrder(t *testing.T) {
 		t.Errorf("topoOrder = %q, want %q", got, want)
 	}
 }
+
+func TestInOrder(t *testing.T) {
+	order := []string{"/s/leaf", "/s/mid", "/s/top"}
+	// Reordered and repeated by the cache: taken in the closure's order, once.
+	got := inOrder(order, []string{"/s/top", "/s/leaf", "/s/top"})
+	if want := []string{"/s/leaf", "/s/top"}; !slices.Equal(got, want) {
+		t.Errorf("inOrder = %q, want %q", got, want)
+	}
+}

@@ -146,14 +146,14 @@ func (p *Pusher) Push(ctx context.Context, roots []string) (Result, error) {
 		}
 		candidates = append(candidates, path)
 	}
-	var missing []string
+	var answer []string
 	if len(candidates) > 0 {
-		if missing, err = p.o.Cache.Missing(ctx, candidates); err != nil {
+		if answer, err = p.o.Cache.Missing(ctx, candidates); err != nil {
 			return res, fmt.Errorf("ask the cache what it lacks: %w", err)
 		}
 	}
+	missing := inOrder(candidates, answer)
 	res.Present = len(candidates) - len(missing)
-	// The answer keeps the request's order: references first.
 	up := newUpload(p, infos, missing, start)
 	err = up.run(ctx)
 	res.Uploaded = int(up.pathsDone.Load())
@@ -161,6 +161,24 @@ func (p *Pusher) Push(ctx context.Context, roots []string) (Result, error) {
 	res.FileBytes = up.fileBytes.Load()
 	res.Duration = time.Since(start)
 	return res, err
+}
+
+// inOrder returns the paths of answer in the order of order (references
+// first, whatever the cache's answer says: the upload's waits rely on it),
+// each once.
+func inOrder(order, answer []string) []string {
+	in := make(map[string]bool, len(answer))
+	for _, path := range answer {
+		in[path] = true
+	}
+	out := make([]string, 0, len(answer))
+	for _, path := range order {
+		if in[path] {
+			out = append(out, path)
+			delete(in, path)
+		}
+	}
+	return out
 }
 
 // signedBySkipped reports whether info carries a signature of a key the
