@@ -490,3 +490,38 @@ func TestClientUse(t *testing.T) {
 		t.Errorf("substituted %d paths with the written nix.conf, want %d", len(got), len(closure))
 	}
 }
+
+// TestClientRefusedPath: a queued path the cache refuses (here: its
+// reference was skipped with -skip-signed-by, and the cache has no
+// upstream for it) stays queued with the cache's answer in `nixcache
+// status`, and does not hold up the paths queued with it.
+func TestClientRefusedPath(t *testing.T) {
+	c := newCluster(t)
+	socket := startNixDaemon(t)
+	spool := filepath.Join(t.TempDir(), "spool.db")
+	top, closure := buildClosure(t)
+	leaf := ""
+	for _, p := range closure {
+		if strings.Contains(p, "-leaf-") {
+			leaf = p
+		}
+	}
+	dir := t.TempDir()
+	mustNix(t, nixConfig(), "nix-store", "--generate-binary-cache-key", "upstream-1", filepath.Join(dir, "sec"), filepath.Join(dir, "pub"))
+	mustNix(t, nixConfig(), "nix", "store", "sign", "--key-file", filepath.Join(dir, "sec"), leaf)
+	blob := addRandomPaths(t, 1, 4096)[0]
+	mustNixcache(t, nil, "hook", "-spool", spool, top, blob)
+
+	startClient(t, append([]string{"daemon"}, pushArgs(c, socket, "-spool", spool, "-poll-interval", "50ms",
+		"-max-backoff", "500ms", "-skip-signed-by", "upstream-1")...)...)
+	waitFor(t, 30*time.Second, "the other path pushed", func() bool {
+		return httpStatus(t, http.MethodGet, c.URL+"/"+hashPart(blob)+".narinfo", "", nil) == http.StatusOK
+	})
+	waitFor(t, 30*time.Second, "the refusal in nixcache status", func() bool {
+		st := queueStatus(t, spool)
+		return strings.Contains(st, "queued: 1\n  "+top+"\n") && strings.Contains(st, "is not in the cache")
+	})
+	if code := httpStatus(t, http.MethodGet, c.URL+"/"+hashPart(leaf)+".narinfo", "", nil); code != http.StatusNotFound {
+		t.Errorf("the skipped leaf: %d, want 404", code)
+	}
+}

@@ -126,6 +126,15 @@ func IsAuth(err error) bool {
 	return errors.As(err, &e) && (e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden)
 }
 
+// IsRefusal reports whether err is the cache refusing what was sent (a
+// 4xx other than the credentials' and 429): sending it again gives the
+// same answer.
+func IsRefusal(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status >= 400 && e.Status < 500 && !IsAuth(err) &&
+		e.Status != http.StatusTooManyRequests && e.Status != http.StatusRequestTimeout
+}
+
 // Body makes a request body, afresh for each attempt.
 type Body func() (io.ReadCloser, error)
 

@@ -3,6 +3,7 @@ package cacheclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -148,5 +149,17 @@ func TestContextEndsRetries(t *testing.T) {
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("took %s after the context ended", d)
+	}
+}
+
+func TestIsRefusal(t *testing.T) {
+	for status, want := range map[int]bool{400: true, 404: true, 413: true, 401: false, 403: false, 408: false, 429: false, 500: false, 503: false} {
+		err := fmt.Errorf("push: %w", &Error{Method: "PUT", Path: "/x.narinfo", Status: status})
+		if got := IsRefusal(err); got != want {
+			t.Errorf("IsRefusal(%d) = %v, want %v", status, got, want)
+		}
+	}
+	if IsRefusal(errors.New("connection refused")) {
+		t.Error("a connection failure is a refusal")
 	}
 }

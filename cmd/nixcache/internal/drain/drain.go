@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nixcache/nixcache/cmd/nixcache/internal/cacheclient"
 	"github.com/nixcache/nixcache/cmd/nixcache/internal/push"
 	"github.com/nixcache/nixcache/cmd/nixcache/internal/spool"
 )
@@ -96,6 +97,12 @@ func Once(ctx context.Context, cfg Config) (int, error) {
 		roots = valid
 	}
 	res, err := cfg.Pusher.Push(ctx, roots)
+	if err != nil && cacheclient.IsRefusal(err) && len(roots) > 1 && ctx.Err() == nil {
+		// The cache refuses some path: push the roots one by one, so that
+		// one the cache will never take does not hold the others up. What
+		// the batch uploaded is not uploaded again.
+		return oneByOne(ctx, cfg, entries, roots, err)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0, nil // stopping; the queue is as it was
@@ -112,4 +119,48 @@ func Once(ctx context.Context, cfg Config) (int, error) {
 		"skipped", res.Skipped, "uploaded", res.Uploaded, "nar_bytes", res.NarBytes, "file_bytes", res.FileBytes,
 		"duration", res.Duration)
 	return len(entries), nil
+}
+
+// oneByOne pushes each root alone, removes the entries of those pushed,
+// and records the failure of the others, which stay queued.
+func oneByOne(ctx context.Context, cfg Config, entries []spool.Entry, roots []string, batchErr error) (int, error) {
+	var pushed []spool.Entry
+	var firstErr error
+	failed := 0
+	for _, root := range roots {
+		if _, err := cfg.Pusher.Push(ctx, []string{root}); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			failed++
+			if firstErr == nil {
+				firstErr = fmt.Errorf("%s: %w", root, err)
+			}
+			continue
+		}
+		for _, e := range entries {
+			if e.Path == root {
+				pushed = append(pushed, e)
+			}
+		}
+	}
+	if len(pushed) > 0 {
+		if err := cfg.Spool.Done(pushed, time.Now()); err != nil {
+			return 0, err
+		}
+		cfg.Log.Info("pushed queued paths one by one after a refusal", "pushed", len(pushed), "failed", failed)
+	}
+	if firstErr == nil {
+		if ctx.Err() != nil {
+			return len(pushed), nil
+		}
+		firstErr = batchErr
+	}
+	if failed > 0 || len(pushed) == 0 {
+		if ferr := cfg.Spool.Failed(firstErr, time.Now()); ferr != nil {
+			cfg.Log.Error("record the failure in the spool", "err", ferr)
+		}
+		return len(pushed), fmt.Errorf("push queued paths: %d refused; first: %w", failed, firstErr)
+	}
+	return len(pushed), nil
 }
