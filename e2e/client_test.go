@@ -525,3 +525,42 @@ func TestClientRefusedPath(t *testing.T) {
 		t.Errorf("the skipped leaf: %d, want 404", code)
 	}
 }
+
+// TestClientPrivateReads: with private reads on the gateway and the index,
+// the missing-paths query needs a read token too, and says so; a push,read
+// token pushes and the read-only one is refused at the upload; `use`
+// finds the keys with the token from the netrc file.
+func TestClientPrivateReads(t *testing.T) {
+	c := newCluster(t, withAdmin(), withArgs("gateway", "-public-read=false"), withArgs("index", "-public-read=false"))
+	socket := startNixDaemon(t)
+	top, closure := buildClosure(t)
+	local := pathInfos(t, nixConfig(), "--recursive", top)
+
+	body := `{"paths": ["` + top + `"]}`
+	if code := httpStatus(t, http.MethodPost, c.URL+"/api/v1/missing-paths", "", strings.NewReader(body)); code != http.StatusUnauthorized {
+		t.Errorf("missing-paths without a token: %d, want 401", code)
+	}
+	resp := httpDo(t, http.MethodPost, c.URL+"/api/v1/missing-paths", c.readToken, strings.NewReader(body), nil)
+	if resp.status != http.StatusOK || !strings.Contains(resp.body, top) {
+		t.Errorf("missing-paths with a read token: %d %s", resp.status, resp.body)
+	}
+
+	_, errOut, err := runNixcache(t, nil, append([]string{"push"}, pushArgs(c, socket, "-token", c.readToken, "-retries", "0", top)...)...)
+	if err == nil || !strings.Contains(errOut, "403 Forbidden") {
+		t.Errorf("push with a read-only token: %v\n%s", err, errOut)
+	}
+	mustNixcache(t, nil, append([]string{"push"}, pushArgs(c, socket, top)...)...)
+	store := filepath.Join(t.TempDir(), "store")
+	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey, "netrc-file = "+c.netrc(c.readToken)), "nix", "copy", "--from", c.URL, "--to", store, top)
+	copied := pathInfos(t, nixConfig(), "--store", store, "--recursive", top)
+	for _, p := range closure {
+		if copied[p].NarHash != local[p].NarHash {
+			t.Errorf("%s: substituted NarHash %q, host %q", p, copied[p].NarHash, local[p].NarHash)
+		}
+	}
+
+	out, _ := mustNixcache(t, nil, "use", "-netrc-file", c.netrc(c.readToken), c.URL)
+	if !strings.Contains(out, "extra-trusted-public-keys = "+c.publicKey+"\n") {
+		t.Errorf("nixcache use with private reads:\n%s", out)
+	}
+}
