@@ -15,6 +15,7 @@ all: build
 build:
 	@mkdir -p $(BIN)
 	$(foreach s,$(SERVICES),$(GO_BUILD) -o $(BIN)/nixcache-$(s) ./services/$(s) &&) true
+	$(GO_BUILD) -o $(BIN)/nixcache ./cmd/nixcache
 
 tools:
 	@scripts/tools.sh
@@ -30,7 +31,7 @@ run: tools-run build
 test: tools proto-check vet fmt-check build test-unit test-e2e bench-smoke test-compose fuzz-smoke
 
 test-unit:
-	go test -count=1 ./bench/... ./nix/... ./platform/... ./services/signer/... ./services/index/... ./services/gateway/...
+	go test -count=1 ./bench/... ./cmd/nixcache/... ./nix/... ./platform/... ./services/signer/... ./services/index/... ./services/gateway/...
 
 test-e2e: build
 	NIXCACHE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m -skip '^TestCompose' ./e2e/...
@@ -105,7 +106,7 @@ fuzz-smoke:
 	done
 
 vet:
-	go vet ./nix/... ./platform/... ./proto/... ./services/signer/... ./services/index/... ./services/gateway/... ./e2e/... ./bench/...
+	go vet ./cmd/nixcache/... ./nix/... ./platform/... ./proto/... ./services/signer/... ./services/index/... ./services/gateway/... ./e2e/... ./bench/...
 
 fmt-check:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.\(gw\.\)\?go$$')); \

@@ -49,6 +49,12 @@ func run(m *testing.M) int {
 				return 1
 			}
 		}
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "nixcache"), "../cmd/nixcache")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: build nixcache: %v\n%s", err, out)
+			return 1
+		}
 		binDir = dir
 	}
 	return m.Run()

@@ -33,6 +33,12 @@ func startNixDaemon(t *testing.T) string {
 // already listening there is used as it is.
 func startNixDaemonOn(t *testing.T, socket string) string {
 	t.Helper()
+	return startNixDaemonWith(t, socket, nixConfig())
+}
+
+// startNixDaemonWith is startNixDaemonOn with the daemon's configuration.
+func startNixDaemonWith(t *testing.T, socket, config string) string {
+	t.Helper()
 	if conn, err := net.Dial("unix", socket); err == nil {
 		conn.Close()
 		return socket
@@ -43,7 +49,7 @@ func startNixDaemonOn(t *testing.T, socket string) string {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("nix-daemon")
-	cmd.Env = append(os.Environ(), "NIX_CONFIG="+nixConfig(), "NIX_DAEMON_SOCKET_PATH="+socket,
+	cmd.Env = append(os.Environ(), "NIX_CONFIG="+config, "NIX_DAEMON_SOCKET_PATH="+socket,
 		"HOME="+dir, "XDG_CACHE_HOME="+filepath.Join(dir, ".cache"))
 	cmd.Stdout, cmd.Stderr = logs, logs
 	// Its own process group: the processes it forks per connection go too.

@@ -23,24 +23,34 @@ const (
 	Nar1    = "nar-1conn"
 	Nar16   = "nar-16conn"
 	Push    = "push"
+	// ClientPush is the push of the closure with the project's client,
+	// `nixcache push`, to the same deployment as Push.
+	ClientPush = "client-push"
+	// Repush is a diagnostic: `nixcache push` of the closure again, when
+	// the cache has all of it (seconds, no ratio).
+	Repush = "repush"
+	// Hook is a diagnostic: the 99th percentile of `nixcache hook`, the
+	// post-build hook queueing a path (seconds, no ratio).
+	Hook = "hook-p99"
 	// CacheInfo is a diagnostic: GET /nix-cache-info as often as there
 	// are narinfos, which the gateway answers without the index.
 	CacheInfo = "cacheinfo"
 )
 
 // Figures lists the figures in table order.
-var Figures = []string{Narinfo, Nar1, Nar16, Push}
+var Figures = []string{Narinfo, Nar1, Nar16, Push, ClientPush}
 
 // FigureTitle is a figure's human name.
 var FigureTitle = map[string]string{
-	Narinfo: "narinfo, sequential, 1 connection",
-	Nar1:    "every NAR, 1 connection",
-	Nar16:   "every NAR, 16 connections",
-	Push:    "push (`nix copy --to`)",
+	Narinfo:    "narinfo, sequential, 1 connection",
+	Nar1:       "every NAR, 1 connection",
+	Nar16:      "every NAR, 16 connections",
+	Push:       "push (`nix copy --to`)",
+	ClientPush: "push (`nixcache push`)",
 }
 
 // Target is the most a figure may be, as a multiple of its baseline.
-var Target = map[string]float64{Narinfo: 1.15, Nar1: 1.5, Nar16: 1.2, Push: 1.3}
+var Target = map[string]float64{Narinfo: 1.15, Nar1: 1.5, Nar16: 1.2, Push: 1.3, ClientPush: 1.0}
 
 // RSS targets.
 const (
@@ -162,13 +172,17 @@ func (r *Results) ComputeRatios() {
 		}
 		for _, f := range Figures {
 			base := s.Baseline
-			if f == Push {
+			if f == Push || f == ClientPush {
 				base = s.PushBaseline
 			}
 			if base == "" {
 				continue
 			}
-			m, b := r.Measure(s.Name, f), r.Measure(base, f)
+			baseFig := f
+			if f == ClientPush {
+				baseFig = Push // file:// is filled by nix copy
+			}
+			m, b := r.Measure(s.Name, f), r.Measure(base, baseFig)
 			if m == nil || b == nil || b.Median == 0 {
 				continue
 			}
@@ -281,7 +295,7 @@ func (r *Results) Markdown(w io.Writer) {
 		}
 	}
 
-	fmt.Fprintf(w, "## Medians\n\n| server | narinfo (µs/req) | NAR 1 conn (s) | NAR 16 conn (s) | push (s) | server CPU-s: narinfo / NAR 1 / NAR 16 / push |\n|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "## Medians\n\n| server | narinfo (µs/req) | NAR 1 conn (s) | NAR 16 conn (s) | push (s) | nixcache push (s) | server CPU-s: narinfo / NAR 1 / NAR 16 / push / nixcache push |\n|---|---|---|---|---|---|---|\n")
 	for _, s := range r.Servers {
 		if s.Unavailable != "" {
 			continue
@@ -304,6 +318,7 @@ func (r *Results) Markdown(w io.Writer) {
 		}
 		fmt.Fprintf(w, " %s |\n", strings.Join(cpus, " / "))
 	}
+	r.pushNotes(w)
 	fmt.Fprintf(w, "\n### The narinfo figure taken apart\n\n"+
 		"The same number of sequential requests for `/nix-cache-info`, which the gateway answers itself (nginx: a static file), "+
 		"gives the cost of the HTTP side alone; the rest of a narinfo is the index hop (gRPC GetPathInfo and its bbolt read) and rendering.\n\n"+
@@ -414,3 +429,26 @@ func startup(p scale.Point) string {
 // compared reports whether the server is measured against a baseline (a
 // nixcache server; with -only push, against file:// alone).
 func (s Server) compared() bool { return s.Baseline != "" || s.PushBaseline != "" }
+
+// pushNotes writes the server CPU per pushed GiB of each push, and the
+// re-push of a closure the cache has all of.
+func (r *Results) pushNotes(w io.Writer) {
+	gib := float64(r.Workload.NarBytes) / (1 << 30)
+	var lines []string
+	for _, s := range r.Servers {
+		for _, f := range []string{Push, ClientPush} {
+			if me := r.Measure(s.Name, f); me != nil && me.CPU > 0 && gib > 0 {
+				lines = append(lines, fmt.Sprintf("%s, %s: %.1f server CPU-s per pushed GiB (uncompressed NAR)", s.Name, FigureTitle[f], me.CPU/gib))
+			}
+		}
+		if me := r.Measure(s.Name, Hook); me != nil {
+			lines = append(lines, fmt.Sprintf("%s: `nixcache hook` (queue a path: process start, bbolt commit with its fsyncs) p99 %.1f ms, target ≤ 20 ms", s.Name, me.Median*1e3))
+		}
+		if me := r.Measure(s.Name, Repush); me != nil {
+			lines = append(lines, fmt.Sprintf("%s: `nixcache push` again, every path present (one missing-paths request): %.3f s", s.Name, me.Median))
+		}
+	}
+	if len(lines) > 0 {
+		fmt.Fprintf(w, "\n- %s\n", strings.Join(lines, "\n- "))
+	}
+}

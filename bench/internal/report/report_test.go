@@ -22,6 +22,8 @@ func TestRatios(t *testing.T) {
 			{Server: "nginx-none", Figure: Nar1, Median: 1.0},
 			{Server: "nixcache-none", Figure: Push, Median: 12},
 			{Server: "file-none", Figure: Push, Median: 10},
+			{Server: "nixcache-none", Figure: ClientPush, Median: 9, CPU: 2},
+			{Server: "nixcache-none", Figure: Repush, Median: 0.05},
 		},
 	}
 	r.ComputeRatios()
@@ -33,6 +35,7 @@ func TestRatios(t *testing.T) {
 		{Narinfo, 1.1, true},
 		{Nar1, 2.0, false},
 		{Push, 1.2, true},
+		{ClientPush, 0.9, true}, // against file://'s nix copy
 	}
 	for _, tt := range tests {
 		ra := r.Ratio("nixcache-none", tt.figure)
@@ -56,6 +59,9 @@ func TestRatios(t *testing.T) {
 	// The whole report and the plot render.
 	b.Reset()
 	r.Markdown(&b)
+	if !strings.Contains(b.String(), "every path present (one missing-paths request): 0.050 s") {
+		t.Errorf("the report lacks the re-push:\n%s", b.String())
+	}
 	if err := r.WritePNG(filepath.Join(t.TempDir(), "plot.png")); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ package shootout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -145,6 +146,15 @@ func (b *bench) buildBinaries(ctx context.Context) error {
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("build nixcache-%s: %v\n%s", s, err, out)
+		}
+	}
+	// The push client, where the source has it (an older -ref may not).
+	if _, err := os.Stat(filepath.Join(src, "cmd", "nixcache")); err == nil {
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(b.bin, "nixcache"), "./cmd/nixcache")
+		cmd.Dir = src
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build nixcache: %v\n%s", err, out)
 		}
 	}
 	return nil
@@ -489,6 +499,24 @@ func (b *bench) pushRounds(ctx context.Context, round int, top string, add func(
 				return err
 			},
 			func() error {
+				secs, repush, cpu, err := b.clientRound(ctx, comp, top)
+				if errors.Is(err, errNoClient) {
+					return nil
+				}
+				add("nixcache-"+comp, report.ClientPush, secs, cpu)
+				add("nixcache-"+comp, report.Repush, repush, 0)
+				if comp == "none" {
+					p99, err := b.hookP99(ctx, top)
+					if err != nil {
+						return err
+					}
+					add("nixcache-"+comp, report.Hook, p99, 0)
+					b.logf("nixcache hook: p99 %.1f ms", p99*1e3)
+				}
+				b.logf("nixcache push %s to nixcache: %.2f s, services %.2f CPU-s; again, all present: %.3f s", comp, secs, cpu, repush)
+				return err
+			},
+			func() error {
 				secs, err := b.nullRound(ctx, comp, top)
 				add("null-"+comp, report.Push, secs, 0)
 				b.logf("push %s to a cache that keeps nothing: %.2f s", comp, secs)
@@ -603,6 +631,80 @@ func (b *bench) pushRound(ctx context.Context, comp, top string) (secs, cpu floa
 		return 0, 0, fmt.Errorf("after the push: %w", err)
 	}
 	return secs, cpu, nil
+}
+
+// errNoClient: the source benchmarked has no cmd/nixcache.
+var errNoClient = errors.New("no push client (cmd/nixcache) in this source")
+
+// clientRound times one `nixcache push` of the closure to a fresh
+// nixcache, path infos from a nix-daemon of the host store, and then the
+// same push again, when the cache has everything (one missing-paths
+// request).
+func (b *bench) clientRound(ctx context.Context, comp, top string) (secs, repush, cpu float64, err error) {
+	client := filepath.Join(b.bin, "nixcache")
+	if _, err := os.Stat(client); err != nil {
+		return 0, 0, 0, errNoClient
+	}
+	d, err := servers.StartNixDaemon(ctx, filepath.Join(b.o.Work, "nix-daemon-push"), []string{"NIX_CONFIG=" + nixConfig()})
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer d.Stop()
+	nc, err := b.startNixcache(ctx, "nixcache-client-"+comp, nil)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer b.stopNixcache(nc)
+	netrc, err := nc.Netrc()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	push := func() (float64, error) {
+		cmd := exec.CommandContext(ctx, client, "push", "-cache", nc.URL, "-netrc-file", netrc, "-daemon-socket", d.Socket,
+			"-compression", comp, "-quiet", "-log-level", "warn", top)
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("nixcache push: %v\n%s", err, out)
+		}
+		return time.Since(start).Seconds(), nil
+	}
+	t := nixcacheTarget(nc)
+	c0 := t.cpu()
+	if secs, err = push(); err != nil {
+		return 0, 0, 0, err
+	}
+	cpu = (t.cpu() - c0).Seconds()
+	if _, err := load.Narinfos(ctx, nc.URL, []string{hashPart(top)}); err != nil {
+		return 0, 0, 0, fmt.Errorf("after nixcache push: %w", err)
+	}
+	if repush, err = push(); err != nil {
+		return 0, 0, 0, err
+	}
+	return secs, repush, cpu, nil
+}
+
+// hookRuns is how many times hookP99 runs the hook.
+const hookRuns = 200
+
+// hookP99 runs `nixcache hook` as Nix runs a post-build-hook, queueing
+// path in a fresh spool, hookRuns times, and returns the 99th percentile
+// of its wall time, in seconds.
+func (b *bench) hookP99(ctx context.Context, path string) (float64, error) {
+	spool := filepath.Join(b.o.Work, "hook-spool.db")
+	_ = os.Remove(spool)
+	defer os.Remove(spool)
+	times := make([]float64, 0, hookRuns)
+	for range hookRuns {
+		cmd := exec.CommandContext(ctx, filepath.Join(b.bin, "nixcache"), "hook", "-spool", spool)
+		cmd.Env = append(os.Environ(), "OUT_PATHS="+path)
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("nixcache hook: %v\n%s", err, out)
+		}
+		times = append(times, time.Since(start).Seconds())
+	}
+	slices.Sort(times)
+	return times[len(times)*99/100], nil
 }
 
 // fileRound times one nix copy of the closure to a fresh file:// cache.

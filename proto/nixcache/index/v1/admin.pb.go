@@ -1456,6 +1456,97 @@ func (x *ListKeysResponse) GetKeys() []*KeyInfo {
 	return nil
 }
 
+type FindMissingPathsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Hash parts, base names or absolute store paths; at most 10,000.
+	Paths         []string `protobuf:"bytes,1,rep,name=paths,proto3" json:"paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FindMissingPathsRequest) Reset() {
+	*x = FindMissingPathsRequest{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FindMissingPathsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FindMissingPathsRequest) ProtoMessage() {}
+
+func (x *FindMissingPathsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FindMissingPathsRequest.ProtoReflect.Descriptor instead.
+func (*FindMissingPathsRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *FindMissingPathsRequest) GetPaths() []string {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+type FindMissingPathsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The paths of the request, as sent, that the cache does not serve, in
+	// the order of the request.
+	Missing       []string `protobuf:"bytes,1,rep,name=missing,proto3" json:"missing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FindMissingPathsResponse) Reset() {
+	*x = FindMissingPathsResponse{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FindMissingPathsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FindMissingPathsResponse) ProtoMessage() {}
+
+func (x *FindMissingPathsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FindMissingPathsResponse.ProtoReflect.Descriptor instead.
+func (*FindMissingPathsResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *FindMissingPathsResponse) GetMissing() []string {
+	if x != nil {
+		return x.Missing
+	}
+	return nil
+}
+
 type AddKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Name of the new key, e.g. "cache.example.org-2".
@@ -1466,7 +1557,7 @@ type AddKeyRequest struct {
 
 func (x *AddKeyRequest) Reset() {
 	*x = AddKeyRequest{}
-	mi := &file_nixcache_index_v1_admin_proto_msgTypes[23]
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1569,7 @@ func (x *AddKeyRequest) String() string {
 func (*AddKeyRequest) ProtoMessage() {}
 
 func (x *AddKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_admin_proto_msgTypes[23]
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1582,7 @@ func (x *AddKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddKeyRequest.ProtoReflect.Descriptor instead.
 func (*AddKeyRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AddKeyRequest) GetName() string {
@@ -1514,7 +1605,7 @@ type AddKeyResponse struct {
 
 func (x *AddKeyResponse) Reset() {
 	*x = AddKeyResponse{}
-	mi := &file_nixcache_index_v1_admin_proto_msgTypes[24]
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +1617,7 @@ func (x *AddKeyResponse) String() string {
 func (*AddKeyResponse) ProtoMessage() {}
 
 func (x *AddKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_admin_proto_msgTypes[24]
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +1630,7 @@ func (x *AddKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddKeyResponse.ProtoReflect.Descriptor instead.
 func (*AddKeyResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AddKeyResponse) GetKey() *KeyInfo {
@@ -1579,7 +1670,7 @@ type RetireKeyRequest struct {
 
 func (x *RetireKeyRequest) Reset() {
 	*x = RetireKeyRequest{}
-	mi := &file_nixcache_index_v1_admin_proto_msgTypes[25]
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1682,7 @@ func (x *RetireKeyRequest) String() string {
 func (*RetireKeyRequest) ProtoMessage() {}
 
 func (x *RetireKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_admin_proto_msgTypes[25]
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1695,7 @@ func (x *RetireKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireKeyRequest.ProtoReflect.Descriptor instead.
 func (*RetireKeyRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RetireKeyRequest) GetName() string {
@@ -1625,7 +1716,7 @@ type RetireKeyResponse struct {
 
 func (x *RetireKeyResponse) Reset() {
 	*x = RetireKeyResponse{}
-	mi := &file_nixcache_index_v1_admin_proto_msgTypes[26]
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1637,7 +1728,7 @@ func (x *RetireKeyResponse) String() string {
 func (*RetireKeyResponse) ProtoMessage() {}
 
 func (x *RetireKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_admin_proto_msgTypes[26]
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1650,7 +1741,7 @@ func (x *RetireKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireKeyResponse.ProtoReflect.Descriptor instead.
 func (*RetireKeyResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RetireKeyResponse) GetUpdated() uint64 {
@@ -1682,7 +1773,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_nixcache_index_v1_admin_proto_msgTypes[27]
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1785,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_admin_proto_msgTypes[27]
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1798,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 type BackupResponse struct {
@@ -1723,7 +1814,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_nixcache_index_v1_admin_proto_msgTypes[28]
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +1826,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nixcache_index_v1_admin_proto_msgTypes[28]
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +1839,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *BackupResponse) GetSize() uint64 {
@@ -1870,7 +1961,11 @@ const file_nixcache_index_v1_admin_proto_rawDesc = "" +
 	"\x06active\x18\x03 \x01(\bR\x06active\"\x11\n" +
 	"\x0fListKeysRequest\"B\n" +
 	"\x10ListKeysResponse\x12.\n" +
-	"\x04keys\x18\x01 \x03(\v2\x1a.nixcache.index.v1.KeyInfoR\x04keys\"#\n" +
+	"\x04keys\x18\x01 \x03(\v2\x1a.nixcache.index.v1.KeyInfoR\x04keys\"/\n" +
+	"\x17FindMissingPathsRequest\x12\x14\n" +
+	"\x05paths\x18\x01 \x03(\tR\x05paths\"4\n" +
+	"\x18FindMissingPathsResponse\x12\x18\n" +
+	"\amissing\x18\x01 \x03(\tR\amissing\"#\n" +
 	"\rAddKeyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x84\x01\n" +
 	"\x0eAddKeyResponse\x12,\n" +
@@ -1891,7 +1986,7 @@ const file_nixcache_index_v1_admin_proto_rawDesc = "" +
 	"\x06Source\x12\x16\n" +
 	"\x12SOURCE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSOURCE_PUSHED\x10\x01\x12\x10\n" +
-	"\fSOURCE_LOCAL\x10\x022\xda\b\n" +
+	"\fSOURCE_LOCAL\x10\x022\xc7\t\n" +
 	"\fAdminService\x12V\n" +
 	"\tListPaths\x12#.nixcache.index.v1.ListPathsRequest\x1a$.nixcache.index.v1.ListPathsResponse\x12P\n" +
 	"\aGetPath\x12!.nixcache.index.v1.GetPathRequest\x1a\".nixcache.index.v1.GetPathResponse\x12Y\n" +
@@ -1906,7 +2001,8 @@ const file_nixcache_index_v1_admin_proto_rawDesc = "" +
 	"\bListKeys\x12\".nixcache.index.v1.ListKeysRequest\x1a#.nixcache.index.v1.ListKeysResponse\x12O\n" +
 	"\x06AddKey\x12 .nixcache.index.v1.AddKeyRequest\x1a!.nixcache.index.v1.AddKeyResponse0\x01\x12X\n" +
 	"\tRetireKey\x12#.nixcache.index.v1.RetireKeyRequest\x1a$.nixcache.index.v1.RetireKeyResponse0\x01\x12O\n" +
-	"\x06Backup\x12 .nixcache.index.v1.BackupRequest\x1a!.nixcache.index.v1.BackupResponse0\x01B>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
+	"\x06Backup\x12 .nixcache.index.v1.BackupRequest\x1a!.nixcache.index.v1.BackupResponse0\x01\x12k\n" +
+	"\x10FindMissingPaths\x12*.nixcache.index.v1.FindMissingPathsRequest\x1a+.nixcache.index.v1.FindMissingPathsResponseB>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
 
 var (
 	file_nixcache_index_v1_admin_proto_rawDescOnce sync.Once
@@ -1921,51 +2017,53 @@ func file_nixcache_index_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_nixcache_index_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_nixcache_index_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_nixcache_index_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_nixcache_index_v1_admin_proto_goTypes = []any{
-	(Source)(0),                    // 0: nixcache.index.v1.Source
-	(*PathSummary)(nil),            // 1: nixcache.index.v1.PathSummary
-	(*ListPathsRequest)(nil),       // 2: nixcache.index.v1.ListPathsRequest
-	(*ListPathsResponse)(nil),      // 3: nixcache.index.v1.ListPathsResponse
-	(*GetPathRequest)(nil),         // 4: nixcache.index.v1.GetPathRequest
-	(*GetPathResponse)(nil),        // 5: nixcache.index.v1.GetPathResponse
-	(*DeletePathRequest)(nil),      // 6: nixcache.index.v1.DeletePathRequest
-	(*DeletePathResponse)(nil),     // 7: nixcache.index.v1.DeletePathResponse
-	(*GetStatsRequest)(nil),        // 8: nixcache.index.v1.GetStatsRequest
-	(*GetStatsResponse)(nil),       // 9: nixcache.index.v1.GetStatsResponse
-	(*VerifyRequest)(nil),          // 10: nixcache.index.v1.VerifyRequest
-	(*VerifyResponse)(nil),         // 11: nixcache.index.v1.VerifyResponse
-	(*CollectGarbageRequest)(nil),  // 12: nixcache.index.v1.CollectGarbageRequest
-	(*CollectGarbageResponse)(nil), // 13: nixcache.index.v1.CollectGarbageResponse
-	(*Pin)(nil),                    // 14: nixcache.index.v1.Pin
-	(*PinRequest)(nil),             // 15: nixcache.index.v1.PinRequest
-	(*PinResponse)(nil),            // 16: nixcache.index.v1.PinResponse
-	(*UnpinRequest)(nil),           // 17: nixcache.index.v1.UnpinRequest
-	(*UnpinResponse)(nil),          // 18: nixcache.index.v1.UnpinResponse
-	(*ListPinsRequest)(nil),        // 19: nixcache.index.v1.ListPinsRequest
-	(*ListPinsResponse)(nil),       // 20: nixcache.index.v1.ListPinsResponse
-	(*KeyInfo)(nil),                // 21: nixcache.index.v1.KeyInfo
-	(*ListKeysRequest)(nil),        // 22: nixcache.index.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),       // 23: nixcache.index.v1.ListKeysResponse
-	(*AddKeyRequest)(nil),          // 24: nixcache.index.v1.AddKeyRequest
-	(*AddKeyResponse)(nil),         // 25: nixcache.index.v1.AddKeyResponse
-	(*RetireKeyRequest)(nil),       // 26: nixcache.index.v1.RetireKeyRequest
-	(*RetireKeyResponse)(nil),      // 27: nixcache.index.v1.RetireKeyResponse
-	(*BackupRequest)(nil),          // 28: nixcache.index.v1.BackupRequest
-	(*BackupResponse)(nil),         // 29: nixcache.index.v1.BackupResponse
-	(*timestamppb.Timestamp)(nil),  // 30: google.protobuf.Timestamp
-	(*PathInfo)(nil),               // 31: nixcache.index.v1.PathInfo
-	(*durationpb.Duration)(nil),    // 32: google.protobuf.Duration
+	(Source)(0),                      // 0: nixcache.index.v1.Source
+	(*PathSummary)(nil),              // 1: nixcache.index.v1.PathSummary
+	(*ListPathsRequest)(nil),         // 2: nixcache.index.v1.ListPathsRequest
+	(*ListPathsResponse)(nil),        // 3: nixcache.index.v1.ListPathsResponse
+	(*GetPathRequest)(nil),           // 4: nixcache.index.v1.GetPathRequest
+	(*GetPathResponse)(nil),          // 5: nixcache.index.v1.GetPathResponse
+	(*DeletePathRequest)(nil),        // 6: nixcache.index.v1.DeletePathRequest
+	(*DeletePathResponse)(nil),       // 7: nixcache.index.v1.DeletePathResponse
+	(*GetStatsRequest)(nil),          // 8: nixcache.index.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),         // 9: nixcache.index.v1.GetStatsResponse
+	(*VerifyRequest)(nil),            // 10: nixcache.index.v1.VerifyRequest
+	(*VerifyResponse)(nil),           // 11: nixcache.index.v1.VerifyResponse
+	(*CollectGarbageRequest)(nil),    // 12: nixcache.index.v1.CollectGarbageRequest
+	(*CollectGarbageResponse)(nil),   // 13: nixcache.index.v1.CollectGarbageResponse
+	(*Pin)(nil),                      // 14: nixcache.index.v1.Pin
+	(*PinRequest)(nil),               // 15: nixcache.index.v1.PinRequest
+	(*PinResponse)(nil),              // 16: nixcache.index.v1.PinResponse
+	(*UnpinRequest)(nil),             // 17: nixcache.index.v1.UnpinRequest
+	(*UnpinResponse)(nil),            // 18: nixcache.index.v1.UnpinResponse
+	(*ListPinsRequest)(nil),          // 19: nixcache.index.v1.ListPinsRequest
+	(*ListPinsResponse)(nil),         // 20: nixcache.index.v1.ListPinsResponse
+	(*KeyInfo)(nil),                  // 21: nixcache.index.v1.KeyInfo
+	(*ListKeysRequest)(nil),          // 22: nixcache.index.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),         // 23: nixcache.index.v1.ListKeysResponse
+	(*FindMissingPathsRequest)(nil),  // 24: nixcache.index.v1.FindMissingPathsRequest
+	(*FindMissingPathsResponse)(nil), // 25: nixcache.index.v1.FindMissingPathsResponse
+	(*AddKeyRequest)(nil),            // 26: nixcache.index.v1.AddKeyRequest
+	(*AddKeyResponse)(nil),           // 27: nixcache.index.v1.AddKeyResponse
+	(*RetireKeyRequest)(nil),         // 28: nixcache.index.v1.RetireKeyRequest
+	(*RetireKeyResponse)(nil),        // 29: nixcache.index.v1.RetireKeyResponse
+	(*BackupRequest)(nil),            // 30: nixcache.index.v1.BackupRequest
+	(*BackupResponse)(nil),           // 31: nixcache.index.v1.BackupResponse
+	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
+	(*PathInfo)(nil),                 // 33: nixcache.index.v1.PathInfo
+	(*durationpb.Duration)(nil),      // 34: google.protobuf.Duration
 }
 var file_nixcache_index_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: nixcache.index.v1.PathSummary.source:type_name -> nixcache.index.v1.Source
-	30, // 1: nixcache.index.v1.PathSummary.registration_time:type_name -> google.protobuf.Timestamp
-	30, // 2: nixcache.index.v1.PathSummary.last_access:type_name -> google.protobuf.Timestamp
+	32, // 1: nixcache.index.v1.PathSummary.registration_time:type_name -> google.protobuf.Timestamp
+	32, // 2: nixcache.index.v1.PathSummary.last_access:type_name -> google.protobuf.Timestamp
 	1,  // 3: nixcache.index.v1.ListPathsResponse.paths:type_name -> nixcache.index.v1.PathSummary
-	31, // 4: nixcache.index.v1.GetPathResponse.info:type_name -> nixcache.index.v1.PathInfo
+	33, // 4: nixcache.index.v1.GetPathResponse.info:type_name -> nixcache.index.v1.PathInfo
 	1,  // 5: nixcache.index.v1.GetPathResponse.summary:type_name -> nixcache.index.v1.PathSummary
-	32, // 6: nixcache.index.v1.CollectGarbageRequest.max_age:type_name -> google.protobuf.Duration
-	30, // 7: nixcache.index.v1.Pin.created:type_name -> google.protobuf.Timestamp
+	34, // 6: nixcache.index.v1.CollectGarbageRequest.max_age:type_name -> google.protobuf.Duration
+	32, // 7: nixcache.index.v1.Pin.created:type_name -> google.protobuf.Timestamp
 	14, // 8: nixcache.index.v1.PinResponse.pin:type_name -> nixcache.index.v1.Pin
 	14, // 9: nixcache.index.v1.ListPinsResponse.pins:type_name -> nixcache.index.v1.Pin
 	21, // 10: nixcache.index.v1.ListKeysResponse.keys:type_name -> nixcache.index.v1.KeyInfo
@@ -1980,24 +2078,26 @@ var file_nixcache_index_v1_admin_proto_depIdxs = []int32{
 	17, // 19: nixcache.index.v1.AdminService.Unpin:input_type -> nixcache.index.v1.UnpinRequest
 	19, // 20: nixcache.index.v1.AdminService.ListPins:input_type -> nixcache.index.v1.ListPinsRequest
 	22, // 21: nixcache.index.v1.AdminService.ListKeys:input_type -> nixcache.index.v1.ListKeysRequest
-	24, // 22: nixcache.index.v1.AdminService.AddKey:input_type -> nixcache.index.v1.AddKeyRequest
-	26, // 23: nixcache.index.v1.AdminService.RetireKey:input_type -> nixcache.index.v1.RetireKeyRequest
-	28, // 24: nixcache.index.v1.AdminService.Backup:input_type -> nixcache.index.v1.BackupRequest
-	3,  // 25: nixcache.index.v1.AdminService.ListPaths:output_type -> nixcache.index.v1.ListPathsResponse
-	5,  // 26: nixcache.index.v1.AdminService.GetPath:output_type -> nixcache.index.v1.GetPathResponse
-	7,  // 27: nixcache.index.v1.AdminService.DeletePath:output_type -> nixcache.index.v1.DeletePathResponse
-	9,  // 28: nixcache.index.v1.AdminService.GetStats:output_type -> nixcache.index.v1.GetStatsResponse
-	11, // 29: nixcache.index.v1.AdminService.Verify:output_type -> nixcache.index.v1.VerifyResponse
-	13, // 30: nixcache.index.v1.AdminService.CollectGarbage:output_type -> nixcache.index.v1.CollectGarbageResponse
-	16, // 31: nixcache.index.v1.AdminService.Pin:output_type -> nixcache.index.v1.PinResponse
-	18, // 32: nixcache.index.v1.AdminService.Unpin:output_type -> nixcache.index.v1.UnpinResponse
-	20, // 33: nixcache.index.v1.AdminService.ListPins:output_type -> nixcache.index.v1.ListPinsResponse
-	23, // 34: nixcache.index.v1.AdminService.ListKeys:output_type -> nixcache.index.v1.ListKeysResponse
-	25, // 35: nixcache.index.v1.AdminService.AddKey:output_type -> nixcache.index.v1.AddKeyResponse
-	27, // 36: nixcache.index.v1.AdminService.RetireKey:output_type -> nixcache.index.v1.RetireKeyResponse
-	29, // 37: nixcache.index.v1.AdminService.Backup:output_type -> nixcache.index.v1.BackupResponse
-	25, // [25:38] is the sub-list for method output_type
-	12, // [12:25] is the sub-list for method input_type
+	26, // 22: nixcache.index.v1.AdminService.AddKey:input_type -> nixcache.index.v1.AddKeyRequest
+	28, // 23: nixcache.index.v1.AdminService.RetireKey:input_type -> nixcache.index.v1.RetireKeyRequest
+	30, // 24: nixcache.index.v1.AdminService.Backup:input_type -> nixcache.index.v1.BackupRequest
+	24, // 25: nixcache.index.v1.AdminService.FindMissingPaths:input_type -> nixcache.index.v1.FindMissingPathsRequest
+	3,  // 26: nixcache.index.v1.AdminService.ListPaths:output_type -> nixcache.index.v1.ListPathsResponse
+	5,  // 27: nixcache.index.v1.AdminService.GetPath:output_type -> nixcache.index.v1.GetPathResponse
+	7,  // 28: nixcache.index.v1.AdminService.DeletePath:output_type -> nixcache.index.v1.DeletePathResponse
+	9,  // 29: nixcache.index.v1.AdminService.GetStats:output_type -> nixcache.index.v1.GetStatsResponse
+	11, // 30: nixcache.index.v1.AdminService.Verify:output_type -> nixcache.index.v1.VerifyResponse
+	13, // 31: nixcache.index.v1.AdminService.CollectGarbage:output_type -> nixcache.index.v1.CollectGarbageResponse
+	16, // 32: nixcache.index.v1.AdminService.Pin:output_type -> nixcache.index.v1.PinResponse
+	18, // 33: nixcache.index.v1.AdminService.Unpin:output_type -> nixcache.index.v1.UnpinResponse
+	20, // 34: nixcache.index.v1.AdminService.ListPins:output_type -> nixcache.index.v1.ListPinsResponse
+	23, // 35: nixcache.index.v1.AdminService.ListKeys:output_type -> nixcache.index.v1.ListKeysResponse
+	27, // 36: nixcache.index.v1.AdminService.AddKey:output_type -> nixcache.index.v1.AddKeyResponse
+	29, // 37: nixcache.index.v1.AdminService.RetireKey:output_type -> nixcache.index.v1.RetireKeyResponse
+	31, // 38: nixcache.index.v1.AdminService.Backup:output_type -> nixcache.index.v1.BackupResponse
+	25, // 39: nixcache.index.v1.AdminService.FindMissingPaths:output_type -> nixcache.index.v1.FindMissingPathsResponse
+	26, // [26:40] is the sub-list for method output_type
+	12, // [12:26] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -2015,7 +2115,7 @@ func file_nixcache_index_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nixcache_index_v1_admin_proto_rawDesc), len(file_nixcache_index_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

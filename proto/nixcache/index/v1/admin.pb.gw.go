@@ -389,6 +389,33 @@ func request_AdminService_RetireKey_0(ctx context.Context, marshaler runtime.Mar
 	return stream, metadata, nil
 }
 
+func request_AdminService_FindMissingPaths_0(ctx context.Context, marshaler runtime.Marshaler, client AdminServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq FindMissingPathsRequest
+		metadata runtime.ServerMetadata
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	msg, err := client.FindMissingPaths(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_AdminService_FindMissingPaths_0(ctx context.Context, marshaler runtime.Marshaler, server AdminServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq FindMissingPathsRequest
+		metadata runtime.ServerMetadata
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	msg, err := server.FindMissingPaths(ctx, &protoReq)
+	return msg, metadata, err
+}
+
 // RegisterAdminServiceHandlerServer registers the http handlers for service AdminService to "mux".
 // UnaryRPC     :call AdminServiceServer directly.
 // StreamingRPC :currently unsupported pending https://github.com/grpc/grpc-go/issues/906.
@@ -582,6 +609,26 @@ func RegisterAdminServiceHandlerServer(ctx context.Context, mux *runtime.ServeMu
 		_, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
 		runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 		return
+	})
+	mux.Handle(http.MethodPost, pattern_AdminService_FindMissingPaths_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/nixcache.index.v1.AdminService/FindMissingPaths", runtime.WithHTTPPathPattern("/api/v1/missing-paths"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_AdminService_FindMissingPaths_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_AdminService_FindMissingPaths_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
 
 	return nil
@@ -827,35 +874,54 @@ func RegisterAdminServiceHandlerClient(ctx context.Context, mux *runtime.ServeMu
 		}
 		forward_AdminService_RetireKey_0(annotatedContext, mux, outboundMarshaler, w, req, func() (proto.Message, error) { return resp.Recv() }, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPost, pattern_AdminService_FindMissingPaths_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/nixcache.index.v1.AdminService/FindMissingPaths", runtime.WithHTTPPathPattern("/api/v1/missing-paths"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_AdminService_FindMissingPaths_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_AdminService_FindMissingPaths_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	return nil
 }
 
 var (
-	pattern_AdminService_ListPaths_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "paths"}, ""))
-	pattern_AdminService_GetPath_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3}, []string{"api", "v1", "paths", "path"}, ""))
-	pattern_AdminService_DeletePath_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3}, []string{"api", "v1", "paths", "path"}, ""))
-	pattern_AdminService_GetStats_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "stats"}, ""))
-	pattern_AdminService_Verify_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "verify"}, ""))
-	pattern_AdminService_CollectGarbage_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "gc"}, ""))
-	pattern_AdminService_Pin_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "pins"}, ""))
-	pattern_AdminService_Unpin_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3}, []string{"api", "v1", "pins", "path"}, ""))
-	pattern_AdminService_ListPins_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "pins"}, ""))
-	pattern_AdminService_ListKeys_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "keys"}, ""))
-	pattern_AdminService_AddKey_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "keys"}, ""))
-	pattern_AdminService_RetireKey_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3}, []string{"api", "v1", "keys", "name"}, ""))
+	pattern_AdminService_ListPaths_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "paths"}, ""))
+	pattern_AdminService_GetPath_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3}, []string{"api", "v1", "paths", "path"}, ""))
+	pattern_AdminService_DeletePath_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3}, []string{"api", "v1", "paths", "path"}, ""))
+	pattern_AdminService_GetStats_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "stats"}, ""))
+	pattern_AdminService_Verify_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "verify"}, ""))
+	pattern_AdminService_CollectGarbage_0   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "gc"}, ""))
+	pattern_AdminService_Pin_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "pins"}, ""))
+	pattern_AdminService_Unpin_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3}, []string{"api", "v1", "pins", "path"}, ""))
+	pattern_AdminService_ListPins_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "pins"}, ""))
+	pattern_AdminService_ListKeys_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "keys"}, ""))
+	pattern_AdminService_AddKey_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "keys"}, ""))
+	pattern_AdminService_RetireKey_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3}, []string{"api", "v1", "keys", "name"}, ""))
+	pattern_AdminService_FindMissingPaths_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"api", "v1", "missing-paths"}, ""))
 )
 
 var (
-	forward_AdminService_ListPaths_0      = runtime.ForwardResponseMessage
-	forward_AdminService_GetPath_0        = runtime.ForwardResponseMessage
-	forward_AdminService_DeletePath_0     = runtime.ForwardResponseMessage
-	forward_AdminService_GetStats_0       = runtime.ForwardResponseMessage
-	forward_AdminService_Verify_0         = runtime.ForwardResponseStream
-	forward_AdminService_CollectGarbage_0 = runtime.ForwardResponseStream
-	forward_AdminService_Pin_0            = runtime.ForwardResponseMessage
-	forward_AdminService_Unpin_0          = runtime.ForwardResponseMessage
-	forward_AdminService_ListPins_0       = runtime.ForwardResponseMessage
-	forward_AdminService_ListKeys_0       = runtime.ForwardResponseMessage
-	forward_AdminService_AddKey_0         = runtime.ForwardResponseStream
-	forward_AdminService_RetireKey_0      = runtime.ForwardResponseStream
+	forward_AdminService_ListPaths_0        = runtime.ForwardResponseMessage
+	forward_AdminService_GetPath_0          = runtime.ForwardResponseMessage
+	forward_AdminService_DeletePath_0       = runtime.ForwardResponseMessage
+	forward_AdminService_GetStats_0         = runtime.ForwardResponseMessage
+	forward_AdminService_Verify_0           = runtime.ForwardResponseStream
+	forward_AdminService_CollectGarbage_0   = runtime.ForwardResponseStream
+	forward_AdminService_Pin_0              = runtime.ForwardResponseMessage
+	forward_AdminService_Unpin_0            = runtime.ForwardResponseMessage
+	forward_AdminService_ListPins_0         = runtime.ForwardResponseMessage
+	forward_AdminService_ListKeys_0         = runtime.ForwardResponseMessage
+	forward_AdminService_AddKey_0           = runtime.ForwardResponseStream
+	forward_AdminService_RetireKey_0        = runtime.ForwardResponseStream
+	forward_AdminService_FindMissingPaths_0 = runtime.ForwardResponseMessage
 )

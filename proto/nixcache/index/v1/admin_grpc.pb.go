@@ -19,19 +19,20 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_ListPaths_FullMethodName      = "/nixcache.index.v1.AdminService/ListPaths"
-	AdminService_GetPath_FullMethodName        = "/nixcache.index.v1.AdminService/GetPath"
-	AdminService_DeletePath_FullMethodName     = "/nixcache.index.v1.AdminService/DeletePath"
-	AdminService_GetStats_FullMethodName       = "/nixcache.index.v1.AdminService/GetStats"
-	AdminService_Verify_FullMethodName         = "/nixcache.index.v1.AdminService/Verify"
-	AdminService_CollectGarbage_FullMethodName = "/nixcache.index.v1.AdminService/CollectGarbage"
-	AdminService_Pin_FullMethodName            = "/nixcache.index.v1.AdminService/Pin"
-	AdminService_Unpin_FullMethodName          = "/nixcache.index.v1.AdminService/Unpin"
-	AdminService_ListPins_FullMethodName       = "/nixcache.index.v1.AdminService/ListPins"
-	AdminService_ListKeys_FullMethodName       = "/nixcache.index.v1.AdminService/ListKeys"
-	AdminService_AddKey_FullMethodName         = "/nixcache.index.v1.AdminService/AddKey"
-	AdminService_RetireKey_FullMethodName      = "/nixcache.index.v1.AdminService/RetireKey"
-	AdminService_Backup_FullMethodName         = "/nixcache.index.v1.AdminService/Backup"
+	AdminService_ListPaths_FullMethodName        = "/nixcache.index.v1.AdminService/ListPaths"
+	AdminService_GetPath_FullMethodName          = "/nixcache.index.v1.AdminService/GetPath"
+	AdminService_DeletePath_FullMethodName       = "/nixcache.index.v1.AdminService/DeletePath"
+	AdminService_GetStats_FullMethodName         = "/nixcache.index.v1.AdminService/GetStats"
+	AdminService_Verify_FullMethodName           = "/nixcache.index.v1.AdminService/Verify"
+	AdminService_CollectGarbage_FullMethodName   = "/nixcache.index.v1.AdminService/CollectGarbage"
+	AdminService_Pin_FullMethodName              = "/nixcache.index.v1.AdminService/Pin"
+	AdminService_Unpin_FullMethodName            = "/nixcache.index.v1.AdminService/Unpin"
+	AdminService_ListPins_FullMethodName         = "/nixcache.index.v1.AdminService/ListPins"
+	AdminService_ListKeys_FullMethodName         = "/nixcache.index.v1.AdminService/ListKeys"
+	AdminService_AddKey_FullMethodName           = "/nixcache.index.v1.AdminService/AddKey"
+	AdminService_RetireKey_FullMethodName        = "/nixcache.index.v1.AdminService/RetireKey"
+	AdminService_Backup_FullMethodName           = "/nixcache.index.v1.AdminService/Backup"
+	AdminService_FindMissingPaths_FullMethodName = "/nixcache.index.v1.AdminService/FindMissingPaths"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -83,6 +84,11 @@ type AdminServiceClient interface {
 	// NAR files are not in it. Not in the JSON API: `nixcache-index backup`
 	// calls it.
 	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
+	// FindMissingPaths tells which of many paths the cache does not serve,
+	// in one call: what a push client asks before uploading a closure. It
+	// needs the read scope (anonymous while reads are public), as the
+	// narinfo of each path would tell the same.
+	FindMissingPaths(ctx context.Context, in *FindMissingPathsRequest, opts ...grpc.CallOption) (*FindMissingPathsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -268,6 +274,16 @@ func (c *adminServiceClient) Backup(ctx context.Context, in *BackupRequest, opts
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_BackupClient = grpc.ServerStreamingClient[BackupResponse]
 
+func (c *adminServiceClient) FindMissingPaths(ctx context.Context, in *FindMissingPathsRequest, opts ...grpc.CallOption) (*FindMissingPathsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FindMissingPathsResponse)
+	err := c.cc.Invoke(ctx, AdminService_FindMissingPaths_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -317,6 +333,11 @@ type AdminServiceServer interface {
 	// NAR files are not in it. Not in the JSON API: `nixcache-index backup`
 	// calls it.
 	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
+	// FindMissingPaths tells which of many paths the cache does not serve,
+	// in one call: what a push client asks before uploading a closure. It
+	// needs the read scope (anonymous while reads are public), as the
+	// narinfo of each path would tell the same.
+	FindMissingPaths(context.Context, *FindMissingPathsRequest) (*FindMissingPathsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -365,6 +386,9 @@ func (UnimplementedAdminServiceServer) RetireKey(*RetireKeyRequest, grpc.ServerS
 }
 func (UnimplementedAdminServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
 	return status.Error(codes.Unimplemented, "method Backup not implemented")
+}
+func (UnimplementedAdminServiceServer) FindMissingPaths(context.Context, *FindMissingPathsRequest) (*FindMissingPathsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FindMissingPaths not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -586,6 +610,24 @@ func _AdminService_Backup_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_BackupServer = grpc.ServerStreamingServer[BackupResponse]
 
+func _AdminService_FindMissingPaths_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FindMissingPathsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FindMissingPaths(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FindMissingPaths_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FindMissingPaths(ctx, req.(*FindMissingPathsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -624,6 +666,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListKeys",
 			Handler:    _AdminService_ListKeys_Handler,
+		},
+		{
+			MethodName: "FindMissingPaths",
+			Handler:    _AdminService_FindMissingPaths_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

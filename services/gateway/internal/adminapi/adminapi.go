@@ -43,6 +43,10 @@ import (
 // Prefix is the path prefix the API is served under.
 const Prefix = "/api/v1/"
 
+// MaxBodySize bounds a request's body: the largest, FindMissingPaths'
+// 10,000 store paths, takes about 1 MiB.
+const MaxBodySize = 4 << 20
+
 // Config configures New.
 type Config struct {
 	// Index is the connection to the index; it is shared, not owned.
@@ -112,6 +116,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	sw := &statusWriter{ResponseWriter: w}
+	r.Body = http.MaxBytesReader(sw, r.Body, MaxBodySize)
 	r = baseNameArg(r.WithContext(context.WithValue(r.Context(), statusWriterKey{}, sw)))
 	h.mux.ServeHTTP(sw, r)
 }

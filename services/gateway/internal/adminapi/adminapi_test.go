@@ -90,6 +90,13 @@ func (f *fakeAdmin) GetPath(ctx context.Context, req *indexv1.GetPathRequest) (*
 	return &indexv1.GetPathResponse{Summary: &indexv1.PathSummary{StorePath: storePath}, Downloads: 7}, nil
 }
 
+func (f *fakeAdmin) FindMissingPaths(ctx context.Context, req *indexv1.FindMissingPathsRequest) (*indexv1.FindMissingPathsResponse, error) {
+	if err := f.record(ctx, req); err != nil {
+		return nil, err
+	}
+	return &indexv1.FindMissingPathsResponse{Missing: req.GetPaths()[:1]}, nil
+}
+
 func (f *fakeAdmin) DeletePath(ctx context.Context, req *indexv1.DeletePathRequest) (*indexv1.DeletePathResponse, error) {
 	if err := f.record(ctx, req); err != nil {
 		return nil, err
@@ -241,6 +248,11 @@ func TestRoutes(t *testing.T) {
 			name: "delete path", method: "DELETE", path: "/api/v1/paths/0123456789abcdfghijklmnpqrsvwxyz?with_referrers=true&dry_run=true",
 			wantReq:  &indexv1.DeletePathRequest{Path: "0123456789abcdfghijklmnpqrsvwxyz", WithReferrers: true, DryRun: true},
 			wantJSON: map[string]any{"deleted": []any{storePath}, "freed_bytes": "42"},
+		},
+		{
+			name: "missing paths", method: "POST", path: "/api/v1/missing-paths", body: `{"paths": ["` + storePath + `", "0123456789abcdfghijklmnpqrsvwxy0"]}`,
+			wantReq:  &indexv1.FindMissingPathsRequest{Paths: []string{storePath, "0123456789abcdfghijklmnpqrsvwxy0"}},
+			wantJSON: map[string]any{"missing": []any{storePath}},
 		},
 	}
 	for _, tt := range tests {
@@ -500,5 +512,17 @@ func TestNewValidates(t *testing.T) {
 		if _, err := New(c); err == nil {
 			t.Errorf("New(%+v) succeeded", c)
 		}
+	}
+}
+
+func TestBodyBounded(t *testing.T) {
+	e := newEnv(t, 5*time.Second)
+	big := `{"paths": ["` + strings.Repeat("a", MaxBodySize) + `"]}`
+	resp := e.do(t, "POST", "/api/v1/missing-paths", big)
+	if resp.code != http.StatusBadRequest {
+		t.Errorf("%d-byte body: status %d, want 400; body %s", len(big), resp.code, resp.body)
+	}
+	if _, got := e.admin.last(); got != nil {
+		t.Errorf("the index was asked %v", got)
 	}
 }

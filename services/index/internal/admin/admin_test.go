@@ -76,9 +76,10 @@ func newEnv(t *testing.T) *env {
 	e.tracker = admin.NewTracker(cat, log)
 	e.tracker.Now = func() time.Time { return e.clock }
 	srv := grpcutil.NewServer(log, e.tracker.Interceptors()...)
-	indexv1.RegisterIndexServiceServer(srv.GRPC, server.New(log, cat, nars, pub, nil).WithDownloads(e.tracker))
+	indexSvc := server.New(log, cat, nars, pub, nil).WithDownloads(e.tracker)
+	indexv1.RegisterIndexServiceServer(srv.GRPC, indexSvc)
 	indexv1.RegisterAdminServiceServer(srv.GRPC, admin.New(admin.Config{StoreDir: storeDir, SignTimeout: 2 * time.Second,
-		Log: log, Now: func() time.Time { return e.clock }}, cat, nars, signerRPC, e.tracker))
+		Log: log, Now: func() time.Time { return e.clock }}, cat, nars, signerRPC, e.tracker).WithPathChecker(indexSvc))
 	lis := bufconn.Listen(1 << 20)
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)

@@ -57,6 +57,7 @@ type Service struct {
 	signer  signerv1.SignerServiceClient
 	tracker *Tracker
 	now     func() time.Time
+	paths   PathChecker // nil: FindMissingPaths is unimplemented
 
 	// mu serialises what deletes or rewrites paths (delete, GC, verify,
 	// key changes), so that each sees the catalogue it plans on.

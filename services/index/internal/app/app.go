@@ -371,7 +371,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	indexv1.RegisterIndexServiceServer(srv.GRPC, indexSvc)
 	adminSvc := admin.New(admin.Config{StoreDir: o.StoreDir, SignTimeout: o.SignTimeout,
 		GCMaxSize: o.GCMaxSize, GCMaxAge: o.GCMaxAge, Log: o.Log.With("component", "admin")},
-		cat, nars, signerv1.NewSignerServiceClient(conn), tracker)
+		cat, nars, signerv1.NewSignerServiceClient(conn), tracker).WithPathChecker(indexSvc)
 	indexv1.RegisterAdminServiceServer(srv.GRPC, adminSvc)
 	if err := metrics.RegisterCatalog(ops.registry, adminSvc.CatalogStats); err != nil {
 		return fmt.Errorf("catalogue metrics: %w", err)

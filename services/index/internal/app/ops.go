@@ -31,7 +31,8 @@ type ops struct {
 
 // authRules are the scopes the index's methods need. AdminService: GetStats
 // and ListKeys need read (anonymous while reads are public: the landing
-// page shows them), every other method admin. IndexService: the writes
+// page shows them), so does FindMissingPaths (a narinfo per path tells the
+// same), every other method admin. IndexService: the writes
 // need push, checked here as well as in the gateway, which forwards its
 // caller's credentials: a gateway taken over cannot publish without a
 // valid token. IndexService's reads are not checked here: the gateway
@@ -39,8 +40,9 @@ type ops struct {
 // but the services out.
 func authRules() (auth.Rules, error) {
 	rules, err := auth.ServiceRules(&indexv1.AdminService_ServiceDesc, auth.Admin, map[string]auth.Scope{
-		"GetStats": auth.Read,
-		"ListKeys": auth.Read,
+		"GetStats":         auth.Read,
+		"ListKeys":         auth.Read,
+		"FindMissingPaths": auth.Read,
 	})
 	if err != nil {
 		return nil, err

@@ -148,7 +148,7 @@ func TestAuthRulesCoverEveryMethod(t *testing.T) {
 	for m, s := range rules {
 		want := "admin"
 		switch {
-		case strings.HasSuffix(m, "/GetStats") || strings.HasSuffix(m, "/ListKeys"):
+		case strings.HasSuffix(m, "/GetStats") || strings.HasSuffix(m, "/ListKeys") || strings.HasSuffix(m, "/FindMissingPaths"):
 			want = "read"
 		case strings.HasPrefix(m, "/nixcache.index.v1.IndexService/"):
 			want = "push"
