@@ -531,7 +531,7 @@ func TestClientRefusedPath(t *testing.T) {
 // token pushes and the read-only one is refused at the upload; `use`
 // finds the keys with the token from the netrc file.
 func TestClientPrivateReads(t *testing.T) {
-	c := newCluster(t, withAdmin(), withArgs("gateway", "-public-read=false"), withArgs("index", "-public-read=false"))
+	c := newCluster(t, withArgs("gateway", "-public-read=false"), withArgs("index", "-public-read=false"))
 	socket := startNixDaemon(t)
 	top, closure := buildClosure(t)
 	local := pathInfos(t, nixConfig(), "--recursive", top)
