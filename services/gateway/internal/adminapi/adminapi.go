@@ -19,12 +19,20 @@
 // ({"code", "message", "details"}) with the HTTP status the gateway's one
 // code table gives (httpapi.HTTPStatus), so the JSON and Nix routes agree.
 // Cross-origin browser requests that change anything are refused (CSRF).
+//
+// Every request that changes anything (any method but GET and HEAD) needs
+// the admin scope at the index. The gateway refuses one that cannot have
+// it before it reads a byte of the body: without credentials, or, when the
+// gateway has tokens of its own, without a token of the admin scope. A body
+// is read through a limit (Config.MaxBodySize): past it the answer is 413.
 package adminapi
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -36,6 +44,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/nixcache/nixcache/platform/auth"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/gateway/internal/httpapi"
 )
@@ -51,13 +60,25 @@ type Config struct {
 	// keys) run until they finish or the client goes away.
 	RequestTimeout time.Duration
 	Log            *slog.Logger
+	// Auth is the gateway's own policy: with tokens, a change needs one
+	// of the admin scope here already; without, it needs credentials,
+	// which the index judges.
+	Auth auth.Policy
+	// MaxBodySize bounds a request body; 0 means DefaultMaxBodySize.
+	MaxBodySize int64
 }
+
+// DefaultMaxBodySize bounds an admin request's body when the Config says
+// nothing: the largest request (a pin or a key) is well under a KiB.
+const DefaultMaxBodySize = 64 << 10
 
 // Handler serves the JSON admin API.
 type Handler struct {
 	mux     *runtime.ServeMux
 	handler http.Handler // mux, behind the cross-origin check
 	log     *slog.Logger
+	auth    auth.Policy
+	maxBody int64
 }
 
 // New returns the JSON admin API handler.
@@ -69,8 +90,10 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("adminapi: request timeout must be positive")
 	case cfg.Log == nil:
 		return nil, errors.New("adminapi: logger is required")
+	case cfg.MaxBodySize < 0:
+		return nil, errors.New("adminapi: max body size must not be negative")
 	}
-	h := &Handler{log: cfg.Log}
+	h := &Handler{log: cfg.Log, auth: cfg.Auth, maxBody: cmp.Or(cfg.MaxBodySize, DefaultMaxBodySize)}
 	h.mux = runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
 		// Only Authorization goes to the index (grpc-gateway always passes
@@ -82,6 +105,7 @@ func New(cfg Config) (*Handler, error) {
 		// Path segments are unescaped in full ("gtk%2B3" is "gtk+3");
 		// an escaped slash separates segments (see baseNameArg).
 		runtime.WithUnescapingMode(runtime.UnescapingModeAllCharacters),
+		runtime.WithMiddlewares(h.checkChange),
 	)
 	client := indexv1.NewAdminServiceClient(unaryTimeout{cfg.Index, cfg.RequestTimeout})
 	if err := indexv1.RegisterAdminServiceHandlerClient(context.Background(), h.mux, client); err != nil {
@@ -113,7 +137,59 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	sw := &statusWriter{ResponseWriter: w}
 	r = baseNameArg(r.WithContext(context.WithValue(r.Context(), statusWriterKey{}, sw)))
+	r.Body = &limitedBody{ReadCloser: http.MaxBytesReader(sw, r.Body, h.maxBody), sw: sw}
 	h.mux.ServeHTTP(sw, r)
+}
+
+// checkChange runs, for a request a route matched, before the route's
+// handler reads the body: unknown routes stay 404 and 405.
+func (h *Handler) checkChange(next runtime.HandlerFunc) runtime.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+		if err := h.authorizeChange(r); err != nil {
+			h.writeError(r.Context(), h.mux, marshaler, w, r, err)
+			return
+		}
+		next(w, r, params)
+	}
+}
+
+// authorizeChange refuses, before its body is read, a request that
+// changes something and cannot have the admin scope at the index.
+func (h *Handler) authorizeChange(r *http.Request) error {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return nil
+	}
+	var err error
+	switch {
+	case h.auth.Tokens != nil:
+		_, err = h.auth.Authorize(r, auth.Admin)
+	case r.Header.Get("Authorization") == "":
+		err = fmt.Errorf("%w: %s %s needs a token with the admin scope", auth.ErrUnauthenticated, r.Method, r.URL.Path)
+	}
+	switch {
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return &runtime.HTTPStatusError{HTTPStatus: http.StatusUnauthorized, Err: status.Error(codes.Unauthenticated, err.Error())}
+	case errors.Is(err, auth.ErrForbidden):
+		return &runtime.HTTPStatusError{HTTPStatus: http.StatusForbidden, Err: status.Error(codes.PermissionDenied, err.Error())}
+	}
+	return err
+}
+
+// limitedBody is a request body read through http.MaxBytesReader that
+// tells the statusWriter when the limit cut it: grpc-gateway reports the
+// decoding error as InvalidArgument, the answer is 413.
+type limitedBody struct {
+	io.ReadCloser
+	sw *statusWriter
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		b.sw.tooLarge = tooLarge.Limit
+	}
+	return n, err
 }
 
 // pathArgPrefixes are the routes whose last segment is a store path.
@@ -172,6 +248,10 @@ func (h *Handler) writeError(ctx context.Context, _ *runtime.ServeMux, m runtime
 		code, err = withStatus.HTTPStatus, withStatus.Err
 	}
 	st := status.Convert(err)
+	if sw, ok := ctx.Value(statusWriterKey{}).(*statusWriter); ok && sw.tooLarge > 0 {
+		code = http.StatusRequestEntityTooLarge
+		st = status.Newf(codes.InvalidArgument, "request body is larger than %d bytes", sw.tooLarge)
+	}
 	if code == 0 {
 		code = h.statusOf(r, st)
 	}
@@ -247,6 +327,8 @@ type statusWriter struct {
 	http.ResponseWriter
 	wrote    bool
 	override int
+	// tooLarge is the body limit that cut the request body; 0: none did.
+	tooLarge int64
 }
 
 func (w *statusWriter) WriteHeader(code int) {

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
@@ -126,6 +127,13 @@ type env struct {
 
 func newEnv(t *testing.T, requestTimeout time.Duration) *env {
 	t.Helper()
+	return newEnvWith(t, Config{RequestTimeout: requestTimeout})
+}
+
+// newEnvWith is newEnv with cfg's Auth, MaxBodySize and RequestTimeout.
+func newEnvWith(t *testing.T, cfg Config) *env {
+	t.Helper()
+	requestTimeout := cfg.RequestTimeout
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	e := &env{admin: &fakeAdmin{gcNext: make(chan struct{})}}
 	lis := bufconn.Listen(1 << 20)
@@ -141,7 +149,8 @@ func newEnv(t *testing.T, requestTimeout time.Duration) *env {
 	}
 	t.Cleanup(func() { conn.Close() })
 
-	admin, err := New(Config{Index: conn, RequestTimeout: requestTimeout, Log: log})
+	cfg.Index, cfg.Log = conn, log
+	admin, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,6 +187,11 @@ func (e *env) do(t *testing.T, method, path, body string, header ...string) resp
 	req, err := http.NewRequestWithContext(ctx, method, e.url+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if method != http.MethodGet && method != http.MethodHead {
+		// A change needs credentials before the index is asked; the
+		// fake index judges none.
+		req.Header.Set("Authorization", "Bearer any")
 	}
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
@@ -332,7 +346,7 @@ func TestErrors(t *testing.T) {
 		{"not implemented", status.Error(codes.Unimplemented, "unknown method"), false, "GET", "/api/v1/stats", "", 501, ""},
 		{"index bug", status.Error(codes.Internal, "boom"), false, "GET", "/api/v1/stats", "", 500, ""},
 		// Streaming calls fail on their first message; the status is still the gateway's.
-		{"stream no token", status.Error(codes.Unauthenticated, "admin requires a token"), false, "POST", "/api/v1/gc", "{}", 401, "WWW-Authenticate"},
+		{"stream bad token", status.Error(codes.Unauthenticated, "invalid token"), false, "POST", "/api/v1/gc", "{}", 401, "WWW-Authenticate"},
 		{"stream wrong scope", status.Error(codes.PermissionDenied, "lacks the admin scope"), false, "POST", "/api/v1/gc", "{}", 403, ""},
 		{"stream index down", status.Error(codes.Unavailable, "connection refused"), false, "POST", "/api/v1/gc", "{}", 503, "Retry-After"},
 		{"stream too large", status.Error(codes.ResourceExhausted, "too large"), false, "POST", "/api/v1/gc", "{}", 413, ""},
@@ -502,5 +516,51 @@ func TestNewValidates(t *testing.T) {
 		if _, err := New(c); err == nil {
 			t.Errorf("New(%+v) succeeded", c)
 		}
+	}
+}
+
+// TestChangeCheckedBeforeBody: a change without credentials, or (when the
+// gateway has tokens) without a token of the admin scope, is refused
+// before its body is read and before the index is asked; a body past the
+// limit is 413, with the admin token.
+func TestChangeCheckedBeforeBody(t *testing.T) {
+	tokens, err := auth.ParseTokens(strings.NewReader("op admin s3cret-admin\nci push,read s3cret-push\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := `{"dry_run": true, "max_size": "` + strings.Repeat("1", 1<<20) + `"}`
+	tests := []struct {
+		name   string
+		policy auth.Policy
+		header []string
+		body   string
+		code   int
+		asked  bool // the index got the call
+	}{
+		{"anonymous, gateway without tokens", auth.Policy{}, []string{"Authorization", ""}, big, 401, false},
+		{"anonymous, gateway with tokens", auth.Policy{Tokens: tokens}, []string{"Authorization", ""}, big, 401, false},
+		{"bad token", auth.Policy{Tokens: tokens}, []string{"Authorization", "Bearer nope"}, big, 401, false},
+		{"push token", auth.Policy{Tokens: tokens}, []string{"Authorization", "Bearer s3cret-push"}, big, 403, false},
+		{"admin token, body too large", auth.Policy{Tokens: tokens}, []string{"Authorization", "Bearer s3cret-admin"}, big, 413, false},
+		{"admin token", auth.Policy{Tokens: tokens}, []string{"Authorization", "Bearer s3cret-admin"}, `{"dry_run": true}`, 0, true},
+		{"token for the index to judge", auth.Policy{}, []string{"Authorization", "Bearer any"}, `{"dry_run": true}`, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnvWith(t, Config{RequestTimeout: 5 * time.Second, Auth: tt.policy, MaxBodySize: 64 << 10})
+			resp := e.do(t, "POST", "/api/v1/gc", tt.body, tt.header...)
+			if _, req := e.admin.last(); (req != nil) != tt.asked {
+				t.Errorf("index asked: %v, want %v", req != nil, tt.asked)
+			}
+			if tt.asked {
+				return
+			}
+			if resp.code != tt.code {
+				t.Fatalf("status %d, want %d (body %s)", resp.code, tt.code, resp.body)
+			}
+			if msg, _ := object(t, strings.TrimSpace(resp.body))["message"].(string); msg == "" {
+				t.Errorf("body %s has no message", resp.body)
+			}
+		})
 	}
 }
