@@ -250,6 +250,11 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 	}
 	hdr, err := recvHeader(h, ctx, cancel, stream.Recv, "NAR")
 	if err != nil {
+		if rng != nil && status.Code(err) == codes.OutOfRange {
+			// The index refuses a range of a compressed file's NAR that
+			// would cost decompressing all before it: 416, saying why.
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", rng.total))
+		}
 		h.writeError(w, r, err)
 		return
 	}
