@@ -35,6 +35,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -66,7 +67,14 @@ type Config struct {
 	Auth auth.Policy
 	// MaxBodySize bounds a request body; 0 means DefaultMaxBodySize.
 	MaxBodySize int64
+	// BodyTimeout bounds how long a request body may take to arrive; 0
+	// means DefaultBodyTimeout.
+	BodyTimeout time.Duration
 }
+
+// DefaultBodyTimeout bounds the arrival of an admin request's body when
+// the Config says nothing: it is small.
+const DefaultBodyTimeout = 15 * time.Second
 
 // DefaultMaxBodySize bounds an admin request's body when the Config says
 // nothing: the largest request (a pin or a key) is well under a KiB.
@@ -74,11 +82,12 @@ const DefaultMaxBodySize = 64 << 10
 
 // Handler serves the JSON admin API.
 type Handler struct {
-	mux     *runtime.ServeMux
-	handler http.Handler // mux, behind the cross-origin check
-	log     *slog.Logger
-	auth    auth.Policy
-	maxBody int64
+	mux         *runtime.ServeMux
+	handler     http.Handler // mux, behind the cross-origin check
+	log         *slog.Logger
+	auth        auth.Policy
+	maxBody     int64
+	bodyTimeout time.Duration
 }
 
 // New returns the JSON admin API handler.
@@ -92,8 +101,11 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("adminapi: logger is required")
 	case cfg.MaxBodySize < 0:
 		return nil, errors.New("adminapi: max body size must not be negative")
+	case cfg.BodyTimeout < 0:
+		return nil, errors.New("adminapi: body timeout must not be negative")
 	}
-	h := &Handler{log: cfg.Log, auth: cfg.Auth, maxBody: cmp.Or(cfg.MaxBodySize, DefaultMaxBodySize)}
+	h := &Handler{log: cfg.Log, auth: cfg.Auth, maxBody: cmp.Or(cfg.MaxBodySize, DefaultMaxBodySize),
+		bodyTimeout: cmp.Or(cfg.BodyTimeout, DefaultBodyTimeout)}
 	h.mux = runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
 		// Only Authorization goes to the index (grpc-gateway always passes
@@ -137,6 +149,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	sw := &statusWriter{ResponseWriter: w}
 	r = baseNameArg(r.WithContext(context.WithValue(r.Context(), statusWriterKey{}, sw)))
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// A body that does not arrive promptly is not coming; the
+		// deadline goes before the answer, which may stream for long.
+		rc := http.NewResponseController(sw)
+		_ = rc.SetReadDeadline(time.Now().Add(h.bodyTimeout))
+		defer rc.SetReadDeadline(time.Time{})
+	}
 	r.Body = &limitedBody{ReadCloser: http.MaxBytesReader(sw, r.Body, h.maxBody), sw: sw}
 	h.mux.ServeHTTP(sw, r)
 }
@@ -186,8 +205,11 @@ type limitedBody struct {
 func (b *limitedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
+	switch {
+	case errors.As(err, &tooLarge):
 		b.sw.tooLarge = tooLarge.Limit
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		b.sw.bodyTimedOut = true
 	}
 	return n, err
 }
@@ -248,9 +270,16 @@ func (h *Handler) writeError(ctx context.Context, _ *runtime.ServeMux, m runtime
 		code, err = withStatus.HTTPStatus, withStatus.Err
 	}
 	st := status.Convert(err)
-	if sw, ok := ctx.Value(statusWriterKey{}).(*statusWriter); ok && sw.tooLarge > 0 {
-		code = http.StatusRequestEntityTooLarge
-		st = status.Newf(codes.InvalidArgument, "request body is larger than %d bytes", sw.tooLarge)
+	if sw, ok := ctx.Value(statusWriterKey{}).(*statusWriter); ok {
+		switch {
+		case sw.tooLarge > 0:
+			code = http.StatusRequestEntityTooLarge
+			st = status.Newf(codes.InvalidArgument, "request body is larger than %d bytes", sw.tooLarge)
+		case sw.bodyTimedOut:
+			code = http.StatusRequestTimeout
+			st = status.Newf(codes.InvalidArgument, "request body not received within %s", h.bodyTimeout)
+			w.Header().Set("Connection", "close")
+		}
 	}
 	if code == 0 {
 		code = h.statusOf(r, st)
@@ -329,6 +358,8 @@ type statusWriter struct {
 	override int
 	// tooLarge is the body limit that cut the request body; 0: none did.
 	tooLarge int64
+	// bodyTimedOut says the body did not arrive within its deadline.
+	bodyTimedOut bool
 }
 
 func (w *statusWriter) WriteHeader(code int) {

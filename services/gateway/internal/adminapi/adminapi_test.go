@@ -564,3 +564,32 @@ func TestChangeCheckedBeforeBody(t *testing.T) {
 		})
 	}
 }
+
+// TestSlowBody: a body that stops arriving is answered 408 after the
+// body timeout, and the index is not asked.
+func TestSlowBody(t *testing.T) {
+	e := newEnvWith(t, Config{RequestTimeout: 5 * time.Second, BodyTimeout: 300 * time.Millisecond})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	io.WriteString(conn, "POST /api/v1/gc HTTP/1.1\r\nHost: cache\r\nAuthorization: Bearer any\r\nContent-Length: 100\r\n\r\n{\"dry_run\":")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(body), "not received within") {
+		t.Errorf("status %d %s, want 408 saying the body did not arrive", resp.StatusCode, body)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("answered after %v, want about the body timeout", took)
+	}
+	if _, req := e.admin.last(); req != nil {
+		t.Errorf("the index was asked: %v", req)
+	}
+}
