@@ -505,4 +505,4 @@ func (s *Server) withLocal(ctx context.Context, hashes, pushed []string) ([]stri
 }
 
 // DefaultMaxUploads is the default -max-concurrent-uploads.
-const DefaultMaxUploads = 8
+const DefaultMaxUploads = 16
