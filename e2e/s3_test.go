@@ -277,9 +277,15 @@ func TestS3FilesAndRanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp := rangeGet(t, noRedirects, c.URL+"/nar/"+hashPart(top)+".nar", 100, 199)
-	if resp.status != http.StatusPartialContent || resp.body != string(dump[100:200]) {
-		t.Errorf("GET nar/<store hash>.nar bytes=100-199: %d, %d bytes, want 206 and nix-store --dump's bytes", resp.status, len(resp.body))
+	// From its start only: reaching an offset of a compressed file's NAR
+	// costs decompressing all before it (416).
+	resp := rangeGet(t, noRedirects, c.URL+"/nar/"+hashPart(top)+".nar", 0, 199)
+	if resp.status != http.StatusPartialContent || resp.body != string(dump[:200]) {
+		t.Errorf("GET nar/<store hash>.nar bytes=0-199: %d, %d bytes, want 206 and nix-store --dump's bytes", resp.status, len(resp.body))
+	}
+	resp = rangeGet(t, noRedirects, c.URL+"/nar/"+hashPart(top)+".nar", 100, 199)
+	if resp.status != http.StatusRequestedRangeNotSatisfiable {
+		t.Errorf("GET nar/<store hash>.nar bytes=100-199: %d, want 416", resp.status)
 	}
 	bigDump, err := exec.Command("nix-store", "--dump", big).Output()
 	if err != nil {

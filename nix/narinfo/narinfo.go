@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/signature"
@@ -68,6 +69,10 @@ func Parse(r io.Reader, storeDir string) (*NarInfo, error) {
 		i := bytes.IndexByte(data, '\n')
 		line := string(data[:i])
 		data = data[i+1:]
+		// Every value ends in a protobuf string, which must be UTF-8.
+		if !utf8.ValidString(line) {
+			return nil, fmt.Errorf("narinfo: line %d: not valid UTF-8", lineNo)
+		}
 		if err := p.line(line); err != nil {
 			return nil, fmt.Errorf("narinfo: line %d: %w", lineNo, err)
 		}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/nixcache/nixcache/nix/internal/nixtest"
 	"github.com/nixcache/nixcache/nix/narinfo"
@@ -203,6 +204,9 @@ func TestParseErrors(t *testing.T) {
 		{"bad CA text algo", minimal + "CA: text:sha1:fd540npwk7x370s4s2jzpx74wf365jjm\n", "want sha256", true},
 		{"bad CA hash", minimal + "CA: fixed:r:sha256:abc\n", "wrong length", true},
 		{"CA without hash", minimal + "CA: fixed:r:sha256\n", "not <algo>:<hash>", true},
+		{"Sig not UTF-8", minimal + "Sig: \xff\xfe:" + strings.Repeat("A", 88) + "\n", "line 5: not valid UTF-8", false},
+		{"Compression not UTF-8", minimal + "Compression: \xff\n", "line 5: not valid UTF-8", false},
+		{"unknown key not UTF-8", minimal + "X\xc3: y\n", "line 5: not valid UTF-8", false},
 		{"NUL", minimal + "Foo: a\x00b\n", `line 5: control character '\x00'`, false},
 		{"NUL in value", strings.Replace(minimal, "nar/x.nar.xz", "nar/x\x00.nar.xz", 1), "control character", false},
 		{"CRLF", strings.ReplaceAll(minimal, "\n", "\r\n"), "line 1: control character '\\r'", true},
@@ -340,12 +344,18 @@ func FuzzParse(f *testing.F) {
 	f.Add(minimal + "References:\nCA: \n")
 	f.Add("StorePath: /nix/store/x\n")
 	f.Add("a:\n")
+	f.Add(minimal + "Sig: \xff\xfe:" + strings.Repeat("A", 88) + "\n")
+	f.Add(minimal + "Compression: \xff\n")
 	f.Fuzz(func(t *testing.T, text string) {
 		n, err := narinfo.Parse(strings.NewReader(text), storeDir)
 		if err != nil {
 			return
 		}
 		s := n.String()
+		// Every field goes into a protobuf string: it must be UTF-8.
+		if !utf8.ValidString(s) {
+			t.Fatalf("Parse accepted a narinfo that is not UTF-8: %q", s)
+		}
 		again, err := narinfo.Parse(strings.NewReader(s), storeDir)
 		if err != nil {
 			t.Fatalf("Parse(String()) of %q: %v\n%s", text, err, s)

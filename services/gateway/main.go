@@ -47,7 +47,7 @@ func run(args []string) error {
 	publicRead := fs.Bool("public-read", true, "let anyone read (nix-cache-info, narinfos, NARs); false requires a token with the read scope (Nix clients send it from a netrc file) and -auth-file")
 	fs.Int64Var(&o.MaxNarinfoSize, "max-narinfo-size", 64<<10, "largest narinfo a client may push, in bytes")
 	fs.DurationVar(&o.RequestTimeout, "request-timeout", 30*time.Second, "bound on each index call, and on the wait for a NAR stream to start")
-	fs.DurationVar(&o.TransferIdleTimeout, "transfer-idle-timeout", 2*time.Minute, "longest a NAR upload or download may make no progress (0: unbounded)")
+	fs.DurationVar(&o.TransferIdleTimeout, "transfer-idle-timeout", 2*time.Minute, "longest an upload (NAR, build log, side file) or a NAR download may make no progress; a stalled upload is answered 408 (0: unbounded)")
 	fs.StringVar(&o.PublicURL, "public-url", "", "URL clients reach the cache at, as the landing page shows it (default: the scheme and Host of each request)")
 	fs.BoolVar(&o.NarRedirect, "nar-redirect", false, "answer GET /nar/<file hash>.nar* with a redirect (307) to a presigned URL of the file when the index keeps NARs in a bucket (index -nar-backend=s3): clients download from the bucket, which they must be able to reach (index -s3-presign-endpoint)")
 	fs.BoolVar(&o.ZstdLocal, "zstd-local", false, "compress NARs served uncompressed (the index's -local-store paths) with zstd on the fly for clients that send Accept-Encoding: zstd; costs CPU, pays off only on slow links")

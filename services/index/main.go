@@ -22,6 +22,7 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/app"
 	"github.com/nixcache/nixcache/services/index/internal/hostnar"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
+	"github.com/nixcache/nixcache/services/index/internal/server"
 
 	// The CA roots of the upstream caches (-upstream https://...) when the
 	// system has none, as in the FROM scratch image: Go's x509 uses them
@@ -64,6 +65,11 @@ func run(args []string) error {
 	signerAddr := fs.String("signer-addr", "unix:data/signer.sock", "signer gRPC address: unix:PATH (the signer's default) or host:port (with mutual TLS, -grpc-tls-*)")
 	storeDir := fs.String("store-dir", storepath.DefaultStoreDir, "Nix store directory of the cached paths")
 	maxNarSize := fs.Uint64("max-nar-size", 64<<30, "largest NAR file, and largest decompressed NAR, accepted, in bytes")
+	maxRatio := fs.Uint64("max-decompression-ratio", narstore.DefaultMaxRatio, "refuse an upload whose decompressed NAR grows past this many times the compressed bytes read (a decompression bomb), once past -decompression-ratio-floor; 0: no bound")
+	ratioFloor := fs.Uint64("decompression-ratio-floor", narstore.DefaultRatioFloor, "decompressed bytes an upload may always reach, whatever its ratio (-max-decompression-ratio)")
+	maxUploads := fs.Int("max-concurrent-uploads", server.DefaultMaxUploads, "uploads (NARs, side files) received and verified at once; more are answered 503 with Retry-After; 0: no bound")
+	var trustedSigKeys envflag.List
+	fs.Var(&trustedSigKeys, "trusted-sig-keys", `public keys, "name:base64" as in trusted-public-keys (e.g. cache.nixos.org-1's), whose signatures in a pushed narinfo are kept when they verify (at most 8 a path); every other signature by a key the signer does not hold is dropped; repeatable or comma-separated`)
 	signTimeout := fs.Duration("sign-timeout", 10*time.Second, "deadline of each call to the signer")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
@@ -116,15 +122,18 @@ func run(args []string) error {
 		return err
 	}
 	opts := app.Options{
-		DataDir:       *dataDir,
-		SignerAddr:    *signerAddr,
-		StoreDir:      *storeDir,
-		MaxNarSize:    *maxNarSize,
-		SignTimeout:   *signTimeout,
-		ShutdownGrace: *grace,
-		Log:           log,
-		AuthFile:      *authFile,
-		PrivateRead:   !*publicRead,
+		DataDir:        *dataDir,
+		SignerAddr:     *signerAddr,
+		StoreDir:       *storeDir,
+		MaxNarSize:     *maxNarSize,
+		NarLimits:      narstore.Limits{MaxRatio: *maxRatio, RatioFloor: *ratioFloor},
+		MaxUploads:     *maxUploads,
+		TrustedSigKeys: trustedSigKeys.Values,
+		SignTimeout:    *signTimeout,
+		ShutdownGrace:  *grace,
+		Log:            log,
+		AuthFile:       *authFile,
+		PrivateRead:    !*publicRead,
 
 		LocalStore:        *localStore,
 		NixDaemonSocket:   *daemonSocket,

@@ -19,14 +19,23 @@
 // ({"code", "message", "details"}) with the HTTP status the gateway's one
 // code table gives (httpapi.HTTPStatus), so the JSON and Nix routes agree.
 // Cross-origin browser requests that change anything are refused (CSRF).
+//
+// Every request that changes anything (any method but GET and HEAD) needs
+// the admin scope at the index. The gateway refuses one that cannot have
+// it before it reads a byte of the body: without credentials, or, when the
+// gateway has tokens of its own, without a token of the admin scope. A body
+// is read through a limit (Config.MaxBodySize): past it the answer is 413.
 package adminapi
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -36,6 +45,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/nixcache/nixcache/platform/auth"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/gateway/internal/httpapi"
 )
@@ -43,9 +53,15 @@ import (
 // Prefix is the path prefix the API is served under.
 const Prefix = "/api/v1/"
 
-// MaxBodySize bounds a request's body: the largest, FindMissingPaths'
-// 10,000 store paths, takes about 1 MiB.
+// MaxBodySize bounds the body of the largest request, FindMissingPaths'
+// (10,000 store paths take about 1 MiB); every other route takes
+// Config.MaxBodySize.
 const MaxBodySize = 4 << 20
+
+// readRoutes are the routes that change nothing although they are not a
+// GET: they need the read scope, not admin, and may carry a larger body
+// (MaxBodySize).
+var readRoutes = map[string]bool{Prefix + "missing-paths": true}
 
 // Config configures New.
 type Config struct {
@@ -55,13 +71,33 @@ type Config struct {
 	// keys) run until they finish or the client goes away.
 	RequestTimeout time.Duration
 	Log            *slog.Logger
+	// Auth is the gateway's own policy: with tokens, a change needs one
+	// of the admin scope here already; without, it needs credentials,
+	// which the index judges.
+	Auth auth.Policy
+	// MaxBodySize bounds a request body; 0 means DefaultMaxBodySize.
+	MaxBodySize int64
+	// BodyTimeout bounds how long a request body may take to arrive; 0
+	// means DefaultBodyTimeout.
+	BodyTimeout time.Duration
 }
+
+// DefaultBodyTimeout bounds the arrival of an admin request's body when
+// the Config says nothing: it is small.
+const DefaultBodyTimeout = 15 * time.Second
+
+// DefaultMaxBodySize bounds an admin request's body when the Config says
+// nothing: the largest request (a pin or a key) is well under a KiB.
+const DefaultMaxBodySize = 64 << 10
 
 // Handler serves the JSON admin API.
 type Handler struct {
-	mux     *runtime.ServeMux
-	handler http.Handler // mux, behind the cross-origin check
-	log     *slog.Logger
+	mux         *runtime.ServeMux
+	handler     http.Handler // mux, behind the cross-origin check
+	log         *slog.Logger
+	auth        auth.Policy
+	maxBody     int64
+	bodyTimeout time.Duration
 }
 
 // New returns the JSON admin API handler.
@@ -73,8 +109,13 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("adminapi: request timeout must be positive")
 	case cfg.Log == nil:
 		return nil, errors.New("adminapi: logger is required")
+	case cfg.MaxBodySize < 0:
+		return nil, errors.New("adminapi: max body size must not be negative")
+	case cfg.BodyTimeout < 0:
+		return nil, errors.New("adminapi: body timeout must not be negative")
 	}
-	h := &Handler{log: cfg.Log}
+	h := &Handler{log: cfg.Log, auth: cfg.Auth, maxBody: cmp.Or(cfg.MaxBodySize, DefaultMaxBodySize),
+		bodyTimeout: cmp.Or(cfg.BodyTimeout, DefaultBodyTimeout)}
 	h.mux = runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
 		// Only Authorization goes to the index (grpc-gateway always passes
@@ -86,6 +127,7 @@ func New(cfg Config) (*Handler, error) {
 		// Path segments are unescaped in full ("gtk%2B3" is "gtk+3");
 		// an escaped slash separates segments (see baseNameArg).
 		runtime.WithUnescapingMode(runtime.UnescapingModeAllCharacters),
+		runtime.WithMiddlewares(h.checkChange),
 	)
 	client := indexv1.NewAdminServiceClient(unaryTimeout{cfg.Index, cfg.RequestTimeout})
 	if err := indexv1.RegisterAdminServiceHandlerClient(context.Background(), h.mux, client); err != nil {
@@ -116,9 +158,80 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	sw := &statusWriter{ResponseWriter: w}
-	r.Body = http.MaxBytesReader(sw, r.Body, MaxBodySize)
 	r = baseNameArg(r.WithContext(context.WithValue(r.Context(), statusWriterKey{}, sw)))
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// A body that does not arrive promptly is not coming; the
+		// deadline goes before the answer, which may stream for long.
+		rc := http.NewResponseController(sw)
+		_ = rc.SetReadDeadline(time.Now().Add(h.bodyTimeout))
+		defer rc.SetReadDeadline(time.Time{})
+	}
+	limit := h.maxBody
+	if readRoutes[r.URL.Path] {
+		limit = max(limit, MaxBodySize)
+	}
+	r.Body = &limitedBody{ReadCloser: http.MaxBytesReader(sw, r.Body, limit), sw: sw}
 	h.mux.ServeHTTP(sw, r)
+}
+
+// checkChange runs, for a request a route matched, before the route's
+// handler reads the body: unknown routes stay 404 and 405.
+func (h *Handler) checkChange(next runtime.HandlerFunc) runtime.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+		if err := h.authorizeChange(r); err != nil {
+			h.writeError(r.Context(), h.mux, marshaler, w, r, err)
+			return
+		}
+		next(w, r, params)
+	}
+}
+
+// authorizeChange refuses, before its body is read, a request that
+// changes something and cannot have the admin scope at the index.
+func (h *Handler) authorizeChange(r *http.Request) error {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return nil
+	}
+	var err error
+	switch {
+	case readRoutes[r.URL.Path]:
+		// Judged as a read: by the gateway's tokens when it has them, by
+		// the index in any case.
+		if h.auth.Tokens != nil {
+			_, err = h.auth.Authorize(r, auth.Read)
+		}
+	case h.auth.Tokens != nil:
+		_, err = h.auth.Authorize(r, auth.Admin)
+	case r.Header.Get("Authorization") == "":
+		err = fmt.Errorf("%w: %s %s needs a token with the admin scope", auth.ErrUnauthenticated, r.Method, r.URL.Path)
+	}
+	switch {
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return &runtime.HTTPStatusError{HTTPStatus: http.StatusUnauthorized, Err: status.Error(codes.Unauthenticated, err.Error())}
+	case errors.Is(err, auth.ErrForbidden):
+		return &runtime.HTTPStatusError{HTTPStatus: http.StatusForbidden, Err: status.Error(codes.PermissionDenied, err.Error())}
+	}
+	return err
+}
+
+// limitedBody is a request body read through http.MaxBytesReader that
+// tells the statusWriter when the limit cut it: grpc-gateway reports the
+// decoding error as InvalidArgument, the answer is 413.
+type limitedBody struct {
+	io.ReadCloser
+	sw *statusWriter
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		b.sw.tooLarge = tooLarge.Limit
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		b.sw.bodyTimedOut = true
+	}
+	return n, err
 }
 
 // pathArgPrefixes are the routes whose last segment is a store path.
@@ -177,6 +290,17 @@ func (h *Handler) writeError(ctx context.Context, _ *runtime.ServeMux, m runtime
 		code, err = withStatus.HTTPStatus, withStatus.Err
 	}
 	st := status.Convert(err)
+	if sw, ok := ctx.Value(statusWriterKey{}).(*statusWriter); ok {
+		switch {
+		case sw.tooLarge > 0:
+			code = http.StatusRequestEntityTooLarge
+			st = status.Newf(codes.InvalidArgument, "request body is larger than %d bytes", sw.tooLarge)
+		case sw.bodyTimedOut:
+			code = http.StatusRequestTimeout
+			st = status.Newf(codes.InvalidArgument, "request body not received within %s", h.bodyTimeout)
+			w.Header().Set("Connection", "close")
+		}
+	}
 	if code == 0 {
 		code = h.statusOf(r, st)
 	}
@@ -252,6 +376,10 @@ type statusWriter struct {
 	http.ResponseWriter
 	wrote    bool
 	override int
+	// tooLarge is the body limit that cut the request body; 0: none did.
+	tooLarge int64
+	// bodyTimedOut says the body did not arrive within its deadline.
+	bodyTimedOut bool
 }
 
 func (w *statusWriter) WriteHeader(code int) {

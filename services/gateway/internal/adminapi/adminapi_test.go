@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/gateway/internal/httpapi"
@@ -132,6 +134,13 @@ type env struct {
 
 func newEnv(t *testing.T, requestTimeout time.Duration) *env {
 	t.Helper()
+	return newEnvWith(t, Config{RequestTimeout: requestTimeout})
+}
+
+// newEnvWith is newEnv with cfg's Auth, MaxBodySize and RequestTimeout.
+func newEnvWith(t *testing.T, cfg Config) *env {
+	t.Helper()
+	requestTimeout := cfg.RequestTimeout
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	e := &env{admin: &fakeAdmin{gcNext: make(chan struct{})}}
 	lis := bufconn.Listen(1 << 20)
@@ -147,7 +156,8 @@ func newEnv(t *testing.T, requestTimeout time.Duration) *env {
 	}
 	t.Cleanup(func() { conn.Close() })
 
-	admin, err := New(Config{Index: conn, RequestTimeout: requestTimeout, Log: log})
+	cfg.Index, cfg.Log = conn, log
+	admin, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,6 +193,11 @@ func (e *env) do(t *testing.T, method, path, body string, header ...string) resp
 	req, err := http.NewRequestWithContext(ctx, method, e.url+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if method != http.MethodGet && method != http.MethodHead {
+		// A change needs credentials before the index is asked; the
+		// fake index judges none.
+		req.Header.Set("Authorization", "Bearer any")
 	}
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
@@ -342,7 +357,7 @@ func TestErrors(t *testing.T) {
 		{"not implemented", status.Error(codes.Unimplemented, "unknown method"), false, "GET", "/api/v1/stats", "", 501, ""},
 		{"index bug", status.Error(codes.Internal, "boom"), false, "GET", "/api/v1/stats", "", 500, ""},
 		// Streaming calls fail on their first message; the status is still the gateway's.
-		{"stream no token", status.Error(codes.Unauthenticated, "admin requires a token"), false, "POST", "/api/v1/gc", "{}", 401, "WWW-Authenticate"},
+		{"stream bad token", status.Error(codes.Unauthenticated, "invalid token"), false, "POST", "/api/v1/gc", "{}", 401, "WWW-Authenticate"},
 		{"stream wrong scope", status.Error(codes.PermissionDenied, "lacks the admin scope"), false, "POST", "/api/v1/gc", "{}", 403, ""},
 		{"stream index down", status.Error(codes.Unavailable, "connection refused"), false, "POST", "/api/v1/gc", "{}", 503, "Retry-After"},
 		{"stream too large", status.Error(codes.ResourceExhausted, "too large"), false, "POST", "/api/v1/gc", "{}", 413, ""},
@@ -519,10 +534,97 @@ func TestBodyBounded(t *testing.T) {
 	e := newEnv(t, 5*time.Second)
 	big := `{"paths": ["` + strings.Repeat("a", MaxBodySize) + `"]}`
 	resp := e.do(t, "POST", "/api/v1/missing-paths", big)
-	if resp.code != http.StatusBadRequest {
-		t.Errorf("%d-byte body: status %d, want 400; body %s", len(big), resp.code, resp.body)
+	if resp.code != http.StatusRequestEntityTooLarge {
+		t.Errorf("%d-byte body: status %d, want 413; body %s", len(big), resp.code, resp.body)
 	}
 	if _, got := e.admin.last(); got != nil {
 		t.Errorf("the index was asked %v", got)
+	}
+
+	// 8,000 store paths, past the other routes' 64 KiB: a push client's
+	// query for a large closure, which must reach the index.
+	paths := make([]string, 8000)
+	for i := range paths {
+		paths[i] = fmt.Sprintf("/nix/store/%032d-pkg-%d", i, i)
+	}
+	large := `{"paths": ["` + strings.Join(paths, `", "`) + `"]}`
+	e.do(t, "POST", "/api/v1/missing-paths", large)
+	if _, got := e.admin.last(); got == nil {
+		t.Errorf("a %d-byte missing-paths query did not reach the index", len(large))
+	}
+}
+
+// TestChangeCheckedBeforeBody: a change without credentials, or (when the
+// gateway has tokens) without a token of the admin scope, is refused
+// before its body is read and before the index is asked; a body past the
+// limit is 413, with the admin token.
+func TestChangeCheckedBeforeBody(t *testing.T) {
+	tokens, err := auth.ParseTokens(strings.NewReader("op admin s3cret-admin\nci push,read s3cret-push\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := `{"dry_run": true, "max_size": "` + strings.Repeat("1", 1<<20) + `"}`
+	tests := []struct {
+		name   string
+		policy auth.Policy
+		header []string
+		body   string
+		code   int
+		asked  bool // the index got the call
+	}{
+		{"anonymous, gateway without tokens", auth.Policy{}, []string{"Authorization", ""}, big, 401, false},
+		{"anonymous, gateway with tokens", auth.Policy{Tokens: tokens}, []string{"Authorization", ""}, big, 401, false},
+		{"bad token", auth.Policy{Tokens: tokens}, []string{"Authorization", "Bearer nope"}, big, 401, false},
+		{"push token", auth.Policy{Tokens: tokens}, []string{"Authorization", "Bearer s3cret-push"}, big, 403, false},
+		{"admin token, body too large", auth.Policy{Tokens: tokens}, []string{"Authorization", "Bearer s3cret-admin"}, big, 413, false},
+		{"admin token", auth.Policy{Tokens: tokens}, []string{"Authorization", "Bearer s3cret-admin"}, `{"dry_run": true}`, 0, true},
+		{"token for the index to judge", auth.Policy{}, []string{"Authorization", "Bearer any"}, `{"dry_run": true}`, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnvWith(t, Config{RequestTimeout: 5 * time.Second, Auth: tt.policy, MaxBodySize: 64 << 10})
+			resp := e.do(t, "POST", "/api/v1/gc", tt.body, tt.header...)
+			if _, req := e.admin.last(); (req != nil) != tt.asked {
+				t.Errorf("index asked: %v, want %v", req != nil, tt.asked)
+			}
+			if tt.asked {
+				return
+			}
+			if resp.code != tt.code {
+				t.Fatalf("status %d, want %d (body %s)", resp.code, tt.code, resp.body)
+			}
+			if msg, _ := object(t, strings.TrimSpace(resp.body))["message"].(string); msg == "" {
+				t.Errorf("body %s has no message", resp.body)
+			}
+		})
+	}
+}
+
+// TestSlowBody: a body that stops arriving is answered 408 after the
+// body timeout, and the index is not asked.
+func TestSlowBody(t *testing.T) {
+	e := newEnvWith(t, Config{RequestTimeout: 5 * time.Second, BodyTimeout: 300 * time.Millisecond})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	io.WriteString(conn, "POST /api/v1/gc HTTP/1.1\r\nHost: cache\r\nAuthorization: Bearer any\r\nContent-Length: 100\r\n\r\n{\"dry_run\":")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(body), "not received within") {
+		t.Errorf("status %d %s, want 408 saying the body did not arrive", resp.StatusCode, body)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("answered after %v, want about the body timeout", took)
+	}
+	if _, req := e.admin.last(); req != nil {
+		t.Errorf("the index was asked: %v", req)
 	}
 }

@@ -183,6 +183,7 @@ func newHandler(ctx context.Context, o Options, policy auth.Policy) (http.Handle
 		Index:          indexConn,
 		RequestTimeout: o.RequestTimeout,
 		Log:            o.Log,
+		Auth:           policy,
 	})
 	if err != nil {
 		closeConns()

@@ -11,7 +11,6 @@ import (
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/auth"
-	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
@@ -143,13 +142,15 @@ func (h *Handler) getArtifact(w http.ResponseWriter, r *http.Request) {
 		}
 		w.Header().Set("Content-Length", fmt.Sprint(hdr.GetSize()))
 	} else {
+		// A log stored compressed (before logs were stored decoded) is
+		// decoded for this client, no further than an upload may be.
 		dec, err := compression.NewReader(enc, body)
 		if err != nil {
 			h.writeError(w, r, err)
 			return
 		}
 		defer dec.Close()
-		out = dec
+		out = &limitedDecode{r: dec, left: artifactLimits[t.kind]}
 	}
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
@@ -204,9 +205,10 @@ func (s *artifactStream) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// putArtifact answers PUT of a side file: it streams the body, bounded,
-// to the index. Logs compressed with xz, zstd or bzip2 are stored as
-// sent; other encodings are decoded here.
+// putArtifact answers PUT of a side file: it streams the body, bounded
+// and decoded from its Content-Encoding, to the index. A build log is
+// stored decoded too, so that an invalid one is refused here, and reading
+// one costs no decompression.
 func (h *Handler) putArtifact(w http.ResponseWriter, r *http.Request) {
 	if !h.authorize(w, r, auth.Push) {
 		return
@@ -216,29 +218,19 @@ func (h *Handler) putArtifact(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	limit := artifactLimits[t.kind]
 	encoding := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
 	if !supportedEncoding(encoding) {
 		h.writeError(w, r, clientError(http.StatusUnsupportedMediaType,
 			"unsupported Content-Encoding %q (want xz, zstd, bzip2, gzip or br)", encoding))
 		return
 	}
-	raw := &readErr{r: http.MaxBytesReader(w, r.Body, limit)}
-	var body io.Reader = raw
-	storedEnc := compression.None
-	switch {
-	case t.kind == indexv1.ArtifactKind_ARTIFACT_KIND_LOG &&
-		(encoding == compression.XZ || encoding == compression.Zstd || encoding == compression.Bzip2):
-		storedEnc = encoding
-	default:
-		dec, err := decoder(encoding, raw)
-		if err != nil {
-			h.writeError(w, r, clientError(http.StatusBadRequest, "decode upload (Content-Encoding %s): %v", encoding, err))
-			return
-		}
-		defer dec.Close()
-		body = &limitedDecode{r: dec, left: limit}
+	body := newUpload(w, r, r.URL.Path, artifactLimits[t.kind])
+	dec, err := body.decode(encoding)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
 	}
+	defer dec.Close()
 
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
@@ -253,30 +245,12 @@ func (h *Handler) putArtifact(w http.ResponseWriter, r *http.Request) {
 	}
 	stream := guardSend(upstream, guard)
 	err = stream.Send(&indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Header{Header: &indexv1.PutArtifactHeader{
-		Kind: t.kind, Key: t.key, ContentEncoding: storedEnc,
+		Kind: t.kind, Key: t.key, ContentEncoding: compression.None,
 	}}})
-	for err == nil {
-		buf := make([]byte, grpcutil.ChunkSize)
-		n, readErr := fill(body, buf)
-		if n > 0 {
-			if err = stream.Send(&indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Chunk{Chunk: buf[:n]}}); err != nil {
-				break
-			}
-		}
-		if readErr == io.EOF {
-			break
-		}
-		if readErr != nil {
-			var tooLarge *http.MaxBytesError
-			switch {
-			case errors.As(raw.err, &tooLarge), errors.Is(readErr, errDecodedTooLarge):
-				err = clientError(http.StatusRequestEntityTooLarge, "%s is larger than %d bytes", r.URL.Path, limit)
-			case raw.err != nil:
-				err = clientError(http.StatusBadRequest, "read upload: %v", raw.err)
-			default:
-				err = clientError(http.StatusBadRequest, "decode upload (Content-Encoding %s): %v", encoding, readErr)
-			}
-		}
+	if err == nil {
+		err = h.streamUpload(w, body, func(chunk []byte) error {
+			return stream.Send(&indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Chunk{Chunk: chunk}})
+		})
 	}
 	var reqErr *requestError
 	if errors.As(err, &reqErr) {
@@ -289,21 +263,4 @@ func (h *Handler) putArtifact(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-var errDecodedTooLarge = errors.New("decoded upload too large")
-
-// limitedDecode fails once more than left bytes were decoded.
-type limitedDecode struct {
-	r    io.Reader
-	left int64
-}
-
-func (l *limitedDecode) Read(p []byte) (int, error) {
-	n, err := l.r.Read(p)
-	l.left -= int64(n)
-	if l.left < 0 {
-		return n, errDecodedTooLarge
-	}
-	return n, err
 }

@@ -61,10 +61,20 @@ func httpStatus(c codes.Code) int {
 
 // writeError answers r with the HTTP form of err: its status and a
 // text/plain body with the message, so `nix copy` shows the user why.
-// Nothing is written when the client has gone away.
+// Nothing is written when the client has gone away, unless err is the
+// gateway's own judgement of the request: net/http ends the request's
+// context when reading the body fails (the gateway's idle deadline, a body
+// cut short) though the client may still be there to read why, and a
+// handler that writes nothing answers 200.
 func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil {
+	var reqErr *requestError
+	if r.Context().Err() != nil && !errors.As(err, &reqErr) {
 		return
+	}
+	if reqErr != nil && reqErr.status == http.StatusRequestTimeout {
+		// The rest of the body is not coming: the connection cannot
+		// carry another request.
+		w.Header().Set("Connection", "close")
 	}
 	code, msg := h.classify(r, err)
 	SetErrorHeaders(w.Header(), code)

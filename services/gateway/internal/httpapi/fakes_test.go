@@ -46,6 +46,12 @@ type putNarCall struct {
 	chunks []int // chunk sizes
 }
 
+// putArtifactCall is what one PutArtifact call received.
+type putArtifactCall struct {
+	header *indexv1.PutArtifactHeader
+	data   []byte
+}
+
 // fakeIndex is an in-memory IndexService.
 type fakeIndex struct {
 	indexv1.UnimplementedIndexServiceServer
@@ -61,9 +67,11 @@ type fakeIndex struct {
 	cutAfter  int                          // when > 0, GetNar fails after sending about this many bytes
 	presign   string                       // StatNar with presign answers this URL (+ the file hash); "": none
 	putNars   []putNarCall
-	putInfos  []*indexv1.PathInfo
-	getNars   []*indexv1.GetNarRequest
-	statNars  []*indexv1.StatNarRequest
+	// putArtifacts are the PutArtifact calls that completed.
+	putArtifacts []putArtifactCall
+	putInfos     []*indexv1.PathInfo
+	getNars      []*indexv1.GetNarRequest
+	statNars     []*indexv1.StatNarRequest
 	// downloads are the RecordDownloads reports received.
 	downloads []*indexv1.NarDownloads
 	relPaths  map[string]string // StatNar's relative_path, by file hash
@@ -207,6 +215,32 @@ func (f *fakeIndex) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexServi
 		sent += n
 	}
 	return nil
+}
+
+// PutArtifact records a side file; it stores nothing to serve.
+func (f *fakeIndex) PutArtifact(stream indexv1.IndexService_PutArtifactServer) error {
+	if err := f.begin(stream.Context()); err != nil {
+		return err
+	}
+	var call putArtifactCall
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if h := msg.GetHeader(); h != nil {
+			call.header = h
+			continue
+		}
+		call.data = append(call.data, msg.GetChunk()...)
+	}
+	f.mu.Lock()
+	f.putArtifacts = append(f.putArtifacts, call)
+	f.mu.Unlock()
+	return stream.SendAndClose(&indexv1.PutArtifactResponse{Size: uint64(len(call.data))})
 }
 
 func (f *fakeIndex) PutNar(stream indexv1.IndexService_PutNarServer) error {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -28,9 +29,14 @@ func FuzzRoute(f *testing.F) {
 		{"GET", "/" + p.hash + ".narinfo", "", false},
 		{"HEAD", "/" + p.hash + ".narinfo", "", false},
 		{"PUT", "/" + p.hash + ".narinfo", "StorePath: /nix/store/" + p.hash + "-x\nNarSize: 0\n", true},
+		{"PUT", "/" + p.hash + ".narinfo", fuzzNarinfo(p, "Sig: \xff\xfe:"+strings.Repeat("A", 86)+"==\n"), true},
+		{"PUT", "/" + p.hash + ".narinfo", fuzzNarinfo(p, "Compression: \xff\n"), true},
+		{"PUT", "/" + p.hash + ".narinfo", fuzzNarinfo(p, "Deriver: \xc3-x.drv\n"), true},
 		{"GET", "/" + p.info.Url, "", false},
 		{"GET", "/nar/" + p.hash + ".nar", "", false},
 		{"PUT", "/nar/" + p.fileHash.NixBase32() + ".nar.xz", "not xz", true},
+		{"PUT", "/nar/" + p.fileHash.NixBase32() + ".nar", "\r\x00\x00\x00\x00\x00\x00\x00nix-archive-1\x00\x00\x00\xff\xfe", true},
+		{"PUT", "/nar/\xff\xfe.nar", "x", true},
 		{"GET", "/nar/../" + p.hash + ".narinfo", "", false},
 		{"GET", "/nar/%2e%2e/%2e%2e/etc/passwd", "", false},
 		{"GET", "/nar/%252e%252e/x.nar", "", false},
@@ -86,6 +92,13 @@ func FuzzRoute(f *testing.F) {
 			t.Fatalf("%s %q: %d %s", method, target, c, w.Body.String())
 		}
 	})
+}
+
+// fuzzNarinfo is a narinfo for p with extra lines.
+func fuzzNarinfo(p testPath, extra string) string {
+	return "StorePath: " + p.info.GetStorePath() + "\nURL: " + p.info.GetUrl() + "\nCompression: xz\nFileHash: " + p.fileHash.String() +
+		"\nFileSize: " + strconv.Itoa(len(p.file)) + "\nNarHash: " + p.info.GetNarHash() + "\nNarSize: " + strconv.Itoa(len(p.nar)) +
+		"\nReferences: \n" + extra
 }
 
 // validMethod reports whether m is an HTTP token, as net/http requires.

@@ -18,7 +18,6 @@ import (
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/auth"
-	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
@@ -251,6 +250,11 @@ func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
 	}
 	hdr, err := recvHeader(h, ctx, cancel, stream.Recv, "NAR")
 	if err != nil {
+		if rng != nil && status.Code(err) == codes.OutOfRange {
+			// The index refuses a range of a compressed file's NAR that
+			// would cost decompressing all before it: 416, saying why.
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", rng.total))
+		}
 		h.writeError(w, r, err)
 		return
 	}
@@ -386,7 +390,10 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 	}}}
 	err = stream.Send(header)
 	if err == nil {
-		err = h.sendBody(w, r, stream)
+		// The index bounds the size (-max-nar-size).
+		err = h.streamUpload(w, newUpload(w, r, "NAR upload", 0), func(chunk []byte) error {
+			return stream.Send(&indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: chunk}})
+		})
 	}
 	var reqErr *requestError
 	if errors.As(err, &reqErr) {
@@ -408,50 +415,4 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// sendBody streams the request body to the index in chunks of
-// grpcutil.ChunkSize. A failure reading the body is a *requestError;
-// io.EOF means the index ended the call early.
-//
-// One buffer serves every chunk: when Send returns, gRPC has encoded the
-// message into its own buffer (it keeps the message itself only for a
-// stats handler or tracing, which these connections do not have), and a
-// fresh zeroed 256 KiB buffer per chunk cost the push a third of the
-// gateway's CPU in allocation and GC.
-func (h *Handler) sendBody(w http.ResponseWriter, r *http.Request, stream indexv1.IndexService_PutNarClient) error {
-	rc := http.NewResponseController(w)
-	buf := make([]byte, grpcutil.ChunkSize)
-	for {
-		if h.TransferIdleTimeout > 0 {
-			_ = rc.SetReadDeadline(time.Now().Add(h.TransferIdleTimeout))
-		}
-		n, readErr := fill(r.Body, buf)
-		if n > 0 {
-			if err := stream.Send(&indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: buf[:n]}}); err != nil {
-				return err
-			}
-		}
-		switch {
-		case readErr == io.EOF:
-			return nil
-		case readErr != nil:
-			return clientError(http.StatusBadRequest, "read NAR upload: %v", readErr)
-		}
-	}
-}
-
-// fill reads into buf until it is full or r fails; unlike io.ReadFull it
-// returns io.EOF only for a clean end, whatever it read before, so a body
-// cut short (io.ErrUnexpectedEOF from net/http) stays an error.
-func fill(r io.Reader, buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := r.Read(buf[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }

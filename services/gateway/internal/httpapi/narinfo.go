@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -273,6 +274,8 @@ func (h *Handler) readNarinfoBody(w http.ResponseWriter, r *http.Request) ([]byt
 		return data, nil
 	case errors.As(body.err, &tooLarge):
 		return nil, clientError(http.StatusRequestEntityTooLarge, "narinfo is larger than %d bytes (-max-narinfo-size)", limit)
+	case errors.Is(body.err, os.ErrDeadlineExceeded):
+		return nil, clientError(http.StatusRequestTimeout, "narinfo body not received within %s", narinfoReadTimeout)
 	case body.err != nil:
 		return nil, clientError(http.StatusBadRequest, "read narinfo: %v", body.err)
 	default:

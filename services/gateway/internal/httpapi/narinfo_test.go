@@ -180,6 +180,10 @@ func TestPutNarinfo(t *testing.T) {
 		{name: "unsupported encoding", body: text, encoding: "compress", code: 415, msg: "Content-Encoding"},
 		{name: "corrupt xz", body: text, encoding: "xz", code: 400, msg: "decode narinfo"},
 		{name: "bad narinfo", body: []byte("StorePath: nope\n"), code: 400, msg: "bad narinfo"},
+		// Not UTF-8: a protobuf string cannot carry it; the client's
+		// mistake, not the gateway's.
+		{name: "Sig not UTF-8", body: append(slices.Clone(text), "Sig: \xff\xfe:"+strings.Repeat("A", 86)+"==\n"...), code: 400, msg: "UTF-8"},
+		{name: "Compression not UTF-8", body: []byte(strings.Replace(string(text), "Compression: zstd", "Compression: \xff", 1)), code: 400, msg: "UTF-8"},
 		{name: "URL with ..", body: []byte(strings.Replace(string(text), "URL: nar/", "URL: nar/../../", 1)), code: 400, msg: "URL"},
 		{name: "absolute URL", body: []byte(strings.Replace(string(text), "URL: nar/", "URL: /etc/nar/", 1)), code: 400, msg: "URL"},
 		{name: "URL with a scheme", body: []byte(strings.Replace(string(text), "URL: nar/", "URL: file:///nar/", 1)), code: 400, msg: "URL"},

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/nixcache/nixcache/nix/daemon"
+	"github.com/nixcache/nixcache/nix/signature"
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/metrics"
@@ -45,6 +46,13 @@ type Options struct {
 	StoreDir string
 	// MaxNarSize bounds an uploaded file and the NAR it decompresses to.
 	MaxNarSize uint64
+	// NarLimits bound the decompression of an upload (a bomb).
+	NarLimits narstore.Limits
+	// MaxUploads bounds the uploads received at once (0: no bound).
+	MaxUploads int
+	// TrustedSigKeys are the public keys ("name:base64") whose
+	// signatures in a pushed narinfo are kept (publish.WithTrustedKeys).
+	TrustedSigKeys []string
 	// SignTimeout bounds each call to the signer.
 	SignTimeout time.Duration
 	// ShutdownGrace is how long calls in flight may finish at shutdown.
@@ -139,6 +147,24 @@ const localDaemonConns = 4
 
 // daemonDialTimeout bounds the handshake with the daemon at startup.
 const daemonDialTimeout = 10 * time.Second
+
+// parseKeys parses the public keys of -trusted-sig-keys and -upstream-key.
+func parseKeys(trusted, upstream []string) ([]signature.PublicKey, error) {
+	var keys []signature.PublicKey
+	for _, list := range []struct {
+		flag string
+		keys []string
+	}{{"-trusted-sig-keys", trusted}, {"-upstream-key", upstream}} {
+		for _, k := range list.keys {
+			pk, err := signature.ParsePublicKey(k)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", list.flag, err)
+			}
+			keys = append(keys, pk)
+		}
+	}
+	return keys, nil
+}
 
 // Validate checks the options, naming the flag at fault.
 func (o Options) Validate() error {
@@ -253,6 +279,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		lis.Close()
 		return err
 	}
+	nars.WithLimits(o.NarLimits)
 	artifacts, err := artifact.Open(o.DataDir)
 	if err != nil {
 		lis.Close()
@@ -292,7 +319,14 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	defer conn.Close()
 
 	signer := signerclient.New(signerv1.NewSignerServiceClient(conn))
-	pub := publish.New(cat, signer, o.StoreDir, o.SignTimeout)
+	// The upstreams' keys are trusted too: the signatures of a path
+	// fetched from one are kept beside ours.
+	trusted, err := parseKeys(o.TrustedSigKeys, o.UpstreamKeys)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	pub := publish.New(cat, signer, o.StoreDir, o.SignTimeout).WithTrustedKeys(trusted, o.Log)
 
 	var local server.LocalStore
 	var copies *hostnar.Store
@@ -351,7 +385,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		logDir = o.NixLogDir
 	}
 	indexSvc := server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir).WithPresign(o.PresignExpiry).
-		WithDownloads(tracker)
+		WithDownloads(tracker).WithUploadLimit(o.MaxUploads)
 	if copies != nil {
 		indexSvc.WithHostCopies(copies)
 		if err := ops.registry.Register(hostNarCollector{copies, o.HostNarMaxSize}); err != nil {

@@ -150,6 +150,13 @@ func (s *Store) Put(kind indexv1.ArtifactKind, key, enc string, r io.Reader) (in
 	if n > limit {
 		return 0, fault.Invalid("%s %s is larger than %d bytes", dirName(kind), key, limit)
 	}
+	if enc != compression.None {
+		// A compressed log is served decoded to clients that do not take
+		// its encoding: it must decode, and not beyond the limit.
+		if err := checkDecodes(io.NewSectionReader(tmp, 0, n), enc, limit); err != nil {
+			return 0, fault.Invalid("%s %s: %v", dirName(kind), key, err)
+		}
+	}
 	if kind != indexv1.ArtifactKind_ARTIFACT_KIND_LOG {
 		data := make([]byte, n)
 		if _, err := tmp.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
@@ -175,6 +182,24 @@ func (s *Store) Put(kind indexv1.ArtifactKind, key, enc string, r io.Reader) (in
 		}
 	}
 	return n, nil
+}
+
+// checkDecodes reads r through its decoder to the end: it fails when r is
+// not a valid enc stream or decodes to more than limit bytes.
+func checkDecodes(r io.Reader, enc string, limit int64) error {
+	dec, err := compression.NewReader(enc, r)
+	if err != nil {
+		return fmt.Errorf("not valid %s: %w", enc, err)
+	}
+	defer dec.Close()
+	n, err := io.Copy(io.Discard, io.LimitReader(dec, limit+1))
+	switch {
+	case err != nil:
+		return fmt.Errorf("not valid %s: %w", enc, err)
+	case n > limit:
+		return fmt.Errorf("decodes to more than %d bytes", limit)
+	}
+	return nil
 }
 
 // File is an open artifact.

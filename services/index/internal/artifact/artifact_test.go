@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/nar"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
@@ -107,7 +108,14 @@ func TestStorePutOpen(t *testing.T) {
 	if _, err := s.Open(kLog, drv); !errors.Is(err, fault.ErrNotFound) {
 		t.Fatalf("Open before Put: %v, want not found", err)
 	}
-	if _, err := s.Put(kLog, drv, "bzip2", strings.NewReader("BZh-ish")); err != nil {
+	var xzLog bytes.Buffer
+	w, err := compression.NewWriter("xz", &xzLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, "xz log")
+	w.Close()
+	if _, err := s.Put(kLog, drv, "xz", &xzLog); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Put(kLog, drv, "", strings.NewReader("plain log")); err != nil {
@@ -131,6 +139,8 @@ func TestStorePutOpen(t *testing.T) {
 	}{
 		{"compressed listing", kLs, hashPart, "xz", `{}`},
 		{"unknown encoding", kLog, drv, "gzip", "x"},
+		{"invalid xz log", kLog, hashPart + "-other.drv", "xz", "not xz"},
+		{"invalid bzip2 log", kLog, hashPart + "-other.drv", "bzip2", "BZh-ish"},
 		{"bad key", kLog, "../x.drv", "", "x"},
 		{"too large", kReal, drvHash + "!out", "", strings.Repeat(" ", MaxRealisationSize+1)},
 		{"bad listing", kLs, hashPart, "", `{"version":1}`},
@@ -141,6 +151,9 @@ func TestStorePutOpen(t *testing.T) {
 	}
 	if _, err := s.Open(kLs, hashPart); !errors.Is(err, fault.ErrNotFound) {
 		t.Errorf("a refused listing was stored: %v", err)
+	}
+	if _, err := s.Open(kLog, hashPart+"-other.drv"); !errors.Is(err, fault.ErrNotFound) {
+		t.Errorf("a refused log was stored: %v", err)
 	}
 }
 

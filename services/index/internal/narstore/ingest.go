@@ -81,7 +81,10 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader, want Expect) (*indexv1.
 	// The verifier reads the upload from a pipe as it is written.
 	pr, pw := io.Pipe()
 	verified := make(chan verifyResult, 1)
-	go func() { verified <- s.verify(comp, pr) }()
+	// The verifier watches ctx: a client that leaves stops the
+	// decompression within one read, even of a bomb that inflates without
+	// reading more of the upload.
+	go func() { verified <- s.verify(ctx, comp, pr) }()
 
 	u := upload{file: tmp, hash: sha256.New(), pipe: pw, max: s.maxSize}
 	err = u.copy(r, prefix)
@@ -220,16 +223,22 @@ type verifyResult struct {
 
 // verify decompresses src and validates it as a NAR, hashing it unless it
 // is uncompressed (then the NAR hash is the file hash). It reads src to
-// its end, or closes it with the error that made it stop.
-func (s *Store) verify(comp string, src *io.PipeReader) (res verifyResult) {
+// its end, or closes it with the error that made it stop; it stops when
+// ctx ends, and when the decompression costs more than the store's
+// Limits allow.
+func (s *Store) verify(ctx context.Context, comp string, src *io.PipeReader) (res verifyResult) {
 	defer func() { src.CloseWithError(res.err) }()
 
-	dec, err := compression.NewReader(comp, src)
+	in := &countingReader{r: src}
+	dec, err := compression.NewReader(comp, in)
 	if err != nil {
 		return verifyResult{err: fault.Invalid("decompress %s: %v", comp, err)}
 	}
 	defer dec.Close()
-	lim := &limitedReader{r: dec, left: s.maxSize}
+	lim := &limitedReader{r: dec, left: s.maxSize, ctx: ctx}
+	if comp != compression.None {
+		lim.in, lim.ratio, lim.floor = in, s.limits.MaxRatio, s.limits.RatioFloor
+	}
 	var narReader io.Reader = lim
 	var h hash.Hash
 	if comp != compression.None {
@@ -257,6 +266,11 @@ func (s *Store) verify(comp string, src *io.PipeReader) (res verifyResult) {
 	case err == nil:
 	case errors.Is(err, fault.ErrInvalid):
 		return verifyResult{err: err}
+	case lim.ctxErr != nil:
+		return verifyResult{err: fmt.Errorf("verify NAR: %w", lim.ctxErr)}
+	case lim.bomb:
+		return verifyResult{err: fault.Invalid("the %s file decompresses to more than %d times its size (%d bytes from %d): refused as a decompression bomb (-max-decompression-ratio)",
+			comp, lim.ratio, lim.read, in.n)}
 	case lim.exceeded:
 		return verifyResult{err: fault.Invalid("the decompressed NAR exceeds the limit of %d bytes", s.maxSize)}
 	case lim.err != nil && comp != compression.None:
@@ -278,18 +292,39 @@ func (s *Store) verify(comp string, src *io.PipeReader) (res verifyResult) {
 }
 
 // limitedReader reads at most left bytes of r, failing beyond, and
-// remembers the error r returned, if any.
+// remembers the error r returned, if any. It fails too once ctx has ended,
+// and, when in is set, once more than floor bytes were read and more than
+// ratio times what in has read.
 type limitedReader struct {
 	r        io.Reader
 	left     uint64
 	read     uint64
 	exceeded bool
 	err      error // r's error other than io.EOF
+
+	ctx    context.Context
+	ctxErr error
+
+	in    *countingReader // the compressed input; nil: no ratio bound
+	ratio uint64          // 0: no ratio bound
+	floor uint64
+	bomb  bool
 }
 
-var errTooLarge = errors.New("size limit exceeded")
+var (
+	errTooLarge = errors.New("size limit exceeded")
+	errBomb     = errors.New("decompression ratio exceeded")
+)
 
 func (l *limitedReader) Read(p []byte) (int, error) {
+	if err := l.ctx.Err(); err != nil {
+		l.ctxErr = err
+		return 0, err
+	}
+	if l.in != nil && l.ratio > 0 && l.read > l.floor && l.read/l.ratio > l.in.n {
+		l.bomb = true
+		return 0, errBomb
+	}
 	if l.left == 0 {
 		// One byte more tells whether the stream ends exactly at the limit.
 		var one [1]byte
@@ -312,6 +347,18 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	if err != nil && err != io.EOF {
 		l.err = err
 	}
+	return n, err
+}
+
+// countingReader counts the bytes read from r.
+type countingReader struct {
+	r io.Reader
+	n uint64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += uint64(n)
 	return n, err
 }
 

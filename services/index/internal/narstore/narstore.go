@@ -34,6 +34,7 @@ type Store struct {
 	tmpDir     string
 	orphansDir string
 	maxSize    uint64
+	limits     Limits
 	// leftovers counts the files Open found, and removed, in tmp/.
 	leftovers int
 }
@@ -79,6 +80,30 @@ func OpenWith(dataDir string, maxSize uint64, files Backend) (*Store, error) {
 		return nil, fmt.Errorf("open NAR store: %w", err)
 	}
 	return s, nil
+}
+
+// Limits bound what verifying one upload may cost beyond -max-nar-size.
+type Limits struct {
+	// MaxRatio refuses an upload whose decompressed NAR is more than
+	// MaxRatio times the compressed bytes read so far, once more than
+	// RatioFloor bytes were decompressed (a decompression bomb); 0: no
+	// bound.
+	MaxRatio   uint64
+	RatioFloor uint64
+}
+
+// Default limits: a bomb costs at most 64 MiB of decompression, or 1000
+// times its own size; real NARs compress 3 to 10 times, a file of zeros
+// in xz about 7000 times.
+const (
+	DefaultMaxRatio   = 1000
+	DefaultRatioFloor = 64 << 20
+)
+
+// WithLimits sets the store's decompression limits (none by default).
+func (s *Store) WithLimits(l Limits) *Store {
+	s.limits = l
+	return s
 }
 
 // LeftoverUploads is how many unfinished uploads of an earlier run Open

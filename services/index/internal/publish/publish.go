@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -39,12 +40,31 @@ type Publisher struct {
 	storeDir    string
 	signTimeout time.Duration
 	now         func() time.Time
+	// trusted are the keys whose signatures an uploader may add to a
+	// path (WithTrustedKeys); log tells of those dropped.
+	trusted []signature.PublicKey
+	log     *slog.Logger
 }
 
+// MaxForeignSigs is the most signatures by keys other than the signer's a
+// path keeps: each must verify against a trusted key, and the record stays
+// small whatever is pushed.
+const MaxForeignSigs = 8
+
 // New returns a Publisher for paths of storeDir; each call to the signer
-// gets signTimeout.
+// gets signTimeout. It keeps no uploader's signature until
+// WithTrustedKeys names keys.
 func New(c *catalog.Catalog, s Signer, storeDir string, signTimeout time.Duration) *Publisher {
-	return &Publisher{catalog: c, signer: s, storeDir: storeDir, signTimeout: signTimeout, now: time.Now}
+	return &Publisher{catalog: c, signer: s, storeDir: storeDir, signTimeout: signTimeout, now: time.Now,
+		log: slog.New(slog.DiscardHandler)}
+}
+
+// WithTrustedKeys keeps an uploader's signatures made by one of keys, when
+// they verify, at most MaxForeignSigs a path; every other signature by a
+// key the signer does not hold is dropped and logged to log.
+func (p *Publisher) WithTrustedKeys(keys []signature.PublicKey, log *slog.Logger) *Publisher {
+	p.trusted, p.log = keys, log
+	return p
 }
 
 // checked is a narinfo that passed every check.
@@ -53,8 +73,11 @@ type checked struct {
 	narHash     nixhash.Hash
 	file        *indexv1.NarFile
 	fingerprint string
-	// uploaderSigs are the uploader's signatures by keys other than ours.
+	// uploaderSigs are the uploader's signatures by trusted keys other
+	// than ours, verified.
 	uploaderSigs []string
+	// ourKeys are the names of the signer's keys.
+	ourKeys map[string]bool
 }
 
 // Publish verifies the narinfo in, then signs and records it, returning
@@ -92,7 +115,7 @@ func (p *Publisher) Publish(ctx context.Context, in *indexv1.PathInfo) (*indexv1
 		NarSize:          in.GetNarSize(),
 		References:       slices.Compact(refs),
 		Deriver:          in.GetDeriver(),
-		Signatures:       appendNew(sigs, c.uploaderSigs...),
+		Signatures:       appendForeign(sigs, c.ourKeys, c.uploaderSigs...),
 		Ca:               in.GetCa(),
 		File:             c.file,
 		Url:              "nar/" + strings.TrimPrefix(c.file.GetFileHash(), "sha256:") + ".nar" + ext,
@@ -117,13 +140,35 @@ func merge(old *indexv1.PathInfo, storePath string, c *checked, signerSigs []str
 		return nil, fault.Exists("store path %s is already published with NarHash %s; the narinfo says %s", storePath, old.GetNarHash(), c.narHash)
 	}
 	sigs := appendNew(old.GetSignatures(), signerSigs...)
-	sigs = appendNew(sigs, c.uploaderSigs...)
+	sigs = appendForeign(sigs, c.ourKeys, c.uploaderSigs...)
 	if len(sigs) == len(old.GetSignatures()) {
 		return nil, nil
 	}
 	next := proto.Clone(old).(*indexv1.PathInfo)
 	next.Signatures = sigs
 	return next, nil
+}
+
+// appendForeign appends to dst (copied) the signatures of add it does not
+// hold while it holds fewer than MaxForeignSigs by keys not in ours.
+func appendForeign(dst []string, ours map[string]bool, add ...string) []string {
+	out := slices.Clone(dst)
+	foreign := 0
+	for _, s := range out {
+		if name, _, err := signature.SplitSignature(s); err == nil && !ours[name] {
+			foreign++
+		}
+	}
+	for _, s := range add {
+		if foreign >= MaxForeignSigs {
+			break
+		}
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+			foreign++
+		}
+	}
+	return out
 }
 
 // appendNew appends to dst (copied) the elements of add it does not hold.
@@ -179,7 +224,7 @@ func (p *Publisher) check(ctx context.Context, in *indexv1.PathInfo) (*checked, 
 	}
 
 	c.fingerprint = signature.Fingerprint(p.storeDir, in.GetStorePath(), c.narHash, in.GetNarSize(), in.GetReferences())
-	if c.uploaderSigs, err = p.checkSignatures(ctx, in, c.fingerprint); err != nil {
+	if c.uploaderSigs, c.ourKeys, err = p.checkSignatures(ctx, in, c.fingerprint); err != nil {
 		return nil, err
 	}
 	return &c, nil
@@ -248,17 +293,19 @@ func (p *Publisher) checkReferences(in *indexv1.PathInfo, self storepath.Path) e
 }
 
 // checkSignatures validates the uploader's signatures and returns those to
-// keep: every one by a key the signer holds must verify, and is then
-// dropped (the signer signs again).
-func (p *Publisher) checkSignatures(ctx context.Context, in *indexv1.PathInfo, fingerprint string) ([]string, error) {
+// keep, with the names of the signer's keys: every one by a key the signer
+// holds must verify, and is then dropped (the signer signs again); one by
+// a trusted key (WithTrustedKeys) is kept when it verifies; any other is
+// dropped and logged. Without signatures the signer is not asked.
+func (p *Publisher) checkSignatures(ctx context.Context, in *indexv1.PathInfo, fingerprint string) ([]string, map[string]bool, error) {
 	sigs := in.GetSignatures()
 	for i, sig := range sigs {
 		if _, _, err := signature.SplitSignature(sig); err != nil {
-			return nil, fault.Invalid("Sig %d: %v", i+1, err)
+			return nil, nil, fault.Invalid("Sig %d: %v", i+1, err)
 		}
 	}
 	if len(sigs) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	callCtx, cancel := context.WithTimeout(ctx, p.signTimeout)
 	defer cancel()
@@ -266,23 +313,41 @@ func (p *Publisher) checkSignatures(ctx context.Context, in *indexv1.PathInfo, f
 	if err != nil {
 		if ctx.Err() != nil {
 			// The caller went away: not the signer's fault.
-			return nil, fmt.Errorf("list signer keys: %w", ctx.Err())
+			return nil, nil, fmt.Errorf("list signer keys: %w", ctx.Err())
 		}
-		return nil, fault.Unavailable("signer unavailable: %v", err)
+		return nil, nil, fault.Unavailable("signer unavailable: %v", err)
+	}
+	ours := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		ours[k.Name] = true
 	}
 	var keep []string
+	untrusted, bad := 0, 0
 	for _, sig := range sigs {
 		name, _, _ := signature.SplitSignature(sig)
-		i := slices.IndexFunc(keys, func(k signature.PublicKey) bool { return k.Name == name })
-		if i < 0 {
-			keep = appendNew(keep, sig)
+		if i := slices.IndexFunc(keys, func(k signature.PublicKey) bool { return k.Name == name }); i >= 0 {
+			if !keys[i].Verify(fingerprint, sig) {
+				return nil, nil, fault.Invalid("forged signature by key %s: it does not verify for %s", name, in.GetStorePath())
+			}
 			continue
 		}
-		if !keys[i].Verify(fingerprint, sig) {
-			return nil, fault.Invalid("forged signature by key %s: it does not verify for %s", name, in.GetStorePath())
+		i := slices.IndexFunc(p.trusted, func(k signature.PublicKey) bool { return k.Name == name })
+		switch {
+		case i < 0:
+			untrusted++
+		case len(keep) >= MaxForeignSigs || slices.Contains(keep, sig):
+			// Checked no further: the path keeps no more.
+		case !p.trusted[i].Verify(fingerprint, sig):
+			bad++
+		default:
+			keep = append(keep, sig)
 		}
 	}
-	return keep, nil
+	if untrusted > 0 || bad > 0 {
+		p.log.WarnContext(ctx, "dropped uploaded signatures", "store_path", in.GetStorePath(),
+			"untrusted_key", untrusted, "not_verifying", bad, "kept", len(keep))
+	}
+	return keep, ours, nil
 }
 
 // sign has the signer sign fingerprint, within the sign timeout.

@@ -26,6 +26,12 @@ func (s *Server) PutArtifact(stream indexv1.IndexService_PutArtifactServer) erro
 	if s.artifacts == nil {
 		return toStatus(fault.Precondition("this index stores no side files"))
 	}
+	done, err := s.startUpload()
+	if err != nil {
+		s.log.WarnContext(ctx, "refused artifact", "err", err)
+		return toStatus(err)
+	}
+	defer done()
 	first, err := stream.Recv()
 	if err == io.EOF {
 		return toStatus(fault.Invalid("empty request: the first message must be a header"))

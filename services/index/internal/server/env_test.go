@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/nixcache/nixcache/nix/nixbase32"
+	"github.com/nixcache/nixcache/nix/signature"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
@@ -59,6 +61,39 @@ func startIndex(t testing.TB, dir string, sc signerConn) *index {
 	return startIndexWith(t, dir, sc, localSetup{storeDir: storeDir})
 }
 
+// Keys an uploader signs with, which every test index trusts
+// (-trusted-sig-keys), and one it does not trust.
+var (
+	trustedKey   = mustKey("cache.example.org-1")
+	trustedOther = mustKey("other.example.org-1")
+	untrustedKey = mustKey("stranger.example.org-1")
+)
+
+func mustKey(name string) signature.SecretKey {
+	k, err := signature.Generate(name)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}
+
+// manyTrusted are more trusted keys than a path keeps signatures of.
+var manyTrusted = func() []signature.SecretKey {
+	var keys []signature.SecretKey
+	for i := range publish.MaxForeignSigs + 3 {
+		keys = append(keys, mustKey(fmt.Sprintf("many-%d", i)))
+	}
+	return keys
+}()
+
+func trustedKeys() []signature.PublicKey {
+	keys := []signature.PublicKey{trustedKey.Public(), trustedOther.Public()}
+	for _, k := range manyTrusted {
+		keys = append(keys, k.Public())
+	}
+	return keys
+}
+
 // localSetup is the store directory of an index and, unless nil, how to
 // make the local store it serves.
 type localSetup struct {
@@ -93,7 +128,7 @@ func startIndexWith(t testing.TB, dir string, sc signerConn, ls localSetup) *ind
 		timeout = signTimeout
 	}
 	signer := signerclient.New(signerv1.NewSignerServiceClient(signerCC))
-	pub := publish.New(cat, signer, ls.storeDir, timeout)
+	pub := publish.New(cat, signer, ls.storeDir, timeout).WithTrustedKeys(trustedKeys(), log)
 	var local server.LocalStore
 	if ls.newLocal != nil {
 		local = ls.newLocal(cat, signer)

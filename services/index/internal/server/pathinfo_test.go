@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/fakesigner"
 	"github.com/nixcache/nixcache/services/index/internal/nartest"
+	"github.com/nixcache/nixcache/services/index/internal/publish"
 )
 
 func fakeSigner(t testing.TB) *fakesigner.Signer { return fakesigner.New(t, storeDir) }
@@ -91,8 +93,9 @@ func TestPutPathInfo(t *testing.T) {
 	assertNarFile(t, depInfo.GetFile(), depFile)
 
 	// The main path: references itself and dep, names its NarHash in SRI
-	// form, and comes with signatures: by a foreign key (kept), and valid
-	// ones by the signer's own keys (replaced by the signer's).
+	// form, and comes with signatures: by a trusted foreign key (kept), by
+	// an untrusted one (dropped), and valid ones by the signer's own keys
+	// (replaced by the signer's).
 	sp := newStorePath("main-2.0")
 	in := pathInfo(sp, mainFile, base(sp), base(dep))
 	narHash, _ := nixhash.Parse(mainFile.GetNarHash())
@@ -100,12 +103,8 @@ func TestPutPathInfo(t *testing.T) {
 	in.Deriver = base(newStorePath("main-2.0.drv"))
 	in.Ca = ""
 	fp := fingerprint(t, in)
-	foreign, err := signature.Generate("cache.example.org-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	foreignSig := foreign.Sign(fp)
-	in.Signatures = []string{foreignSig, fake.Inactive.Sign(fp), fake.Active.Sign(fp)}
+	foreignSig := trustedKey.Sign(fp)
+	in.Signatures = []string{foreignSig, untrustedKey.Sign(fp), fake.Inactive.Sign(fp), fake.Active.Sign(fp)}
 	got := mustPublish(t, idx.client, in)
 
 	if got.GetNarHash() != mainFile.GetNarHash() {
@@ -141,10 +140,9 @@ func TestPutPathInfo(t *testing.T) {
 
 	// Published again with a new foreign signature: merged, not re-signed.
 	calls := fake.Calls.Load()
-	other, _ := signature.Generate("other.example.org-1")
-	in.Signatures = []string{other.Sign(fp)}
+	in.Signatures = []string{trustedOther.Sign(fp)}
 	again := mustPublish(t, idx.client, in)
-	if want := append(wantSigs, other.Sign(fp)); !equalStrings(again.GetSignatures(), want) {
+	if want := append(wantSigs, trustedOther.Sign(fp)); !equalStrings(again.GetSignatures(), want) {
 		t.Errorf("signatures after re-publishing %q, want %q", again.GetSignatures(), want)
 	}
 	if fake.Calls.Load() != calls {
@@ -319,4 +317,47 @@ func TestRestart(t *testing.T) {
 		t.Errorf("GetNar after restart: %d bytes, %v", len(data), err)
 	}
 	assertPublished(t, idx.client, sp, true)
+}
+
+// TestPutPathInfoForeignSignatures: an uploader's signatures are kept only
+// when they verify against a trusted key, at most publish.MaxForeignSigs a
+// path however many pushes bring; untrusted, forged and excess ones are
+// dropped without failing the push, so that no sequence of pushes makes
+// the record grow without bound.
+func TestPutPathInfoForeignSignatures(t *testing.T) {
+	fake := fakeSigner(t)
+	idx := startIndex(t, t.TempDir(), signerConn{fake: fake})
+	file := mustPutNar(t, idx.client, nartest.Compress(t, compression.Zstd, nartest.Small(t, 30)))
+	in := pathInfo(newStorePath("foreign-1.0"), file)
+	fp := fingerprint(t, in)
+
+	// Hostile: 1,800 lines by an untrusted key and a forged one by a
+	// trusted key, beside one good trusted signature.
+	var sigs []string
+	for i := range 1800 {
+		sigs = append(sigs, untrustedKey.Sign(fmt.Sprintf("%s;%d", fp, i)))
+	}
+	forged := trustedOther.Sign(fp + "x")
+	sigs = append(sigs, forged, trustedKey.Sign(fp))
+	in.Signatures = sigs
+	got := mustPublish(t, idx.client, in)
+	if want := []string{fake.Active.Sign(fp), trustedKey.Sign(fp)}; !equalStrings(got.GetSignatures(), want) {
+		t.Errorf("signatures %d %q, want %q", len(got.GetSignatures()), got.GetSignatures(), want)
+	}
+
+	// Many trusted keys, pushed one at a time: the path keeps
+	// MaxForeignSigs of them and the pushes past that still succeed.
+	for _, k := range manyTrusted {
+		in.Signatures = []string{k.Sign(fp)}
+		got = mustPublish(t, idx.client, in)
+	}
+	foreign := 0
+	for _, s := range got.GetSignatures() {
+		if !strings.HasPrefix(s, fake.Active.Name+":") {
+			foreign++
+		}
+	}
+	if foreign != publish.MaxForeignSigs || len(got.GetSignatures()) != publish.MaxForeignSigs+1 {
+		t.Errorf("%d signatures, %d foreign, want %d foreign and ours", len(got.GetSignatures()), foreign, publish.MaxForeignSigs)
+	}
 }

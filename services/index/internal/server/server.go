@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/grpcutil"
@@ -69,6 +70,9 @@ type Server struct {
 	// copies, when set, are the compressed copies of host paths' NARs
 	// (package hostnar), found by file hash beside the pushed files.
 	copies HostCopies
+	// uploads holds a token for each upload (PutNar, PutArtifact) being
+	// received; nil: no bound (WithUploadLimit).
+	uploads chan struct{}
 }
 
 // HostCopies are the compressed copies the index keeps of the NARs of
@@ -93,6 +97,32 @@ func (s *Server) WithHostCopies(c HostCopies) *Server {
 	return s
 }
 
+// WithUploadLimit bounds the uploads (PutNar, PutArtifact) received at
+// once to n, each a decompression; past it an upload is refused at once
+// with Unavailable, which the gateway answers 503 with Retry-After. 0: no
+// bound.
+func (s *Server) WithUploadLimit(n int) *Server {
+	s.uploads = nil
+	if n > 0 {
+		s.uploads = make(chan struct{}, n)
+	}
+	return s
+}
+
+// startUpload takes an upload slot, or fails when all are taken; the
+// returned function gives it back.
+func (s *Server) startUpload() (func(), error) {
+	if s.uploads == nil {
+		return func() {}, nil
+	}
+	select {
+	case s.uploads <- struct{}{}:
+		return func() { <-s.uploads }, nil
+	default:
+		return nil, fault.Unavailable("too many uploads at once (the index takes %d, -max-concurrent-uploads): retry later", cap(s.uploads))
+	}
+}
+
 // DownloadRecorder counts downloads that gateways served themselves.
 type DownloadRecorder interface {
 	RecordDownloads([]*indexv1.NarDownloads)
@@ -112,6 +142,12 @@ func New(log *slog.Logger, c *catalog.Catalog, nars *narstore.Store, p *publish.
 // PutNar receives, verifies and stores one NAR file.
 func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 	ctx := stream.Context()
+	done, err := s.startUpload()
+	if err != nil {
+		s.log.WarnContext(ctx, "refused NAR upload", "err", err)
+		return toStatus(err)
+	}
+	defer done()
 	first, err := stream.Recv()
 	if err == io.EOF {
 		return toStatus(fault.Invalid("empty request: the first message must be a header"))
@@ -435,6 +471,13 @@ func (s *Server) openNar(ctx context.Context, req *indexv1.GetNarRequest) (*nars
 			return nil, err
 		}
 		if nf := info.GetFile(); nf != nil && !info.GetHostStore() {
+			if req.GetOffset() > 0 && nf.GetCompression() != compression.None {
+				// A compressed stream has no index: serving from an offset
+				// would cost decompressing everything before it, for a
+				// few bytes asked anonymously.
+				return nil, fault.OutOfRange("a byte range from offset %d of the uncompressed NAR of %s is not served: its file is %s compressed, and reaching the offset costs decompressing everything before it; fetch the narinfo's URL (%s), which takes ranges",
+					req.GetOffset(), info.GetStorePath(), nf.GetCompression(), info.GetUrl())
+			}
 			return s.nars.Open(ctx, nf, true, req.GetOffset(), req.GetLength())
 		}
 		if s.copies != nil && req.GetOffset() == 0 {
@@ -549,3 +592,6 @@ func (s *Server) withLocal(ctx context.Context, hashes, pushed []string) ([]stri
 	}
 	return present, nil
 }
+
+// DefaultMaxUploads is the default -max-concurrent-uploads.
+const DefaultMaxUploads = 16

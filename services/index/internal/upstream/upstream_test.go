@@ -224,7 +224,8 @@ func newEnv(t *testing.T, urls []string, mod func(*Config)) *env {
 	if mod != nil {
 		mod(&cfg)
 	}
-	pub := publish.New(e.cat, testSigner{e.cacheKey}, storeDir, 2*time.Second)
+	// As the index's app wires it: the upstreams' keys are trusted.
+	pub := publish.New(e.cat, testSigner{e.cacheKey}, storeDir, 2*time.Second).WithTrustedKeys(cfg.Keys, cfg.Log)
 	e.p, err = New(cfg, e.cat, nars, pub)
 	if err != nil {
 		t.Fatal(err)
