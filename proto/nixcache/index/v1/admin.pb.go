@@ -1674,6 +1674,310 @@ func (x *RetireKeyResponse) GetDone() bool {
 	return false
 }
 
+type CreateTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A unique name: 1 to 64 letters, digits and "._-".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Some of "read", "push", "admin"; at least one.
+	Scopes []string `protobuf:"bytes,2,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// The token expires this long after it is made; unset or 0: never.
+	ExpiresIn   *durationpb.Duration `protobuf:"bytes,3,opt,name=expires_in,json=expiresIn,proto3" json:"expires_in,omitempty"`
+	Description string               `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	// For a push token: the store-path names (after "<hash>-") it may
+	// publish, as a glob ("*-myproject-*", Go path.Match syntax); empty: any.
+	PushPattern   string `protobuf:"bytes,5,opt,name=push_pattern,json=pushPattern,proto3" json:"push_pattern,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenRequest) ProtoMessage() {}
+
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CreateTokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *CreateTokenRequest) GetExpiresIn() *durationpb.Duration {
+	if x != nil {
+		return x.ExpiresIn
+	}
+	return nil
+}
+
+func (x *CreateTokenRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetPushPattern() string {
+	if x != nil {
+		return x.PushPattern
+	}
+	return ""
+}
+
+type CreateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The token's secret (64 hex digits), shown only here.
+	Secret        string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenResponse) Reset() {
+	*x = CreateTokenResponse{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenResponse) ProtoMessage() {}
+
+func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CreateTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *CreateTokenResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type ListTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensRequest) Reset() {
+	*x = ListTokensRequest{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensRequest) ProtoMessage() {}
+
+func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListTokensRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+type ListTokensResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In name order.
+	Tokens        []*Token `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensResponse) Reset() {
+	*x = ListTokensResponse{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensResponse) ProtoMessage() {}
+
+func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListTokensResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListTokensResponse) GetTokens() []*Token {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type RevokeTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenRequest) Reset() {
+	*x = RevokeTokenRequest{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenRequest) ProtoMessage() {}
+
+func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RevokeTokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RevokeTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token as it was.
+	Token         *Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenResponse) Reset() {
+	*x = RevokeTokenResponse{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenResponse) ProtoMessage() {}
+
+func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RevokeTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
 var File_nixcache_index_v1_admin_proto protoreflect.FileDescriptor
 
 const file_nixcache_index_v1_admin_proto_rawDesc = "" +
@@ -1792,11 +2096,29 @@ const file_nixcache_index_v1_admin_proto_rawDesc = "" +
 	"\x11RetireKeyResponse\x12\x18\n" +
 	"\aupdated\x18\x01 \x01(\x04R\aupdated\x12\x14\n" +
 	"\x05total\x18\x02 \x01(\x04R\x05total\x12\x12\n" +
-	"\x04done\x18\x03 \x01(\bR\x04done*E\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\"\xbf\x01\n" +
+	"\x12CreateTokenRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06scopes\x18\x02 \x03(\tR\x06scopes\x128\n" +
+	"\n" +
+	"expires_in\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\texpiresIn\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\x12!\n" +
+	"\fpush_pattern\x18\x05 \x01(\tR\vpushPattern\"]\n" +
+	"\x13CreateTokenResponse\x12.\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.nixcache.index.v1.TokenR\x05token\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\"\x13\n" +
+	"\x11ListTokensRequest\"F\n" +
+	"\x12ListTokensResponse\x120\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x18.nixcache.index.v1.TokenR\x06tokens\"(\n" +
+	"\x12RevokeTokenRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"E\n" +
+	"\x13RevokeTokenResponse\x12.\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.nixcache.index.v1.TokenR\x05token*E\n" +
 	"\x06Source\x12\x16\n" +
 	"\x12SOURCE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSOURCE_PUSHED\x10\x01\x12\x10\n" +
-	"\fSOURCE_LOCAL\x10\x022\x89\b\n" +
+	"\fSOURCE_LOCAL\x10\x022\xa0\n" +
+	"\n" +
 	"\fAdminService\x12V\n" +
 	"\tListPaths\x12#.nixcache.index.v1.ListPathsRequest\x1a$.nixcache.index.v1.ListPathsResponse\x12P\n" +
 	"\aGetPath\x12!.nixcache.index.v1.GetPathRequest\x1a\".nixcache.index.v1.GetPathResponse\x12Y\n" +
@@ -1810,7 +2132,11 @@ const file_nixcache_index_v1_admin_proto_rawDesc = "" +
 	"\bListPins\x12\".nixcache.index.v1.ListPinsRequest\x1a#.nixcache.index.v1.ListPinsResponse\x12S\n" +
 	"\bListKeys\x12\".nixcache.index.v1.ListKeysRequest\x1a#.nixcache.index.v1.ListKeysResponse\x12O\n" +
 	"\x06AddKey\x12 .nixcache.index.v1.AddKeyRequest\x1a!.nixcache.index.v1.AddKeyResponse0\x01\x12X\n" +
-	"\tRetireKey\x12#.nixcache.index.v1.RetireKeyRequest\x1a$.nixcache.index.v1.RetireKeyResponse0\x01B>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
+	"\tRetireKey\x12#.nixcache.index.v1.RetireKeyRequest\x1a$.nixcache.index.v1.RetireKeyResponse0\x01\x12\\\n" +
+	"\vCreateToken\x12%.nixcache.index.v1.CreateTokenRequest\x1a&.nixcache.index.v1.CreateTokenResponse\x12Y\n" +
+	"\n" +
+	"ListTokens\x12$.nixcache.index.v1.ListTokensRequest\x1a%.nixcache.index.v1.ListTokensResponse\x12\\\n" +
+	"\vRevokeToken\x12%.nixcache.index.v1.RevokeTokenRequest\x1a&.nixcache.index.v1.RevokeTokenResponseB>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
 
 var (
 	file_nixcache_index_v1_admin_proto_rawDescOnce sync.Once
@@ -1825,7 +2151,7 @@ func file_nixcache_index_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_nixcache_index_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_nixcache_index_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_nixcache_index_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_nixcache_index_v1_admin_proto_goTypes = []any{
 	(Source)(0),                    // 0: nixcache.index.v1.Source
 	(*PathSummary)(nil),            // 1: nixcache.index.v1.PathSummary
@@ -1855,52 +2181,69 @@ var file_nixcache_index_v1_admin_proto_goTypes = []any{
 	(*AddKeyResponse)(nil),         // 25: nixcache.index.v1.AddKeyResponse
 	(*RetireKeyRequest)(nil),       // 26: nixcache.index.v1.RetireKeyRequest
 	(*RetireKeyResponse)(nil),      // 27: nixcache.index.v1.RetireKeyResponse
-	(*timestamppb.Timestamp)(nil),  // 28: google.protobuf.Timestamp
-	(*PathInfo)(nil),               // 29: nixcache.index.v1.PathInfo
-	(*durationpb.Duration)(nil),    // 30: google.protobuf.Duration
+	(*CreateTokenRequest)(nil),     // 28: nixcache.index.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),    // 29: nixcache.index.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),      // 30: nixcache.index.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),     // 31: nixcache.index.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),     // 32: nixcache.index.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),    // 33: nixcache.index.v1.RevokeTokenResponse
+	(*timestamppb.Timestamp)(nil),  // 34: google.protobuf.Timestamp
+	(*PathInfo)(nil),               // 35: nixcache.index.v1.PathInfo
+	(*durationpb.Duration)(nil),    // 36: google.protobuf.Duration
+	(*Token)(nil),                  // 37: nixcache.index.v1.Token
 }
 var file_nixcache_index_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: nixcache.index.v1.PathSummary.source:type_name -> nixcache.index.v1.Source
-	28, // 1: nixcache.index.v1.PathSummary.registration_time:type_name -> google.protobuf.Timestamp
-	28, // 2: nixcache.index.v1.PathSummary.last_access:type_name -> google.protobuf.Timestamp
+	34, // 1: nixcache.index.v1.PathSummary.registration_time:type_name -> google.protobuf.Timestamp
+	34, // 2: nixcache.index.v1.PathSummary.last_access:type_name -> google.protobuf.Timestamp
 	1,  // 3: nixcache.index.v1.ListPathsResponse.paths:type_name -> nixcache.index.v1.PathSummary
-	29, // 4: nixcache.index.v1.GetPathResponse.info:type_name -> nixcache.index.v1.PathInfo
+	35, // 4: nixcache.index.v1.GetPathResponse.info:type_name -> nixcache.index.v1.PathInfo
 	1,  // 5: nixcache.index.v1.GetPathResponse.summary:type_name -> nixcache.index.v1.PathSummary
-	30, // 6: nixcache.index.v1.CollectGarbageRequest.max_age:type_name -> google.protobuf.Duration
-	28, // 7: nixcache.index.v1.Pin.created:type_name -> google.protobuf.Timestamp
+	36, // 6: nixcache.index.v1.CollectGarbageRequest.max_age:type_name -> google.protobuf.Duration
+	34, // 7: nixcache.index.v1.Pin.created:type_name -> google.protobuf.Timestamp
 	14, // 8: nixcache.index.v1.PinResponse.pin:type_name -> nixcache.index.v1.Pin
 	14, // 9: nixcache.index.v1.ListPinsResponse.pins:type_name -> nixcache.index.v1.Pin
 	21, // 10: nixcache.index.v1.ListKeysResponse.keys:type_name -> nixcache.index.v1.KeyInfo
 	21, // 11: nixcache.index.v1.AddKeyResponse.key:type_name -> nixcache.index.v1.KeyInfo
-	2,  // 12: nixcache.index.v1.AdminService.ListPaths:input_type -> nixcache.index.v1.ListPathsRequest
-	4,  // 13: nixcache.index.v1.AdminService.GetPath:input_type -> nixcache.index.v1.GetPathRequest
-	6,  // 14: nixcache.index.v1.AdminService.DeletePath:input_type -> nixcache.index.v1.DeletePathRequest
-	8,  // 15: nixcache.index.v1.AdminService.GetStats:input_type -> nixcache.index.v1.GetStatsRequest
-	10, // 16: nixcache.index.v1.AdminService.Verify:input_type -> nixcache.index.v1.VerifyRequest
-	12, // 17: nixcache.index.v1.AdminService.CollectGarbage:input_type -> nixcache.index.v1.CollectGarbageRequest
-	15, // 18: nixcache.index.v1.AdminService.Pin:input_type -> nixcache.index.v1.PinRequest
-	17, // 19: nixcache.index.v1.AdminService.Unpin:input_type -> nixcache.index.v1.UnpinRequest
-	19, // 20: nixcache.index.v1.AdminService.ListPins:input_type -> nixcache.index.v1.ListPinsRequest
-	22, // 21: nixcache.index.v1.AdminService.ListKeys:input_type -> nixcache.index.v1.ListKeysRequest
-	24, // 22: nixcache.index.v1.AdminService.AddKey:input_type -> nixcache.index.v1.AddKeyRequest
-	26, // 23: nixcache.index.v1.AdminService.RetireKey:input_type -> nixcache.index.v1.RetireKeyRequest
-	3,  // 24: nixcache.index.v1.AdminService.ListPaths:output_type -> nixcache.index.v1.ListPathsResponse
-	5,  // 25: nixcache.index.v1.AdminService.GetPath:output_type -> nixcache.index.v1.GetPathResponse
-	7,  // 26: nixcache.index.v1.AdminService.DeletePath:output_type -> nixcache.index.v1.DeletePathResponse
-	9,  // 27: nixcache.index.v1.AdminService.GetStats:output_type -> nixcache.index.v1.GetStatsResponse
-	11, // 28: nixcache.index.v1.AdminService.Verify:output_type -> nixcache.index.v1.VerifyResponse
-	13, // 29: nixcache.index.v1.AdminService.CollectGarbage:output_type -> nixcache.index.v1.CollectGarbageResponse
-	16, // 30: nixcache.index.v1.AdminService.Pin:output_type -> nixcache.index.v1.PinResponse
-	18, // 31: nixcache.index.v1.AdminService.Unpin:output_type -> nixcache.index.v1.UnpinResponse
-	20, // 32: nixcache.index.v1.AdminService.ListPins:output_type -> nixcache.index.v1.ListPinsResponse
-	23, // 33: nixcache.index.v1.AdminService.ListKeys:output_type -> nixcache.index.v1.ListKeysResponse
-	25, // 34: nixcache.index.v1.AdminService.AddKey:output_type -> nixcache.index.v1.AddKeyResponse
-	27, // 35: nixcache.index.v1.AdminService.RetireKey:output_type -> nixcache.index.v1.RetireKeyResponse
-	24, // [24:36] is the sub-list for method output_type
-	12, // [12:24] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	36, // 12: nixcache.index.v1.CreateTokenRequest.expires_in:type_name -> google.protobuf.Duration
+	37, // 13: nixcache.index.v1.CreateTokenResponse.token:type_name -> nixcache.index.v1.Token
+	37, // 14: nixcache.index.v1.ListTokensResponse.tokens:type_name -> nixcache.index.v1.Token
+	37, // 15: nixcache.index.v1.RevokeTokenResponse.token:type_name -> nixcache.index.v1.Token
+	2,  // 16: nixcache.index.v1.AdminService.ListPaths:input_type -> nixcache.index.v1.ListPathsRequest
+	4,  // 17: nixcache.index.v1.AdminService.GetPath:input_type -> nixcache.index.v1.GetPathRequest
+	6,  // 18: nixcache.index.v1.AdminService.DeletePath:input_type -> nixcache.index.v1.DeletePathRequest
+	8,  // 19: nixcache.index.v1.AdminService.GetStats:input_type -> nixcache.index.v1.GetStatsRequest
+	10, // 20: nixcache.index.v1.AdminService.Verify:input_type -> nixcache.index.v1.VerifyRequest
+	12, // 21: nixcache.index.v1.AdminService.CollectGarbage:input_type -> nixcache.index.v1.CollectGarbageRequest
+	15, // 22: nixcache.index.v1.AdminService.Pin:input_type -> nixcache.index.v1.PinRequest
+	17, // 23: nixcache.index.v1.AdminService.Unpin:input_type -> nixcache.index.v1.UnpinRequest
+	19, // 24: nixcache.index.v1.AdminService.ListPins:input_type -> nixcache.index.v1.ListPinsRequest
+	22, // 25: nixcache.index.v1.AdminService.ListKeys:input_type -> nixcache.index.v1.ListKeysRequest
+	24, // 26: nixcache.index.v1.AdminService.AddKey:input_type -> nixcache.index.v1.AddKeyRequest
+	26, // 27: nixcache.index.v1.AdminService.RetireKey:input_type -> nixcache.index.v1.RetireKeyRequest
+	28, // 28: nixcache.index.v1.AdminService.CreateToken:input_type -> nixcache.index.v1.CreateTokenRequest
+	30, // 29: nixcache.index.v1.AdminService.ListTokens:input_type -> nixcache.index.v1.ListTokensRequest
+	32, // 30: nixcache.index.v1.AdminService.RevokeToken:input_type -> nixcache.index.v1.RevokeTokenRequest
+	3,  // 31: nixcache.index.v1.AdminService.ListPaths:output_type -> nixcache.index.v1.ListPathsResponse
+	5,  // 32: nixcache.index.v1.AdminService.GetPath:output_type -> nixcache.index.v1.GetPathResponse
+	7,  // 33: nixcache.index.v1.AdminService.DeletePath:output_type -> nixcache.index.v1.DeletePathResponse
+	9,  // 34: nixcache.index.v1.AdminService.GetStats:output_type -> nixcache.index.v1.GetStatsResponse
+	11, // 35: nixcache.index.v1.AdminService.Verify:output_type -> nixcache.index.v1.VerifyResponse
+	13, // 36: nixcache.index.v1.AdminService.CollectGarbage:output_type -> nixcache.index.v1.CollectGarbageResponse
+	16, // 37: nixcache.index.v1.AdminService.Pin:output_type -> nixcache.index.v1.PinResponse
+	18, // 38: nixcache.index.v1.AdminService.Unpin:output_type -> nixcache.index.v1.UnpinResponse
+	20, // 39: nixcache.index.v1.AdminService.ListPins:output_type -> nixcache.index.v1.ListPinsResponse
+	23, // 40: nixcache.index.v1.AdminService.ListKeys:output_type -> nixcache.index.v1.ListKeysResponse
+	25, // 41: nixcache.index.v1.AdminService.AddKey:output_type -> nixcache.index.v1.AddKeyResponse
+	27, // 42: nixcache.index.v1.AdminService.RetireKey:output_type -> nixcache.index.v1.RetireKeyResponse
+	29, // 43: nixcache.index.v1.AdminService.CreateToken:output_type -> nixcache.index.v1.CreateTokenResponse
+	31, // 44: nixcache.index.v1.AdminService.ListTokens:output_type -> nixcache.index.v1.ListTokensResponse
+	33, // 45: nixcache.index.v1.AdminService.RevokeToken:output_type -> nixcache.index.v1.RevokeTokenResponse
+	31, // [31:46] is the sub-list for method output_type
+	16, // [16:31] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_nixcache_index_v1_admin_proto_init() }
@@ -1915,7 +2258,7 @@ func file_nixcache_index_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nixcache_index_v1_admin_proto_rawDesc), len(file_nixcache_index_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

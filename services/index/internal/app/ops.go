@@ -27,6 +27,9 @@ type ops struct {
 	client   *metrics.GRPCClient
 	policy   auth.Policy
 	rules    auth.Rules
+	// fileTokens are the token file's; nil without one. The policy's
+	// tokens are set by Run, over these and the catalogue's.
+	fileTokens *auth.Tokens
 }
 
 // adminRules are the scopes AdminService needs: GetStats and ListKeys need
@@ -55,12 +58,12 @@ func newOps(o Options) (*ops, error) {
 		if err != nil {
 			return nil, fmt.Errorf("auth file: %w", err)
 		}
-		p.policy.Tokens = tokens
+		p.fileTokens = tokens
 		o.Log.Info("tokens loaded", "file", o.AuthFile, "tokens", tokens, "public_read", p.policy.PublicRead)
 	case o.PrivateRead:
 		return nil, fmt.Errorf("-public-read=false needs -auth-file: nobody could read")
 	default:
-		o.Log.Warn("no -auth-file: the admin RPCs are disabled")
+		o.Log.Warn("no -auth-file: only tokens made by CreateToken are accepted, and the admin RPCs need one")
 	}
 	return p, nil
 }

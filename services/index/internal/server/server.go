@@ -66,6 +66,8 @@ type Server struct {
 	// downloads counts what gateways report with RecordDownloads; nil
 	// counts nothing.
 	downloads DownloadRecorder
+	// tokens answers AuthenticateToken (tokens.go); nil knows none.
+	tokens TokenChecker
 }
 
 // DownloadRecorder counts downloads that gateways served themselves.
