@@ -27,8 +27,9 @@ type ops struct {
 	client   *metrics.GRPCClient
 	policy   auth.Policy
 	rules    auth.Rules
-	// fileTokens are the token file's; nil without one. The policy's
-	// tokens are set by Run, over these and the catalogue's.
+	// fileTokens are the token file's; nil without one. The policy
+	// checks these until Run gives it the store of these and the
+	// catalogue's.
 	fileTokens *auth.Tokens
 }
 
@@ -59,6 +60,7 @@ func newOps(o Options) (*ops, error) {
 			return nil, fmt.Errorf("auth file: %w", err)
 		}
 		p.fileTokens = tokens
+		p.policy.Tokens = tokens
 		o.Log.Info("tokens loaded", "file", o.AuthFile, "tokens", tokens, "public_read", p.policy.PublicRead)
 	case o.PrivateRead:
 		return nil, fmt.Errorf("-public-read=false needs -auth-file: nobody could read")
