@@ -1,0 +1,270 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// revokeBound is the documented bound (docs/tokens.md) on how long a
+// revoked or expired token may still be accepted, by the index and by
+// every gateway.
+const revokeBound = time.Second
+
+// createdToken is what CreateToken answers, as grpcurl prints it.
+type createdToken struct {
+	Token struct {
+		Name      string   `json:"name"`
+		Scopes    []string `json:"scopes"`
+		CreatedBy string   `json:"createdBy"`
+		Expires   string   `json:"expires"`
+	} `json:"token"`
+	Secret string `json:"secret"`
+}
+
+// createToken makes a token with grpcurl, as docs/tokens.md shows it,
+// with the operator's token; data is the request.
+func (c *cluster) createToken(data string) createdToken {
+	c.t.Helper()
+	out := c.admin("CreateToken", data)
+	var ct createdToken
+	if err := json.Unmarshal([]byte(out), &ct); err != nil || len(ct.Secret) != 64 {
+		c.t.Fatalf("CreateToken %s: %v\n%s", data, err, out)
+	}
+	return ct
+}
+
+// listedToken is one token of ListTokens through the JSON API.
+type listedToken struct {
+	Name     string   `json:"name"`
+	Scopes   []string `json:"scopes"`
+	Source   string   `json:"source"`
+	Created  *string  `json:"created"`
+	Expires  *string  `json:"expires"`
+	LastUsed *string  `json:"last_used"`
+}
+
+// listTokens lists the tokens through the gateway's JSON API.
+func listTokens(t *testing.T, gateway, adminToken string) map[string]listedToken {
+	t.Helper()
+	r := httpDo(t, "GET", gateway+"/api/v1/tokens", adminToken, nil, nil)
+	if r.status != http.StatusOK {
+		t.Fatalf("GET /api/v1/tokens: %d %s", r.status, r.body)
+	}
+	var resp struct {
+		Tokens []listedToken `json:"tokens"`
+	}
+	if err := json.Unmarshal([]byte(r.body), &resp); err != nil {
+		t.Fatalf("GET /api/v1/tokens: %v\n%s", err, r.body)
+	}
+	byName := map[string]listedToken{}
+	for _, tok := range resp.Tokens {
+		byName[tok.Name] = tok
+	}
+	return byName
+}
+
+// putCacheInfo is the smallest push request: PUT /nix-cache-info (push
+// scope); it returns the status.
+func putCacheInfo(t *testing.T, gateway, token string) int {
+	t.Helper()
+	return httpStatus(t, "PUT", gateway+"/nix-cache-info", token, strings.NewReader("StoreDir: /nix/store\n"))
+}
+
+// refusedWithin polls until every gateway answers a push with token
+// with want, and returns how long the slowest took; it fails the test
+// after bound.
+func refusedWithin(t *testing.T, gateways []string, token string, want int, bound time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	pending := append([]string(nil), gateways...)
+	for len(pending) > 0 {
+		var still []string
+		for _, g := range pending {
+			if code := putCacheInfo(t, g, token); code != want {
+				still = append(still, g)
+			}
+		}
+		pending = still
+		if len(pending) > 0 && time.Since(start) > bound {
+			t.Fatalf("%v still answer a push with the token %v later, want %d within %v", pending, time.Since(start), want, bound)
+		}
+		if len(pending) > 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return time.Since(start)
+}
+
+// assertNoSecret fails if any file under dir (catalog.db included, byte
+// for byte) holds one of the secrets.
+func assertNoSecret(t *testing.T, dir string, secrets ...string) {
+	t.Helper()
+	files := 0
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		files++
+		for _, s := range secrets {
+			if bytes.Contains(b, []byte(s)) {
+				t.Errorf("%s holds a token's secret in clear", path)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files == 0 {
+		t.Fatalf("no files under %s: nothing was checked", dir)
+	}
+}
+
+// TestTokens: a token made with grpcurl pushes with the real Nix; it is
+// listed with its last use and counted in the metrics; a push token
+// cannot make tokens; an expired token is refused; tokens, their last
+// uses and expiries survive a restart of the index and the gateway; a
+// revoked token is refused within the bound; a token that cannot be
+// checked (index down) is refused with 503, the gateway's own file
+// tokens still work; no secret is ever in the data directory or a log.
+func TestTokens(t *testing.T) {
+	c := newCluster(t, withAdmin())
+	ci := c.createToken(`{"name": "ci", "scopes": ["push", "read"], "description": "the CI"}`)
+	if ci.Token.CreatedBy != "operator" || strings.Join(ci.Token.Scopes, ",") != "read,push" {
+		t.Errorf("CreateToken: %+v, want created by operator with read,push", ci.Token)
+	}
+	short := c.createToken(`{"name": "short", "scopes": ["push", "admin"], "expires_in": "5s"}`)
+	expires, err := time.Parse(time.RFC3339Nano, short.Token.Expires)
+	if err != nil {
+		t.Fatalf("CreateToken: expires %q: %v", short.Token.Expires, err)
+	}
+	if code := putCacheInfo(t, c.URL, short.Secret); code != http.StatusNoContent && time.Now().Before(expires) {
+		t.Errorf("push with the short token before its expiry: %d", code)
+	}
+
+	// Create → push works.
+	top, closure := buildClosure(t)
+	mustNix(t, nixConfig("netrc-file = "+c.netrc(ci.Secret)), "nix", "copy", "--to", c.URL, top)
+	substituteAndCheck(t, c, top, closure, pathInfos(t, nixConfig(), "--recursive", top))
+
+	// Listed, with its last use; the file's tokens are listed read-only.
+	toks := listTokens(t, c.URL, c.adminToken)
+	if tok := toks["ci"]; tok.Source != "TOKEN_SOURCE_CATALOG" || tok.LastUsed == nil || tok.Created == nil {
+		t.Errorf("ListTokens: ci = %+v, want a catalogue token with created and last_used", tok)
+	}
+	if tok := toks["pusher"]; tok.Source != "TOKEN_SOURCE_FILE" {
+		t.Errorf("ListTokens: pusher = %+v, want a file token", tok)
+	}
+	if tok := toks["short"]; tok.Expires == nil || tok.LastUsed == nil {
+		t.Errorf("ListTokens: short = %+v, want an expiry and a use", tok)
+	}
+	// And in the metrics of both services.
+	if n := metric(t, c.URL+"/metrics", `nixcache_token_requests_total{token="ci"}`); n < float64(len(closure)) {
+		t.Errorf("gateway: nixcache_token_requests_total{token=\"ci\"} = %v, want at least %d (one narinfo PUT a path)", n, len(closure))
+	}
+	if n := metric(t, "http://"+c.indexMetrics+"/metrics", `nixcache_token_checks_total{result="ok",token="ci"}`); n < 1 {
+		t.Errorf("index: nixcache_token_checks_total for ci = %v, want at least 1", n)
+	}
+
+	// Admin scope required: a push token makes no token, on gRPC or JSON.
+	if _, errOut, err := c.grpcurl(ci.Secret, `{"name": "x", "scopes": ["admin"]}`, "nixcache.index.v1.AdminService/CreateToken"); err == nil || !strings.Contains(errOut, "PermissionDenied") {
+		t.Errorf("CreateToken with a push token: %v %s, want PermissionDenied", err, errOut)
+	}
+	if r := httpDo(t, "POST", c.URL+"/api/v1/tokens", ci.Secret, strings.NewReader(`{"name": "x", "scopes": ["admin"]}`), nil); r.status != http.StatusForbidden {
+		t.Errorf("POST /api/v1/tokens with a push token: %d %s, want 403", r.status, r.body)
+	}
+	if r := httpDo(t, "POST", c.URL+"/api/v1/tokens", c.adminToken, strings.NewReader(`{"name": "ci", "scopes": ["read"]}`), nil); r.status != http.StatusConflict {
+		t.Errorf("POST /api/v1/tokens with a name in use: %d %s, want 409", r.status, r.body)
+	}
+	if r := httpDo(t, "POST", c.URL+"/api/v1/tokens", c.adminToken, strings.NewReader(`{"name": "bad name", "scopes": ["read"]}`), nil); r.status != http.StatusBadRequest {
+		t.Errorf("POST /api/v1/tokens with a bad name: %d %s, want 400", r.status, r.body)
+	}
+
+	// Expiry, on the gateway (push) and the index (admin): accepted until
+	// it expires, refused within the bound after.
+	for {
+		code := putCacheInfo(t, c.URL, short.Secret)
+		now := time.Now()
+		if code == http.StatusUnauthorized {
+			if now.Before(expires) {
+				t.Fatalf("the short token was refused %v before its expiry", expires.Sub(now))
+			}
+			t.Logf("expired token refused %v after its expiry", now.Sub(expires).Round(time.Millisecond))
+			break
+		}
+		if code != http.StatusNoContent || now.After(expires.Add(revokeBound)) {
+			t.Fatalf("push with the short token %v after its expiry: %d, want 401 within %v", now.Sub(expires), code, revokeBound)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if r := httpDo(t, "GET", c.URL+"/api/v1/tokens", short.Secret, nil, nil); r.status != http.StatusUnauthorized || !strings.Contains(r.body, "expired") {
+		t.Errorf("admin call with the expired token: %d %s, want 401 saying it expired", r.status, r.body)
+	}
+
+	// Restart keeps everything: the token pushes again, its last use,
+	// the expired token still listed and still refused.
+	before := listTokens(t, c.URL, c.adminToken)
+	c.stop("gateway")
+	c.stop("index")
+	c.start("index")
+	c.start("gateway")
+	after := listTokens(t, c.URL, c.adminToken)
+	for _, name := range []string{"ci", "short"} {
+		b, a := before[name], after[name]
+		if a.Created == nil || *a.Created != *b.Created || (b.LastUsed == nil) != (a.LastUsed == nil) ||
+			b.LastUsed != nil && *a.LastUsed != *b.LastUsed {
+			t.Errorf("token %s before the restart %+v, after %+v", name, b, a)
+		}
+	}
+	if code := putCacheInfo(t, c.URL, short.Secret); code != http.StatusUnauthorized {
+		t.Errorf("push with the expired token after a restart: %d, want 401", code)
+	}
+	top2, closure2 := buildClosure(t)
+	mustNix(t, nixConfig("netrc-file = "+c.netrc(ci.Secret)), "nix", "copy", "--to", c.URL, top2)
+	substituteAndCheck(t, c, top2, closure2, pathInfos(t, nixConfig(), "--recursive", top2))
+
+	// Revoke through the JSON API: refused within the bound.
+	if r := httpDo(t, "DELETE", c.URL+"/api/v1/tokens/ci", c.adminToken, nil, nil); r.status != http.StatusOK {
+		t.Fatalf("DELETE /api/v1/tokens/ci: %d %s", r.status, r.body)
+	}
+	d := refusedWithin(t, []string{c.URL}, ci.Secret, http.StatusUnauthorized, revokeBound)
+	t.Logf("revoked token refused after %v (bound %v)", d.Round(time.Millisecond), revokeBound)
+	if _, ok := listTokens(t, c.URL, c.adminToken)["ci"]; ok {
+		t.Error("ci is still listed after its revocation")
+	}
+	if r := httpDo(t, "DELETE", c.URL+"/api/v1/tokens/pusher", c.adminToken, nil, nil); r.status != http.StatusBadRequest {
+		t.Errorf("DELETE of a file token: %d %s, want 400 (edit the file)", r.status, r.body)
+	}
+
+	// A token the gateway cannot check is refused (503); its own file's
+	// tokens still work.
+	other := c.createToken(`{"name": "other", "scopes": ["push"]}`)
+	c.stop("index")
+	d = refusedWithin(t, []string{c.URL}, other.Secret, http.StatusServiceUnavailable, revokeBound)
+	t.Logf("with the index down, a catalogue token is refused with 503 after %v", d.Round(time.Millisecond))
+	if code := putCacheInfo(t, c.URL, c.pushToken); code != http.StatusNoContent {
+		t.Errorf("push with the gateway's file token while the index is down: %d, want 204", code)
+	}
+	c.start("index")
+
+	// The secrets are nowhere on disk or in a log.
+	c.stop("gateway")
+	c.stop("index")
+	secrets := []string{ci.Secret, short.Secret, other.Secret}
+	assertNoSecret(t, filepath.Join(c.dir, "index"), secrets...)
+	assertNoSecret(t, filepath.Join(c.dir, "logs"), secrets...)
+	if _, err := os.Stat(filepath.Join(c.dir, "index", "catalog.db")); err != nil {
+		t.Fatalf("no catalogue was checked: %v", err)
+	}
+}
