@@ -268,3 +268,97 @@ func TestTokens(t *testing.T) {
 		t.Fatalf("no catalogue was checked: %v", err)
 	}
 }
+
+// TestTokenRevokedOnEveryGateway: two gateways that follow the index's
+// changes, each holding the token's answer in its cache (kept 10 s
+// while in sync), both refuse the token within the bound of its
+// revocation through one of them: the TOKENS_CHANGED event, not the
+// cache's expiry, drops it.
+func TestTokenRevokedOnEveryGateway(t *testing.T) {
+	c := newCluster(t, withAdmin(), withArgs("gateway", cachingGateway...))
+	a := c.URL
+	b := c.startGateway("gateway-b", cachingGateway...)
+	for _, g := range []string{a, b} {
+		waitMetric(t, g, "nixcache_index_watch_up", 1, 10*time.Second)
+	}
+	ci := c.createToken(`{"name": "ci", "scopes": ["push"]}`)
+	const cached = `nixcache_token_lookups_total{result="cached"}`
+	for _, g := range []string{a, b} {
+		for range 2 {
+			if code := putCacheInfo(t, g, ci.Secret); code != http.StatusNoContent {
+				t.Fatalf("push through %s: %d", g, code)
+			}
+		}
+		if n := metric(t, g+"/metrics", cached); n < 1 {
+			t.Fatalf("%s: %s = %v: the token's answer is not cached, the test would not show the event at work", g, cached, n)
+		}
+	}
+	if r := httpDo(t, "DELETE", a+"/api/v1/tokens/ci", c.adminToken, nil, nil); r.status != http.StatusOK {
+		t.Fatalf("DELETE /api/v1/tokens/ci through A: %d %s", r.status, r.body)
+	}
+	d := refusedWithin(t, []string{a, b}, ci.Secret, http.StatusUnauthorized, revokeBound)
+	t.Logf("revoked through A: both gateways refuse the token after %v (bound %v)", d.Round(time.Millisecond), revokeBound)
+
+	// A new token works at once on both (refusals are not cached).
+	next := c.createToken(`{"name": "next", "scopes": ["push"]}`)
+	for _, g := range []string{a, b} {
+		if code := putCacheInfo(t, g, next.Secret); code != http.StatusNoContent {
+			t.Errorf("push with a new token through %s: %d", g, code)
+		}
+	}
+}
+
+// TestTokenRevokedDuringPush: a token revoked while the real Nix pushes a
+// large path with it: the upload under way may finish, the next request
+// is refused (401), the push fails, and nothing of it is served (its
+// narinfo is 404). The same closure then pushes with another token.
+func TestTokenRevokedDuringPush(t *testing.T) {
+	c := newCluster(t, withAdmin())
+	ci := c.createToken(`{"name": "ci", "scopes": ["push", "read"]}`)
+	seed := "revoked-push-" + randomHex(t, 4)
+	top := strings.TrimSpace(mustNix(t, nixConfig(), "nix-build", "testdata/closure.nix",
+		"--argstr", "seed", seed, "--arg", "randomBytes", "134217728", "--no-out-link"))
+	closure := strings.Fields(mustNix(t, nixConfig(), "nix-store", "--query", "--requisites", top))
+	leaf := pathNamed(t, closure, "leaf-")
+
+	// compression=none: the 128 MiB leaf goes up as one long PUT.
+	push := startNix(t, nixConfig("netrc-file = "+c.netrc(ci.Secret)), "nix", "copy", "--to", c.URL+"?compression=none", top)
+	const uploading = `grpc_server_in_flight{grpc_method="PutNar",grpc_service="nixcache.index.v1.IndexService",grpc_type="client_stream"}`
+	waitFor(t, 60*time.Second, "the leaf's NAR upload", func() bool {
+		return metric(t, "http://"+c.indexMetrics+"/metrics", uploading) >= 1
+	})
+	if r := httpDo(t, "DELETE", c.URL+"/api/v1/tokens/ci", c.adminToken, nil, nil); r.status != http.StatusOK {
+		t.Fatalf("DELETE /api/v1/tokens/ci: %d %s", r.status, r.body)
+	}
+	revoked := time.Now()
+	var err error
+	select {
+	case err = <-push.done:
+		push.done <- err
+	case <-time.After(120 * time.Second):
+		t.Fatal("nix copy did not end within 120 s of the revocation")
+	}
+	if err == nil {
+		t.Fatalf("nix copy succeeded although its token was revoked during the push\n%s", push.stderr.String())
+	}
+	if !strings.Contains(push.stderr.String(), "401") {
+		t.Errorf("nix copy failed without a 401:\n%s", push.stderr.String())
+	}
+	t.Logf("nix copy failed %v after the revocation", time.Since(revoked).Round(time.Millisecond))
+	for _, p := range closure {
+		if code := httpStatus(t, "GET", c.URL+"/"+hashPart(p)+".narinfo", "", nil); code != http.StatusNotFound {
+			t.Errorf("%s: narinfo %d after a refused push, want 404", p, code)
+		}
+	}
+	if n := metric(t, c.URL+"/metrics", `nixcache_http_requests_total{code="401",method="PUT",route="narinfo"}`); n < 1 {
+		t.Logf("note: no narinfo PUT was refused (the push stopped earlier)")
+	}
+
+	// Nothing was damaged: the closure pushes with a valid token and
+	// substitutes whole.
+	mustNix(t, nixConfig("netrc-file = "+c.netrc(c.pushToken)), "nix", "copy", "--to", c.URL+"?compression=none", top)
+	if code := httpStatus(t, "GET", c.URL+"/"+hashPart(leaf)+".narinfo", "", nil); code != http.StatusOK {
+		t.Fatalf("leaf narinfo %d after the second push", code)
+	}
+	substituteAndCheck(t, c, top, closure, pathInfos(t, nixConfig(), "--recursive", top))
+}

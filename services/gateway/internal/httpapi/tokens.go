@@ -20,17 +20,17 @@ const (
 	// TokenCacheLive is the bound while the index watch is in sync: a
 	// revocation drops every answer at once (TOKENS_CHANGED), so this
 	// only bounds how stale the token's last use at the index may be.
+	// While the watch is not in sync nothing is kept: every request
+	// with a token asks the index.
 	TokenCacheLive = 10 * time.Second
-	// TokenCacheFallback is the bound while the watch is not in sync:
-	// how long a revoked token may still be accepted then.
-	TokenCacheFallback = 500 * time.Millisecond
 	// maxTokenCache bounds the entries; a full cache is emptied.
 	maxTokenCache = 4096
 )
 
 // IndexTokens authenticates tokens by asking the index
 // (IndexService.AuthenticateToken, with the SHA-256 of the secret: the
-// secret never leaves the gateway), keeping valid answers a short time.
+// secret never leaves the gateway), keeping valid answers a short time
+// while the index watch is in sync, none otherwise.
 // A token of the gateway's own token file is accepted too, also when
 // the index cannot be asked; any other token that cannot be checked is
 // refused with auth.ErrUnavailable (503). It is safe for concurrent use.
@@ -129,13 +129,10 @@ func tokenIdentity(tok *indexv1.Token) auth.Identity {
 func (t *IndexTokens) keep(digest [sha256.Size]byte, id auth.Identity, tok *indexv1.Token, gen uint64, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.gen != gen {
+	if t.gen != gen || !t.live {
 		return
 	}
-	until := now.Add(TokenCacheFallback)
-	if t.live {
-		until = now.Add(TokenCacheLive)
-	}
+	until := now.Add(TokenCacheLive)
 	if exp := tok.GetExpires(); exp != nil && exp.AsTime().Before(until) {
 		until = exp.AsTime()
 	}
