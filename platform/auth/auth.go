@@ -88,9 +88,8 @@ func (p Policy) Authorize(r *http.Request, need Scope) (Identity, error) {
 // header ("" when it has none) may act with scope need, and returns who it
 // is. When reads are public, a read needs no credentials and any sent are
 // not held against it (a stale token in a netrc file must not break a
-// public cache), unless they could not be checked: a read that sent a
-// token while the index is unreachable gets ErrUnavailable, not less
-// than the token may.
+// public cache), nor when they cannot be checked (ErrUnavailable): a
+// public read needs nothing a token gives.
 func (p Policy) AuthorizeHeader(ctx context.Context, header string, need Scope) (Identity, error) {
 	if need == Read && p.PublicRead && header == "" {
 		// The common case of a public cache, answered without building
@@ -98,7 +97,7 @@ func (p Policy) AuthorizeHeader(ctx context.Context, header string, need Scope) 
 		return Identity{}, nil
 	}
 	id, err := p.authenticate(ctx, header, need)
-	if need == Read && p.PublicRead && !errors.Is(err, ErrUnavailable) {
+	if need == Read && p.PublicRead {
 		return id, nil // anonymous when authentication failed
 	}
 	if err != nil {
