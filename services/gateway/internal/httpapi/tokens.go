@@ -98,6 +98,13 @@ func (t *IndexTokens) Authenticate(ctx context.Context, secret string) (auth.Ide
 		return id, nil
 	}
 	if id, ok := t.file.LookupDigest(digest); ok {
+		// The file does not change while the gateway runs: its
+		// answers are kept whether the watch is in sync or not.
+		t.mu.Lock()
+		if t.gen == gen {
+			t.store(digest, tokenAnswer{id: id, until: now.Add(TokenCacheLive)})
+		}
+		t.mu.Unlock()
 		t.lookups.WithLabelValues("file").Inc()
 		t.requests.WithLabelValues(id.Name).Inc()
 		return id, nil
@@ -136,10 +143,15 @@ func (t *IndexTokens) keep(digest [sha256.Size]byte, id auth.Identity, tok *inde
 	if exp := tok.GetExpires(); exp != nil && exp.AsTime().Before(until) {
 		until = exp.AsTime()
 	}
+	t.store(digest, tokenAnswer{id: id, until: until})
+}
+
+// store keeps a; the caller holds mu.
+func (t *IndexTokens) store(digest [sha256.Size]byte, a tokenAnswer) {
 	if len(t.byID) >= maxTokenCache {
 		clear(t.byID)
 	}
-	t.byID[digest] = tokenAnswer{id: id, until: until}
+	t.byID[digest] = a
 }
 
 // drop forgets every answer (a token changed, or the watch got in sync or
