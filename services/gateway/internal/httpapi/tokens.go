@@ -31,9 +31,9 @@ const (
 // (IndexService.AuthenticateToken, with the SHA-256 of the secret: the
 // secret never leaves the gateway), keeping valid answers a short time
 // while the index watch is in sync, none otherwise.
-// A token of the gateway's own token file is accepted too, also when
-// the index cannot be asked; any other token that cannot be checked is
-// refused with auth.ErrUnavailable (503). It is safe for concurrent use.
+// A token of the gateway's own token file is accepted without asking;
+// any other token that cannot be checked is refused with
+// auth.ErrUnavailable (503). It is safe for concurrent use.
 type IndexTokens struct {
 	index   indexv1.IndexServiceClient
 	file    *auth.Tokens // nil: none
@@ -77,6 +77,13 @@ func (t *IndexTokens) Collectors() []prometheus.Collector {
 func (t *IndexTokens) Authenticate(ctx context.Context, secret string) (auth.Identity, error) {
 	digest := sha256.Sum256([]byte(secret))
 	now := time.Now()
+	// The gateway's own file first: it does not change while the gateway
+	// runs, and needs no call to the index.
+	if id, ok := t.file.LookupDigest(digest); ok {
+		t.lookups.WithLabelValues("file").Inc()
+		t.requests.WithLabelValues(id.Name).Inc()
+		return id, nil
+	}
 	t.mu.Lock()
 	a, ok := t.byID[digest]
 	gen := t.gen
@@ -89,23 +96,10 @@ func (t *IndexTokens) Authenticate(ctx context.Context, secret string) (auth.Ide
 	ctx, cancel := context.WithTimeout(ctx, t.timeout)
 	resp, err := t.index.AuthenticateToken(ctx, &indexv1.AuthenticateTokenRequest{SecretSha256: digest[:]})
 	cancel()
-	switch {
-	case err == nil && resp.GetValid():
+	if err == nil && resp.GetValid() {
 		id := tokenIdentity(resp.GetToken())
 		t.keep(digest, id, resp.GetToken(), gen, now)
 		t.lookups.WithLabelValues("index").Inc()
-		t.requests.WithLabelValues(id.Name).Inc()
-		return id, nil
-	}
-	if id, ok := t.file.LookupDigest(digest); ok {
-		// The file does not change while the gateway runs: its
-		// answers are kept whether the watch is in sync or not.
-		t.mu.Lock()
-		if t.gen == gen {
-			t.store(digest, tokenAnswer{id: id, until: now.Add(TokenCacheLive)})
-		}
-		t.mu.Unlock()
-		t.lookups.WithLabelValues("file").Inc()
 		t.requests.WithLabelValues(id.Name).Inc()
 		return id, nil
 	}
@@ -143,15 +137,10 @@ func (t *IndexTokens) keep(digest [sha256.Size]byte, id auth.Identity, tok *inde
 	if exp := tok.GetExpires(); exp != nil && exp.AsTime().Before(until) {
 		until = exp.AsTime()
 	}
-	t.store(digest, tokenAnswer{id: id, until: until})
-}
-
-// store keeps a; the caller holds mu.
-func (t *IndexTokens) store(digest [sha256.Size]byte, a tokenAnswer) {
 	if len(t.byID) >= maxTokenCache {
 		clear(t.byID)
 	}
-	t.byID[digest] = a
+	t.byID[digest] = tokenAnswer{id: id, until: until}
 }
 
 // drop forgets every answer (a token changed, or the watch got in sync or
