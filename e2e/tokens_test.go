@@ -298,6 +298,9 @@ func TestTokenRevokedOnEveryGateway(t *testing.T) {
 	}
 	d := refusedWithin(t, []string{a, b}, ci.Secret, http.StatusUnauthorized, revokeBound)
 	t.Logf("revoked through A: both gateways refuse the token after %v (bound %v)", d.Round(time.Millisecond), revokeBound)
+	if n := metric(t, "http://"+c.indexMetrics+"/metrics", "nixcache_watch_token_events_total"); n != 2 {
+		t.Errorf("nixcache_watch_token_events_total = %v, want 2 (a creation, a revocation)", n)
+	}
 
 	// A new token works at once on both (refusals are not cached).
 	next := c.createToken(`{"name": "next", "scopes": ["push"]}`)
