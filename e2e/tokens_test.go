@@ -314,9 +314,20 @@ func TestTokenRevokedOnEveryGateway(t *testing.T) {
 // TestTokenRevokedDuringPush: a token revoked while the real Nix pushes a
 // large path with it: the upload under way may finish, the next request
 // is refused (401), the push fails, and nothing of it is served (its
-// narinfo is 404). The same closure then pushes with another token.
+// narinfo is 404). The same closure then pushes with another token. With
+// a gateway that asks the index on every request (no watch), and with
+// one that keeps the token's answer while its watch is in sync (as
+// deployed), which the revocation's event must drop.
 func TestTokenRevokedDuringPush(t *testing.T) {
-	c := newCluster(t, withAdmin())
+	t.Run("no watch", func(t *testing.T) { testTokenRevokedDuringPush(t, newCluster(t, withAdmin())) })
+	t.Run("watch", func(t *testing.T) {
+		c := newCluster(t, withAdmin(), withArgs("gateway", cachingGateway...))
+		waitMetric(t, c.URL, "nixcache_index_watch_up", 1, 10*time.Second)
+		testTokenRevokedDuringPush(t, c)
+	})
+}
+
+func testTokenRevokedDuringPush(t *testing.T, c *cluster) {
 	ci := c.createToken(`{"name": "ci", "scopes": ["push", "read"]}`)
 	seed := "revoked-push-" + randomHex(t, 4)
 	top := strings.TrimSpace(mustNix(t, nixConfig(), "nix-build", "testdata/closure.nix",
