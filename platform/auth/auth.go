@@ -1,6 +1,7 @@
 // Package auth decides whether a request may read from, push to or
 // administer the cache, the same way over HTTP and gRPC. Credentials are
-// tokens listed in a file the operator edits (see ParseTokens). A client
+// tokens: listed in a file the operator edits (see ParseTokens), or made
+// at run time and kept by the index (an Authenticator asks it). A client
 // sends one as "Authorization: Bearer <token>" (HTTP header or gRPC
 // metadata), or as the password of HTTP Basic auth (what Nix sends from its
 // netrc file; the login is ignored).
@@ -15,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path"
 	"strings"
 )
 
@@ -22,22 +24,56 @@ import (
 // means the request must (re)try with valid credentials (HTTP 401, gRPC
 // Unauthenticated), ErrForbidden that the credentials are valid but
 // insufficient (HTTP 403, gRPC PermissionDenied).
+// ErrUnavailable means the credentials could not be checked (the index
+// that keeps the tokens is down): HTTP 503, gRPC Unavailable. A token
+// that cannot be checked is never accepted.
 var (
 	ErrUnauthenticated = errors.New("unauthenticated")
 	ErrForbidden       = errors.New("forbidden")
+	ErrUnavailable     = errors.New("unavailable")
 )
 
 // Identity is who a request authenticated as.
 type Identity struct {
-	Name   string // the token's name in the token file; "" when anonymous
+	Name   string // the token's name; "" when anonymous
 	Scopes Scope
+	// PushPattern, when set, is a glob (path.Match) that the name of every
+	// store path the token publishes must match.
+	PushPattern string
 }
+
+// MayPublish reports whether the identity may publish the store path
+// whose name (after "<hash>-") is name.
+func (id Identity) MayPublish(name string) bool {
+	if id.PushPattern == "" {
+		return true
+	}
+	ok, err := path.Match(id.PushPattern, name)
+	return ok && err == nil
+}
+
+// Authenticator says which token a secret is.
+type Authenticator interface {
+	// Authenticate returns the identity of the token whose secret is
+	// secret. An unknown, revoked or expired token is an error of kind
+	// ErrUnauthenticated; one of kind ErrUnavailable means that it could
+	// not be checked. Errors never show the secret.
+	Authenticate(ctx context.Context, secret string) (Identity, error)
+}
+
+// Unauthenticated returns an error of kind ErrUnauthenticated with msg
+// for the client, for Authenticators.
+func Unauthenticated(msg string) error { return &authError{ErrUnauthenticated, msg} }
+
+// Unavailable returns an error of kind ErrUnavailable with msg for the
+// client, for Authenticators.
+func Unavailable(msg string) error { return &authError{ErrUnavailable, msg} }
 
 // Policy says which requests need which credentials.
 type Policy struct {
 	// Tokens are the accepted tokens; nil when none are configured, which
 	// disables every scope that needs one.
-	Tokens *Tokens
+	Tokens Authenticator
 	// PublicRead lets requests without credentials read.
 	PublicRead bool
 }
@@ -45,21 +81,22 @@ type Policy struct {
 // Authorize checks that r may act with scope need, and returns who it is.
 // See AuthorizeHeader.
 func (p Policy) Authorize(r *http.Request, need Scope) (Identity, error) {
-	return p.AuthorizeHeader(r.Header.Get("Authorization"), need)
+	return p.AuthorizeHeader(r.Context(), r.Header.Get("Authorization"), need)
 }
 
 // AuthorizeHeader checks that a request carrying the Authorization value
 // header ("" when it has none) may act with scope need, and returns who it
 // is. When reads are public, a read needs no credentials and any sent are
 // not held against it (a stale token in a netrc file must not break a
-// public cache).
-func (p Policy) AuthorizeHeader(header string, need Scope) (Identity, error) {
+// public cache), nor when they cannot be checked (ErrUnavailable): a
+// public read needs nothing a token gives.
+func (p Policy) AuthorizeHeader(ctx context.Context, header string, need Scope) (Identity, error) {
 	if need == Read && p.PublicRead && header == "" {
 		// The common case of a public cache, answered without building
 		// the error authenticate would return only to be dropped.
 		return Identity{}, nil
 	}
-	id, err := p.authenticate(header, need)
+	id, err := p.authenticate(ctx, header, need)
 	if need == Read && p.PublicRead {
 		return id, nil // anonymous when authentication failed
 	}
@@ -73,7 +110,7 @@ func (p Policy) AuthorizeHeader(header string, need Scope) (Identity, error) {
 }
 
 // authenticate returns the identity the credentials in header belong to.
-func (p Policy) authenticate(header string, need Scope) (Identity, error) {
+func (p Policy) authenticate(ctx context.Context, header string, need Scope) (Identity, error) {
 	if p.Tokens == nil {
 		return Identity{}, &authError{ErrUnauthenticated, fmt.Sprintf("%s is disabled: no credentials are configured (-auth-file)", need)}
 	}
@@ -85,11 +122,7 @@ func (p Policy) authenticate(header string, need Scope) (Identity, error) {
 		return Identity{}, &authError{ErrUnauthenticated, fmt.Sprintf(
 			"%s requires a token: send it as a Bearer token or as the password of HTTP Basic auth (a netrc entry)", need)}
 	}
-	id, ok := p.Tokens.Lookup(token)
-	if !ok {
-		return Identity{}, &authError{ErrUnauthenticated, "invalid token"}
-	}
-	return id, nil
+	return p.Tokens.Authenticate(ctx, token)
 }
 
 // authError is an error of kind ErrUnauthenticated or ErrForbidden with a

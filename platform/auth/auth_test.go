@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"net/http"
@@ -83,5 +84,33 @@ func TestParseScopes(t *testing.T) {
 	}
 	if _, err := ParseScopes("Push"); err == nil {
 		t.Error("scope names are case-sensitive, Push was accepted")
+	}
+}
+
+// downTokens cannot check any token.
+type downTokens struct{}
+
+func (downTokens) Authenticate(context.Context, string) (Identity, error) {
+	return Identity{}, Unavailable("the index does not answer")
+}
+
+// TestAuthorizeUnavailable: a token that cannot be checked is never
+// accepted (ErrUnavailable), except that a public read needs none.
+func TestAuthorizeUnavailable(t *testing.T) {
+	for _, tt := range []struct {
+		public bool
+		need   Scope
+		want   error
+	}{
+		{false, Read, ErrUnavailable},
+		{true, Push, ErrUnavailable},
+		{true, Admin, ErrUnavailable},
+		{true, Read, nil},
+	} {
+		p := Policy{Tokens: downTokens{}, PublicRead: tt.public}
+		id, err := p.AuthorizeHeader(context.Background(), "Bearer tok", tt.need)
+		if !errors.Is(err, tt.want) || tt.want == nil && err != nil || id.Name != "" {
+			t.Errorf("public %v, %s, with a token that cannot be checked: %+v, %v, want %v", tt.public, tt.need, id, err, tt.want)
+		}
 	}
 }

@@ -115,7 +115,7 @@ func (p Policy) check(ctx context.Context, rules Rules, method string) (context.
 			return ctx, status.Error(codes.Unauthenticated, "more than one authorization metadata value")
 		}
 	}
-	id, err := p.AuthorizeHeader(header, need)
+	id, err := p.AuthorizeHeader(ctx, header, need)
 	if err != nil {
 		return ctx, toStatus(err)
 	}
@@ -129,6 +129,8 @@ func toStatus(err error) error {
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, ErrUnauthenticated):
 		return status.Error(codes.Unauthenticated, err.Error())
+	case errors.Is(err, ErrUnavailable):
+		return status.Error(codes.Unavailable, err.Error())
 	default:
 		return status.Error(codes.Internal, "internal error")
 	}

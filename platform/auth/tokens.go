@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
@@ -99,10 +100,14 @@ func (t *Tokens) Len() int {
 // Lookup returns the identity token belongs to. It takes the same time
 // whichever entry matches, or none.
 func (t *Tokens) Lookup(token string) (Identity, bool) {
+	return t.LookupDigest(sha256.Sum256([]byte(token)))
+}
+
+// LookupDigest is Lookup of the token whose SHA-256 digest is digest.
+func (t *Tokens) LookupDigest(digest [sha256.Size]byte) (Identity, bool) {
 	if t == nil {
 		return Identity{}, false
 	}
-	digest := sha256.Sum256([]byte(token))
 	match := -1
 	for i := range t.entries {
 		eq := subtle.ConstantTimeCompare(digest[:], t.entries[i].digest[:])
@@ -113,6 +118,28 @@ func (t *Tokens) Lookup(token string) (Identity, bool) {
 	}
 	e := t.entries[match]
 	return Identity{Name: e.name, Scopes: e.scopes}, true
+}
+
+// Authenticate implements Authenticator: an unknown token is an
+// ErrUnauthenticated error.
+func (t *Tokens) Authenticate(_ context.Context, token string) (Identity, error) {
+	id, ok := t.Lookup(token)
+	if !ok {
+		return Identity{}, Unauthenticated("invalid token")
+	}
+	return id, nil
+}
+
+// Names returns the tokens' names and scopes, in the file's order.
+func (t *Tokens) Names() []Identity {
+	if t == nil {
+		return nil
+	}
+	ids := make([]Identity, len(t.entries))
+	for i, e := range t.entries {
+		ids[i] = Identity{Name: e.name, Scopes: e.scopes}
+	}
+	return ids
 }
 
 // LogValue logs how many tokens there are, nothing else.

@@ -74,7 +74,7 @@ func run(args []string) error {
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long calls in flight may finish at shutdown")
-	authFile := fs.String("auth-file", "", `token file, one "<name> <scopes> <token>" a line (scopes: read,push,admin), the gateway's: IndexService's PutNar, PutPathInfo and PutArtifact need push (the gateway forwards its caller's token), AdminService admin, except GetStats and ListKeys (read); empty disables pushing and those needing a token`)
+	authFile := fs.String("auth-file", "", `token file, one "<name> <scopes> <token>" a line (scopes: read,push,admin): the bootstrap tokens, besides those made with AdminService.CreateToken (kept in the catalogue); IndexService's PutNar, PutPathInfo and PutArtifact need push (the gateway forwards its caller's token), AdminService admin, except GetStats, ListKeys and FindMissingPaths (read); the gateways ask the index about tokens`)
 	publicRead := fs.Bool("public-read", true, "let callers without a token use the read-scoped admin RPCs (GetStats, ListKeys); false needs -auth-file")
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:9111", "HTTP address serving /metrics and /healthz; empty disables")
 	localStore := fs.Bool("local-store", false, "also serve the host's Nix store (-store-dir, which must be readable), as nix-serve does, learning its paths from the Nix daemon")

@@ -1856,6 +1856,310 @@ func (x *BackupResponse) GetData() []byte {
 	return nil
 }
 
+type CreateTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A unique name: 1 to 64 letters, digits and "._-".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Some of "read", "push", "admin"; at least one.
+	Scopes []string `protobuf:"bytes,2,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// The token expires this long after it is made; unset or 0: never.
+	ExpiresIn   *durationpb.Duration `protobuf:"bytes,3,opt,name=expires_in,json=expiresIn,proto3" json:"expires_in,omitempty"`
+	Description string               `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	// For a push token: the store-path names (after "<hash>-") it may
+	// publish, as a glob ("*-myproject-*", Go path.Match syntax); empty: any.
+	PushPattern   string `protobuf:"bytes,5,opt,name=push_pattern,json=pushPattern,proto3" json:"push_pattern,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenRequest) ProtoMessage() {}
+
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *CreateTokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *CreateTokenRequest) GetExpiresIn() *durationpb.Duration {
+	if x != nil {
+		return x.ExpiresIn
+	}
+	return nil
+}
+
+func (x *CreateTokenRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetPushPattern() string {
+	if x != nil {
+		return x.PushPattern
+	}
+	return ""
+}
+
+type CreateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The token's secret (64 hex digits), shown only here.
+	Secret        string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenResponse) Reset() {
+	*x = CreateTokenResponse{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenResponse) ProtoMessage() {}
+
+func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *CreateTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *CreateTokenResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type ListTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensRequest) Reset() {
+	*x = ListTokensRequest{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensRequest) ProtoMessage() {}
+
+func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListTokensRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+type ListTokensResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In name order.
+	Tokens        []*Token `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensResponse) Reset() {
+	*x = ListTokensResponse{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensResponse) ProtoMessage() {}
+
+func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListTokensResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListTokensResponse) GetTokens() []*Token {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type RevokeTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenRequest) Reset() {
+	*x = RevokeTokenRequest{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenRequest) ProtoMessage() {}
+
+func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RevokeTokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RevokeTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token as it was.
+	Token         *Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenResponse) Reset() {
+	*x = RevokeTokenResponse{}
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenResponse) ProtoMessage() {}
+
+func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RevokeTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
 var File_nixcache_index_v1_admin_proto protoreflect.FileDescriptor
 
 const file_nixcache_index_v1_admin_proto_rawDesc = "" +
@@ -1982,11 +2286,28 @@ const file_nixcache_index_v1_admin_proto_rawDesc = "" +
 	"\rBackupRequest\"8\n" +
 	"\x0eBackupResponse\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x04R\x04size\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data*E\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xbf\x01\n" +
+	"\x12CreateTokenRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06scopes\x18\x02 \x03(\tR\x06scopes\x128\n" +
+	"\n" +
+	"expires_in\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\texpiresIn\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\x12!\n" +
+	"\fpush_pattern\x18\x05 \x01(\tR\vpushPattern\"]\n" +
+	"\x13CreateTokenResponse\x12.\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.nixcache.index.v1.TokenR\x05token\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\"\x13\n" +
+	"\x11ListTokensRequest\"F\n" +
+	"\x12ListTokensResponse\x120\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x18.nixcache.index.v1.TokenR\x06tokens\"(\n" +
+	"\x12RevokeTokenRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"E\n" +
+	"\x13RevokeTokenResponse\x12.\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.nixcache.index.v1.TokenR\x05token*E\n" +
 	"\x06Source\x12\x16\n" +
 	"\x12SOURCE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSOURCE_PUSHED\x10\x01\x12\x10\n" +
-	"\fSOURCE_LOCAL\x10\x022\xc7\t\n" +
+	"\fSOURCE_LOCAL\x10\x022\xde\v\n" +
 	"\fAdminService\x12V\n" +
 	"\tListPaths\x12#.nixcache.index.v1.ListPathsRequest\x1a$.nixcache.index.v1.ListPathsResponse\x12P\n" +
 	"\aGetPath\x12!.nixcache.index.v1.GetPathRequest\x1a\".nixcache.index.v1.GetPathResponse\x12Y\n" +
@@ -2002,7 +2323,11 @@ const file_nixcache_index_v1_admin_proto_rawDesc = "" +
 	"\x06AddKey\x12 .nixcache.index.v1.AddKeyRequest\x1a!.nixcache.index.v1.AddKeyResponse0\x01\x12X\n" +
 	"\tRetireKey\x12#.nixcache.index.v1.RetireKeyRequest\x1a$.nixcache.index.v1.RetireKeyResponse0\x01\x12O\n" +
 	"\x06Backup\x12 .nixcache.index.v1.BackupRequest\x1a!.nixcache.index.v1.BackupResponse0\x01\x12k\n" +
-	"\x10FindMissingPaths\x12*.nixcache.index.v1.FindMissingPathsRequest\x1a+.nixcache.index.v1.FindMissingPathsResponseB>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
+	"\x10FindMissingPaths\x12*.nixcache.index.v1.FindMissingPathsRequest\x1a+.nixcache.index.v1.FindMissingPathsResponse\x12\\\n" +
+	"\vCreateToken\x12%.nixcache.index.v1.CreateTokenRequest\x1a&.nixcache.index.v1.CreateTokenResponse\x12Y\n" +
+	"\n" +
+	"ListTokens\x12$.nixcache.index.v1.ListTokensRequest\x1a%.nixcache.index.v1.ListTokensResponse\x12\\\n" +
+	"\vRevokeToken\x12%.nixcache.index.v1.RevokeTokenRequest\x1a&.nixcache.index.v1.RevokeTokenResponseB>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
 
 var (
 	file_nixcache_index_v1_admin_proto_rawDescOnce sync.Once
@@ -2017,7 +2342,7 @@ func file_nixcache_index_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_nixcache_index_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_nixcache_index_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_nixcache_index_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_nixcache_index_v1_admin_proto_goTypes = []any{
 	(Source)(0),                      // 0: nixcache.index.v1.Source
 	(*PathSummary)(nil),              // 1: nixcache.index.v1.PathSummary
@@ -2051,56 +2376,73 @@ var file_nixcache_index_v1_admin_proto_goTypes = []any{
 	(*RetireKeyResponse)(nil),        // 29: nixcache.index.v1.RetireKeyResponse
 	(*BackupRequest)(nil),            // 30: nixcache.index.v1.BackupRequest
 	(*BackupResponse)(nil),           // 31: nixcache.index.v1.BackupResponse
-	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
-	(*PathInfo)(nil),                 // 33: nixcache.index.v1.PathInfo
-	(*durationpb.Duration)(nil),      // 34: google.protobuf.Duration
+	(*CreateTokenRequest)(nil),       // 32: nixcache.index.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),      // 33: nixcache.index.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),        // 34: nixcache.index.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),       // 35: nixcache.index.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),       // 36: nixcache.index.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),      // 37: nixcache.index.v1.RevokeTokenResponse
+	(*timestamppb.Timestamp)(nil),    // 38: google.protobuf.Timestamp
+	(*PathInfo)(nil),                 // 39: nixcache.index.v1.PathInfo
+	(*durationpb.Duration)(nil),      // 40: google.protobuf.Duration
+	(*Token)(nil),                    // 41: nixcache.index.v1.Token
 }
 var file_nixcache_index_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: nixcache.index.v1.PathSummary.source:type_name -> nixcache.index.v1.Source
-	32, // 1: nixcache.index.v1.PathSummary.registration_time:type_name -> google.protobuf.Timestamp
-	32, // 2: nixcache.index.v1.PathSummary.last_access:type_name -> google.protobuf.Timestamp
+	38, // 1: nixcache.index.v1.PathSummary.registration_time:type_name -> google.protobuf.Timestamp
+	38, // 2: nixcache.index.v1.PathSummary.last_access:type_name -> google.protobuf.Timestamp
 	1,  // 3: nixcache.index.v1.ListPathsResponse.paths:type_name -> nixcache.index.v1.PathSummary
-	33, // 4: nixcache.index.v1.GetPathResponse.info:type_name -> nixcache.index.v1.PathInfo
+	39, // 4: nixcache.index.v1.GetPathResponse.info:type_name -> nixcache.index.v1.PathInfo
 	1,  // 5: nixcache.index.v1.GetPathResponse.summary:type_name -> nixcache.index.v1.PathSummary
-	34, // 6: nixcache.index.v1.CollectGarbageRequest.max_age:type_name -> google.protobuf.Duration
-	32, // 7: nixcache.index.v1.Pin.created:type_name -> google.protobuf.Timestamp
+	40, // 6: nixcache.index.v1.CollectGarbageRequest.max_age:type_name -> google.protobuf.Duration
+	38, // 7: nixcache.index.v1.Pin.created:type_name -> google.protobuf.Timestamp
 	14, // 8: nixcache.index.v1.PinResponse.pin:type_name -> nixcache.index.v1.Pin
 	14, // 9: nixcache.index.v1.ListPinsResponse.pins:type_name -> nixcache.index.v1.Pin
 	21, // 10: nixcache.index.v1.ListKeysResponse.keys:type_name -> nixcache.index.v1.KeyInfo
 	21, // 11: nixcache.index.v1.AddKeyResponse.key:type_name -> nixcache.index.v1.KeyInfo
-	2,  // 12: nixcache.index.v1.AdminService.ListPaths:input_type -> nixcache.index.v1.ListPathsRequest
-	4,  // 13: nixcache.index.v1.AdminService.GetPath:input_type -> nixcache.index.v1.GetPathRequest
-	6,  // 14: nixcache.index.v1.AdminService.DeletePath:input_type -> nixcache.index.v1.DeletePathRequest
-	8,  // 15: nixcache.index.v1.AdminService.GetStats:input_type -> nixcache.index.v1.GetStatsRequest
-	10, // 16: nixcache.index.v1.AdminService.Verify:input_type -> nixcache.index.v1.VerifyRequest
-	12, // 17: nixcache.index.v1.AdminService.CollectGarbage:input_type -> nixcache.index.v1.CollectGarbageRequest
-	15, // 18: nixcache.index.v1.AdminService.Pin:input_type -> nixcache.index.v1.PinRequest
-	17, // 19: nixcache.index.v1.AdminService.Unpin:input_type -> nixcache.index.v1.UnpinRequest
-	19, // 20: nixcache.index.v1.AdminService.ListPins:input_type -> nixcache.index.v1.ListPinsRequest
-	22, // 21: nixcache.index.v1.AdminService.ListKeys:input_type -> nixcache.index.v1.ListKeysRequest
-	26, // 22: nixcache.index.v1.AdminService.AddKey:input_type -> nixcache.index.v1.AddKeyRequest
-	28, // 23: nixcache.index.v1.AdminService.RetireKey:input_type -> nixcache.index.v1.RetireKeyRequest
-	30, // 24: nixcache.index.v1.AdminService.Backup:input_type -> nixcache.index.v1.BackupRequest
-	24, // 25: nixcache.index.v1.AdminService.FindMissingPaths:input_type -> nixcache.index.v1.FindMissingPathsRequest
-	3,  // 26: nixcache.index.v1.AdminService.ListPaths:output_type -> nixcache.index.v1.ListPathsResponse
-	5,  // 27: nixcache.index.v1.AdminService.GetPath:output_type -> nixcache.index.v1.GetPathResponse
-	7,  // 28: nixcache.index.v1.AdminService.DeletePath:output_type -> nixcache.index.v1.DeletePathResponse
-	9,  // 29: nixcache.index.v1.AdminService.GetStats:output_type -> nixcache.index.v1.GetStatsResponse
-	11, // 30: nixcache.index.v1.AdminService.Verify:output_type -> nixcache.index.v1.VerifyResponse
-	13, // 31: nixcache.index.v1.AdminService.CollectGarbage:output_type -> nixcache.index.v1.CollectGarbageResponse
-	16, // 32: nixcache.index.v1.AdminService.Pin:output_type -> nixcache.index.v1.PinResponse
-	18, // 33: nixcache.index.v1.AdminService.Unpin:output_type -> nixcache.index.v1.UnpinResponse
-	20, // 34: nixcache.index.v1.AdminService.ListPins:output_type -> nixcache.index.v1.ListPinsResponse
-	23, // 35: nixcache.index.v1.AdminService.ListKeys:output_type -> nixcache.index.v1.ListKeysResponse
-	27, // 36: nixcache.index.v1.AdminService.AddKey:output_type -> nixcache.index.v1.AddKeyResponse
-	29, // 37: nixcache.index.v1.AdminService.RetireKey:output_type -> nixcache.index.v1.RetireKeyResponse
-	31, // 38: nixcache.index.v1.AdminService.Backup:output_type -> nixcache.index.v1.BackupResponse
-	25, // 39: nixcache.index.v1.AdminService.FindMissingPaths:output_type -> nixcache.index.v1.FindMissingPathsResponse
-	26, // [26:40] is the sub-list for method output_type
-	12, // [12:26] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	40, // 12: nixcache.index.v1.CreateTokenRequest.expires_in:type_name -> google.protobuf.Duration
+	41, // 13: nixcache.index.v1.CreateTokenResponse.token:type_name -> nixcache.index.v1.Token
+	41, // 14: nixcache.index.v1.ListTokensResponse.tokens:type_name -> nixcache.index.v1.Token
+	41, // 15: nixcache.index.v1.RevokeTokenResponse.token:type_name -> nixcache.index.v1.Token
+	2,  // 16: nixcache.index.v1.AdminService.ListPaths:input_type -> nixcache.index.v1.ListPathsRequest
+	4,  // 17: nixcache.index.v1.AdminService.GetPath:input_type -> nixcache.index.v1.GetPathRequest
+	6,  // 18: nixcache.index.v1.AdminService.DeletePath:input_type -> nixcache.index.v1.DeletePathRequest
+	8,  // 19: nixcache.index.v1.AdminService.GetStats:input_type -> nixcache.index.v1.GetStatsRequest
+	10, // 20: nixcache.index.v1.AdminService.Verify:input_type -> nixcache.index.v1.VerifyRequest
+	12, // 21: nixcache.index.v1.AdminService.CollectGarbage:input_type -> nixcache.index.v1.CollectGarbageRequest
+	15, // 22: nixcache.index.v1.AdminService.Pin:input_type -> nixcache.index.v1.PinRequest
+	17, // 23: nixcache.index.v1.AdminService.Unpin:input_type -> nixcache.index.v1.UnpinRequest
+	19, // 24: nixcache.index.v1.AdminService.ListPins:input_type -> nixcache.index.v1.ListPinsRequest
+	22, // 25: nixcache.index.v1.AdminService.ListKeys:input_type -> nixcache.index.v1.ListKeysRequest
+	26, // 26: nixcache.index.v1.AdminService.AddKey:input_type -> nixcache.index.v1.AddKeyRequest
+	28, // 27: nixcache.index.v1.AdminService.RetireKey:input_type -> nixcache.index.v1.RetireKeyRequest
+	30, // 28: nixcache.index.v1.AdminService.Backup:input_type -> nixcache.index.v1.BackupRequest
+	24, // 29: nixcache.index.v1.AdminService.FindMissingPaths:input_type -> nixcache.index.v1.FindMissingPathsRequest
+	32, // 30: nixcache.index.v1.AdminService.CreateToken:input_type -> nixcache.index.v1.CreateTokenRequest
+	34, // 31: nixcache.index.v1.AdminService.ListTokens:input_type -> nixcache.index.v1.ListTokensRequest
+	36, // 32: nixcache.index.v1.AdminService.RevokeToken:input_type -> nixcache.index.v1.RevokeTokenRequest
+	3,  // 33: nixcache.index.v1.AdminService.ListPaths:output_type -> nixcache.index.v1.ListPathsResponse
+	5,  // 34: nixcache.index.v1.AdminService.GetPath:output_type -> nixcache.index.v1.GetPathResponse
+	7,  // 35: nixcache.index.v1.AdminService.DeletePath:output_type -> nixcache.index.v1.DeletePathResponse
+	9,  // 36: nixcache.index.v1.AdminService.GetStats:output_type -> nixcache.index.v1.GetStatsResponse
+	11, // 37: nixcache.index.v1.AdminService.Verify:output_type -> nixcache.index.v1.VerifyResponse
+	13, // 38: nixcache.index.v1.AdminService.CollectGarbage:output_type -> nixcache.index.v1.CollectGarbageResponse
+	16, // 39: nixcache.index.v1.AdminService.Pin:output_type -> nixcache.index.v1.PinResponse
+	18, // 40: nixcache.index.v1.AdminService.Unpin:output_type -> nixcache.index.v1.UnpinResponse
+	20, // 41: nixcache.index.v1.AdminService.ListPins:output_type -> nixcache.index.v1.ListPinsResponse
+	23, // 42: nixcache.index.v1.AdminService.ListKeys:output_type -> nixcache.index.v1.ListKeysResponse
+	27, // 43: nixcache.index.v1.AdminService.AddKey:output_type -> nixcache.index.v1.AddKeyResponse
+	29, // 44: nixcache.index.v1.AdminService.RetireKey:output_type -> nixcache.index.v1.RetireKeyResponse
+	31, // 45: nixcache.index.v1.AdminService.Backup:output_type -> nixcache.index.v1.BackupResponse
+	25, // 46: nixcache.index.v1.AdminService.FindMissingPaths:output_type -> nixcache.index.v1.FindMissingPathsResponse
+	33, // 47: nixcache.index.v1.AdminService.CreateToken:output_type -> nixcache.index.v1.CreateTokenResponse
+	35, // 48: nixcache.index.v1.AdminService.ListTokens:output_type -> nixcache.index.v1.ListTokensResponse
+	37, // 49: nixcache.index.v1.AdminService.RevokeToken:output_type -> nixcache.index.v1.RevokeTokenResponse
+	33, // [33:50] is the sub-list for method output_type
+	16, // [16:33] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_nixcache_index_v1_admin_proto_init() }
@@ -2115,7 +2457,7 @@ func file_nixcache_index_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nixcache_index_v1_admin_proto_rawDesc), len(file_nixcache_index_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   31,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -100,6 +100,9 @@ const (
 	// Still published, with another narinfo: signatures replaced (key
 	// rotation), signatures merged from a new push, a host path signed.
 	PathEventKind_PATH_EVENT_KIND_CHANGED PathEventKind = 3
+	// Not about paths (hash_parts is empty): a token was created or
+	// revoked. Drop every cached AuthenticateToken answer.
+	PathEventKind_PATH_EVENT_KIND_TOKENS_CHANGED PathEventKind = 4
 )
 
 // Enum value maps for PathEventKind.
@@ -109,12 +112,14 @@ var (
 		1: "PATH_EVENT_KIND_PUBLISHED",
 		2: "PATH_EVENT_KIND_REMOVED",
 		3: "PATH_EVENT_KIND_CHANGED",
+		4: "PATH_EVENT_KIND_TOKENS_CHANGED",
 	}
 	PathEventKind_value = map[string]int32{
-		"PATH_EVENT_KIND_UNSPECIFIED": 0,
-		"PATH_EVENT_KIND_PUBLISHED":   1,
-		"PATH_EVENT_KIND_REMOVED":     2,
-		"PATH_EVENT_KIND_CHANGED":     3,
+		"PATH_EVENT_KIND_UNSPECIFIED":    0,
+		"PATH_EVENT_KIND_PUBLISHED":      1,
+		"PATH_EVENT_KIND_REMOVED":        2,
+		"PATH_EVENT_KIND_CHANGED":        3,
+		"PATH_EVENT_KIND_TOKENS_CHANGED": 4,
 	}
 )
 
@@ -143,6 +148,58 @@ func (x PathEventKind) Number() protoreflect.EnumNumber {
 // Deprecated: Use PathEventKind.Descriptor instead.
 func (PathEventKind) EnumDescriptor() ([]byte, []int) {
 	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{1}
+}
+
+// TokenSource says where a token is defined.
+type TokenSource int32
+
+const (
+	TokenSource_TOKEN_SOURCE_UNSPECIFIED TokenSource = 0
+	// Made with AdminService.CreateToken, kept in the catalogue.
+	TokenSource_TOKEN_SOURCE_CATALOG TokenSource = 1
+	// A line of the index's token file (-auth-file): read-only.
+	TokenSource_TOKEN_SOURCE_FILE TokenSource = 2
+)
+
+// Enum value maps for TokenSource.
+var (
+	TokenSource_name = map[int32]string{
+		0: "TOKEN_SOURCE_UNSPECIFIED",
+		1: "TOKEN_SOURCE_CATALOG",
+		2: "TOKEN_SOURCE_FILE",
+	}
+	TokenSource_value = map[string]int32{
+		"TOKEN_SOURCE_UNSPECIFIED": 0,
+		"TOKEN_SOURCE_CATALOG":     1,
+		"TOKEN_SOURCE_FILE":        2,
+	}
+)
+
+func (x TokenSource) Enum() *TokenSource {
+	p := new(TokenSource)
+	*p = x
+	return p
+}
+
+func (x TokenSource) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TokenSource) Descriptor() protoreflect.EnumDescriptor {
+	return file_nixcache_index_v1_index_proto_enumTypes[2].Descriptor()
+}
+
+func (TokenSource) Type() protoreflect.EnumType {
+	return &file_nixcache_index_v1_index_proto_enumTypes[2]
+}
+
+func (x TokenSource) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TokenSource.Descriptor instead.
+func (TokenSource) EnumDescriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{2}
 }
 
 type PutArtifactRequest struct {
@@ -1925,6 +1982,231 @@ func (x *WatchPathsResponse) GetCacheNotFound() bool {
 	return false
 }
 
+type AuthenticateTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// SHA-256 of the token's secret (32 bytes).
+	SecretSha256  []byte `protobuf:"bytes,1,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthenticateTokenRequest) Reset() {
+	*x = AuthenticateTokenRequest{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthenticateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthenticateTokenRequest) ProtoMessage() {}
+
+func (x *AuthenticateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthenticateTokenRequest.ProtoReflect.Descriptor instead.
+func (*AuthenticateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *AuthenticateTokenRequest) GetSecretSha256() []byte {
+	if x != nil {
+		return x.SecretSha256
+	}
+	return nil
+}
+
+type AuthenticateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Set when the secret is a token that is valid now.
+	Valid bool `protobuf:"varint,1,opt,name=valid,proto3" json:"valid,omitempty"`
+	// The token, when valid.
+	Token *Token `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// Why not, when not valid ("unknown or revoked token", "token ci
+	// expired at ...").
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthenticateTokenResponse) Reset() {
+	*x = AuthenticateTokenResponse{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthenticateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthenticateTokenResponse) ProtoMessage() {}
+
+func (x *AuthenticateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthenticateTokenResponse.ProtoReflect.Descriptor instead.
+func (*AuthenticateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *AuthenticateTokenResponse) GetValid() bool {
+	if x != nil {
+		return x.Valid
+	}
+	return false
+}
+
+func (x *AuthenticateTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *AuthenticateTokenResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// Token describes a token, never its secret.
+type Token struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Some of "read", "push", "admin".
+	Scopes []string    `protobuf:"bytes,2,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	Source TokenSource `protobuf:"varint,3,opt,name=source,proto3,enum=nixcache.index.v1.TokenSource" json:"source,omitempty"`
+	// Unset for file tokens.
+	Created *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created,proto3" json:"created,omitempty"`
+	// Unset: never expires.
+	Expires *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires,proto3" json:"expires,omitempty"`
+	// Last time a request authenticated with it (recorded every few
+	// seconds); unset if never.
+	LastUsed *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_used,json=lastUsed,proto3" json:"last_used,omitempty"`
+	// Name of the admin token that made it.
+	CreatedBy   string `protobuf:"bytes,7,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	Description string `protobuf:"bytes,8,opt,name=description,proto3" json:"description,omitempty"`
+	// Store-path names it may publish (a glob); empty: any.
+	PushPattern   string `protobuf:"bytes,9,opt,name=push_pattern,json=pushPattern,proto3" json:"push_pattern,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Token) Reset() {
+	*x = Token{}
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Token) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Token) ProtoMessage() {}
+
+func (x *Token) ProtoReflect() protoreflect.Message {
+	mi := &file_nixcache_index_v1_index_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Token.ProtoReflect.Descriptor instead.
+func (*Token) Descriptor() ([]byte, []int) {
+	return file_nixcache_index_v1_index_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *Token) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Token) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *Token) GetSource() TokenSource {
+	if x != nil {
+		return x.Source
+	}
+	return TokenSource_TOKEN_SOURCE_UNSPECIFIED
+}
+
+func (x *Token) GetCreated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+func (x *Token) GetExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Expires
+	}
+	return nil
+}
+
+func (x *Token) GetLastUsed() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastUsed
+	}
+	return nil
+}
+
+func (x *Token) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *Token) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Token) GetPushPattern() string {
+	if x != nil {
+		return x.PushPattern
+	}
+	return ""
+}
+
 var File_nixcache_index_v1_index_proto protoreflect.FileDescriptor
 
 const file_nixcache_index_v1_index_proto_rawDesc = "" +
@@ -2044,18 +2326,40 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\x12WatchPathsResponse\x12\x16\n" +
 	"\x06synced\x18\x01 \x01(\bR\x06synced\x124\n" +
 	"\x06events\x18\x02 \x03(\v2\x1c.nixcache.index.v1.PathEventR\x06events\x12&\n" +
-	"\x0fcache_not_found\x18\x03 \x01(\bR\rcacheNotFound*\x9c\x01\n" +
+	"\x0fcache_not_found\x18\x03 \x01(\bR\rcacheNotFound\"?\n" +
+	"\x18AuthenticateTokenRequest\x12#\n" +
+	"\rsecret_sha256\x18\x01 \x01(\fR\fsecretSha256\"y\n" +
+	"\x19AuthenticateTokenResponse\x12\x14\n" +
+	"\x05valid\x18\x01 \x01(\bR\x05valid\x12.\n" +
+	"\x05token\x18\x02 \x01(\v2\x18.nixcache.index.v1.TokenR\x05token\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xf4\x02\n" +
+	"\x05Token\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06scopes\x18\x02 \x03(\tR\x06scopes\x126\n" +
+	"\x06source\x18\x03 \x01(\x0e2\x1e.nixcache.index.v1.TokenSourceR\x06source\x124\n" +
+	"\acreated\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x124\n" +
+	"\aexpires\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x127\n" +
+	"\tlast_used\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\blastUsed\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\a \x01(\tR\tcreatedBy\x12 \n" +
+	"\vdescription\x18\b \x01(\tR\vdescription\x12!\n" +
+	"\fpush_pattern\x18\t \x01(\tR\vpushPattern*\x9c\x01\n" +
 	"\fArtifactKind\x12\x1d\n" +
 	"\x19ARTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ARTIFACT_KIND_LOG\x10\x01\x12\x19\n" +
 	"\x15ARTIFACT_KIND_LISTING\x10\x02\x12\x1d\n" +
 	"\x19ARTIFACT_KIND_REALISATION\x10\x03\x12\x1c\n" +
-	"\x18ARTIFACT_KIND_DEBUG_INFO\x10\x04*\x89\x01\n" +
+	"\x18ARTIFACT_KIND_DEBUG_INFO\x10\x04*\xad\x01\n" +
 	"\rPathEventKind\x12\x1f\n" +
 	"\x1bPATH_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19PATH_EVENT_KIND_PUBLISHED\x10\x01\x12\x1b\n" +
 	"\x17PATH_EVENT_KIND_REMOVED\x10\x02\x12\x1b\n" +
-	"\x17PATH_EVENT_KIND_CHANGED\x10\x032\xa0\a\n" +
+	"\x17PATH_EVENT_KIND_CHANGED\x10\x03\x12\"\n" +
+	"\x1ePATH_EVENT_KIND_TOKENS_CHANGED\x10\x04*\\\n" +
+	"\vTokenSource\x12\x1c\n" +
+	"\x18TOKEN_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14TOKEN_SOURCE_CATALOG\x10\x01\x12\x15\n" +
+	"\x11TOKEN_SOURCE_FILE\x10\x022\x90\b\n" +
 	"\fIndexService\x12O\n" +
 	"\x06PutNar\x12 .nixcache.index.v1.PutNarRequest\x1a!.nixcache.index.v1.PutNarResponse(\x01\x12P\n" +
 	"\aStatNar\x12!.nixcache.index.v1.StatNarRequest\x1a\".nixcache.index.v1.StatNarResponse\x12h\n" +
@@ -2068,7 +2372,8 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\vPutArtifact\x12%.nixcache.index.v1.PutArtifactRequest\x1a&.nixcache.index.v1.PutArtifactResponse(\x01\x12^\n" +
 	"\vGetArtifact\x12%.nixcache.index.v1.GetArtifactRequest\x1a&.nixcache.index.v1.GetArtifactResponse0\x01\x12[\n" +
 	"\n" +
-	"WatchPaths\x12$.nixcache.index.v1.WatchPathsRequest\x1a%.nixcache.index.v1.WatchPathsResponse0\x01B>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
+	"WatchPaths\x12$.nixcache.index.v1.WatchPathsRequest\x1a%.nixcache.index.v1.WatchPathsResponse0\x01\x12n\n" +
+	"\x11AuthenticateToken\x12+.nixcache.index.v1.AuthenticateTokenRequest\x1a,.nixcache.index.v1.AuthenticateTokenResponseB>Z<github.com/nixcache/nixcache/proto/nixcache/index/v1;indexv1b\x06proto3"
 
 var (
 	file_nixcache_index_v1_index_proto_rawDescOnce sync.Once
@@ -2082,87 +2387,98 @@ func file_nixcache_index_v1_index_proto_rawDescGZIP() []byte {
 	return file_nixcache_index_v1_index_proto_rawDescData
 }
 
-var file_nixcache_index_v1_index_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_nixcache_index_v1_index_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_nixcache_index_v1_index_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_nixcache_index_v1_index_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_nixcache_index_v1_index_proto_goTypes = []any{
-	(ArtifactKind)(0),               // 0: nixcache.index.v1.ArtifactKind
-	(PathEventKind)(0),              // 1: nixcache.index.v1.PathEventKind
-	(*PutArtifactRequest)(nil),      // 2: nixcache.index.v1.PutArtifactRequest
-	(*PutArtifactHeader)(nil),       // 3: nixcache.index.v1.PutArtifactHeader
-	(*PutArtifactResponse)(nil),     // 4: nixcache.index.v1.PutArtifactResponse
-	(*GetArtifactRequest)(nil),      // 5: nixcache.index.v1.GetArtifactRequest
-	(*GetArtifactResponse)(nil),     // 6: nixcache.index.v1.GetArtifactResponse
-	(*GetArtifactHeader)(nil),       // 7: nixcache.index.v1.GetArtifactHeader
-	(*NarFile)(nil),                 // 8: nixcache.index.v1.NarFile
-	(*PathInfo)(nil),                // 9: nixcache.index.v1.PathInfo
-	(*PutNarRequest)(nil),           // 10: nixcache.index.v1.PutNarRequest
-	(*PutNarHeader)(nil),            // 11: nixcache.index.v1.PutNarHeader
-	(*PutNarResponse)(nil),          // 12: nixcache.index.v1.PutNarResponse
-	(*StatNarRequest)(nil),          // 13: nixcache.index.v1.StatNarRequest
-	(*StatNarResponse)(nil),         // 14: nixcache.index.v1.StatNarResponse
-	(*RecordDownloadsRequest)(nil),  // 15: nixcache.index.v1.RecordDownloadsRequest
-	(*NarDownloads)(nil),            // 16: nixcache.index.v1.NarDownloads
-	(*RecordDownloadsResponse)(nil), // 17: nixcache.index.v1.RecordDownloadsResponse
-	(*GetNarRequest)(nil),           // 18: nixcache.index.v1.GetNarRequest
-	(*GetNarResponse)(nil),          // 19: nixcache.index.v1.GetNarResponse
-	(*GetNarHeader)(nil),            // 20: nixcache.index.v1.GetNarHeader
-	(*PutPathInfoRequest)(nil),      // 21: nixcache.index.v1.PutPathInfoRequest
-	(*PutPathInfoResponse)(nil),     // 22: nixcache.index.v1.PutPathInfoResponse
-	(*GetPathInfoRequest)(nil),      // 23: nixcache.index.v1.GetPathInfoRequest
-	(*GetPathInfoResponse)(nil),     // 24: nixcache.index.v1.GetPathInfoResponse
-	(*CheckPathsRequest)(nil),       // 25: nixcache.index.v1.CheckPathsRequest
-	(*CheckPathsResponse)(nil),      // 26: nixcache.index.v1.CheckPathsResponse
-	(*WatchPathsRequest)(nil),       // 27: nixcache.index.v1.WatchPathsRequest
-	(*PathEvent)(nil),               // 28: nixcache.index.v1.PathEvent
-	(*WatchPathsResponse)(nil),      // 29: nixcache.index.v1.WatchPathsResponse
-	(*timestamppb.Timestamp)(nil),   // 30: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 31: google.protobuf.Duration
+	(ArtifactKind)(0),                 // 0: nixcache.index.v1.ArtifactKind
+	(PathEventKind)(0),                // 1: nixcache.index.v1.PathEventKind
+	(TokenSource)(0),                  // 2: nixcache.index.v1.TokenSource
+	(*PutArtifactRequest)(nil),        // 3: nixcache.index.v1.PutArtifactRequest
+	(*PutArtifactHeader)(nil),         // 4: nixcache.index.v1.PutArtifactHeader
+	(*PutArtifactResponse)(nil),       // 5: nixcache.index.v1.PutArtifactResponse
+	(*GetArtifactRequest)(nil),        // 6: nixcache.index.v1.GetArtifactRequest
+	(*GetArtifactResponse)(nil),       // 7: nixcache.index.v1.GetArtifactResponse
+	(*GetArtifactHeader)(nil),         // 8: nixcache.index.v1.GetArtifactHeader
+	(*NarFile)(nil),                   // 9: nixcache.index.v1.NarFile
+	(*PathInfo)(nil),                  // 10: nixcache.index.v1.PathInfo
+	(*PutNarRequest)(nil),             // 11: nixcache.index.v1.PutNarRequest
+	(*PutNarHeader)(nil),              // 12: nixcache.index.v1.PutNarHeader
+	(*PutNarResponse)(nil),            // 13: nixcache.index.v1.PutNarResponse
+	(*StatNarRequest)(nil),            // 14: nixcache.index.v1.StatNarRequest
+	(*StatNarResponse)(nil),           // 15: nixcache.index.v1.StatNarResponse
+	(*RecordDownloadsRequest)(nil),    // 16: nixcache.index.v1.RecordDownloadsRequest
+	(*NarDownloads)(nil),              // 17: nixcache.index.v1.NarDownloads
+	(*RecordDownloadsResponse)(nil),   // 18: nixcache.index.v1.RecordDownloadsResponse
+	(*GetNarRequest)(nil),             // 19: nixcache.index.v1.GetNarRequest
+	(*GetNarResponse)(nil),            // 20: nixcache.index.v1.GetNarResponse
+	(*GetNarHeader)(nil),              // 21: nixcache.index.v1.GetNarHeader
+	(*PutPathInfoRequest)(nil),        // 22: nixcache.index.v1.PutPathInfoRequest
+	(*PutPathInfoResponse)(nil),       // 23: nixcache.index.v1.PutPathInfoResponse
+	(*GetPathInfoRequest)(nil),        // 24: nixcache.index.v1.GetPathInfoRequest
+	(*GetPathInfoResponse)(nil),       // 25: nixcache.index.v1.GetPathInfoResponse
+	(*CheckPathsRequest)(nil),         // 26: nixcache.index.v1.CheckPathsRequest
+	(*CheckPathsResponse)(nil),        // 27: nixcache.index.v1.CheckPathsResponse
+	(*WatchPathsRequest)(nil),         // 28: nixcache.index.v1.WatchPathsRequest
+	(*PathEvent)(nil),                 // 29: nixcache.index.v1.PathEvent
+	(*WatchPathsResponse)(nil),        // 30: nixcache.index.v1.WatchPathsResponse
+	(*AuthenticateTokenRequest)(nil),  // 31: nixcache.index.v1.AuthenticateTokenRequest
+	(*AuthenticateTokenResponse)(nil), // 32: nixcache.index.v1.AuthenticateTokenResponse
+	(*Token)(nil),                     // 33: nixcache.index.v1.Token
+	(*timestamppb.Timestamp)(nil),     // 34: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 35: google.protobuf.Duration
 }
 var file_nixcache_index_v1_index_proto_depIdxs = []int32{
-	3,  // 0: nixcache.index.v1.PutArtifactRequest.header:type_name -> nixcache.index.v1.PutArtifactHeader
+	4,  // 0: nixcache.index.v1.PutArtifactRequest.header:type_name -> nixcache.index.v1.PutArtifactHeader
 	0,  // 1: nixcache.index.v1.PutArtifactHeader.kind:type_name -> nixcache.index.v1.ArtifactKind
 	0,  // 2: nixcache.index.v1.GetArtifactRequest.kind:type_name -> nixcache.index.v1.ArtifactKind
-	7,  // 3: nixcache.index.v1.GetArtifactResponse.header:type_name -> nixcache.index.v1.GetArtifactHeader
-	8,  // 4: nixcache.index.v1.PathInfo.file:type_name -> nixcache.index.v1.NarFile
-	30, // 5: nixcache.index.v1.PathInfo.registration_time:type_name -> google.protobuf.Timestamp
-	11, // 6: nixcache.index.v1.PutNarRequest.header:type_name -> nixcache.index.v1.PutNarHeader
-	8,  // 7: nixcache.index.v1.PutNarResponse.file:type_name -> nixcache.index.v1.NarFile
-	8,  // 8: nixcache.index.v1.StatNarResponse.file:type_name -> nixcache.index.v1.NarFile
-	30, // 9: nixcache.index.v1.StatNarResponse.url_expires:type_name -> google.protobuf.Timestamp
-	16, // 10: nixcache.index.v1.RecordDownloadsRequest.downloads:type_name -> nixcache.index.v1.NarDownloads
-	30, // 11: nixcache.index.v1.NarDownloads.last:type_name -> google.protobuf.Timestamp
-	20, // 12: nixcache.index.v1.GetNarResponse.header:type_name -> nixcache.index.v1.GetNarHeader
-	9,  // 13: nixcache.index.v1.PutPathInfoRequest.info:type_name -> nixcache.index.v1.PathInfo
-	9,  // 14: nixcache.index.v1.PutPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
-	9,  // 15: nixcache.index.v1.GetPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
-	31, // 16: nixcache.index.v1.WatchPathsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	8,  // 3: nixcache.index.v1.GetArtifactResponse.header:type_name -> nixcache.index.v1.GetArtifactHeader
+	9,  // 4: nixcache.index.v1.PathInfo.file:type_name -> nixcache.index.v1.NarFile
+	34, // 5: nixcache.index.v1.PathInfo.registration_time:type_name -> google.protobuf.Timestamp
+	12, // 6: nixcache.index.v1.PutNarRequest.header:type_name -> nixcache.index.v1.PutNarHeader
+	9,  // 7: nixcache.index.v1.PutNarResponse.file:type_name -> nixcache.index.v1.NarFile
+	9,  // 8: nixcache.index.v1.StatNarResponse.file:type_name -> nixcache.index.v1.NarFile
+	34, // 9: nixcache.index.v1.StatNarResponse.url_expires:type_name -> google.protobuf.Timestamp
+	17, // 10: nixcache.index.v1.RecordDownloadsRequest.downloads:type_name -> nixcache.index.v1.NarDownloads
+	34, // 11: nixcache.index.v1.NarDownloads.last:type_name -> google.protobuf.Timestamp
+	21, // 12: nixcache.index.v1.GetNarResponse.header:type_name -> nixcache.index.v1.GetNarHeader
+	10, // 13: nixcache.index.v1.PutPathInfoRequest.info:type_name -> nixcache.index.v1.PathInfo
+	10, // 14: nixcache.index.v1.PutPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
+	10, // 15: nixcache.index.v1.GetPathInfoResponse.info:type_name -> nixcache.index.v1.PathInfo
+	35, // 16: nixcache.index.v1.WatchPathsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
 	1,  // 17: nixcache.index.v1.PathEvent.kind:type_name -> nixcache.index.v1.PathEventKind
-	28, // 18: nixcache.index.v1.WatchPathsResponse.events:type_name -> nixcache.index.v1.PathEvent
-	10, // 19: nixcache.index.v1.IndexService.PutNar:input_type -> nixcache.index.v1.PutNarRequest
-	13, // 20: nixcache.index.v1.IndexService.StatNar:input_type -> nixcache.index.v1.StatNarRequest
-	15, // 21: nixcache.index.v1.IndexService.RecordDownloads:input_type -> nixcache.index.v1.RecordDownloadsRequest
-	18, // 22: nixcache.index.v1.IndexService.GetNar:input_type -> nixcache.index.v1.GetNarRequest
-	21, // 23: nixcache.index.v1.IndexService.PutPathInfo:input_type -> nixcache.index.v1.PutPathInfoRequest
-	23, // 24: nixcache.index.v1.IndexService.GetPathInfo:input_type -> nixcache.index.v1.GetPathInfoRequest
-	25, // 25: nixcache.index.v1.IndexService.CheckPaths:input_type -> nixcache.index.v1.CheckPathsRequest
-	2,  // 26: nixcache.index.v1.IndexService.PutArtifact:input_type -> nixcache.index.v1.PutArtifactRequest
-	5,  // 27: nixcache.index.v1.IndexService.GetArtifact:input_type -> nixcache.index.v1.GetArtifactRequest
-	27, // 28: nixcache.index.v1.IndexService.WatchPaths:input_type -> nixcache.index.v1.WatchPathsRequest
-	12, // 29: nixcache.index.v1.IndexService.PutNar:output_type -> nixcache.index.v1.PutNarResponse
-	14, // 30: nixcache.index.v1.IndexService.StatNar:output_type -> nixcache.index.v1.StatNarResponse
-	17, // 31: nixcache.index.v1.IndexService.RecordDownloads:output_type -> nixcache.index.v1.RecordDownloadsResponse
-	19, // 32: nixcache.index.v1.IndexService.GetNar:output_type -> nixcache.index.v1.GetNarResponse
-	22, // 33: nixcache.index.v1.IndexService.PutPathInfo:output_type -> nixcache.index.v1.PutPathInfoResponse
-	24, // 34: nixcache.index.v1.IndexService.GetPathInfo:output_type -> nixcache.index.v1.GetPathInfoResponse
-	26, // 35: nixcache.index.v1.IndexService.CheckPaths:output_type -> nixcache.index.v1.CheckPathsResponse
-	4,  // 36: nixcache.index.v1.IndexService.PutArtifact:output_type -> nixcache.index.v1.PutArtifactResponse
-	6,  // 37: nixcache.index.v1.IndexService.GetArtifact:output_type -> nixcache.index.v1.GetArtifactResponse
-	29, // 38: nixcache.index.v1.IndexService.WatchPaths:output_type -> nixcache.index.v1.WatchPathsResponse
-	29, // [29:39] is the sub-list for method output_type
-	19, // [19:29] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	29, // 18: nixcache.index.v1.WatchPathsResponse.events:type_name -> nixcache.index.v1.PathEvent
+	33, // 19: nixcache.index.v1.AuthenticateTokenResponse.token:type_name -> nixcache.index.v1.Token
+	2,  // 20: nixcache.index.v1.Token.source:type_name -> nixcache.index.v1.TokenSource
+	34, // 21: nixcache.index.v1.Token.created:type_name -> google.protobuf.Timestamp
+	34, // 22: nixcache.index.v1.Token.expires:type_name -> google.protobuf.Timestamp
+	34, // 23: nixcache.index.v1.Token.last_used:type_name -> google.protobuf.Timestamp
+	11, // 24: nixcache.index.v1.IndexService.PutNar:input_type -> nixcache.index.v1.PutNarRequest
+	14, // 25: nixcache.index.v1.IndexService.StatNar:input_type -> nixcache.index.v1.StatNarRequest
+	16, // 26: nixcache.index.v1.IndexService.RecordDownloads:input_type -> nixcache.index.v1.RecordDownloadsRequest
+	19, // 27: nixcache.index.v1.IndexService.GetNar:input_type -> nixcache.index.v1.GetNarRequest
+	22, // 28: nixcache.index.v1.IndexService.PutPathInfo:input_type -> nixcache.index.v1.PutPathInfoRequest
+	24, // 29: nixcache.index.v1.IndexService.GetPathInfo:input_type -> nixcache.index.v1.GetPathInfoRequest
+	26, // 30: nixcache.index.v1.IndexService.CheckPaths:input_type -> nixcache.index.v1.CheckPathsRequest
+	3,  // 31: nixcache.index.v1.IndexService.PutArtifact:input_type -> nixcache.index.v1.PutArtifactRequest
+	6,  // 32: nixcache.index.v1.IndexService.GetArtifact:input_type -> nixcache.index.v1.GetArtifactRequest
+	28, // 33: nixcache.index.v1.IndexService.WatchPaths:input_type -> nixcache.index.v1.WatchPathsRequest
+	31, // 34: nixcache.index.v1.IndexService.AuthenticateToken:input_type -> nixcache.index.v1.AuthenticateTokenRequest
+	13, // 35: nixcache.index.v1.IndexService.PutNar:output_type -> nixcache.index.v1.PutNarResponse
+	15, // 36: nixcache.index.v1.IndexService.StatNar:output_type -> nixcache.index.v1.StatNarResponse
+	18, // 37: nixcache.index.v1.IndexService.RecordDownloads:output_type -> nixcache.index.v1.RecordDownloadsResponse
+	20, // 38: nixcache.index.v1.IndexService.GetNar:output_type -> nixcache.index.v1.GetNarResponse
+	23, // 39: nixcache.index.v1.IndexService.PutPathInfo:output_type -> nixcache.index.v1.PutPathInfoResponse
+	25, // 40: nixcache.index.v1.IndexService.GetPathInfo:output_type -> nixcache.index.v1.GetPathInfoResponse
+	27, // 41: nixcache.index.v1.IndexService.CheckPaths:output_type -> nixcache.index.v1.CheckPathsResponse
+	5,  // 42: nixcache.index.v1.IndexService.PutArtifact:output_type -> nixcache.index.v1.PutArtifactResponse
+	7,  // 43: nixcache.index.v1.IndexService.GetArtifact:output_type -> nixcache.index.v1.GetArtifactResponse
+	30, // 44: nixcache.index.v1.IndexService.WatchPaths:output_type -> nixcache.index.v1.WatchPathsResponse
+	32, // 45: nixcache.index.v1.IndexService.AuthenticateToken:output_type -> nixcache.index.v1.AuthenticateTokenResponse
+	35, // [35:46] is the sub-list for method output_type
+	24, // [24:35] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_nixcache_index_v1_index_proto_init() }
@@ -2195,8 +2511,8 @@ func file_nixcache_index_v1_index_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nixcache_index_v1_index_proto_rawDesc), len(file_nixcache_index_v1_index_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   28,
+			NumEnums:      3,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,16 +19,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	IndexService_PutNar_FullMethodName          = "/nixcache.index.v1.IndexService/PutNar"
-	IndexService_StatNar_FullMethodName         = "/nixcache.index.v1.IndexService/StatNar"
-	IndexService_RecordDownloads_FullMethodName = "/nixcache.index.v1.IndexService/RecordDownloads"
-	IndexService_GetNar_FullMethodName          = "/nixcache.index.v1.IndexService/GetNar"
-	IndexService_PutPathInfo_FullMethodName     = "/nixcache.index.v1.IndexService/PutPathInfo"
-	IndexService_GetPathInfo_FullMethodName     = "/nixcache.index.v1.IndexService/GetPathInfo"
-	IndexService_CheckPaths_FullMethodName      = "/nixcache.index.v1.IndexService/CheckPaths"
-	IndexService_PutArtifact_FullMethodName     = "/nixcache.index.v1.IndexService/PutArtifact"
-	IndexService_GetArtifact_FullMethodName     = "/nixcache.index.v1.IndexService/GetArtifact"
-	IndexService_WatchPaths_FullMethodName      = "/nixcache.index.v1.IndexService/WatchPaths"
+	IndexService_PutNar_FullMethodName            = "/nixcache.index.v1.IndexService/PutNar"
+	IndexService_StatNar_FullMethodName           = "/nixcache.index.v1.IndexService/StatNar"
+	IndexService_RecordDownloads_FullMethodName   = "/nixcache.index.v1.IndexService/RecordDownloads"
+	IndexService_GetNar_FullMethodName            = "/nixcache.index.v1.IndexService/GetNar"
+	IndexService_PutPathInfo_FullMethodName       = "/nixcache.index.v1.IndexService/PutPathInfo"
+	IndexService_GetPathInfo_FullMethodName       = "/nixcache.index.v1.IndexService/GetPathInfo"
+	IndexService_CheckPaths_FullMethodName        = "/nixcache.index.v1.IndexService/CheckPaths"
+	IndexService_PutArtifact_FullMethodName       = "/nixcache.index.v1.IndexService/PutArtifact"
+	IndexService_GetArtifact_FullMethodName       = "/nixcache.index.v1.IndexService/GetArtifact"
+	IndexService_WatchPaths_FullMethodName        = "/nixcache.index.v1.IndexService/WatchPaths"
+	IndexService_AuthenticateToken_FullMethodName = "/nixcache.index.v1.IndexService/AuthenticateToken"
 )
 
 // IndexServiceClient is the client API for IndexService service.
@@ -81,6 +82,14 @@ type IndexServiceClient interface {
 	// (drop what it cached, and watch again). The stream also ends, with
 	// UNAVAILABLE, when the index shuts down.
 	WatchPaths(ctx context.Context, in *WatchPathsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchPathsResponse], error)
+	// AuthenticateToken says which token a secret is, by its SHA-256 digest,
+	// for a gateway to check a request's credentials: a token of the
+	// catalogue (AdminService.CreateToken) or of the index's token file.
+	// An unknown, revoked or expired token is answered with valid unset,
+	// and the reason. A token answer may be cached until WatchPaths reports
+	// TOKENS_CHANGED, the watch is lost, or the token expires. Each valid
+	// answer counts as a use of the token (last_used).
+	AuthenticateToken(ctx context.Context, in *AuthenticateTokenRequest, opts ...grpc.CallOption) (*AuthenticateTokenResponse, error)
 }
 
 type indexServiceClient struct {
@@ -224,6 +233,16 @@ func (c *indexServiceClient) WatchPaths(ctx context.Context, in *WatchPathsReque
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type IndexService_WatchPathsClient = grpc.ServerStreamingClient[WatchPathsResponse]
 
+func (c *indexServiceClient) AuthenticateToken(ctx context.Context, in *AuthenticateTokenRequest, opts ...grpc.CallOption) (*AuthenticateTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthenticateTokenResponse)
+	err := c.cc.Invoke(ctx, IndexService_AuthenticateToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // IndexServiceServer is the server API for IndexService service.
 // All implementations must embed UnimplementedIndexServiceServer
 // for forward compatibility.
@@ -274,6 +293,14 @@ type IndexServiceServer interface {
 	// (drop what it cached, and watch again). The stream also ends, with
 	// UNAVAILABLE, when the index shuts down.
 	WatchPaths(*WatchPathsRequest, grpc.ServerStreamingServer[WatchPathsResponse]) error
+	// AuthenticateToken says which token a secret is, by its SHA-256 digest,
+	// for a gateway to check a request's credentials: a token of the
+	// catalogue (AdminService.CreateToken) or of the index's token file.
+	// An unknown, revoked or expired token is answered with valid unset,
+	// and the reason. A token answer may be cached until WatchPaths reports
+	// TOKENS_CHANGED, the watch is lost, or the token expires. Each valid
+	// answer counts as a use of the token (last_used).
+	AuthenticateToken(context.Context, *AuthenticateTokenRequest) (*AuthenticateTokenResponse, error)
 	mustEmbedUnimplementedIndexServiceServer()
 }
 
@@ -313,6 +340,9 @@ func (UnimplementedIndexServiceServer) GetArtifact(*GetArtifactRequest, grpc.Ser
 }
 func (UnimplementedIndexServiceServer) WatchPaths(*WatchPathsRequest, grpc.ServerStreamingServer[WatchPathsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchPaths not implemented")
+}
+func (UnimplementedIndexServiceServer) AuthenticateToken(context.Context, *AuthenticateTokenRequest) (*AuthenticateTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AuthenticateToken not implemented")
 }
 func (UnimplementedIndexServiceServer) mustEmbedUnimplementedIndexServiceServer() {}
 func (UnimplementedIndexServiceServer) testEmbeddedByValue()                      {}
@@ -472,6 +502,24 @@ func _IndexService_WatchPaths_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type IndexService_WatchPathsServer = grpc.ServerStreamingServer[WatchPathsResponse]
 
+func _IndexService_AuthenticateToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthenticateTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IndexServiceServer).AuthenticateToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: IndexService_AuthenticateToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IndexServiceServer).AuthenticateToken(ctx, req.(*AuthenticateTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // IndexService_ServiceDesc is the grpc.ServiceDesc for IndexService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -498,6 +546,10 @@ var IndexService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CheckPaths",
 			Handler:    _IndexService_CheckPaths_Handler,
+		},
+		{
+			MethodName: "AuthenticateToken",
+			Handler:    _IndexService_AuthenticateToken_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

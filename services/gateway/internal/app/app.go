@@ -39,10 +39,12 @@ type Options struct {
 	IndexAddr string // gRPC target of the index
 	StoreDir  string
 	Priority  int
-	// AuthFile is the token file; "" disables pushing.
+	// AuthFile is the gateway's own token file, accepted besides the
+	// index's tokens (asked with IndexService.AuthenticateToken); "" for
+	// none.
 	AuthFile string
 	// PrivateRead makes reads need a token with the read scope
-	// (-public-read=false); it needs an AuthFile.
+	// (-public-read=false).
 	PrivateRead         bool
 	MaxNarinfoSize      int64
 	RequestTimeout      time.Duration
@@ -127,22 +129,17 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 	if err := o.validate(); err != nil {
 		return fmt.Errorf("gateway options: %w", err)
 	}
-	if o.PrivateRead && o.AuthFile == "" {
-		return errors.New("gateway options: -public-read=false needs -auth-file: nobody could read")
-	}
-	policy := auth.Policy{PublicRead: !o.PrivateRead}
+	var fileTokens *auth.Tokens
 	if o.AuthFile != "" {
 		tokens, err := auth.LoadTokens(o.AuthFile)
 		if err != nil {
 			return fmt.Errorf("auth file: %w", err)
 		}
-		policy.Tokens = tokens
-		o.Log.Info("tokens loaded", "file", o.AuthFile, "tokens", tokens, "public_read", policy.PublicRead)
-	} else {
-		o.Log.Warn("no -auth-file: pushing is disabled")
+		fileTokens = tokens
+		o.Log.Info("tokens loaded", "file", o.AuthFile, "tokens", tokens, "public_read", !o.PrivateRead)
 	}
 
-	handler, closeHandler, err := newHandler(ctx, o, policy)
+	handler, closeHandler, err := newHandler(ctx, o, fileTokens)
 	if err != nil {
 		return err
 	}
@@ -163,8 +160,9 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 // gateway's whole HTTP handler (ops endpoints and metrics around the Nix
 // routes), its narinfo cache following the index until ctx ends or the
 // returned function is called, which stops that and closes the
-// connections.
-func newHandler(ctx context.Context, o Options, policy auth.Policy) (http.Handler, func(), error) {
+// connections. Tokens are those of the index (asked with
+// AuthenticateToken) and fileTokens (nil: none).
+func newHandler(ctx context.Context, o Options, fileTokens *auth.Tokens) (http.Handler, func(), error) {
 	ops := newOps()
 	indexCreds, err := o.UpstreamTLS.DialOption(o.IndexAddr, o.Log)
 	if err != nil {
@@ -178,6 +176,14 @@ func newHandler(ctx context.Context, o Options, policy auth.Policy) (http.Handle
 		return nil, nil, fmt.Errorf("index: %w", err)
 	}
 	closeConns := func() { indexConn.Close() }
+	index := indexv1.NewIndexServiceClient(indexConn)
+	tokens := httpapi.NewIndexTokens(index, fileTokens, o.RequestTimeout)
+	for _, c := range tokens.Collectors() {
+		ops.reg.MustRegister(c)
+	}
+	// One policy for the Nix routes and the JSON API: the index's tokens,
+	// and the gateway's own file's.
+	policy := auth.Policy{PublicRead: !o.PrivateRead, Tokens: tokens}
 
 	adminHandler, err := adminapi.New(adminapi.Config{
 		Index:          indexConn,
@@ -200,8 +206,9 @@ func newHandler(ctx context.Context, o Options, policy auth.Policy) (http.Handle
 		return nil, nil, err
 	}
 	handler, err := httpapi.New(httpapi.Config{
-		Index:               indexv1.NewIndexServiceClient(indexConn),
+		Index:               index,
 		Auth:                policy,
+		Tokens:              tokens,
 		Log:                 o.Log,
 		StoreDir:            o.StoreDir,
 		Priority:            o.Priority,

@@ -8,8 +8,6 @@ import (
 	"net/http"
 	"testing"
 	"time"
-
-	"github.com/nixcache/nixcache/platform/auth"
 )
 
 // The gateway's per-request cost on the reads that need no upstream call:
@@ -32,7 +30,7 @@ func benchHandler(b *testing.B) http.Handler {
 	o.IndexAddr = indexAddr
 	o.NarinfoCacheTTL = time.Hour // the narinfo comes from the cache after the first request
 	o.Log = slog.New(slog.NewJSONHandler(io.Discard, nil))
-	h, closeConns, err := newHandler(context.Background(), o, auth.Policy{PublicRead: true})
+	h, closeConns, err := newHandler(context.Background(), o, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

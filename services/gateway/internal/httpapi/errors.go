@@ -94,6 +94,9 @@ func (h *Handler) classify(r *http.Request, err error) (int, string) {
 		return http.StatusUnauthorized, err.Error()
 	case errors.Is(err, auth.ErrForbidden):
 		return http.StatusForbidden, err.Error()
+	case errors.Is(err, auth.ErrUnavailable):
+		h.Log.WarnContext(r.Context(), "token not checked", "err", err)
+		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable, "index did not answer in time"
 	}

@@ -23,7 +23,10 @@ import (
 type Config struct {
 	Index indexv1.IndexServiceClient
 	Auth  auth.Policy
-	Log   *slog.Logger
+	// Tokens, when set, is the policy's Authenticator asking the index:
+	// the index watch (WatchIndex) drops its answers when tokens change.
+	Tokens *IndexTokens
+	Log    *slog.Logger
 
 	// StoreDir is the store directory narinfos name, e.g. "/nix/store".
 	StoreDir string
@@ -283,13 +286,19 @@ func (h *Handler) unary(ctx context.Context) (context.Context, context.CancelFun
 // authorize checks r for scope need and answers it when it fails. The
 // token's name goes to the access log.
 func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, need auth.Scope) bool {
+	_, ok := h.authorizeAs(w, r, need)
+	return ok
+}
+
+// authorizeAs is authorize that also returns who the request is.
+func (h *Handler) authorizeAs(w http.ResponseWriter, r *http.Request, need auth.Scope) (auth.Identity, bool) {
 	id, err := h.Auth.Authorize(r, need)
 	if err != nil {
 		h.writeError(w, r, err)
-		return false
+		return auth.Identity{}, false
 	}
 	if rec, ok := w.(*recorder); ok {
 		rec.user = id.Name
 	}
-	return true
+	return id, true
 }

@@ -161,7 +161,8 @@ func toNarInfo(info *indexv1.PathInfo) (*narinfo.NarInfo, error) {
 // putNarinfo answers PUT /<hash>.narinfo: it publishes the store path via
 // the index, which verifies and signs it.
 func (h *Handler) putNarinfo(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Push) {
+	id, ok := h.authorizeAs(w, r, auth.Push)
+	if !ok {
 		return
 	}
 	hash, err := narinfoHash(r.URL.Path)
@@ -191,6 +192,11 @@ func (h *Handler) putNarinfo(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := checkNarinfoURL(ni.URL); err != nil {
 		h.writeError(w, r, clientError(http.StatusBadRequest, "bad narinfo: %v", err))
+		return
+	}
+	if !id.MayPublish(sp.Name) {
+		h.writeError(w, r, clientError(http.StatusForbidden, "token %q may only publish store paths named %q, not %s",
+			id.Name, id.PushPattern, sp.Name))
 		return
 	}
 	// This gateway's cached answer, if any, is dropped (and others' when

@@ -33,7 +33,8 @@ const (
 // index until ctx ends: it watches the index's changes
 // (IndexService.WatchPaths), drops the answers for every path reported
 // changed (and every NAR source when a path is removed), and while the
-// stream is in sync lets answers live NarinfoCacheMaxAge. Whenever the
+// stream is in sync lets answers live NarinfoCacheMaxAge; the token
+// answers of Tokens are dropped on every TOKENS_CHANGED event. Whenever the
 // stream ends or stalls it drops both caches, falls back to
 // NarinfoCacheTTL (NAR sources are not kept then), and watches again. It returns at once when
 // NarinfoCacheMaxAge is 0.
@@ -48,6 +49,7 @@ func (h *Handler) WatchIndex(ctx context.Context) {
 		synced, err := h.watchOnce(ctx)
 		c.setLive(false, false)
 		h.narSources.setLive(false)
+		h.Tokens.setLive(false)
 		if ctx.Err() != nil {
 			return
 		}
@@ -101,6 +103,7 @@ func (h *Handler) watchOnce(ctx context.Context) (synced bool, err error) {
 			synced = true
 			c.setLive(true, msg.GetCacheNotFound())
 			h.narSources.setLive(true)
+			h.Tokens.setLive(true)
 			h.Log.InfoContext(ctx, "index watch in sync: narinfos cached up to -narinfo-cache-max-age", "max_age", c.maxAge,
 				"cache_not_found", msg.GetCacheNotFound())
 		}
@@ -109,6 +112,9 @@ func (h *Handler) watchOnce(ctx context.Context) (synced bool, err error) {
 		}
 		for _, ev := range msg.GetEvents() {
 			switch ev.GetKind() {
+			case indexv1.PathEventKind_PATH_EVENT_KIND_TOKENS_CHANGED:
+				h.Tokens.drop()
+				continue
 			case indexv1.PathEventKind_PATH_EVENT_KIND_CHANGED:
 			case indexv1.PathEventKind_PATH_EVENT_KIND_PUBLISHED:
 				h.narSources.published(ev.GetHashParts())

@@ -27,6 +27,7 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/fault"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
 	"github.com/nixcache/nixcache/services/index/internal/server"
+	"github.com/nixcache/nixcache/services/index/internal/tokens"
 )
 
 // Page sizes of ListPaths.
@@ -58,6 +59,8 @@ type Service struct {
 	tracker *Tracker
 	now     func() time.Time
 	paths   PathChecker // nil: FindMissingPaths is unimplemented
+	// tokens is what the token methods manage (tokens.go); nil: none.
+	tokens *tokens.Store
 
 	// mu serialises what deletes or rewrites paths (delete, GC, verify,
 	// key changes), so that each sees the catalogue it plans on.

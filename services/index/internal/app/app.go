@@ -34,6 +34,7 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/publish"
 	"github.com/nixcache/nixcache/services/index/internal/server"
 	"github.com/nixcache/nixcache/services/index/internal/signerclient"
+	"github.com/nixcache/nixcache/services/index/internal/tokens"
 )
 
 // Options configure the index.
@@ -376,6 +377,14 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	// Handlers cut at the end of the grace period still finish before the
 	// catalogue closes.
 	tracker := admin.NewTracker(cat, o.Log.With("component", "admin"))
+	tokenStore := tokens.New(cat, ops.fileTokens, o.Log.With("component", "tokens"))
+	ops.policy.Tokens = tokenStore
+	for _, c := range tokenStore.Collectors() {
+		if err := ops.registry.Register(c); err != nil {
+			lis.Close()
+			return fmt.Errorf("token metrics: %w", err)
+		}
+	}
 	srvOpts := append(append(ops.serverOptions(), tracker.Interceptors()...), tlsOpts...)
 	srvOpts = append(srvOpts, server.Codec())
 	srv := grpcutil.NewServer(o.Log, append(srvOpts, grpc.WaitForHandlers(true))...)
@@ -385,7 +394,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		logDir = o.NixLogDir
 	}
 	indexSvc := server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir).WithPresign(o.PresignExpiry).
-		WithDownloads(tracker).WithUploadLimit(o.MaxUploads)
+		WithDownloads(tracker).WithUploadLimit(o.MaxUploads).WithTokens(tokenStore)
 	if copies != nil {
 		indexSvc.WithHostCopies(copies)
 		if err := ops.registry.Register(hostNarCollector{copies, o.HostNarMaxSize}); err != nil {
@@ -405,7 +414,7 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	indexv1.RegisterIndexServiceServer(srv.GRPC, indexSvc)
 	adminSvc := admin.New(admin.Config{StoreDir: o.StoreDir, SignTimeout: o.SignTimeout,
 		GCMaxSize: o.GCMaxSize, GCMaxAge: o.GCMaxAge, Log: o.Log.With("component", "admin")},
-		cat, nars, signerv1.NewSignerServiceClient(conn), tracker).WithPathChecker(indexSvc)
+		cat, nars, signerv1.NewSignerServiceClient(conn), tracker).WithPathChecker(indexSvc).WithTokens(tokenStore)
 	indexv1.RegisterAdminServiceServer(srv.GRPC, adminSvc)
 	if err := metrics.RegisterCatalog(ops.registry, adminSvc.CatalogStats); err != nil {
 		return fmt.Errorf("catalogue metrics: %w", err)
@@ -419,9 +428,10 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	// The last downloads are written, and a collection stops, after the
 	// server stopped and before the catalogue closes.
 	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
-	bgDone := make(chan struct{}, 2)
+	bgDone := make(chan struct{}, 3)
 	go func() { tracker.Run(bgCtx, accessFlushInterval); bgDone <- struct{}{} }()
-	bgs := 1
+	go func() { tokenStore.Run(bgCtx, tokens.DefaultFlushInterval); bgDone <- struct{}{} }()
+	bgs := 2
 	if o.GCInterval > 0 {
 		bgs++
 		go func() { adminSvc.RunGC(ctx, o.GCInterval); bgDone <- struct{}{} }()

@@ -27,6 +27,10 @@ type ops struct {
 	client   *metrics.GRPCClient
 	policy   auth.Policy
 	rules    auth.Rules
+	// fileTokens are the token file's; nil without one. The policy
+	// checks these until Run gives it the store of these and the
+	// catalogue's.
+	fileTokens *auth.Tokens
 }
 
 // authRules are the scopes the index's methods need. AdminService: GetStats
@@ -75,12 +79,13 @@ func newOps(o Options) (*ops, error) {
 		if err != nil {
 			return nil, fmt.Errorf("auth file: %w", err)
 		}
+		p.fileTokens = tokens
 		p.policy.Tokens = tokens
 		o.Log.Info("tokens loaded", "file", o.AuthFile, "tokens", tokens, "public_read", p.policy.PublicRead)
 	case o.PrivateRead:
 		return nil, fmt.Errorf("-public-read=false needs -auth-file: nobody could read")
 	default:
-		o.Log.Warn("no -auth-file: pushing and the admin RPCs are disabled")
+		o.Log.Warn("no -auth-file: only tokens made by CreateToken are accepted, for pushes and the admin RPCs alike")
 	}
 	return p, nil
 }

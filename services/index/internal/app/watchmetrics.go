@@ -14,6 +14,8 @@ var (
 		"WatchPaths streams cut off because the watcher fell too far behind.", nil, nil)
 	watchEvents = prometheus.NewDesc("nixcache_watch_events_total",
 		`Paths whose change the catalogue published to its watchers, by kind: "published", "removed", "changed".`, []string{"kind"}, nil)
+	watchTokenEvents = prometheus.NewDesc("nixcache_watch_token_events_total",
+		"TOKENS_CHANGED events published to the watchers (a token created or revoked).", nil, nil)
 )
 
 // watchCollector reads the hub's counters at each scrape.
@@ -23,6 +25,7 @@ func (c watchCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- watchWatchers
 	ch <- watchOverflows
 	ch <- watchEvents
+	ch <- watchTokenEvents
 }
 
 func (c watchCollector) Collect(ch chan<- prometheus.Metric) {
@@ -36,4 +39,5 @@ func (c watchCollector) Collect(ch chan<- prometheus.Metric) {
 	} {
 		ch <- prometheus.MustNewConstMetric(watchEvents, prometheus.CounterValue, float64(s.Published[kind]), name)
 	}
+	ch <- prometheus.MustNewConstMetric(watchTokenEvents, prometheus.CounterValue, float64(s.TokenEvents))
 }

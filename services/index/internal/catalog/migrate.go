@@ -242,7 +242,7 @@ func syncDir(dir string) error {
 // createBuckets creates every bucket of the current schema.
 func createBuckets(tx *bolt.Tx) error {
 	names := append([][]byte{pathsBucket, narsBucket, localBucket, localUnsignedBucket, hostNarsBucket, hostNarsRetiredBucket, hostNarFilesBucket,
-		metaBucket, statsBucket, referrersBucket, fileUsersBucket}, adminBuckets...)
+		metaBucket, statsBucket, referrersBucket, fileUsersBucket, tokensBucket, tokenUseBucket}, adminBuckets...)
 	for _, name := range names {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)

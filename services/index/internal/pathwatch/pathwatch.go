@@ -45,6 +45,7 @@ type Hub struct {
 
 	overflows atomic.Uint64
 	events    [4]atomic.Uint64 // hash parts published, by kind
+	tokens    atomic.Uint64    // TOKENS_CHANGED events published
 }
 
 // NewHub returns a hub whose watchers buffer at most buffer events.
@@ -110,15 +111,22 @@ func (h *Hub) cut(w *Watcher, err error) {
 // kind of change. It never blocks: a watcher whose buffer is full is cut
 // off with ErrOverflow. Call it after the change is committed, so that a
 // watcher that reads the path on the event sees the change. Publish keeps
-// hashParts: the caller must not change it after.
+// hashParts: the caller must not change it after. TOKENS_CHANGED, which
+// names no path, is published with no hash parts.
 func (h *Hub) Publish(kind indexv1.PathEventKind, hashParts ...string) {
-	if h == nil || len(hashParts) == 0 {
+	if h == nil {
 		return
 	}
-	if int(kind) < len(h.events) {
+	var events []*indexv1.PathEvent
+	switch {
+	case kind == indexv1.PathEventKind_PATH_EVENT_KIND_TOKENS_CHANGED:
+		h.tokens.Add(1)
+		events = append(events, &indexv1.PathEvent{Kind: kind})
+	case len(hashParts) == 0:
+		return
+	case int(kind) < len(h.events):
 		h.events[kind].Add(uint64(len(hashParts)))
 	}
-	var events []*indexv1.PathEvent
 	for len(hashParts) > 0 {
 		n := min(len(hashParts), MaxHashParts)
 		// Watchers share the events: nobody changes them once published.
@@ -174,6 +182,8 @@ type Stats struct {
 	Overflows uint64
 	// Published counts the hash parts published, by kind.
 	Published map[indexv1.PathEventKind]uint64
+	// TokenEvents counts the TOKENS_CHANGED events published.
+	TokenEvents uint64
 }
 
 // Stats reads the counters.
@@ -181,7 +191,7 @@ func (h *Hub) Stats() Stats {
 	h.mu.Lock()
 	n := len(h.watchers)
 	h.mu.Unlock()
-	s := Stats{Watchers: n, Overflows: h.overflows.Load(), Published: map[indexv1.PathEventKind]uint64{}}
+	s := Stats{Watchers: n, Overflows: h.overflows.Load(), Published: map[indexv1.PathEventKind]uint64{}, TokenEvents: h.tokens.Load()}
 	for _, k := range []indexv1.PathEventKind{indexv1.PathEventKind_PATH_EVENT_KIND_PUBLISHED,
 		indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, indexv1.PathEventKind_PATH_EVENT_KIND_CHANGED} {
 		s.Published[k] = h.events[k].Load()

@@ -17,11 +17,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/nixcache/nixcache/nix/nixbase32"
 	"github.com/nixcache/nixcache/nix/signature"
+	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
@@ -38,6 +40,10 @@ const (
 	testMaxSize = 64 << 20
 	signTimeout = 2 * time.Second
 )
+
+// testPushPattern is the metadata key under which a test calls the index
+// as a push token limited to that pattern.
+const testPushPattern = "test-push-pattern"
 
 // index is a running index service over bufconn.
 type index struct {
@@ -140,7 +146,15 @@ func startIndexWith(t testing.TB, dir string, sc signerConn, ls localSetup) *ind
 		idx.handlerDone <- err
 		return err
 	})
-	srv := grpcutil.NewServer(log, notify, server.Codec())
+	// The identity the index's auth interceptor would put in the context,
+	// from the test's metadata (TestPutPathInfoPushPattern).
+	identify := grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(testPushPattern)) == 1 {
+			ctx = auth.WithIdentity(ctx, auth.Identity{Name: "ci", Scopes: auth.Push, PushPattern: md.Get(testPushPattern)[0]})
+		}
+		return handler(ctx, req)
+	})
+	srv := grpcutil.NewServer(log, notify, identify, server.Codec())
 	svc := server.New(log, cat, nars, pub, local)
 	if ls.copies != nil {
 		svc.WithHostCopies(ls.copies())

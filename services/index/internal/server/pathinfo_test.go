@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nixcache/nixcache/nix/compression"
@@ -360,4 +361,23 @@ func TestPutPathInfoForeignSignatures(t *testing.T) {
 	if foreign != publish.MaxForeignSigs || len(got.GetSignatures()) != publish.MaxForeignSigs+1 {
 		t.Errorf("%d signatures, %d foreign, want %d foreign and ours", len(got.GetSignatures()), foreign, publish.MaxForeignSigs)
 	}
+}
+
+// TestPutPathInfoPushPattern: a token limited to some store-path names
+// publishes those and no other, whatever the gateway let through.
+func TestPutPathInfoPushPattern(t *testing.T) {
+	idx := startIndex(t, t.TempDir(), signerConn{fake: fakeSigner(t)})
+	file := mustPutNar(t, idx.client, nartest.Small(t, 40))
+	ctx := metadata.AppendToOutgoingContext(context.Background(), testPushPattern, "*-myproject-*")
+
+	other := pathInfo(newStorePath("hello-2.12"), file)
+	_, err := idx.client.PutPathInfo(ctx, &indexv1.PutPathInfoRequest{Info: other})
+	wantCode(t, err, codes.PermissionDenied, "*-myproject-*", "hello-2.12")
+	assertPublished(t, idx.client, other.GetStorePath(), false)
+
+	mine := pathInfo(newStorePath("lib-myproject-1.0"), file)
+	if _, err := idx.client.PutPathInfo(ctx, &indexv1.PutPathInfoRequest{Info: mine}); err != nil {
+		t.Fatalf("a path the pattern names: %v", err)
+	}
+	assertPublished(t, idx.client, mine.GetStorePath(), true)
 }

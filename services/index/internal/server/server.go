@@ -8,14 +8,18 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
+	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/artifact"
@@ -73,6 +77,8 @@ type Server struct {
 	// uploads holds a token for each upload (PutNar, PutArtifact) being
 	// received; nil: no bound (WithUploadLimit).
 	uploads chan struct{}
+	// tokens answers AuthenticateToken (tokens.go); nil knows none.
+	tokens TokenChecker
 }
 
 // HostCopies are the compressed copies the index keeps of the NARs of
@@ -510,6 +516,17 @@ func (s *Server) pathForNar(ctx context.Context, hashPart string) (*indexv1.Path
 
 // PutPathInfo verifies, signs and publishes a store path.
 func (s *Server) PutPathInfo(ctx context.Context, req *indexv1.PutPathInfoRequest) (*indexv1.PutPathInfoResponse, error) {
+	// A token limited to some names (its push pattern) is held to them
+	// here too, not only by the gateway: a gateway taken over forwards
+	// whatever it is given.
+	if id, ok := auth.IdentityFrom(ctx); ok {
+		base := req.GetInfo().GetStorePath()
+		base = base[strings.LastIndexByte(base, '/')+1:]
+		if sp, err := storepath.ParseBase(base); err == nil && !id.MayPublish(sp.Name) {
+			return nil, status.Errorf(codes.PermissionDenied, "token %q may only publish store paths named %q, not %s",
+				id.Name, id.PushPattern, sp.Name)
+		}
+	}
 	info, err := s.publisher.Publish(ctx, req.GetInfo())
 	if err != nil {
 		s.log.WarnContext(ctx, "refused to publish", "store_path", req.GetInfo().GetStorePath(), "err", err)
