@@ -8,22 +8,16 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/signal"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/nixcache/nixcache/platform/envflag"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/healthcheck"
-	"github.com/nixcache/nixcache/platform/logging"
+	"github.com/nixcache/nixcache/platform/program"
 	"github.com/nixcache/nixcache/services/signer/internal/app"
 	"github.com/nixcache/nixcache/services/signer/internal/keyfile"
 )
@@ -41,26 +35,26 @@ func main() {
 }
 
 // run is the program; it returns the exit code: 0, 1 when it failed, 2 on
-// bad usage.
+// bad usage (platform/program).
 func run(args []string, stderr io.Writer) int {
 	if len(args) > 0 {
 		switch args[0] {
 		case "keygen":
-			return keygen(args[1:], stderr)
+			return program.Exit(name+" keygen", keygen(args[1:], stderr), stderr)
 		case "list-keys":
 			return listKeys(args[1:], os.Stdout, stderr)
 		case "healthcheck":
 			return healthcheck.GRPCMain(name, defaultListen, args[1:], stderr)
 		}
 	}
-	return serve(args, stderr)
+	return program.Exit(name, serve(args, stderr), stderr)
 }
 
-func serve(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func serve(args []string, stderr io.Writer) error {
+	fs := program.FlagSet(name, stderr)
 	listen := grpcutil.ListenFlags(fs, defaultListen)
-	keyFiles := fs.String("key-files", "", "comma-separated Nix secret key files (mode 0600); every key signs unless retired, the first is the primary")
+	var keyFiles envflag.List
+	fs.Var(&keyFiles, "key-files", "comma-separated Nix secret key files (mode 0600); every key signs unless retired, the first is the primary")
 	keyDir := fs.String("key-dir", "", "directory of the keys made with GenerateKey (`dir`, e.g. data/signer/keys) and of the list of retired keys; loaded at start with -key-files; empty disables GenerateKey and RetireKey")
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:9110", "HTTP address serving /metrics and /healthz; empty disables")
 	generateKey := fs.String("generate-key", "", "if set and the first key file does not exist, generate a key pair with this `name` into it (public key in <file>.pub); without -key-files, into -key-dir when it holds no active key")
@@ -74,44 +68,32 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "Usage:\n  %s [flags]\n  %s keygen NAME SECRET-FILE PUBLIC-FILE\n  %s list-keys [-addr ADDR]\n  %s healthcheck [-addr ADDR]\n\nFlags:\n", name, name, name, name)
 		fs.PrintDefaults()
 	}
-	if err := envflag.Parse(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(stderr, "%s: %v\n", name, err)
-		return 2
+	if err := program.Parse(fs, args); err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", name, fs.Arg(0))
-		fs.Usage()
-		return 2
-	}
-	log, err := logging.New(stderr, *logFormat, *logLevel)
+	log, err := program.Logger(stderr, *logFormat, *logLevel)
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", name, err)
-		return 2
+		return err
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := program.SignalContext()
 	defer stop()
 	lis, err := listen.Listen(tlsFiles, log)
 	if err != nil {
-		log.Error("listen", "err", err)
-		return 1
+		return fmt.Errorf("listen: %w", err)
 	}
 	defer lis.Close()
 
 	var metricsLis net.Listener
 	if *metricsListen != "" {
 		if metricsLis, err = net.Listen("tcp", *metricsListen); err != nil {
-			log.Error("listen for metrics", "addr", *metricsListen, "err", err)
-			return 1
+			return fmt.Errorf("listen for metrics: %w", err)
 		}
 		defer metricsLis.Close()
 	}
 
 	opts := app.Options{
-		KeyFiles:        splitList(*keyFiles),
+		KeyFiles:        keyFiles.Values,
 		KeyDir:          *keyDir,
 		MetricsListener: metricsLis,
 		GenerateKey:     *generateKey,
@@ -122,16 +104,11 @@ func serve(args []string, stderr io.Writer) int {
 		Log:             log,
 		Notices:         stderr,
 	}
-	if err := app.Run(ctx, opts, lis); err != nil {
-		log.Error("signer failed", "err", err)
-		return 1
-	}
-	return 0
+	return app.Run(ctx, opts, lis)
 }
 
-func keygen(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet(name+" keygen", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func keygen(args []string, stderr io.Writer) error {
+	fs := program.FlagSet(name+" keygen", stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: %s keygen NAME SECRET-FILE PUBLIC-FILE\n\n"+
 			"Generates a key pair named NAME, like nix-store --generate-binary-cache-key:\n"+
@@ -139,30 +116,12 @@ func keygen(args []string, stderr io.Writer) int {
 			"(mode 0644). Existing files are not overwritten.\n", name)
 	}
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+		return program.UsageError(err)
 	}
 	if fs.NArg() != 3 {
-		fmt.Fprintf(stderr, "%s keygen: want 3 arguments, got %d\n", name, fs.NArg())
 		fs.Usage()
-		return 2
+		return program.Usagef("want 3 arguments, got %d", fs.NArg())
 	}
-	if _, err := keyfile.Generate(fs.Arg(0), fs.Arg(1), fs.Arg(2)); err != nil {
-		fmt.Fprintf(stderr, "%s keygen: %v\n", name, err)
-		return 1
-	}
-	return 0
-}
-
-// splitList splits a comma-separated flag value, dropping blanks.
-func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
+	_, err := keyfile.Generate(fs.Arg(0), fs.Arg(1), fs.Arg(2))
+	return err
 }

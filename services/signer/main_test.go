@@ -113,20 +113,3 @@ func TestUsage(t *testing.T) {
 		})
 	}
 }
-
-func TestSplitList(t *testing.T) {
-	tests := []struct {
-		in   string
-		want []string
-	}{
-		{"", nil},
-		{"a", []string{"a"}},
-		{"a,b", []string{"a", "b"}},
-		{" a , ,b,", []string{"a", "b"}},
-	}
-	for _, tt := range tests {
-		if got := splitList(tt.in); strings.Join(got, "|") != strings.Join(tt.want, "|") || len(got) != len(tt.want) {
-			t.Errorf("splitList(%q) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
