@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,17 +14,17 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/nixcache/nixcache/platform/auth"
-	"github.com/nixcache/nixcache/platform/envflag"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/healthcheck"
+	"github.com/nixcache/nixcache/platform/program"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/admin"
 )
 
 // runBackup is `nixcache-index backup`: a copy of a running index's
 // catalogue, through AdminService.Backup.
-func runBackup(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("nixcache-index backup", flag.ContinueOnError)
+func runBackup(args []string, stdout, stderr io.Writer) error {
+	fs := program.FlagSet(name+" backup", stderr)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: nixcache-index backup [flags] > catalog.db\n\n"+
 			"Copies the catalogue (catalog.db) of a running index, consistent as of the call, while it\n"+
@@ -41,17 +39,11 @@ func runBackup(args []string, stdout io.Writer) error {
 	out := fs.String("out", "-", `file to write the copy to ("-": standard output); written beside it first, then renamed`)
 	timeout := fs.Duration("timeout", 30*time.Minute, "bound on the whole copy")
 	tlsFiles := grpcutil.ClientTLSFlags(fs)
-	if err := envflag.Parse(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := program.Parse(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if err := tlsFiles.Validate(); err != nil {
-		return err
+		return program.UsageError(err)
 	}
 	if *token == "" && *authFile != "" {
 		t, err := adminToken(*authFile)
@@ -61,7 +53,7 @@ func runBackup(args []string, stdout io.Writer) error {
 		*token = t
 	}
 	if *token == "" {
-		return errors.New("no token: give -admin-token or -auth-file")
+		return program.Usagef("no token: give -admin-token or -auth-file")
 	}
 	creds, err := tlsFiles.DialOption(*addr, nil)
 	if err != nil {

@@ -4,21 +4,18 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/nixcache/nixcache/nix/storepath"
 	"github.com/nixcache/nixcache/platform/envflag"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/healthcheck"
-	"github.com/nixcache/nixcache/platform/logging"
+	"github.com/nixcache/nixcache/platform/program"
 	"github.com/nixcache/nixcache/services/index/internal/app"
 	"github.com/nixcache/nixcache/services/index/internal/hostnar"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
@@ -30,36 +27,35 @@ import (
 	_ "golang.org/x/crypto/x509roots/fallback"
 )
 
-// defaultListen is a Unix socket in the data directory, which only the
-// services' user can reach.
-const defaultListen = "unix:data/index.sock"
+const (
+	name = "nixcache-index"
+	// defaultListen is a Unix socket in the data directory, which only
+	// the services' user can reach.
+	defaultListen = "unix:data/index.sock"
+)
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(healthcheck.GRPCMain("nixcache-index", defaultListen, os.Args[2:], os.Stderr))
-	}
-	if len(os.Args) > 1 && os.Args[1] == "check" {
-		if err := runCheck(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "nixcache-index check:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if len(os.Args) > 1 && os.Args[1] == "backup" {
-		if err := runBackup(os.Args[2:], os.Stdout); err != nil {
-			fmt.Fprintln(os.Stderr, "nixcache-index backup:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "nixcache-index:", err)
-		os.Exit(1)
-	}
+	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
-func run(args []string) error {
-	fs := flag.NewFlagSet("nixcache-index", flag.ContinueOnError)
+// run is the program; it returns the exit code: 0, 1 when it failed, 2 on
+// bad usage (platform/program).
+func run(args []string, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "healthcheck":
+			return healthcheck.GRPCMain(name, defaultListen, args[1:], stderr)
+		case "check":
+			return program.Exit(name+" check", runCheck(args[1:], os.Stdout, stderr), stderr)
+		case "backup":
+			return program.Exit(name+" backup", runBackup(args[1:], os.Stdout, stderr), stderr)
+		}
+	}
+	return program.Exit(name, serve(args, stderr), stderr)
+}
+
+func serve(args []string, stderr io.Writer) error {
+	fs := program.FlagSet(name, stderr)
 	listen := grpcutil.ListenFlags(fs, defaultListen)
 	dataDir := fs.String("data-dir", "data/index", "directory of the catalogue (catalog.db) and the NAR files")
 	signerAddr := fs.String("signer-addr", "unix:data/signer.sock", "signer gRPC address: unix:PATH (the signer's default) or host:port (with mutual TLS, -grpc-tls-*)")
@@ -108,16 +104,10 @@ func run(args []string) error {
 	upstreamTimeout := fs.Duration("upstream-timeout", 5*time.Second, "bound on connecting to an upstream, each narinfo lookup, and any silence of an upstream during a NAR download")
 	upstreamNegativeTTL := fs.Duration("upstream-negative-ttl", 30*time.Second, "how long a path no upstream has is answered absent without asking again, and an unreachable upstream is skipped (0: not remembered)")
 	upstreamFetchTimeout := fs.Duration("upstream-fetch-timeout", 30*time.Minute, "bound on fetching one upstream path with the part of its closure the index lacks; it goes on after the caller gave up, so a retry finds it")
-	if err := envflag.Parse(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := program.Parse(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	log, err := logging.New(os.Stderr, *logFormat, *logLevel)
+	log, err := program.Logger(stderr, *logFormat, *logLevel)
 	if err != nil {
 		return err
 	}
@@ -172,10 +162,10 @@ func run(args []string) error {
 		PresignExpiry: *s3PresignExpiry,
 	}
 	if err := opts.Validate(); err != nil {
-		return fmt.Errorf("bad configuration: %w", err)
+		return program.UsageError(fmt.Errorf("bad configuration: %w", err))
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := program.SignalContext()
 	defer stop()
 	lis, err := listen.Listen(serverTLS, log)
 	if err != nil {
@@ -194,8 +184,8 @@ func run(args []string) error {
 
 // runCheck is `nixcache-index check`: the startup consistency check of a
 // stopped index's data directory, with its repairs, and nothing else.
-func runCheck(args []string) error {
-	fs := flag.NewFlagSet("nixcache-index check", flag.ContinueOnError)
+func runCheck(args []string, stdout, stderr io.Writer) error {
+	fs := program.FlagSet(name+" check", stderr)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: nixcache-index check [flags]\n\n"+
 			"Checks a stopped index's data directory as every start does: each catalogued NAR file\n"+
@@ -208,16 +198,10 @@ func runCheck(args []string) error {
 	maxNarSize := fs.Uint64("max-nar-size", 64<<30, "largest NAR file accepted, in bytes (as the index's flag)")
 	logFormat := fs.String("log-format", "text", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
-	if err := envflag.Parse(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := program.Parse(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	log, err := logging.New(os.Stderr, *logFormat, *logLevel)
+	log, err := program.Logger(stderr, *logFormat, *logLevel)
 	if err != nil {
 		return err
 	}
@@ -225,7 +209,7 @@ func runCheck(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%d mismatches repaired: %d paths quarantined, %d NAR file records dropped, %d orphan files moved to %s; checked %d paths, %d NAR file records, %d files in %s\n",
+	fmt.Fprintf(stdout, "%d mismatches repaired: %d paths quarantined, %d NAR file records dropped, %d orphan files moved to %s; checked %d paths, %d NAR file records, %d files in %s\n",
 		r.Mismatches(), r.QuarantinedPaths, r.DroppedNarFiles, r.Orphans, filepath.Join(*dataDir, "orphans"),
 		r.Paths, r.NarFiles, r.Files, r.Duration.Round(time.Millisecond))
 	return nil
