@@ -3,40 +3,39 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/nixcache/nixcache/nix/storepath"
-	"github.com/nixcache/nixcache/platform/envflag"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	"github.com/nixcache/nixcache/platform/healthcheck"
-	"github.com/nixcache/nixcache/platform/logging"
+	"github.com/nixcache/nixcache/platform/program"
 	"github.com/nixcache/nixcache/services/gateway/internal/app"
 )
 
+const name = "nixcache-gateway"
+
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(healthcheck.Main("nixcache-gateway", "127.0.0.1:5000", healthcheck.HTTPGet("/healthz"), os.Args[2:], os.Stderr))
-	}
-	err := run(os.Args[1:])
-	if errors.Is(err, flag.ErrHelp) {
-		return
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "nixcache-gateway:", err)
-		os.Exit(1)
-	}
+	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
-func run(args []string) error {
-	fs := flag.NewFlagSet("nixcache-gateway", flag.ContinueOnError)
+// run is the program; it returns the exit code: 0, 1 when it failed, 2 on
+// bad usage (platform/program).
+func run(args []string, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "healthcheck":
+			return healthcheck.Main(name, "127.0.0.1:5000", healthcheck.HTTPGet("/healthz"), args[1:], stderr)
+		}
+	}
+	return program.Exit(name, serve(args, stderr), stderr)
+}
+
+func serve(args []string, stderr io.Writer) error {
+	fs := program.FlagSet(name, stderr)
 	listen := fs.String("listen", "127.0.0.1:5000", "HTTP address to serve the binary cache on")
 	var o app.Options
 	fs.StringVar(&o.IndexAddr, "index-addr", "unix:data/index.sock", "gRPC address of the index service: unix:PATH (the index's default) or host:port (with mutual TLS, -grpc-tls-*)")
@@ -61,13 +60,10 @@ func run(args []string) error {
 	upstreamTLS := grpcutil.ClientTLSFlags(fs)
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
-	if err := envflag.Parse(fs, args); err != nil {
+	if err := program.Parse(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %q", fs.Args())
-	}
-	log, err := logging.New(os.Stderr, *logFormat, *logLevel)
+	log, err := program.Logger(stderr, *logFormat, *logLevel)
 	if err != nil {
 		return err
 	}
@@ -78,7 +74,7 @@ func run(args []string) error {
 	o.PrivateRead = !*publicRead
 	o.UpstreamTLS = *upstreamTLS
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := program.SignalContext()
 	defer stop()
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
