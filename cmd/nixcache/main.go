@@ -14,26 +14,15 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/nixcache/nixcache/cmd/nixcache/internal/cli"
+	"github.com/nixcache/nixcache/platform/program"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := program.SignalContext()
 	err := cli.Run(ctx, os.Args[1:], cli.IO{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
 	stop()
-	if errors.Is(err, flag.ErrHelp) {
-		return
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "nixcache:", err)
-		os.Exit(1)
-	}
+	os.Exit(program.Exit("nixcache", err, os.Stderr))
 }
