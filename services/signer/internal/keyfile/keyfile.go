@@ -1,4 +1,4 @@
-// Package keyfile loads and creates Nix binary-cache key files: the secret
+// Package keyfile creates Nix binary-cache key files: the secret
 // key file "<name>:<base64 of seed and public key>" and the public key file
 // "<name>:<base64>", as nix-store --generate-binary-cache-key writes them.
 package keyfile
@@ -22,29 +22,6 @@ const (
 // PublicPath returns where the public key of the secret key file at
 // secretPath is written when the signer generates it: secretPath + ".pub".
 func PublicPath(secretPath string) string { return secretPath + ".pub" }
-
-// Load reads the secret key files in order; the first is the primary key.
-// A file readable by group or others is refused, saying so; two keys with
-// the same name are an error.
-func Load(paths []string) ([]signature.SecretKey, error) {
-	if len(paths) == 0 {
-		return nil, errors.New("load secret keys: no key files given")
-	}
-	keys := make([]signature.SecretKey, 0, len(paths))
-	fileOf := make(map[string]string, len(paths))
-	for _, p := range paths {
-		k, err := signature.LoadSecretKeyFile(p)
-		if err != nil {
-			return nil, err
-		}
-		if prev, ok := fileOf[k.Name]; ok {
-			return nil, fmt.Errorf("load secret key %s: key name %q is already used by %s", p, k.Name, prev)
-		}
-		fileOf[k.Name] = p
-		keys = append(keys, k)
-	}
-	return keys, nil
-}
 
 // Generate creates a new key pair named name, as nix-store
 // --generate-binary-cache-key does: the secret key at secretPath (mode
@@ -77,7 +54,7 @@ func Generate(name, secretPath, publicPath string) (signature.PublicKey, error) 
 // not, Ensure generates a key pair named name into it (creating its
 // directory with mode 0700) and writes the public key to
 // PublicPath(secretPath), replacing a stale one. created reports whether it
-// did; an existing file is left alone for Load to read.
+// did; an existing file is left alone for the keyring to read.
 func Ensure(secretPath, name string) (pub signature.PublicKey, created bool, err error) {
 	if _, err := os.Lstat(secretPath); err == nil {
 		return signature.PublicKey{}, false, nil

@@ -27,76 +27,6 @@ func writeKey(t *testing.T, dir, file, name string, perm os.FileMode) (string, s
 	return p, k
 }
 
-func TestLoad(t *testing.T) {
-	dir := t.TempDir()
-	a, ka := writeKey(t, dir, "a", "cache-a-1", 0o600)
-	b, kb := writeKey(t, dir, "b", "cache-b-1", 0o400)
-	open, kOpen := writeKey(t, dir, "open", "cache-open-1", 0o644)
-	groupW, _ := writeKey(t, dir, "group-writable", "cache-gw-1", 0o620)
-	dup, _ := writeKey(t, dir, "dup", "cache-a-1", 0o600)
-	garbage := filepath.Join(dir, "garbage")
-	if err := os.WriteFile(garbage, []byte("this is not a key\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	missing := filepath.Join(dir, "missing")
-
-	tests := []struct {
-		name      string
-		paths     []string
-		wantNames []string
-		wantErr   []string // substrings of the error
-	}{
-		{name: "one", paths: []string{a}, wantNames: []string{"cache-a-1"}},
-		{name: "two in order", paths: []string{b, a}, wantNames: []string{"cache-b-1", "cache-a-1"}},
-		{name: "none", wantErr: []string{"no key files"}},
-		{name: "world readable", paths: []string{a, open}, wantErr: []string{open, "0644", "group or others", "chmod 600"}},
-		{name: "group writable", paths: []string{groupW}, wantErr: []string{groupW, "0620", "chmod 600"}},
-		{name: "missing", paths: []string{missing}, wantErr: []string{missing, "no such file"}},
-		{name: "garbage", paths: []string{garbage}, wantErr: []string{garbage}},
-		{name: "duplicate name", paths: []string{a, dup}, wantErr: []string{dup, `"cache-a-1"`, "already used by " + a}},
-		{name: "same file twice", paths: []string{a, a}, wantErr: []string{"already used"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			keys, err := Load(tt.paths)
-			if tt.wantErr != nil {
-				if err == nil {
-					t.Fatalf("Load = %v, want an error", keys)
-				}
-				for _, want := range tt.wantErr {
-					if !strings.Contains(err.Error(), want) {
-						t.Errorf("error %q does not contain %q", err, want)
-					}
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			var names []string
-			for _, k := range keys {
-				names = append(names, k.Name)
-			}
-			if strings.Join(names, ",") != strings.Join(tt.wantNames, ",") {
-				t.Errorf("names = %v, want %v", names, tt.wantNames)
-			}
-		})
-	}
-
-	// The keys loaded are the keys written, and errors never quote one.
-	keys, err := Load([]string{a, b})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if keys[0].Public().String() != ka.Public().String() || keys[1].Public().String() != kb.Public().String() {
-		t.Errorf("loaded public keys %v, %v differ from the written ones", keys[0].Public(), keys[1].Public())
-	}
-	_, err = Load([]string{open})
-	if err == nil || strings.Contains(err.Error(), kOpen.Encode()[len(kOpen.Name)+1:]) {
-		t.Errorf("error %v quotes the secret key", err)
-	}
-}
-
 func TestGenerate(t *testing.T) {
 	dir := t.TempDir()
 	sec, pub := filepath.Join(dir, "secret"), filepath.Join(dir, "public")
@@ -107,14 +37,14 @@ func TestGenerate(t *testing.T) {
 	checkMode(t, sec, 0o600)
 	checkMode(t, pub, 0o644)
 	checkContent(t, pub, pk.String())
-	keys, err := Load([]string{sec})
+	sk, err := signature.LoadSecretKeyFile(sec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := keys[0].Public().String(); got != pk.String() {
+	if got := sk.Public().String(); got != pk.String() {
 		t.Errorf("secret key's public half %s, want %s", got, pk)
 	}
-	sig := keys[0].Sign("some fingerprint")
+	sig := sk.Sign("some fingerprint")
 	if !pk.Verify("some fingerprint", sig) {
 		t.Errorf("public key does not verify the secret key's signature")
 	}
@@ -181,11 +111,11 @@ func TestEnsure(t *testing.T) {
 		t.Fatalf("second Ensure: created=%v, err=%v; want false, nil", created, err)
 	}
 	checkContent(t, sec, string(before))
-	keys, err := Load([]string{sec})
+	sk, err := signature.LoadSecretKeyFile(sec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := keys[0].Public().String(); got != pub.String() {
+	if got := sk.Public().String(); got != pub.String() {
 		t.Errorf("loaded key %s, want the generated %s", got, pub)
 	}
 }
@@ -211,8 +141,8 @@ func TestEnsureLeavesUnreadableFileToLoad(t *testing.T) {
 	if err != nil || created {
 		t.Fatalf("Ensure: created=%v, err=%v; want false, nil", created, err)
 	}
-	if _, err := Load([]string{sec}); err == nil || !strings.Contains(err.Error(), "chmod 600") {
-		t.Errorf("Load error = %v, want the chmod hint", err)
+	if _, err := signature.LoadSecretKeyFile(sec); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("LoadSecretKeyFile error = %v, want the chmod hint", err)
 	}
 }
 

@@ -248,6 +248,82 @@ func TestOpenRejects(t *testing.T) {
 	}
 }
 
+// TestOpenKeyFiles: the secret key files are read in order (the first is
+// the primary), each refused with what is wrong with it; two keys with one
+// name are an error.
+func TestOpenKeyFiles(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, keyName string, perm os.FileMode) (string, signature.SecretKey) {
+		p := filepath.Join(dir, name)
+		k := writeKey(t, p, keyName)
+		if err := os.Chmod(p, perm); err != nil {
+			t.Fatal(err)
+		}
+		return p, k
+	}
+	a, ka := file("a", "cache-a-1", 0o600)
+	b, kb := file("b", "cache-b-1", 0o400)
+	open, kOpen := file("open", "cache-open-1", 0o644)
+	groupW, _ := file("group-writable", "cache-gw-1", 0o620)
+	dup, _ := file("dup", "cache-a-1", 0o600)
+	garbage := filepath.Join(dir, "garbage")
+	if err := os.WriteFile(garbage, []byte("this is not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing")
+
+	tests := []struct {
+		name      string
+		paths     []string
+		wantNames []string
+		wantErr   []string // substrings of the error
+	}{
+		{name: "one", paths: []string{a}, wantNames: []string{"cache-a-1"}},
+		{name: "two in order", paths: []string{b, a}, wantNames: []string{"cache-b-1", "cache-a-1"}},
+		{name: "world readable", paths: []string{a, open}, wantErr: []string{open, "0644", "group or others", "chmod 600"}},
+		{name: "group writable", paths: []string{groupW}, wantErr: []string{groupW, "0620", "chmod 600"}},
+		{name: "missing", paths: []string{missing}, wantErr: []string{missing, "no such file"}},
+		{name: "garbage", paths: []string{garbage}, wantErr: []string{garbage}},
+		{name: "duplicate name", paths: []string{a, dup}, wantErr: []string{dup, `"cache-a-1"`, "already used by " + a}},
+		{name: "same file twice", paths: []string{a, a}, wantErr: []string{"already used"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := Open(Config{KeyFiles: tt.paths})
+			if tt.wantErr != nil {
+				if err == nil {
+					t.Fatalf("Open = %v, want an error", names(r.List()))
+				}
+				for _, want := range tt.wantErr {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error %q does not contain %q", err, want)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := activeNames(r); !slices.Equal(got, tt.wantNames) {
+				t.Errorf("active keys %v, want %v", got, tt.wantNames)
+			}
+		})
+	}
+
+	// The keys loaded are the keys written, and errors never quote one.
+	r, err := Open(Config{KeyFiles: []string{a, b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys := r.Active(); keys[0].Public().String() != ka.Public().String() || keys[1].Public().String() != kb.Public().String() {
+		t.Errorf("loaded public keys %v, %v differ from the written ones", keys[0].Public(), keys[1].Public())
+	}
+	_, err = Open(Config{KeyFiles: []string{open}})
+	if err == nil || strings.Contains(err.Error(), kOpen.Encode()[len(kOpen.Name)+1:]) {
+		t.Errorf("error %v quotes the secret key", err)
+	}
+}
+
 func TestOpenKeyFileInKeyDir(t *testing.T) {
 	// run-local style: the first key file lives in the key directory too.
 	dir := t.TempDir()
