@@ -10,10 +10,10 @@ import (
 	"testing"
 
 	"github.com/nixcache/nixcache/nix/compression"
-	"github.com/nixcache/nixcache/nix/internal/nixtest"
 	"github.com/nixcache/nixcache/nix/nar"
 	"github.com/nixcache/nixcache/nix/narinfo"
 	"github.com/nixcache/nixcache/nix/nixhash"
+	"github.com/nixcache/nixcache/nix/nixtest"
 	"github.com/nixcache/nixcache/nix/signature"
 	"github.com/nixcache/nixcache/nix/storepath"
 )

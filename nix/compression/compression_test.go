@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	"github.com/nixcache/nixcache/nix/compression"
-	"github.com/nixcache/nixcache/nix/internal/nixtest"
 	"github.com/nixcache/nixcache/nix/narinfo"
+	"github.com/nixcache/nixcache/nix/nixtest"
 )
 
 // TestDecodeNixCaches decompresses the NARs that nix copy wrote with every

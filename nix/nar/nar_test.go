@@ -14,8 +14,8 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/nixcache/nixcache/nix/internal/nixtest"
 	"github.com/nixcache/nixcache/nix/nar"
+	"github.com/nixcache/nixcache/nix/nixtest"
 )
 
 // build makes NAR bytes from parts: a string is written as a NAR string

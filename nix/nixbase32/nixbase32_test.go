@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nixcache/nixcache/nix/internal/nixtest"
 	"github.com/nixcache/nixcache/nix/nixbase32"
+	"github.com/nixcache/nixcache/nix/nixtest"
 )
 
 // Vectors printed by Nix 2.8 (nix-hash --type T --to-base32 HEX).

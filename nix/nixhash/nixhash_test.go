@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nixcache/nixcache/nix/internal/nixtest"
 	"github.com/nixcache/nixcache/nix/nixhash"
+	"github.com/nixcache/nixcache/nix/nixtest"
 )
 
 var algos = []nixhash.Algorithm{nixhash.MD5, nixhash.SHA1, nixhash.SHA256, nixhash.SHA512}

@@ -12,9 +12,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nixcache/nixcache/nix/internal/nixtest"
 	"github.com/nixcache/nixcache/nix/narinfo"
 	"github.com/nixcache/nixcache/nix/nixhash"
+	"github.com/nixcache/nixcache/nix/nixtest"
 	"github.com/nixcache/nixcache/nix/signature"
 )
 

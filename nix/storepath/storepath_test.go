@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nixcache/nixcache/nix/internal/nixtest"
+	"github.com/nixcache/nixcache/nix/nixtest"
 	"github.com/nixcache/nixcache/nix/storepath"
 )
 

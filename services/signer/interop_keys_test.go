@@ -12,16 +12,16 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/nixcache/nixcache/nix/nixtest"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 	"github.com/nixcache/nixcache/services/signer/internal/app"
-	"github.com/nixcache/nixcache/services/signer/internal/nixtest"
 )
 
 // TestGeneratedKeyWorksInNix: a key made with GenerateKey signs paths that
 // Nix trusts with the public key GenerateKey answered (and wrote beside
 // the secret); after RetireKey, the old key no longer signs.
 func TestGeneratedKeyWorksInNix(t *testing.T) {
-	nix := nixtest.New(t)
+	nix := nixtest.NewCache(t)
 	oldSec, _ := nix.GenerateKey("rotate-1")
 	keyDir := filepath.Join(t.TempDir(), "keys")
 

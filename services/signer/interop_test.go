@@ -16,15 +16,15 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/nixcache/nixcache/nix/nixtest"
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 	"github.com/nixcache/nixcache/services/signer/internal/app"
-	"github.com/nixcache/nixcache/services/signer/internal/nixtest"
 )
 
 // TestKeygenPairWorksInNix: Nix signs with a secret key made by
 // "nixcache-signer keygen" and trusts the signature by its public key.
 func TestKeygenPairWorksInNix(t *testing.T) {
-	nix := nixtest.New(t)
+	nix := nixtest.NewCache(t)
 	dir := t.TempDir()
 	sec, pub := filepath.Join(dir, "secret"), filepath.Join(dir, "public")
 	var stderr bytes.Buffer
@@ -59,7 +59,7 @@ func TestKeygenPairWorksInNix(t *testing.T) {
 // --generate-binary-cache-key loads into the signer, whose signatures Nix
 // trusts with that pair's public key.
 func TestNixKeySignsInSigner(t *testing.T) {
-	nix := nixtest.New(t)
+	nix := nixtest.NewCache(t)
 	sec, pub := nix.GenerateKey("nixgen-1")
 	pubText, err := os.ReadFile(pub)
 	if err != nil {

@@ -1,6 +1,3 @@
-// Package nixtest drives the real Nix, confined to temporary directories,
-// for tests that check nixcache's keys and signatures against it. A test
-// that uses it fails (it does not skip) when Nix is not installed.
 package nixtest
 
 import (
@@ -14,20 +11,18 @@ import (
 	"testing"
 )
 
-// StoreDir is the store directory of the paths Env makes.
-const StoreDir = "/nix/store"
-
-// config isolates Nix from the machine's configuration: no substituters, no
+// cacheConfig isolates Nix from the machine's configuration: no substituters, no
 // trusted keys besides those a command is given, no build users.
-const config = "experimental-features = nix-command\n" +
+const cacheConfig = "experimental-features = nix-command\n" +
 	"build-users-group =\n" +
 	"substituters =\n" +
 	"trusted-public-keys =\n" +
 	"secret-key-files =\n"
 
-// Env runs Nix with a private home, a chroot store and a file:// binary
-// cache, all under one temporary directory.
-type Env struct {
+// Cache runs Nix with a private home, a chroot store and a file:// binary
+// cache, all under one temporary directory, for tests that check keys and
+// signatures against Nix.
+type Cache struct {
 	t     testing.TB
 	dir   string
 	env   []string
@@ -42,8 +37,9 @@ type Path struct {
 	Fingerprint string // as computed from the narinfo
 }
 
-// New returns an Env; it fails the test if nix or nix-store is missing.
-func New(t testing.TB) *Env {
+// NewCache returns a Cache; it fails the test if nix or nix-store is
+// missing.
+func NewCache(t testing.TB) *Cache {
 	t.Helper()
 	for _, bin := range []string{"nix", "nix-store"} {
 		if _, err := exec.LookPath(bin); err != nil {
@@ -64,14 +60,14 @@ func New(t testing.TB) *Env {
 	store := "local?root=" + filepath.Join(dir, "chroot")
 	// The chroot store is also the default store, so that no command
 	// needs the machine's store or daemon.
-	env = append(env, "HOME="+home, "NIX_CONFIG="+config+"store = "+store+"\n",
+	env = append(env, "HOME="+home, "NIX_CONFIG="+cacheConfig+"store = "+store+"\n",
 		"NIX_USER_CONF_FILES="+filepath.Join(home, "nix.conf"))
-	return &Env{t: t, dir: dir, env: env, store: store, cache: filepath.Join(dir, "cache")}
+	return &Cache{t: t, dir: dir, env: env, store: store, cache: filepath.Join(dir, "cache")}
 }
 
 // Run runs a Nix command and returns its standard output; the error holds
 // its standard error.
-func (e *Env) Run(args ...string) (string, error) {
+func (e *Cache) Run(args ...string) (string, error) {
 	e.t.Helper()
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = e.env
@@ -85,7 +81,7 @@ func (e *Env) Run(args ...string) (string, error) {
 }
 
 // MustRun is Run failing the test on error.
-func (e *Env) MustRun(args ...string) string {
+func (e *Cache) MustRun(args ...string) string {
 	e.t.Helper()
 	out, err := e.Run(args...)
 	if err != nil {
@@ -96,7 +92,7 @@ func (e *Env) MustRun(args ...string) string {
 
 // GenerateKey makes a key pair named name with nix-store
 // --generate-binary-cache-key and returns its files.
-func (e *Env) GenerateKey(name string) (secretFile, publicFile string) {
+func (e *Cache) GenerateKey(name string) (secretFile, publicFile string) {
 	e.t.Helper()
 	d, err := os.MkdirTemp(e.dir, "key-")
 	if err != nil {
@@ -111,7 +107,7 @@ func (e *Env) GenerateKey(name string) (secretFile, publicFile string) {
 // the binary cache, signed with secretKeyFile unless it is "". The
 // narinfo's CA line is removed: Nix trusts content-addressed paths without
 // signatures, and these tests are about signatures.
-func (e *Env) AddPath(content, secretKeyFile string) Path {
+func (e *Cache) AddPath(content, secretKeyFile string) Path {
 	e.t.Helper()
 	f, err := os.CreateTemp(e.dir, "file-")
 	if err != nil {
@@ -156,7 +152,7 @@ func (e *Env) AddPath(content, secretKeyFile string) Path {
 }
 
 // Sigs returns the narinfo's Sig lines' values.
-func (e *Env) Sigs(p Path) []string {
+func (e *Cache) Sigs(p Path) []string {
 	e.t.Helper()
 	data, err := os.ReadFile(p.NarInfo)
 	if err != nil {
@@ -172,7 +168,7 @@ func (e *Env) Sigs(p Path) []string {
 }
 
 // AddSig appends a Sig line to the narinfo of p.
-func (e *Env) AddSig(p Path, sig string) {
+func (e *Cache) AddSig(p Path, sig string) {
 	e.t.Helper()
 	f, err := os.OpenFile(p.NarInfo, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -187,7 +183,7 @@ func (e *Env) AddSig(p Path, sig string) {
 // Verify runs nix store verify on p in the binary cache, trusting only
 // publicKey ("<name>:<base64>"); it returns nil when Nix finds p intact and
 // trusted.
-func (e *Env) Verify(p Path, publicKey string) error {
+func (e *Cache) Verify(p Path, publicKey string) error {
 	e.t.Helper()
 	_, err := e.Run("nix", "store", "verify", "--store", "file://"+e.cache,
 		"--trusted-public-keys", publicKey, p.StorePath)

@@ -1,10 +1,13 @@
-// Package nixtest runs the real Nix for the tests of the nix module: the
-// formats are tested against what Nix prints, not against our reading of
-// its sources. Nix must be installed; a test that cannot find it fails.
+// Package nixtest runs the real Nix for tests: the Nix formats, keys and
+// signatures are tested against what Nix prints, not against our reading
+// of its sources. It is for tests only (every function takes a
+// testing.TB); the nix module's tests and the signer's use it. Nix must be
+// installed; a test that cannot find it fails (it does not skip).
 //
 // Every store is a chroot store ("--store ROOT": logically /nix/store,
 // physically ROOT/nix/store) in a t.TempDir, so tests touch nothing outside
-// their temporary directories.
+// their temporary directories: Store for the nix module's fixtures, Cache
+// for a store with a file:// binary cache beside it.
 package nixtest
 
 import (
