@@ -42,14 +42,11 @@ func TestColocatedNarDir(t *testing.T) {
 		t.Errorf("StatNar answered %v times, want at least one per path (%d)", n, len(closure))
 	}
 	// The gateway reports its downloads every second.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	eventually(t, 10*time.Second, "3 downloads in GetStats", func() (bool, string) {
 		stats := messages(t, c.admin("GetStats", ""))
-		if got := stats[0]["narDownloads"]; got == "3" {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("GetStats narDownloads %v, want 3 (one per path): %v", got, stats)
-		}
-	}
+		got := stats[0]["narDownloads"]
+		return got == "3", fmt.Sprintf("GetStats narDownloads %v, want 3 (one per path): %v", got, stats)
+	})
 
 	// A byte range, from the file on disk.
 	file := c.narFileOf(top)
@@ -84,15 +81,10 @@ func TestColocatedNarDir(t *testing.T) {
 	}
 	// The server counts a call when its handler returns, which may be
 	// just after the client has the last byte.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	eventually(t, 10*time.Second, "one GetNar counted", func() (bool, string) {
 		n := metric(t, index, getNars)
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GetNar answered %v times after one nix-serve download, want 1", n)
-		}
-	}
+		return n == 1, fmt.Sprintf("GetNar answered %v times after one nix-serve download, want 1", n)
+	})
 
 	// Rot the file in place (same size): Verify quarantines it, and the
 	// gateway, which could read it, must not serve it.

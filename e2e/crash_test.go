@@ -320,20 +320,14 @@ func (w *crashWorld) get(path string) (int, []byte) {
 // the signer.
 func (w *crashWorld) waitGatewayReady() {
 	w.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually(w.t, 30*time.Second, "gateway ready after a restart", func() (bool, string) {
 		resp, err := http.Get(w.c.URL + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if err != nil {
+			return false, err.Error()
 		}
-		if time.Now().After(deadline) {
-			w.t.Fatalf("gateway not ready 30 s after a restart: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status
+	})
 }
 
 // sampleCheck fetches the narinfo of up to 12 random paths of the closures

@@ -117,24 +117,6 @@ func (c *cluster) freeze(service string) (thaw func()) {
 	return thaw
 }
 
-// waitFor polls cond until it is true, and fails the test if that takes
-// longer than within; it returns how long it took.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	deadline := time.After(within)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline:
-			t.Fatalf("%s: not within %s", what, within)
-		case <-tick.C:
-		}
-	}
-	return time.Since(start)
-}
-
 // TestIndexDown: while the index is stopped, killed or frozen, narinfo
 // and NAR reads and both halves of a push get 503 with Retry-After within
 // faultBound, never a hang or a 500; once it is back the same gateway

@@ -51,16 +51,10 @@ func servedNarinfoField(t *testing.T, c *cluster, storePath, key string) string 
 // fails the test after within.
 func waitCompression(t *testing.T, c *cluster, storePath, want string, within time.Duration) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for deadline := start.Add(within); ; time.Sleep(50 * time.Millisecond) {
+	return eventually(t, within, "narinfo of "+storePath+" with Compression "+want, func() (bool, string) {
 		got := servedNarinfoField(t, c, storePath, "Compression")
-		if got == want {
-			return time.Since(start)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("narinfo of %s: Compression %q after %s, want %q", storePath, got, within, want)
-		}
-	}
+		return got == want, fmt.Sprintf("Compression %q, want %q", got, want)
+	})
 }
 
 // hostCopies lists the files under the index's nars/host/ (tmp/ apart),

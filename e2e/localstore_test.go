@@ -72,22 +72,20 @@ func startNixDaemonWith(t *testing.T, socket, config string) string {
 			<-exited
 		}
 	})
-	deadline := time.After(20 * time.Second)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if conn, err := net.Dial("unix", socket); err == nil {
-			conn.Close()
-			return socket
-		}
+	waitFor(t, 20*time.Second, "nix-daemon listening on "+socket, func() bool {
 		select {
 		case <-exited:
 			t.Fatalf("nix-daemon exited:\n%s", readFile(t, filepath.Join(dir, "nix-daemon.log")))
-		case <-deadline:
-			t.Fatalf("nix-daemon does not listen on %s after 20s", socket)
-		case <-tick.C:
+		default:
 		}
-	}
+		conn, err := net.Dial("unix", socket)
+		if err != nil {
+			return false
+		}
+		conn.Close()
+		return true
+	})
+	return socket
 }
 
 // withLocalStore serves the host's store through the daemon on socket.
@@ -147,21 +145,10 @@ func TestLocalStoreSubstitute(t *testing.T) {
 // takes longer than within.
 func waitStatus(t *testing.T, url string, want int, within time.Duration) time.Duration {
 	t.Helper()
-	start := time.Now()
-	deadline := time.After(within)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	last := 0
-	for {
-		if last = httpStatus(t, "GET", url, "", nil); last == want {
-			return time.Since(start)
-		}
-		select {
-		case <-deadline:
-			t.Fatalf("GET %s: still %d after %s, want %d", url, last, within, want)
-		case <-tick.C:
-		}
-	}
+	return eventually(t, within, fmt.Sprintf("GET %s answering %d", url, want), func() (bool, string) {
+		last := httpStatus(t, "GET", url, "", nil)
+		return last == want, fmt.Sprintf("still %d", last)
+	})
 }
 
 // TestLocalStoreFollowsHost: a path built while the cache runs is served
@@ -228,14 +215,11 @@ func TestLocalStoreDumpedByGateway(t *testing.T) {
 	if n := metric(t, index, fmt.Sprintf(series, "GetNar", "server_stream")); n != 0 {
 		t.Errorf("the index streamed %v NARs; the gateway should have dumped them", n)
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	eventually(t, 10*time.Second, "the downloads in GetStats", func() (bool, string) {
 		stats := messages(t, c.admin("GetStats", ""))
-		if got := stats[0]["narDownloads"]; got == fmt.Sprint(len(closure)) {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("GetStats narDownloads %v, want %d (one per path): %v", got, len(closure), stats)
-		}
-	}
+		got := stats[0]["narDownloads"]
+		return got == fmt.Sprint(len(closure)), fmt.Sprintf("GetStats narDownloads %v, want %d (one per path): %v", got, len(closure), stats)
+	})
 
 	nar := narURL(t, c, top)
 	lookups := fmt.Sprintf(series, "GetPathInfo", "unary")

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"net/http"
 	"strconv"
 	"strings"
@@ -104,15 +103,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	c.start("index")
 	// The gateway reconnects with backoff: poll until ready again.
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for httpStatus(t, "GET", c.URL+"/readyz", "", nil) != http.StatusOK {
-		select {
-		case <-ctx.Done():
-			t.Fatal("/readyz not 200 within 30s of the index restarting")
-		case <-tick.C:
-		}
-	}
+	waitFor(t, 30*time.Second, "/readyz 200 after the index restarted", func() bool {
+		return httpStatus(t, "GET", c.URL+"/readyz", "", nil) == http.StatusOK
+	})
 }

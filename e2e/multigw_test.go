@@ -65,13 +65,12 @@ func (c *cluster) startGateway(name string, args ...string) string {
 		}
 	})
 	url := "http://" + addr
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually(c.t, 30*time.Second, name+" ready", func() (bool, string) {
 		resp, err := http.Get(url + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return url
+				return true, ""
 			}
 		}
 		select {
@@ -79,27 +78,18 @@ func (c *cluster) startGateway(name string, args ...string) string {
 			c.t.Fatalf("%s exited before it was ready", name)
 		default:
 		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("%s not ready after 30s: %v", name, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false, fmt.Sprint(err)
+	})
+	return url
 }
 
 // waitMetric polls a gateway's /metrics until series has value want.
 func waitMetric(t *testing.T, gateway, series string, want float64, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
+	eventually(t, within, gateway+" "+series, func() (bool, string) {
 		got := metric(t, gateway+"/metrics", series)
-		if got == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s %s = %v after %v, want %v", gateway, series, got, within, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return got == want, fmt.Sprintf("%v, want %v", got, want)
+	})
 }
 
 // assertCached fails unless n GETs of url answer code without reaching

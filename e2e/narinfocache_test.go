@@ -1,7 +1,7 @@
 package e2e
 
 import (
-	"context"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -36,16 +36,8 @@ func TestNarinfoCacheBound(t *testing.T) {
 
 	c.admin("DeletePath", `{"path": "`+top+`"}`)
 	deleted := time.Now()
-	ctx, cancel := context.WithTimeout(t.Context(), ttl+3*time.Second)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for httpStatus(t, "GET", url, "", nil) != http.StatusNotFound {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("a deleted path is still served %v after the delete (TTL %v)", time.Since(deleted), ttl)
-		case <-tick.C:
-		}
-	}
+	waitFor(t, ttl+3*time.Second, fmt.Sprintf("a deleted path 404 (TTL %v)", ttl), func() bool {
+		return httpStatus(t, "GET", url, "", nil) == http.StatusNotFound
+	})
 	t.Logf("deleted path 404 after %v (TTL %v)", time.Since(deleted).Round(time.Millisecond), ttl)
 }

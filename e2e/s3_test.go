@@ -90,13 +90,12 @@ func startS3(t *testing.T) *s3Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually(t, 30*time.Second, "versitygw answering", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := s.client.ListBuckets(ctx)
 		cancel()
 		if err == nil {
-			break
+			return true, ""
 		}
 		select {
 		case <-done:
@@ -104,11 +103,8 @@ func startS3(t *testing.T) *s3Server {
 			t.Fatalf("versitygw exited before it answered: %v\n%s", err, b)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("versitygw does not answer after 30s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
-	}
+		return false, err.Error()
+	})
 	if err := s.client.MakeBucket(context.Background(), s.bucket, minio.MakeBucketOptions{}); err != nil {
 		t.Fatalf("make bucket: %v", err)
 	}

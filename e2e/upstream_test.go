@@ -80,13 +80,12 @@ http {
 	s := &staticCache{URL: "http://" + addr, cmd: cmd, done: make(chan struct{})}
 	go func() { cmd.Wait(); out.Close(); close(s.done) }()
 	t.Cleanup(s.stop)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually(t, 10*time.Second, "nginx serving "+s.URL+"/nix-cache-info", func() (bool, string) {
 		resp, err := http.Get(s.URL + "/nix-cache-info")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return s
+				return true, ""
 			}
 		}
 		select {
@@ -96,11 +95,9 @@ http {
 			t.Fatalf("nginx exited: %s%s", errs, log)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nginx not serving %s/nix-cache-info after 10s (last error %v)", s.URL, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false, fmt.Sprintf("last error %v", err)
+	})
+	return s
 }
 
 // stop stops nginx (SIGTERM: fast shutdown) and waits for it.
@@ -286,14 +283,10 @@ func TestUpstreamSlowFetch(t *testing.T) {
 		t.Fatalf("first GET: %d (Retry-After %q) %q, want 503 with Retry-After saying the path is being fetched",
 			resp.status, resp.header.Get("Retry-After"), resp.body)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for resp.status != http.StatusOK {
-		if time.Now().After(deadline) {
-			t.Fatalf("not served 60s after the first request: %d %q", resp.status, resp.body)
-		}
-		time.Sleep(200 * time.Millisecond)
-		resp = httpDo(t, "GET", url, "", nil, nil)
-	}
+	eventually(t, 60*time.Second, "served after the first request", func() (bool, string) {
+		resp := httpDo(t, "GET", url, "", nil, nil)
+		return resp.status == http.StatusOK, fmt.Sprintf("%d %q", resp.status, resp.body)
+	})
 	store := filepath.Join(t.TempDir(), "store")
 	mustNix(t, nixConfig("trusted-public-keys = "+c.publicKey), "nix", "copy", "--from", c.URL, "--to", store, top)
 	if got := pathInfos(t, nixConfig(), "--store", store, "--recursive", top); len(got) != len(closure) {
