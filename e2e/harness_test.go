@@ -281,19 +281,15 @@ func (c *cluster) waitReady(service string, p *proc) {
 			return healthServingWith(ctx, addr, c.grpcCreds)
 		}
 	}
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !ready() {
+	// A failed test's logs are dumped by newCluster's cleanup.
+	waitFor(c.t, 30*time.Second, service+" ready", func() bool {
 		select {
 		case <-p.done:
-			c.dumpLogs()
 			c.t.Fatalf("%s exited before it was ready", service)
-		case <-ctx.Done():
-			c.dumpLogs()
-			c.t.Fatalf("%s not ready after 30s", service)
-		case <-tick.C:
+		default:
 		}
-	}
+		return ready()
+	})
 }
 
 func healthServing(ctx context.Context, addr string) bool {
