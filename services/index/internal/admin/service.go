@@ -236,11 +236,20 @@ func (s *Service) DeletePath(ctx context.Context, req *indexv1.DeletePathRequest
 }
 
 // delete removes paths from the catalogue, then the files no path uses.
+// If a path published meanwhile refers to one of them, nothing is deleted
+// (fault.ErrPrecondition).
 func (s *Service) delete(ctx context.Context, hashParts []string) error {
 	freed, err := s.cat.DeletePaths(hashParts)
 	if err != nil {
 		return err
 	}
+	s.removeFiles(ctx, freed)
+	return nil
+}
+
+// removeFiles removes NAR files whose records went, logging what it
+// cannot remove.
+func (s *Service) removeFiles(ctx context.Context, freed []*indexv1.NarFile) {
 	var errs []error
 	for _, nf := range freed {
 		if err := s.nars.Remove(nf); err != nil {
@@ -250,7 +259,6 @@ func (s *Service) delete(ctx context.Context, hashParts []string) error {
 	if err := errors.Join(errs...); err != nil {
 		s.cfg.Log.WarnContext(ctx, "NAR files left on disk", "err", err)
 	}
-	return nil
 }
 
 // GetStats reports the catalogue's size and the traffic since start.

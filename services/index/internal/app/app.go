@@ -299,10 +299,20 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		// Stopped before the catalogue closes.
 		defer func() { stop(); <-synced }()
 		local = store
-	} else if err := cat.ClearLocal(); err != nil {
+		// Pushed paths keep their own copies of the host paths they
+		// refer to.
+		pub.WithHost(store, nars)
+	} else {
 		// Paths of a store served before must not linger.
-		lis.Close()
-		return err
+		quarantined, err := cat.ClearLocal()
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		if len(quarantined) > 0 {
+			o.Log.Warn("quarantined pushed paths that refer to paths of the host's store, no longer served; push them again",
+				"paths", quarantined)
+		}
 	}
 
 	// Handlers cut at the end of the grace period still finish before the

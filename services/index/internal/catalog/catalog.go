@@ -143,14 +143,35 @@ func (c *Catalog) PathInfo(hashPart string) (*indexv1.PathInfo, error) {
 // UpdatePathInfo reads the path with this hash part (nil when absent),
 // passes it to fn and, in the same transaction, stores what fn returns
 // unless it is nil or fn fails; fn's error is returned as is. It returns
-// the record stored (the old one when fn returned nil).
+// the record stored (the old one when fn returned nil). What fn returns is
+// stored only if its references are published and its NAR file recorded
+// (closure.go); if not, the error is of class fault.ErrPrecondition.
 func (c *Catalog) UpdatePathInfo(hashPart string, fn func(old *indexv1.PathInfo) (*indexv1.PathInfo, error)) (*indexv1.PathInfo, error) {
+	return c.update(nil, hashPart, fn)
+}
+
+// update is UpdatePathInfo after publishing adopted (Adopt).
+func (c *Catalog) update(adopted []*indexv1.PathInfo, hashPart string, fn func(old *indexv1.PathInfo) (*indexv1.PathInfo, error)) (*indexv1.PathInfo, error) {
 	var stored *indexv1.PathInfo
 	var fnErr error
+	var published []string
 	kind := indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED
 	err := c.db.Update(func(tx *bolt.Tx) error {
-		kind = indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED
+		kind, published = indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED, nil
 		b := tx.Bucket(pathsBucket)
+		for _, a := range adopted {
+			key, err := localKey(a)
+			if err != nil {
+				return err
+			}
+			if b.Get(key) != nil {
+				continue
+			}
+			if err := publishPath(tx, string(key), a); err != nil {
+				return err
+			}
+			published = append(published, string(key))
+		}
 		var old *indexv1.PathInfo
 		if v := b.Get([]byte(hashPart)); v != nil {
 			var err error
@@ -168,17 +189,11 @@ func (c *Catalog) UpdatePathInfo(hashPart string, fn func(old *indexv1.PathInfo)
 			return nil
 		}
 		stored = next
-		// Published again (pushed anew after Verify quarantined it): the
-		// path is served from its new record, not left quarantined too.
-		if _, err := setPath(tx, quarantineBucket, hashPart, nil); err != nil {
-			return err
-		}
 		kind = indexv1.PathEventKind_PATH_EVENT_KIND_CHANGED
 		if old == nil {
 			kind = indexv1.PathEventKind_PATH_EVENT_KIND_PUBLISHED
 		}
-		_, err = setPath(tx, pathsBucket, hashPart, next)
-		return err
+		return publishPath(tx, hashPart, next)
 	})
 	if fnErr != nil {
 		return nil, fnErr
@@ -186,10 +201,26 @@ func (c *Catalog) UpdatePathInfo(hashPart string, fn func(old *indexv1.PathInfo)
 	if err != nil {
 		return nil, fmt.Errorf("update path %s: %w", hashPart, err)
 	}
+	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_PUBLISHED, published...)
 	if kind != indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED {
 		c.changes.Publish(kind, hashPart)
 	}
 	return stored, nil
+}
+
+// publishPath stores info as the published path key, once its closure
+// and file are checked (closure.go).
+func publishPath(tx *bolt.Tx, key string, info *indexv1.PathInfo) error {
+	if err := checkPublishable(tx, key, info); err != nil {
+		return err
+	}
+	// Published again (pushed anew after Verify quarantined it): the path
+	// is served from its new record, not left quarantined too.
+	if _, err := setPath(tx, quarantineBucket, key, nil); err != nil {
+		return err
+	}
+	_, err := setPath(tx, pathsBucket, key, info)
+	return err
 }
 
 // PresentPaths returns the hash parts, in the order given and without

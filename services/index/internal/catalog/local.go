@@ -130,11 +130,16 @@ func (c *Catalog) SignedLocal(infos []*indexv1.PathInfo) (int, error) {
 	return n, nil
 }
 
-// DeleteLocal forgets the local paths with these hash parts.
-func (c *Catalog) DeleteLocal(hashParts []string) error {
-	var removed []string
+// DeleteLocal forgets the local paths with these hash parts. A published
+// path that refers to one of them and not to a pushed copy (published
+// before the cache took copies of such references) goes into quarantine,
+// with its referrers (closure.go): the host no longer has its closure.
+// It returns the hash parts quarantined.
+func (c *Catalog) DeleteLocal(hashParts []string) ([]string, error) {
+	var removed, quarantined []string
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		removed = nil
+		var gone []string
 		for _, h := range hashParts {
 			old, err := setPath(tx, localBucket, h, nil)
 			if err != nil {
@@ -142,23 +147,43 @@ func (c *Catalog) DeleteLocal(hashParts []string) error {
 			}
 			if old != nil {
 				removed = append(removed, h)
+				if tx.Bucket(pathsBucket).Get([]byte(h)) == nil {
+					gone = append(gone, h)
+				}
 			}
 			if err := setUnsigned(tx, []byte(h), false); err != nil {
 				return err
 			}
 		}
-		return nil
+		var err error
+		quarantined, err = quarantineReferrers(tx, gone...)
+		return err
 	})
 	if err != nil {
-		return fmt.Errorf("delete local paths: %w", err)
+		return nil, fmt.Errorf("delete local paths: %w", err)
 	}
 	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, removed...)
-	return nil
+	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, quarantined...)
+	return quarantined, nil
 }
 
-// ClearLocal forgets every local path.
-func (c *Catalog) ClearLocal() error {
+// ClearLocal forgets every local path; published paths that refer to one
+// and not to a pushed copy go into quarantine, as in DeleteLocal. It
+// returns the hash parts quarantined.
+func (c *Catalog) ClearLocal() ([]string, error) {
+	var quarantined []string
 	err := c.db.Update(func(tx *bolt.Tx) error {
+		var gone []string
+		paths := tx.Bucket(pathsBucket)
+		err := tx.Bucket(localBucket).ForEach(func(k, _ []byte) error {
+			if paths.Get(k) == nil {
+				gone = append(gone, string(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 		for _, name := range [][]byte{localBucket, localUnsignedBucket} {
 			if err := tx.DeleteBucket(name); err != nil {
 				return err
@@ -172,14 +197,15 @@ func (c *Catalog) ClearLocal() error {
 				return err
 			}
 		}
-		return nil
+		quarantined, err = quarantineReferrers(tx, gone...)
+		return err
 	})
 	if err != nil {
-		return fmt.Errorf("clear local paths: %w", err)
+		return nil, fmt.Errorf("clear local paths: %w", err)
 	}
 	// Watchers cached what they may no longer see: they start over.
 	c.changes.Reset()
-	return nil
+	return quarantined, nil
 }
 
 // DiffLocal compares the local paths recorded with hashParts, which must

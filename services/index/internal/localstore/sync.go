@@ -277,8 +277,14 @@ func (s *Store) remove(ctx context.Context, hashParts []string) (int, error) {
 			gone = append(gone, hashPartOf(s.cfg.StoreDir, p))
 		}
 	}
-	if err := s.cat.DeleteLocal(gone); err != nil {
+	quarantined, err := s.cat.DeleteLocal(gone)
+	if err != nil {
 		return 0, err
+	}
+	if len(quarantined) > 0 {
+		// Pushed before the cache copied such references at publish.
+		s.cfg.Log.Warn("quarantined pushed paths whose references the host's store no longer has; push them again",
+			"paths", quarantined)
 	}
 	return len(gone), nil
 }

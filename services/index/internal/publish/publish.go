@@ -22,6 +22,7 @@ import (
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
+	"github.com/nixcache/nixcache/services/index/internal/narstore"
 )
 
 // Signer signs fingerprints with the cache's keys.
@@ -39,6 +40,10 @@ type Publisher struct {
 	storeDir    string
 	signTimeout time.Duration
 	now         func() time.Time
+	// host and nars, when set (WithHost), copy host paths pushed paths
+	// refer to (adopt.go).
+	host HostStore
+	nars *narstore.Store
 }
 
 // New returns a Publisher for paths of storeDir; each call to the signer
@@ -67,9 +72,13 @@ func (p *Publisher) Publish(ctx context.Context, in *indexv1.PathInfo) (*indexv1
 	if err != nil {
 		return nil, err
 	}
+	adopted, err := p.adopt(ctx, c.path, in.GetReferences())
+	if err != nil {
+		return nil, err
+	}
 	if _, err := p.catalog.PathInfo(c.path.HashPart); err == nil {
 		// Already published: no new signature needed.
-		return p.catalog.UpdatePathInfo(c.path.HashPart, func(old *indexv1.PathInfo) (*indexv1.PathInfo, error) {
+		return p.catalog.Adopt(adopted, c.path.HashPart, func(old *indexv1.PathInfo) (*indexv1.PathInfo, error) {
 			return merge(old, in.GetStorePath(), c, nil)
 		})
 	} else if !errors.Is(err, fault.ErrNotFound) {
@@ -98,7 +107,10 @@ func (p *Publisher) Publish(ctx context.Context, in *indexv1.PathInfo) (*indexv1
 		Url:              "nar/" + strings.TrimPrefix(c.file.GetFileHash(), "sha256:") + ".nar" + ext,
 		RegistrationTime: timestamppb.New(p.now()),
 	}
-	return p.catalog.UpdatePathInfo(c.path.HashPart, func(old *indexv1.PathInfo) (*indexv1.PathInfo, error) {
+	// The catalogue checks again, in the transaction that publishes, that
+	// every reference is published (catalog/closure.go): a delete may
+	// have come since check.
+	return p.catalog.Adopt(adopted, c.path.HashPart, func(old *indexv1.PathInfo) (*indexv1.PathInfo, error) {
 		if old != nil {
 			// Published meanwhile by another call.
 			return merge(old, in.GetStorePath(), c, sigs)
@@ -226,7 +238,9 @@ func (p *Publisher) checkFile(in *indexv1.PathInfo) (*indexv1.NarFile, error) {
 // checkReferences makes sure every reference but the path itself is
 // published, so that the cache never serves a path whose closure it lacks.
 // A path of the host's store the index serves counts: nix copy --to skips
-// what the cache already has, whichever way it has it.
+// what the cache already has, whichever way it has it; the publisher
+// copies it (adopt.go). This is the early answer; the catalogue checks
+// again as it publishes.
 func (p *Publisher) checkReferences(in *indexv1.PathInfo, self storepath.Path) error {
 	for _, ref := range in.GetReferences() {
 		if ref == self.Base() {

@@ -178,7 +178,7 @@ func TestPushedAndLocal(t *testing.T) {
 	l := startLocalIndex(t, signTimeout)
 	ctx := context.Background()
 	both, bothNar := l.buildTree(t, "both")
-	dep, _ := l.buildTree(t, "dep")
+	dep, depNar := l.buildTree(t, "dep")
 
 	// Seen as local first.
 	if _, err := l.client.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(dep.StorePath)}); err != nil {
@@ -221,6 +221,26 @@ func TestPushedAndLocal(t *testing.T) {
 	l.daemon.Invalidate(t, both.StorePath)
 	if _, err := l.client.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(both.StorePath)}); err != nil {
 		t.Errorf("pushed path after it left the host's store: %v", err)
+	}
+	// So does the dependency it had only as local: the cache took a copy
+	// of it at publish, a NAR file of its own that the host's deletion
+	// does not touch.
+	l.daemon.Invalidate(t, dep.StorePath)
+	resp, err = l.client.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(dep.StorePath)})
+	if err != nil {
+		t.Fatalf("the local-only dependency after it left the host's store: %v", err)
+	}
+	copied := resp.GetInfo()
+	if copied.GetFile().GetFileHash() == "" || copied.GetNarHash() != dep.NarHash.String() {
+		t.Fatalf("the dependency's record %v: want the cache's copy, with a NAR file and NarHash %s", copied, dep.NarHash)
+	}
+	if sigs := copied.GetSignatures(); len(sigs) == 0 || !l.signer.Active.Public().Verify(l.fingerprint(copied, dep), sigs[len(sigs)-1]) {
+		t.Errorf("signatures of the copy %q: want the cache key's, that verifies", sigs)
+	}
+	_, data, err := getNar(ctx, l.client, &indexv1.GetNarRequest{
+		Selector: &indexv1.GetNarRequest_StoreHash{StoreHash: hashOf(dep.StorePath)}, ExpectedNarHash: dep.NarHash.String()})
+	if err != nil || !bytes.Equal(data, depNar) {
+		t.Errorf("GetNar of the copy: %d bytes, want %d; %v", len(data), len(depNar), err)
 	}
 }
 
