@@ -61,7 +61,7 @@ func (c *Catalog) AddAccess(batch map[string]Access) error {
 	if len(batch) == 0 {
 		return nil
 	}
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(accessBucket)
 		for h, a := range batch {
 			old := decodeAccess(b.Get([]byte(h)))
@@ -280,7 +280,7 @@ func nameOf(storePath string) string {
 
 // PutPin records a pin of a published path.
 func (c *Catalog) PutPin(hashPart string, pin *indexv1.Pin) error {
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		if tx.Bucket(pathsBucket).Get([]byte(hashPart)) == nil && tx.Bucket(quarantineBucket).Get([]byte(hashPart)) == nil {
 			return fault.NotFound("store path %s is not a pushed path of the cache", hashPart)
 		}
@@ -298,7 +298,7 @@ func (c *Catalog) PutPin(hashPart string, pin *indexv1.Pin) error {
 
 // DeletePin removes a pin; an error of class fault.ErrNotFound if none.
 func (c *Catalog) DeletePin(hashPart string) error {
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		if tx.Bucket(pinsBucket).Get([]byte(hashPart)) == nil {
 			return fault.NotFound("store path %s is not pinned", hashPart)
 		}
@@ -336,7 +336,7 @@ func (c *Catalog) Pins() ([]*indexv1.Pin, error) {
 // first; none when it did not move the path.
 func (c *Catalog) Quarantine(hashPart, narHash string) ([]string, error) {
 	var moved []string
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		moved = nil
 		v := tx.Bucket(pathsBucket).Get([]byte(hashPart))
 		if v == nil {
@@ -392,7 +392,7 @@ func (c *Catalog) Quarantine(hashPart, narHash string) ([]string, error) {
 func (c *Catalog) DeletePaths(hashParts []string) ([]*indexv1.NarFile, error) {
 	var freed []*indexv1.NarFile
 	var removed []string
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		var err error
 		freed, removed, err = deletePaths(tx, hashParts)
 		if err != nil {
@@ -420,7 +420,7 @@ func (c *Catalog) DeletePaths(hashParts []string) ([]*indexv1.NarFile, error) {
 // and so is, in turn, what it refers to.
 func (c *Catalog) DeleteUnreferred(hashParts []string) (deleted []string, freed []*indexv1.NarFile, err error) {
 	var removed []string
-	err = c.db.Update(func(tx *bolt.Tx) error {
+	err = c.write(func(tx *bolt.Tx) error {
 		// Keep every path with a published referrer that is not deleted
 		// too, until no more are kept.
 		doomed := map[string]bool{}
@@ -530,7 +530,7 @@ func (c *Catalog) ReplaceSignatures(sigs map[string]SignatureUpdate, local bool)
 		buckets = [][]byte{localBucket}
 	}
 	var changed []string
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		n, changed = 0, nil
 		unsigned := tx.Bucket(localUnsignedBucket)
 		for h, u := range sigs {

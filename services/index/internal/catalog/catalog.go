@@ -34,6 +34,22 @@ type Catalog struct {
 	// changes hears of every committed change to what GetPathInfo
 	// answers: a pushed or local path published, removed or changed.
 	changes *pathwatch.Hub
+	// beforeCommit, set by tests, sees the state each write transaction
+	// is about to commit.
+	beforeCommit func(tx *bolt.Tx)
+}
+
+// write runs fn in a write transaction.
+func (c *Catalog) write(fn func(tx *bolt.Tx) error) error {
+	return c.db.Update(func(tx *bolt.Tx) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		if c.beforeCommit != nil {
+			c.beforeCommit(tx)
+		}
+		return nil
+	})
 }
 
 // Open opens (creating if needed) the catalogue database at path. A
@@ -95,7 +111,7 @@ func (c *Catalog) NarFile(fileHash string) (*indexv1.NarFile, error) {
 // addressed: an existing record describes the same bytes and is kept.
 func (c *Catalog) AddNarFile(fileHash string, nf *indexv1.NarFile) (*indexv1.NarFile, error) {
 	stored := nf
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(narsBucket)
 		if v := b.Get([]byte(fileHash)); v != nil {
 			old, err := decodeNarFile(v)
@@ -156,7 +172,7 @@ func (c *Catalog) update(adopted []*indexv1.PathInfo, hashPart string, fn func(o
 	var fnErr error
 	var published []string
 	kind := indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		kind, published = indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED, nil
 		b := tx.Bucket(pathsBucket)
 		for _, a := range adopted {

@@ -60,7 +60,7 @@ func (c *Catalog) LocalPathInfo(hashPart string) (*indexv1.PathInfo, bool, error
 // replaces a signed one of the same path and NAR hash.
 func (c *Catalog) PutLocal(paths []LocalPath) error {
 	var published, changed []string
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		published, changed = nil, nil
 		b, unsigned := tx.Bucket(localBucket), tx.Bucket(localUnsignedBucket)
 		for _, p := range paths {
@@ -101,7 +101,7 @@ func (c *Catalog) PutLocal(paths []LocalPath) error {
 func (c *Catalog) SignedLocal(infos []*indexv1.PathInfo) (int, error) {
 	n := 0
 	var changed []string
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		n, changed = 0, nil
 		b := tx.Bucket(localBucket)
 		for _, info := range infos {
@@ -137,7 +137,7 @@ func (c *Catalog) SignedLocal(infos []*indexv1.PathInfo) (int, error) {
 // It returns the hash parts quarantined.
 func (c *Catalog) DeleteLocal(hashParts []string) ([]string, error) {
 	var removed, quarantined []string
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		removed = nil
 		var gone []string
 		for _, h := range hashParts {
@@ -172,7 +172,7 @@ func (c *Catalog) DeleteLocal(hashParts []string) ([]string, error) {
 // returns the hash parts quarantined.
 func (c *Catalog) ClearLocal() ([]string, error) {
 	var quarantined []string
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		var gone []string
 		paths := tx.Bucket(pathsBucket)
 		err := tx.Bucket(localBucket).ForEach(func(k, _ []byte) error {
