@@ -78,9 +78,16 @@ func (p *Publisher) Publish(ctx context.Context, in *indexv1.PathInfo) (*indexv1
 	}
 	if _, err := p.catalog.PathInfo(c.path.HashPart); err == nil {
 		// Already published: no new signature needed.
-		return p.catalog.Adopt(adopted, c.path.HashPart, func(old *indexv1.PathInfo) (*indexv1.PathInfo, error) {
+		stored, err := p.catalog.Adopt(adopted, c.path.HashPart, func(old *indexv1.PathInfo) (*indexv1.PathInfo, error) {
+			if old == nil {
+				return nil, errDeleted
+			}
 			return merge(old, in.GetStorePath(), c, nil)
 		})
+		if !errors.Is(err, errDeleted) {
+			return stored, err
+		}
+		// Deleted since: published anew, signed.
 	} else if !errors.Is(err, fault.ErrNotFound) {
 		return nil, err
 	}
@@ -118,6 +125,10 @@ func (p *Publisher) Publish(ctx context.Context, in *indexv1.PathInfo) (*indexv1
 		return info, nil
 	})
 }
+
+// errDeleted: a path found published was deleted before the transaction
+// that would merge into it.
+var errDeleted = errors.New("deleted meanwhile")
 
 // merge returns old with the new signatures added, nil when it has them
 // all, or an error when old is not the same path with the same NAR.
