@@ -272,7 +272,7 @@ func TestClosuresHostPathDeleted(t *testing.T) {
 	// The closure, kept in a store of the test's own; then top and mid
 	// leave the host's store, so the cache has only leaf, from the host.
 	kept := filepath.Join(t.TempDir(), "kept")
-	mustNix(t, nixConfig(), "nix", "copy", "--to", kept, top)
+	mustNix(t, nixConfig(), "nix", "copy", "--no-check-sigs", "--to", kept, top)
 	var upper []string
 	for _, p := range closure {
 		if p != leaf {
@@ -294,7 +294,7 @@ func TestClosuresHostPathDeleted(t *testing.T) {
 	mustNix(t, nixConfig(), "nix-store", "--delete", leaf)
 	ni := httpDo(t, "GET", c.URL+"/"+hashPart(leaf)+".narinfo", "", nil, nil)
 	if ni.status != http.StatusOK || strings.Contains(ni.body, "Compression: none\n") {
-		t.Fatalf("leaf after the host deleted it: narinfo %d, want 200 with the cache's compressed copy:\n%s", ni.status, ni.body)
+		t.Errorf("leaf after the host deleted it: narinfo %d, want 200 with the cache's compressed copy:\n%s", ni.status, ni.body)
 	}
 
 	store := filepath.Join(t.TempDir(), "store")
