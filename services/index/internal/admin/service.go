@@ -6,7 +6,6 @@ package admin
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -247,16 +246,10 @@ func (s *Service) delete(ctx context.Context, hashParts []string) error {
 	return nil
 }
 
-// removeFiles removes NAR files whose records went, logging what it
-// cannot remove.
+// removeFiles removes NAR files whose records went (unless uploaded
+// again since), logging what it cannot remove.
 func (s *Service) removeFiles(ctx context.Context, freed []*indexv1.NarFile) {
-	var errs []error
-	for _, nf := range freed {
-		if err := s.nars.Remove(nf); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := s.cat.RemoveFreed(freed, s.nars.Remove); err != nil {
 		s.cfg.Log.WarnContext(ctx, "NAR files left on disk", "err", err)
 	}
 }

@@ -3,6 +3,7 @@ package catalog
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -411,6 +412,30 @@ func (c *Catalog) DeletePaths(hashParts []string) ([]*indexv1.NarFile, error) {
 	}
 	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, removed...)
 	return freed, nil
+}
+
+// RemoveFreed calls remove for each NAR file whose record a deletion
+// freed, in a write transaction that first makes sure no record names the
+// file again (uploaded since the deletion): that upload's file is kept.
+// It returns what remove failed to do.
+func (c *Catalog) RemoveFreed(freed []*indexv1.NarFile, remove func(*indexv1.NarFile) error) error {
+	var errs []error
+	for _, nf := range freed {
+		key := fileKey(&indexv1.PathInfo{File: nf})
+		err := c.write(func(tx *bolt.Tx) error {
+			if key != "" && (tx.Bucket(narsBucket).Get([]byte(key)) != nil || tx.Bucket(quarantineNarsBucket).Get([]byte(key)) != nil) {
+				return nil
+			}
+			if err := remove(nf); err != nil {
+				errs = append(errs, err)
+			}
+			return nil
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // DeleteUnreferred deletes, as DeletePaths does, those of the paths with

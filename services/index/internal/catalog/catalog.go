@@ -110,6 +110,15 @@ func (c *Catalog) NarFile(fileHash string) (*indexv1.NarFile, error) {
 // is already there, and returns the record stored. NAR files are content
 // addressed: an existing record describes the same bytes and is kept.
 func (c *Catalog) AddNarFile(fileHash string, nf *indexv1.NarFile) (*indexv1.NarFile, error) {
+	return c.AddStoredNarFile(fileHash, nf, nil)
+}
+
+// AddStoredNarFile is AddNarFile for a file just stored: in the
+// transaction that records it, onDisk (when not nil) makes sure the file
+// is still there. A deletion that freed the file's earlier record removes
+// the file in a transaction too (RemoveFreed): the two cannot interleave,
+// so a record never names a file removed under it.
+func (c *Catalog) AddStoredNarFile(fileHash string, nf *indexv1.NarFile, onDisk func() error) (*indexv1.NarFile, error) {
 	stored := nf
 	err := c.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(narsBucket)
@@ -120,6 +129,11 @@ func (c *Catalog) AddNarFile(fileHash string, nf *indexv1.NarFile) (*indexv1.Nar
 			}
 			stored = old
 			return nil
+		}
+		if onDisk != nil {
+			if err := onDisk(); err != nil {
+				return fault.Unavailable("the NAR file %s was removed while it was stored (a deletion freed it): upload it again: %v", nf.GetFileHash(), err)
+			}
 		}
 		// The file was just verified: a quarantined record of it is void.
 		if _, err := setNarFile(tx, quarantineNarsBucket, fileHash, nil); err != nil {

@@ -319,3 +319,45 @@ func TestHostPathGone(t *testing.T) {
 		t.Fatalf("IncompleteClosures after: %+v, %v; want none", inc, err)
 	}
 }
+
+// TestFreedFileAndUpload: a NAR file freed by a delete and uploaded again
+// before the deleter removes it stays on disk; a file removed before its
+// upload is recorded is not recorded.
+func TestFreedFileAndUpload(t *testing.T) {
+	c, err := Open(filepath.Join(t.TempDir(), "catalog.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rng := rand.New(rand.NewPCG(9, 9))
+	nf := &indexv1.NarFile{FileHash: randHash(rng), FileSize: 10, Compression: "none", NarHash: randHash(rng), NarSize: 10}
+	key := fileKey(&indexv1.PathInfo{File: nf})
+	var removed []string
+	remove := func(f *indexv1.NarFile) error {
+		removed = append(removed, f.GetFileHash())
+		return nil
+	}
+
+	if _, err := c.AddNarFile(key, nf); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RemoveFreed([]*indexv1.NarFile{nf}, remove); err != nil || len(removed) != 0 {
+		t.Fatalf("RemoveFreed of a file recorded again: removed %v, %v; want it kept", removed, err)
+	}
+	// Freed by a delete.
+	if err := c.db.Update(func(tx *bolt.Tx) error { _, err := setNarFile(tx, narsBucket, key, nil); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RemoveFreed([]*indexv1.NarFile{nf}, remove); err != nil || len(removed) != 1 {
+		t.Fatalf("RemoveFreed of a file no record names: removed %v, %v; want it removed", removed, err)
+	}
+
+	gone := errors.New("no such file")
+	_, err = c.AddStoredNarFile(key, nf, func() error { return gone })
+	if !errors.Is(err, fault.ErrUnavailable) {
+		t.Fatalf("AddStoredNarFile of a file removed meanwhile: %v, want Unavailable", err)
+	}
+	if _, err := c.NarFile(key); !errors.Is(err, fault.ErrNotFound) {
+		t.Fatalf("the removed file is recorded: %v", err)
+	}
+}

@@ -159,7 +159,10 @@ func (p *Publisher) copyNar(ctx context.Context, info *indexv1.PathInfo) (*index
 	if err != nil {
 		return nil, fmt.Errorf("copy %s from the host's store: stored file hash: %w", info.GetStorePath(), err)
 	}
-	return p.catalog.AddNarFile(fh.NixBase32(), nf)
+	return p.catalog.AddStoredNarFile(fh.NixBase32(), nf, func() error {
+		_, err := p.nars.Stat(ctx, nf)
+		return err
+	})
 }
 
 // signAll has the signer sign fingerprints, within the sign timeout.
