@@ -132,7 +132,9 @@ func (c *Catalog) AddStoredNarFile(fileHash string, nf *indexv1.NarFile, onDisk 
 		}
 		if onDisk != nil {
 			if err := onDisk(); err != nil {
-				return fault.Unavailable("the NAR file %s was removed while it was stored (a deletion freed it): upload it again: %v", nf.GetFileHash(), err)
+				// Not Unavailable: Nix 2.8 retries a NAR upload answered 503
+				// with a source it already consumed, and hangs.
+				return fault.Precondition("the NAR file %s was removed while it was stored (a deletion freed it): upload it again: %v", nf.GetFileHash(), err)
 			}
 		}
 		// The file was just verified: a quarantined record of it is void.

@@ -354,8 +354,8 @@ func TestFreedFileAndUpload(t *testing.T) {
 
 	gone := errors.New("no such file")
 	_, err = c.AddStoredNarFile(key, nf, func() error { return gone })
-	if !errors.Is(err, fault.ErrUnavailable) {
-		t.Fatalf("AddStoredNarFile of a file removed meanwhile: %v, want Unavailable", err)
+	if !errors.Is(err, fault.ErrPrecondition) {
+		t.Fatalf("AddStoredNarFile of a file removed meanwhile: %v, want a precondition error", err)
 	}
 	if _, err := c.NarFile(key); !errors.Is(err, fault.ErrNotFound) {
 		t.Fatalf("the removed file is recorded: %v", err)
