@@ -175,6 +175,17 @@ func raceDeletesWithPushes(t *testing.T, c *cluster, rounds int, every time.Dura
 		pushed.Wait()
 		stop()
 		deleterDone.Wait()
+		// A call the deleter gave up on may still run in the index: a dry
+		// run waits for it (the index runs deletes one at a time).
+		barrier, cancel := context.WithTimeout(authed(context.Background()), time.Minute)
+		s, err := admin.CollectGarbage(barrier, &indexv1.CollectGarbageRequest{DryRun: true})
+		for err == nil {
+			_, err = s.Recv()
+		}
+		cancel()
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("round %d: dry-run CollectGarbage: %v", round, err)
+		}
 
 		served := publishedPaths(t, admin, authed)
 		if broken := brokenClosures(t, c, served); len(broken) > 0 {
