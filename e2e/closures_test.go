@@ -163,7 +163,7 @@ func raceDeletesWithPushes(t *testing.T, c *cluster, rounds int, every time.Dura
 					// answered 4xx while it streams) as "coroutine has
 					// finished".
 					refused := false
-					for _, why := range []string{"is not in the cache", "is not valid", "has not been uploaded", "coroutine has finished"} {
+					for _, why := range []string{"is not in the cache", "is not valid", "has not been uploaded", "was removed while it was stored", "coroutine has finished"} {
 						refused = refused || strings.Contains(errOut, why)
 					}
 					if !refused {

@@ -131,10 +131,11 @@ func (c *Catalog) AddStoredNarFile(fileHash string, nf *indexv1.NarFile, onDisk 
 			return nil
 		}
 		if onDisk != nil {
-			if err := onDisk(); err != nil {
+			// The error names where files are kept: not for the client.
+			if onDisk() != nil {
 				// Not Unavailable: Nix 2.8 retries a NAR upload answered 503
 				// with a source it already consumed, and hangs.
-				return fault.Precondition("the NAR file %s was removed while it was stored (a deletion freed it): upload it again: %v", nf.GetFileHash(), err)
+				return fault.Precondition("the NAR file %s was removed while it was stored (a deletion freed it): upload it again", nf.GetFileHash())
 			}
 		}
 		// The file was just verified: a quarantined record of it is void.
