@@ -136,22 +136,34 @@ func (p *Publisher) copyNar(ctx context.Context, info *indexv1.PathInfo) (*index
 	}
 	defer rg.Close()
 	pr, pw := io.Pipe()
+	readErr := make(chan error, 1)
 	go func() {
 		zw, err := compression.NewWriter(adoptCompression, pw)
 		if err == nil {
 			_, err = io.Copy(zw, rg)
+			readErr <- err
 			if cerr := zw.Close(); err == nil {
 				err = cerr
 			}
+		} else {
+			readErr <- nil
 		}
 		pw.CloseWithError(err)
 	}()
 	nf, err := p.nars.Ingest(ctx, pr, narstore.Expect{Compression: adoptCompression})
 	pr.CloseWithError(errors.New("copy ended"))
-	if err != nil {
+	rerr := <-readErr
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return nil, fmt.Errorf("copy %s from the host's store: %w", info.GetStorePath(), ctx.Err())
+	case err != nil && (rerr != nil || errors.Is(err, fault.ErrInvalid)):
+		// The files are not the NAR the daemon described: not a NAR, or
+		// cut short (a file shrank, the path went).
+		return nil, fault.Precondition("copy %s from the host's store: %v: it changed or went meanwhile", info.GetStorePath(), err)
+	case err != nil:
 		return nil, fmt.Errorf("copy %s from the host's store: %w", info.GetStorePath(), err)
-	}
-	if nf.GetNarHash() != info.GetNarHash() || nf.GetNarSize() != info.GetNarSize() {
+	case nf.GetNarHash() != info.GetNarHash() || nf.GetNarSize() != info.GetNarSize():
+		p.dropUnrecorded(nf)
 		return nil, fault.Precondition("copy %s from the host's store: its NAR hashes to %s (%d bytes), not %s (%d bytes): it changed or went meanwhile",
 			info.GetStorePath(), nf.GetNarHash(), nf.GetNarSize(), info.GetNarHash(), info.GetNarSize())
 	}
@@ -187,4 +199,17 @@ func (p *Publisher) signAll(ctx context.Context, fingerprints []string) ([][]str
 		}
 	}
 	return res, nil
+}
+
+// dropUnrecorded removes a NAR file just stored that is not the one
+// wanted, unless a record names it (the same file is another path's).
+func (p *Publisher) dropUnrecorded(nf *indexv1.NarFile) {
+	fh, err := nixhash.Parse(nf.GetFileHash())
+	if err != nil {
+		return
+	}
+	if _, err := p.catalog.NarFile(fh.NixBase32()); !errors.Is(err, fault.ErrNotFound) {
+		return
+	}
+	_ = p.nars.Remove(nf) // else an orphan, moved aside at the next start
 }

@@ -269,3 +269,46 @@ func TestLocalPathUnsigned(t *testing.T) {
 }
 
 func hashOf(storePath string) string { return filepath.Base(storePath)[:32] }
+
+// TestPushedOverChangedHostPath: a host path a push refers to whose files
+// no longer make the NAR the daemon described (cut, or changed in place)
+// is not copied, and the push is refused: nothing unverified is
+// published.
+func TestPushedOverChangedHostPath(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		data func(name string) []byte
+	}{
+		{"shorter", func(string) []byte { return []byte("changed") }},
+		{"same size", func(name string) []byte { return bytes.Repeat([]byte("x"), len(name)*200000) }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l := startLocalIndex(t, signTimeout)
+			ctx := context.Background()
+			dep, _ := l.buildTree(t, "dep")
+			top, topNar := l.buildTree(t, "top")
+			if _, err := l.client.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(dep.StorePath)}); err != nil {
+				t.Fatal(err)
+			}
+			// Changed behind the daemon's back.
+			if err := os.WriteFile(filepath.Join(dep.StorePath, "data"), tt.data("dep"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			file := mustPutNar(t, l.client, nartest.Compress(t, compression.XZ, topNar))
+			_, err := l.client.PutPathInfo(ctx, &indexv1.PutPathInfoRequest{Info: &indexv1.PathInfo{
+				StorePath: top.StorePath, NarHash: file.GetNarHash(), NarSize: file.GetNarSize(),
+				References: []string{filepath.Base(dep.StorePath)},
+				File:       &indexv1.NarFile{FileHash: file.GetFileHash()},
+			}})
+			wantCode(t, err, codes.FailedPrecondition, filepath.Base(dep.StorePath), "it changed or went")
+			resp, err := l.client.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(dep.StorePath)})
+			if err != nil || resp.GetInfo().GetFile() != nil {
+				t.Errorf("dep after the refused push: %v, %v; want it served from the host's store, not copied", resp.GetInfo(), err)
+			}
+			// top is a host path too: what is served must not be a pushed record.
+			if resp, err := l.client.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(top.StorePath)}); err == nil && resp.GetInfo().GetFile() != nil {
+				t.Errorf("top was published over a reference that was not copied")
+			}
+		})
+	}
+}
