@@ -252,7 +252,7 @@ func TestClosuresDeletePathRacesPushes(t *testing.T) {
 		}
 		return ignoreCancel(ctx, err)
 	}
-	failed, succeeded := raceDeletesWithPushes(t, c, 8, 50*time.Millisecond, small, del)
+	failed, succeeded := raceDeletesWithPushes(t, c, 8, 20*time.Millisecond, small, del)
 	t.Logf("pushes: %d succeeded, %d refused", succeeded, failed)
 	if succeeded == 0 {
 		t.Errorf("no push succeeded: the race was not run")
