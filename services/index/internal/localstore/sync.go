@@ -278,12 +278,17 @@ func (s *Store) remove(ctx context.Context, hashParts []string) (int, error) {
 			gone = append(gone, hashPartOf(s.cfg.StoreDir, p))
 		}
 	}
-	copies, err := s.cat.DeleteLocal(gone)
+	copies, quarantined, err := s.cat.DeleteLocal(gone)
 	if err != nil {
 		return 0, err
 	}
 	if s.copies != nil {
 		s.copies.Forget(copies)
+	}
+	if len(quarantined) > 0 {
+		// Pushed before the cache copied such references at publish.
+		s.cfg.Log.Warn("quarantined pushed paths whose references the host's store no longer has; push them again",
+			"paths", quarantined)
 	}
 	return len(gone), nil
 }
