@@ -213,7 +213,7 @@ func raceDeletesWithPushes(t *testing.T, c *cluster, rounds int, every time.Dura
 // wants the dependency gone), against concurrent pushes of paths that
 // refer to it.
 func TestClosuresGCRacesPushes(t *testing.T) {
-	c := newCluster(t, withAdmin())
+	c := newCluster(t)
 	_, small := buildShared(t, 48, 5_000_000)
 	admin, authed := c.adminClient(t)
 	gc := func(ctx context.Context) error {
@@ -240,7 +240,7 @@ func TestClosuresGCRacesPushes(t *testing.T) {
 // TestClosuresDeletePathRacesPushes: the same with DeletePath of the
 // shared dependency and its referrers every few milliseconds.
 func TestClosuresDeletePathRacesPushes(t *testing.T) {
-	c := newCluster(t, withAdmin())
+	c := newCluster(t)
 	shared, small := buildShared(t, 48, 5_000_000)
 	admin, authed := c.adminClient(t)
 	del := func(ctx context.Context) error {
