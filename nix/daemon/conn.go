@@ -293,7 +293,7 @@ func (c *Conn) do(ctx context.Context, what string, exchange func() error) error
 		if c.err == ErrClosed {
 			return fmt.Errorf("%s: %w", what, ErrClosed)
 		}
-		return fmt.Errorf("%s: %w after an earlier error: %v", what, ErrClosed, c.err)
+		return fmt.Errorf("%s: %w after an earlier error: %v", what, ErrClosed, c.err) //nolint:errorlint // the earlier error is history, only ErrClosed is its class
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
@@ -303,7 +303,7 @@ func (c *Conn) do(ctx context.Context, what string, exchange func() error) error
 		c.fail(err)
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(longAgo) })
+	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(longAgo) })
 	err := exchange()
 	if !stop() {
 		// ctx ended during the exchange and the deadline may have cut
