@@ -290,7 +290,7 @@ var longAgo = time.Unix(1, 0)
 // not the daemon's answer closes the connection.
 func (c *Conn) do(ctx context.Context, what string, exchange func() error) error {
 	if c.err != nil {
-		if c.err == ErrClosed {
+		if c.err == ErrClosed { //nolint:errorlint // Close sets ErrClosed itself; a wrapped one is an earlier failure
 			return fmt.Errorf("%s: %w", what, ErrClosed)
 		}
 		return fmt.Errorf("%s: %w after an earlier error: %v", what, ErrClosed, c.err) //nolint:errorlint // the earlier error is history, only ErrClosed is its class
