@@ -236,7 +236,7 @@ func (c *Catalog) List(after, query string, limit int) ([]*Entry, bool, error) {
 			// The smallest key; pushed before quarantined before local.
 			best := -1
 			for i := range srcs {
-				if srcs[i].k != nil && (best < 0 || bytes.Compare(srcs[i].k, srcs[best].k) < 0) {
+				if srcs[i].k != nil && (best < 0 || bytes.Compare(srcs[i].k, srcs[best].k) < 0) { //nolint:gosec // G602: best >= 0 here
 					best = i
 				}
 			}

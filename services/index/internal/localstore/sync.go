@@ -160,7 +160,7 @@ func (s *Store) Sync(ctx context.Context) (SyncResult, error) {
 			entries = append(entries, entry{h, p})
 		}
 	}
-	all = nil
+	all = nil //nolint:ineffassign // done with: says so to the reader (and to the GC, if the compiler did not)
 	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.hash, b.hash) })
 	entries = slices.CompactFunc(entries, func(a, b entry) bool { return a.hash == b.hash })
 	res.Valid = len(entries)
@@ -172,7 +172,7 @@ func (s *Store) Sync(ctx context.Context) (SyncResult, error) {
 	if err != nil {
 		return res, err
 	}
-	hashes = nil
+	hashes = nil //nolint:ineffassign // done with, as all above
 
 	for batch := range slices.Chunk(missing, signBatch) {
 		paths := make([]string, len(batch))
