@@ -209,8 +209,11 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%d mismatches repaired: %d paths quarantined, %d NAR file records dropped, %d orphan files moved to %s; checked %d paths, %d NAR file records, %d files in %s\n",
-		r.Mismatches(), r.QuarantinedPaths, r.DroppedNarFiles, r.Orphans, filepath.Join(*dataDir, "orphans"),
+	fmt.Fprintf(stdout, "%d mismatches repaired: %d paths quarantined, %d paths with an incomplete closure quarantined, %d NAR file records dropped, %d orphan files moved to %s; checked %d paths, %d NAR file records, %d files in %s\n",
+		r.Mismatches(), r.QuarantinedPaths, r.IncompletePaths, r.DroppedNarFiles, r.Orphans, filepath.Join(*dataDir, "orphans"),
 		r.Paths, r.NarFiles, r.Files, r.Duration.Round(time.Millisecond))
+	if r.HostOnlyPaths > 0 {
+		fmt.Fprintf(stdout, "%d published paths refer to paths served only from the host's store (left published; see the log)\n", r.HostOnlyPaths)
+	}
 	return nil
 }
