@@ -605,15 +605,14 @@ func TestS3CreateBucket(t *testing.T) {
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
 	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); <-exited }()
-	for !healthServing(ctx, addr) {
+	waitFor(t, 60*time.Second, "the index serving", func() bool {
 		select {
 		case <-exited:
 			t.Fatalf("the index exited:\n%s", out.String())
-		case <-ctx.Done():
-			t.Fatalf("the index is not serving after 60s")
-		case <-time.After(20 * time.Millisecond): // polling interval
+		default:
 		}
-	}
+		return healthServing(ctx, addr)
+	})
 	if ok, err := s.client.BucketExists(context.Background(), bucket); !ok || err != nil {
 		t.Errorf("bucket %s after the index started: exists %v, %v", bucket, ok, err)
 	}
