@@ -10,7 +10,6 @@ import (
 
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/storepath"
-	"github.com/nixcache/nixcache/platform/auth"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
@@ -99,17 +98,9 @@ func (t artifactTarget) contentType() string {
 	return "application/json"
 }
 
-// artifactMethods are the methods of a side-file resource.
-func (h *Handler) artifactMethods() methods {
-	return methods{http.MethodGet: h.getArtifact, http.MethodHead: h.getArtifact, http.MethodPut: h.putArtifact}
-}
-
 // getArtifact answers GET and HEAD of a side file: as stored, with its
 // Content-Encoding when the client accepts that encoding, else decoded.
 func (h *Handler) getArtifact(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Read) {
-		return
-	}
 	t, err := parseArtifactPath(r.URL.Path)
 	if err != nil {
 		h.writeError(w, r, err)
@@ -210,9 +201,6 @@ func (s *artifactStream) Read(p []byte) (int, error) {
 // stored decoded too, so that an invalid one is refused here, and reading
 // one costs no decompression.
 func (h *Handler) putArtifact(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Push) {
-		return
-	}
 	t, err := parseArtifactPath(r.URL.Path)
 	if err != nil {
 		h.writeError(w, r, err)

@@ -1,19 +1,11 @@
 package httpapi
 
-import (
-	"net/http"
-	"strings"
-)
+import "net/http"
 
 // The handlers mounted beside the Nix routes, set in Config:
 //
 //	Landing  http.Handler // GET and HEAD /; nil: 404
 //	Admin    http.Handler // the JSON admin API, /api/v1/...; nil: 404
-
-// isAdminPath reports whether p belongs to the JSON admin API.
-func isAdminPath(p string) bool {
-	return p == "/api/v1" || strings.HasPrefix(p, "/api/v1/")
-}
 
 // landing answers GET and HEAD / with the landing page.
 func (h *Handler) landing(w http.ResponseWriter, r *http.Request) {

@@ -17,7 +17,6 @@ import (
 	"github.com/nixcache/nixcache/nix/nixbase32"
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
-	"github.com/nixcache/nixcache/platform/auth"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
@@ -158,9 +157,6 @@ func setNarHeaders(w http.ResponseWriter, length uint64) {
 
 // headNar answers HEAD /nar/...; Nix asks before pushing a NAR.
 func (h *Handler) headNar(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Read) {
-		return
-	}
 	t, err := parseNarPath(r.URL.Path)
 	if err != nil {
 		h.writeError(w, r, err)
@@ -181,9 +177,6 @@ var errHeaderTimeout = errors.New("index did not start the NAR stream in time")
 // getNar answers GET /nar/...: it streams the NAR from the index, whole or
 // one byte range of it.
 func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Read) {
-		return
-	}
 	t, err := parseNarPath(r.URL.Path)
 	if err != nil {
 		h.writeError(w, r, err)
@@ -359,9 +352,6 @@ func (h *Handler) copyNar(w http.ResponseWriter, dst io.Writer, stream indexv1.I
 // putNar answers PUT /nar/<file hash>.nar<ext>: it streams the body to the
 // index, which verifies and stores it.
 func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Push) {
-		return
-	}
 	t, err := parseNarPath(r.URL.Path)
 	if err == nil && t.fileHash == "" {
 		err = clientError(http.StatusBadRequest, "bad NAR URL %q: upload to nar/<52-character nix32 file hash>.nar[.xz|.zst|.bz2]", r.URL.Path)
