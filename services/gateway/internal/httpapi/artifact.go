@@ -13,11 +13,11 @@ import (
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
-// The side files of a binary cache, beside narinfos and NARs: build logs
-// (log/<drv>), NAR listings (<hash>.ls), realisations of content-addressed
-// derivations (realisations/<id>.doi) and debug-info links
-// (debuginfo/<build id>). The index stores them and validates their keys
-// and contents; the gateway checks the URL's form, bounds bodies and
+// Artifacts are the files of a binary cache beside narinfos and NARs:
+// build logs (log/<drv>), NAR listings (<hash>.ls), realisations of
+// content-addressed derivations (realisations/<id>.doi) and debug-info
+// links (debuginfo/<build id>). The index stores them and validates their
+// keys and contents; the gateway checks the URL's form, bounds bodies and
 // handles encodings.
 
 const (
@@ -28,7 +28,7 @@ const (
 	debugInfoPrefix   = "/debuginfo/"
 )
 
-// artifactLimits bound an uploaded side file, by kind (the index's limits).
+// artifactLimits bound an uploaded artifact, by kind (the index's limits).
 var artifactLimits = map[indexv1.ArtifactKind]int64{
 	indexv1.ArtifactKind_ARTIFACT_KIND_LOG:         256 << 20,
 	indexv1.ArtifactKind_ARTIFACT_KIND_LISTING:     64 << 20,
@@ -36,7 +36,7 @@ var artifactLimits = map[indexv1.ArtifactKind]int64{
 	indexv1.ArtifactKind_ARTIFACT_KIND_DEBUG_INFO:  64 << 10,
 }
 
-// artifactTarget is what a side-file URL names.
+// artifactTarget is what an artifact URL names.
 type artifactTarget struct {
 	kind indexv1.ArtifactKind
 	key  string
@@ -53,7 +53,7 @@ func isRealisationPath(p string) bool { return strings.HasPrefix(p, realisationP
 
 func isDebugInfoPath(p string) bool { return strings.HasPrefix(p, debugInfoPrefix) }
 
-// parseArtifactPath checks a side-file URL path; the index checks the
+// parseArtifactPath checks an artifact URL path; the index checks the
 // keys strictly again.
 func parseArtifactPath(p string) (artifactTarget, error) {
 	switch {
@@ -98,7 +98,7 @@ func (t artifactTarget) contentType() string {
 	return "application/json"
 }
 
-// getArtifact answers GET and HEAD of a side file: as stored, with its
+// getArtifact answers GET and HEAD of an artifact: as stored, with its
 // Content-Encoding when the client accepts that encoding, else decoded.
 func (h *Handler) getArtifact(w http.ResponseWriter, r *http.Request) {
 	t, err := parseArtifactPath(r.URL.Path)
@@ -196,7 +196,7 @@ func (s *artifactStream) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// putArtifact answers PUT of a side file: it streams the body, bounded
+// putArtifact answers PUT of an artifact: it streams the body, bounded
 // and decoded from its Content-Encoding, to the index. A build log is
 // stored decoded too, so that an invalid one is refused here, and reading
 // one costs no decompression.

@@ -10,7 +10,7 @@ import (
 	"github.com/nixcache/nixcache/platform/grpcutil"
 )
 
-// upload is a request body on its way to the index (a NAR, a side file):
+// upload is a request body on its way to the index (a NAR, an artifact):
 // the one loop that reads it, and what to answer when reading it fails.
 type upload struct {
 	// what names the upload in messages ("NAR upload").
