@@ -220,34 +220,19 @@ func (h *Handler) putArtifact(w http.ResponseWriter, r *http.Request) {
 	}
 	defer dec.Close()
 
-	ctx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
-	guard := h.newStallGuard(cancel)
-	var upstream indexv1.IndexService_PutArtifactClient
-	if err := guard.open("side-file upload", func() (err error) {
-		upstream, err = h.Index.PutArtifact(ctx)
-		return err
-	}); err != nil {
-		h.writeError(w, r, stalledError(ctx, err))
-		return
-	}
-	stream := guardSend(upstream, guard)
-	err = stream.Send(&indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Header{Header: &indexv1.PutArtifactHeader{
+	header := &indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Header{Header: &indexv1.PutArtifactHeader{
 		Kind: t.kind, Key: t.key, ContentEncoding: compression.None,
-	}}})
-	if err == nil {
-		err = h.streamUpload(w, body, func(chunk []byte) error {
-			return stream.Send(&indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Chunk{Chunk: chunk}})
+	}}}
+	err = sendUpload(h, w, r, body, "side-file upload",
+		func(ctx context.Context) (indexv1.IndexService_PutArtifactClient, error) {
+			return h.Index.PutArtifact(ctx)
+		},
+		header,
+		func(chunk []byte) *indexv1.PutArtifactRequest {
+			return &indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Chunk{Chunk: chunk}}
 		})
-	}
-	var reqErr *requestError
-	if errors.As(err, &reqErr) {
-		cancel(nil) // a cut upload must never look complete to the index
+	if err != nil {
 		h.writeError(w, r, err)
-		return
-	}
-	if _, err := stream.CloseAndRecv(); err != nil {
-		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -213,48 +213,25 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	ctx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
-	// An index that does not open the stream, stops taking chunks, or
-	// does not answer after the last, cannot hold the upload forever.
-	guard := h.newStallGuard(cancel)
-	var raw indexv1.IndexService_PutNarClient
-	if err := guard.open("NAR upload", func() (err error) {
-		raw, err = h.Index.PutNar(ctx, narUploadCodec())
-		return err
-	}); err != nil {
-		h.writeError(w, r, stalledError(ctx, err))
-		return
-	}
-	stream := guardSend(raw, guard)
 	header := &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Header{Header: &indexv1.PutNarHeader{
 		ExpectedFileHash:    t.fileHash,
 		ExpectedCompression: t.compression,
 	}}}
-	err = stream.Send(header)
-	if err == nil {
-		// The index bounds the size (-max-nar-size).
-		err = h.streamUpload(w, newUpload(w, r, "NAR upload", 0), func(chunk []byte) error {
-			return stream.Send(&indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: chunk}})
+	// The index bounds the size (-max-nar-size).
+	err = sendUpload(h, w, r, newUpload(w, r, "NAR upload", 0), "NAR upload",
+		func(ctx context.Context) (indexv1.IndexService_PutNarClient, error) {
+			return h.Index.PutNar(ctx, narUploadCodec())
+		},
+		header,
+		func(chunk []byte) *indexv1.PutNarRequest {
+			return &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: chunk}}
 		})
-	}
-	var reqErr *requestError
-	if errors.As(err, &reqErr) {
-		// Cancel before anything could close the stream: a cut upload must
-		// never look complete to the index.
-		cancel(nil)
-		h.writeError(w, r, err)
-		return
-	}
-	// Send fails with io.EOF when the index has ended the call; its
-	// status comes with CloseAndRecv.
-	_, err = stream.CloseAndRecv()
 	if status.Code(err) == codes.AlreadyExists {
 		// The same bytes are already stored: the upload has succeeded.
 		err = nil
 	}
 	if err != nil {
-		h.writeError(w, r, stalledError(ctx, err))
+		h.writeError(w, r, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
