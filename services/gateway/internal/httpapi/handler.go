@@ -202,7 +202,8 @@ func accessLevel(method string, code int) slog.Level {
 	}
 }
 
-func notFound(w http.ResponseWriter, r *http.Request) {
+// notFound answers 404.
+func (h *Handler) notFound(w http.ResponseWriter, r *http.Request) {
 	writeText(w, http.StatusNotFound, "not found")
 }
 

@@ -10,7 +10,7 @@ import "net/http"
 // landing answers GET and HEAD / with the landing page.
 func (h *Handler) landing(w http.ResponseWriter, r *http.Request) {
 	if h.Landing == nil {
-		notFound(w, r)
+		h.notFound(w, r)
 		return
 	}
 	h.Landing.ServeHTTP(w, r)
@@ -20,7 +20,7 @@ func (h *Handler) landing(w http.ResponseWriter, r *http.Request) {
 // forwards its credentials to the index; the index judges them.
 func (h *Handler) admin(w http.ResponseWriter, r *http.Request) {
 	if h.Admin == nil {
-		notFound(w, r)
+		h.notFound(w, r)
 		return
 	}
 	h.Admin.ServeHTTP(w, r)

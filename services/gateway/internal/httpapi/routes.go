@@ -227,11 +227,6 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request) {
 	rt.handler(h, w, r)
 }
 
-// notFound answers 404.
-func (h *Handler) notFound(w http.ResponseWriter, r *http.Request) {
-	notFound(w, r)
-}
-
 // pushIdentity is who sends the push r, as the route table found.
 func pushIdentity(r *http.Request) (auth.Identity, error) {
 	id, ok := auth.IdentityFrom(r.Context())
