@@ -60,7 +60,7 @@ func (p *Publisher) adopt(ctx context.Context, self storepath.Path, refs []strin
 	visit = func(base string) error {
 		rp, err := storepath.ParseBase(base)
 		if err != nil || seen[rp.HashPart] {
-			return nil // refused by the checks, or done
+			return nil //nolint:nilerr // a bad reference is refused by the publishing checks, with their message
 		}
 		seen[rp.HashPart] = true
 		want := rp.Absolute(p.storeDir)
