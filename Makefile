@@ -28,7 +28,7 @@ run: tools-run build
 	@scripts/run-local.sh
 
 ## test: everything CI runs.
-test: tools proto-check vet fmt-check build test-unit test-e2e bench-smoke test-compose fuzz-smoke
+test: tools proto-check vet lint fmt-check build test-unit test-e2e bench-smoke test-compose fuzz-smoke
 
 test-unit:
 	go test -count=1 ./bench/... ./cmd/nixcache/... ./nix/... ./platform/... ./services/signer/... ./services/index/... ./services/gateway/...
@@ -104,6 +104,11 @@ fuzz-smoke:
 	    go test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) "$$dir" || exit 1; \
 	  done; \
 	done
+
+## lint: golangci-lint (.golangci.yml) in each module of go.work; generated proto code is skipped.
+MODULES := cmd/nixcache nix platform proto services/signer services/index services/gateway e2e bench
+lint:
+	@fail=0; for m in $(MODULES); do echo "lint $$m"; (cd $$m && golangci-lint run --config $(CURDIR)/.golangci.yml ./...) || fail=1; done; exit $$fail
 
 vet:
 	go vet ./cmd/nixcache/... ./nix/... ./platform/... ./proto/... ./services/signer/... ./services/index/... ./services/gateway/... ./e2e/... ./bench/...

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -424,7 +425,8 @@ func (p *composeProject) docker(args ...string) string {
 	out, err := exec.Command("docker", args...).Output()
 	if err != nil {
 		var stderr []byte
-		if ee, ok := err.(*exec.ExitError); ok {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
 			stderr = ee.Stderr
 		}
 		p.t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, stderr)

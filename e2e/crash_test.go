@@ -228,7 +228,7 @@ func (w *crashWorld) pusher(ctx context.Context, i int) error {
 				return fmt.Errorf("pusher %d: nix copy of %s hung for %s\n%s", i, cl.top, pushDeadline, stderr)
 			}
 			if attempt == maxAttempts {
-				return fmt.Errorf("pusher %d: nix copy of %s failed %d times, last: %v\n%s", i, cl.top, attempt, err, stderr)
+				return fmt.Errorf("pusher %d: nix copy of %s failed %d times, last: %w\n%s", i, cl.top, attempt, err, stderr)
 			}
 			w.mu.Lock()
 			w.failedPushes++
@@ -275,12 +275,12 @@ func (w *crashWorld) build(seed string) (crashClosure, error) {
 	out, stderr, err := nixRun(w.t, nixConfig(), "nix-build", "testdata/closure.nix",
 		"--argstr", "seed", seed, "--arg", "randomBytes", "1048576", "--no-out-link")
 	if err != nil {
-		return crashClosure{}, fmt.Errorf("nix-build %s: %v\n%s", seed, err, stderr)
+		return crashClosure{}, fmt.Errorf("nix-build %s: %w\n%s", seed, err, stderr)
 	}
 	top := strings.TrimSpace(out)
 	out, stderr, err = nixRun(w.t, nixConfig(), "nix-store", "--query", "--requisites", top)
 	if err != nil {
-		return crashClosure{}, fmt.Errorf("nix-store --query %s: %v\n%s", top, err, stderr)
+		return crashClosure{}, fmt.Errorf("nix-store --query %s: %w\n%s", top, err, stderr)
 	}
 	return crashClosure{top: top, paths: strings.Fields(out)}, nil
 }
@@ -389,13 +389,13 @@ func (w *crashWorld) checkNar(ni *narinfo.NarInfo) error {
 	}
 	dec, err := compression.NewReader(ni.EffectiveCompression(), strings.NewReader(string(file)))
 	if err != nil {
-		return fmt.Errorf("decompress %s: %v", ni.URL, err)
+		return fmt.Errorf("decompress %s: %w", ni.URL, err)
 	}
 	defer dec.Close()
 	h := sha256.New()
 	n, err := io.Copy(h, dec)
 	if err != nil {
-		return fmt.Errorf("decompress %s: %v", ni.URL, err)
+		return fmt.Errorf("decompress %s: %w", ni.URL, err)
 	}
 	if got := nixhash.FromHasher(nixhash.SHA256, h); !got.Equal(ni.NarHash) || uint64(n) != ni.NarSize {
 		return fmt.Errorf("NAR of %s is %s, %d bytes; narinfo says %s, %d", ni.URL, got, n, ni.NarHash, ni.NarSize)

@@ -39,7 +39,7 @@ func servedNarinfoField(t *testing.T, c *cluster, storePath, key string) string 
 	if r.status != http.StatusOK {
 		return ""
 	}
-	for _, line := range strings.Split(string(r.body), "\n") {
+	for _, line := range strings.Split(r.body, "\n") {
 		if v, ok := strings.CutPrefix(line, key+": "); ok {
 			return v
 		}

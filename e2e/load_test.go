@@ -834,7 +834,7 @@ func scrapeMetric(client *http.Client, url, name string) (float64, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil || resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("GET %s: %d %v", url, resp.StatusCode, err)
+		return 0, fmt.Errorf("GET %s: %d %v", url, resp.StatusCode, err) //nolint:errorlint // err is nil when the status is what failed
 	}
 	v, ok := metricValue(string(b), name)
 	if !ok {

@@ -268,7 +268,7 @@ func TestLocalStoreDumpedByGateway(t *testing.T) {
 func narURL(t *testing.T, c *cluster, storePath string) string {
 	t.Helper()
 	resp := httpDo(t, "GET", c.URL+"/"+hashPart(storePath)+".narinfo", "", nil, nil)
-	for _, line := range strings.Split(string(resp.body), "\n") {
+	for _, line := range strings.Split(resp.body, "\n") {
 		if u, ok := strings.CutPrefix(line, "URL: "); ok {
 			return c.URL + "/" + u
 		}

@@ -15,6 +15,8 @@ GO_TOOLS=(
   google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.0
   github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway@v2.33.0
   github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+  # make lint (.golangci.yml)
+  github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
   # e2e/s3_test.go: the S3 server of the bucket backend's tests; static
   # (CGO_ENABLED=0) so that docker/s3.yml can put it in a scratch image.
   github.com/versity/versitygw/cmd/versitygw@v1.8.0

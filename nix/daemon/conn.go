@@ -290,10 +290,10 @@ var longAgo = time.Unix(1, 0)
 // not the daemon's answer closes the connection.
 func (c *Conn) do(ctx context.Context, what string, exchange func() error) error {
 	if c.err != nil {
-		if c.err == ErrClosed {
+		if c.err == ErrClosed { //nolint:errorlint // Close sets ErrClosed itself; a wrapped one is an earlier failure
 			return fmt.Errorf("%s: %w", what, ErrClosed)
 		}
-		return fmt.Errorf("%s: %w after an earlier error: %v", what, ErrClosed, c.err)
+		return fmt.Errorf("%s: %w after an earlier error: %v", what, ErrClosed, c.err) //nolint:errorlint // the earlier error is history, only ErrClosed is its class
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
@@ -303,7 +303,7 @@ func (c *Conn) do(ctx context.Context, what string, exchange func() error) error
 		c.fail(err)
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(longAgo) })
+	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(longAgo) })
 	err := exchange()
 	if !stop() {
 		// ctx ended during the exchange and the deadline may have cut

@@ -54,7 +54,7 @@ func (f *fake) run(script func(*fake)) (wait func() error) {
 		defer close(done)
 		defer f.nc.Close()
 		defer func() {
-			if r := recover(); r != nil && r != errStop {
+			if r := recover(); r != nil && r != errStop { //nolint:errorlint // a panic value, never wrapped
 				panic(r)
 			}
 		}()

@@ -260,7 +260,7 @@ func (c *Conn) NarFromPath(ctx context.Context, storePath string, w io.Writer) e
 // archiveError reads the error the daemon sent in place of an archive.
 func (c *Conn) archiveError() error {
 	err := c.readError()
-	if de, ok := err.(*DaemonError); ok && notFoundMessage(de.Message) {
+	if de, ok := err.(*DaemonError); ok && notFoundMessage(de.Message) { //nolint:errorlint // readError returns the daemon's error itself
 		return fmt.Errorf("%w: %w", ErrNotFound, de)
 	}
 	return err

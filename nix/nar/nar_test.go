@@ -452,7 +452,7 @@ func TestReaderHostile(t *testing.T) {
 			for first == nil {
 				_, first = r.Next()
 			}
-			if _, again := r.Next(); again != first {
+			if _, again := r.Next(); again != first { //nolint:errorlint // the same error, not one like it
 				t.Fatalf("Next after %v = %v", first, again)
 			}
 		})

@@ -155,7 +155,7 @@ func (p *parser) line(line string) error {
 		n.References = []string{}
 		for _, ref := range strings.Fields(value) {
 			if _, err := storepath.ParseBase(ref); err != nil {
-				return fmt.Errorf("References: %w", err)
+				return fmt.Errorf("References: %w", err) //nolint:staticcheck // ST1005: the field's name
 			}
 			n.References = append(n.References, ref)
 		}
@@ -164,7 +164,7 @@ func (p *parser) line(line string) error {
 			break
 		}
 		if _, err := storepath.ParseBase(value); err != nil {
-			return fmt.Errorf("Deriver: %w", err)
+			return fmt.Errorf("Deriver: %w", err) //nolint:staticcheck // ST1005: the field's name
 		}
 		n.Deriver = value
 	case "Sig":

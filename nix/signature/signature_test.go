@@ -233,7 +233,7 @@ func TestSecretNeverPrinted(t *testing.T) {
 	}
 	type unexported struct {
 		key   signature.SecretKey
-		other int
+		other int //nolint:unused // an unexported field beside the key, as in a real struct
 	}
 	var outputs []string
 	for _, v := range []any{k, &k, exported{Key: k}, &exported{Key: k}, unexported{key: k}, &unexported{key: k}, []signature.SecretKey{k}, map[string]signature.SecretKey{"k": k}} {

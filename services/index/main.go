@@ -225,8 +225,11 @@ func runCheck(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%d mismatches repaired: %d paths quarantined, %d NAR file records dropped, %d orphan files moved to %s; checked %d paths, %d NAR file records, %d files in %s\n",
-		r.Mismatches(), r.QuarantinedPaths, r.DroppedNarFiles, r.Orphans, filepath.Join(*dataDir, "orphans"),
+	fmt.Printf("%d mismatches repaired: %d paths quarantined, %d paths with an incomplete closure quarantined, %d NAR file records dropped, %d orphan files moved to %s; checked %d paths, %d NAR file records, %d files in %s\n",
+		r.Mismatches(), r.QuarantinedPaths, r.IncompletePaths, r.DroppedNarFiles, r.Orphans, filepath.Join(*dataDir, "orphans"),
 		r.Paths, r.NarFiles, r.Files, r.Duration.Round(time.Millisecond))
+	if r.HostOnlyPaths > 0 {
+		fmt.Printf("%d published paths refer to paths served only from the host's store (left published; see the log)\n", r.HostOnlyPaths)
+	}
 	return nil
 }

@@ -8,6 +8,7 @@ package prof
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -66,8 +67,9 @@ func Record(ctx context.Context, dir, name string, pids []int) (*Recording, erro
 func (r *Recording) Stop() (*Profile, error) {
 	_ = r.cmd.Process.Signal(syscall.SIGINT)
 	if err := r.cmd.Wait(); err != nil {
-		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() > 1 {
-			return nil, fmt.Errorf("perf record: %v: %s", err, r.errb.String())
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() > 1 {
+			return nil, fmt.Errorf("perf record: %w: %s", err, r.errb.String())
 		}
 	}
 	cmd := exec.Command("perf", "script", "-i", r.file, "-F", "comm,ip,sym,dso")
@@ -82,7 +84,7 @@ func (r *Recording) Stop() (*Profile, error) {
 	}
 	p := Parse(out)
 	if err := cmd.Wait(); err != nil {
-		return nil, fmt.Errorf("perf script: %v: %s", err, errb.String())
+		return nil, fmt.Errorf("perf script: %w: %s", err, errb.String())
 	}
 	return p, nil
 }

@@ -66,7 +66,7 @@ func (d *Discard) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		w.Header().Set("Content-Type", "text/x-nix-narinfo")
-		w.Write(b)
+		_, _ = w.Write(b)
 	default: // NARs, anything else: absent
 		http.NotFound(w, r)
 	}

@@ -127,7 +127,7 @@ func StartNixcache(ctx context.Context, o NixcacheOptions) (*Nixcache, error) {
 	if _, err := os.Stat(n.SecretKey); err != nil {
 		out, err := exec.Command(filepath.Join(o.Bin, "nixcache-signer"), "keygen", "bench-1", n.SecretKey, pubPath).CombinedOutput()
 		if err != nil {
-			return nil, fmt.Errorf("start %s: keygen: %v\n%s", o.Name, err, out)
+			return nil, fmt.Errorf("start %s: keygen: %w\n%s", o.Name, err, out)
 		}
 	}
 	pub, err := os.ReadFile(pubPath)

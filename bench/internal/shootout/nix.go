@@ -41,7 +41,7 @@ func (b *bench) nix(ctx context.Context, config string, name string, args ...str
 		if len(msg) > 4000 {
 			msg = msg[len(msg)-4000:]
 		}
-		return "", fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, msg)
+		return "", fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, msg)
 	}
 	return out.String(), nil
 }
@@ -80,7 +80,7 @@ func (b *bench) workload(ctx context.Context) (string, error) {
 	gen := exec.CommandContext(ctx, "python3", filepath.Join(b.o.Repo, "bench", "workload", "gen-closure.py"),
 		expr, fmt.Sprint(b.o.Paths), fmt.Sprint(b.o.MiB))
 	if out, err := gen.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("gen-closure.py: %v\n%s", err, out)
+		return "", fmt.Errorf("gen-closure.py: %w\n%s", err, out)
 	} else {
 		b.logf("workload: %s", strings.TrimSpace(string(out)))
 	}

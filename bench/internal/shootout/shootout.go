@@ -136,7 +136,7 @@ func (b *bench) buildBinaries(ctx context.Context) error {
 		}
 		export := exec.CommandContext(ctx, "sh", "-c", `git -C "$1" archive --format=tar "$2" | tar -x -C "$3"`, "sh", b.o.Repo, b.o.Ref, src)
 		if out, err := export.CombinedOutput(); err != nil {
-			return fmt.Errorf("export %s: %v\n%s", b.o.Ref, err, out)
+			return fmt.Errorf("export %s: %w\n%s", b.o.Ref, err, out)
 		}
 		defer os.RemoveAll(src)
 	}
@@ -145,7 +145,7 @@ func (b *bench) buildBinaries(ctx context.Context) error {
 		cmd.Dir = src
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("build nixcache-%s: %v\n%s", s, err, out)
+			return fmt.Errorf("build nixcache-%s: %w\n%s", s, err, out)
 		}
 	}
 	// The push client, where the source has it (an older -ref may not).
@@ -154,7 +154,7 @@ func (b *bench) buildBinaries(ctx context.Context) error {
 		cmd.Dir = src
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("build nixcache: %v\n%s", err, out)
+			return fmt.Errorf("build nixcache: %w\n%s", err, out)
 		}
 	}
 	return nil
@@ -463,7 +463,7 @@ func (b *bench) pushPhase(ctx context.Context, top string) error {
 	}
 	if err := prof.Available(); err != nil {
 		b.res.Notes = append(b.res.Notes, "no profiles: "+err.Error())
-		return nil
+		return nil //nolint:nilerr // no perf here: noted, the run goes on
 	}
 	b.res.Profiles = map[string]*prof.Profile{}
 	return b.profilePush(ctx)
@@ -664,7 +664,7 @@ func (b *bench) clientRound(ctx context.Context, comp, top string) (secs, repush
 			"-compression", comp, "-quiet", "-log-level", "warn", top)
 		start := time.Now()
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("nixcache push: %v\n%s", err, out)
+			return 0, fmt.Errorf("nixcache push: %w\n%s", err, out)
 		}
 		return time.Since(start).Seconds(), nil
 	}
@@ -699,7 +699,7 @@ func (b *bench) hookP99(ctx context.Context, path string) (float64, error) {
 		cmd.Env = append(os.Environ(), "OUT_PATHS="+path)
 		start := time.Now()
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("nixcache hook: %v\n%s", err, out)
+			return 0, fmt.Errorf("nixcache hook: %w\n%s", err, out)
 		}
 		times = append(times, time.Since(start).Seconds())
 	}
@@ -726,7 +726,7 @@ func (b *bench) nullRound(ctx context.Context, comp, top string) (float64, error
 	if err != nil {
 		return 0, err
 	}
-	defer d.Stop()
+	defer func() { _ = d.Stop() }()
 	start := time.Now()
 	if _, err := b.nix(ctx, nixConfig(), "nix", "copy", "--to", d.URL+"?compression="+comp, top); err != nil {
 		return 0, err
@@ -844,7 +844,7 @@ func (b *bench) startLocalZstd(ctx context.Context, targets func() []*target) (t
 // dirSize is the total size of the regular files under dir.
 func dirSize(dir string) int64 {
 	var n int64
-	filepath.WalkDir(dir, func(_ string, e os.DirEntry, err error) error {
+	_ = filepath.WalkDir(dir, func(_ string, e os.DirEntry, err error) error {
 		if err == nil && e.Type().IsRegular() {
 			if fi, err := e.Info(); err == nil {
 				n += fi.Size()
@@ -916,7 +916,7 @@ func (b *bench) memOf(name string) proc.Mem {
 func (b *bench) profilePhase(ctx context.Context, targets []*target, ng *servers.Nginx) error {
 	if err := prof.Available(); err != nil {
 		b.res.Notes = append(b.res.Notes, "no profiles: "+err.Error())
-		return nil
+		return nil //nolint:nilerr // no perf here: noted, the run goes on
 	}
 	b.res.Profiles = map[string]*prof.Profile{}
 	dir := filepath.Join(b.o.Work, "perf")
@@ -941,7 +941,7 @@ func (b *bench) profilePhase(ctx context.Context, targets []*target, ng *servers
 			// At least 3 s of samples.
 			for start := time.Now(); time.Since(start) < 3*time.Second; {
 				if err := p.run(); err != nil {
-					rec.Stop()
+					_, _ = rec.Stop()
 					return err
 				}
 			}
@@ -970,7 +970,7 @@ func (b *bench) profilePush(ctx context.Context) error {
 		return err
 	}
 	if err := b.pushTo(ctx, nc, "none", b.res.Workload.TopPath); err != nil {
-		rec.Stop()
+		_, _ = rec.Stop()
 		return err
 	}
 	pr, err := rec.Stop()

@@ -70,7 +70,7 @@ func Try(t testing.TB, stdin []byte, name string, args ...string) (string, error
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
+		return stdout.String(), fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, stderr.String())
 	}
 	return stdout.String(), nil
 }
@@ -215,7 +215,7 @@ func ReadFile(t testing.TB, path string) []byte {
 // MakeWritable adds the owner's write permission to everything under dir
 // (Nix makes store paths read-only), so that it can be removed.
 func MakeWritable(dir string) {
-	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+	_ = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
 		if err == nil && d.IsDir() {
 			if fi, err := d.Info(); err == nil {
 				os.Chmod(path, fi.Mode().Perm()|0o700)

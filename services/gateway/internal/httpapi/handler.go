@@ -144,7 +144,7 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if cfg.LocalStoreDir != "" {
 		if st, err := os.Stat(cfg.LocalStoreDir); err != nil || !st.IsDir() {
-			return nil, fmt.Errorf("httpapi: local store directory %s: not a readable directory (%v)", cfg.LocalStoreDir, err)
+			return nil, fmt.Errorf("httpapi: local store directory %s: not a readable directory (%w)", cfg.LocalStoreDir, err)
 		}
 	}
 	if cfg.NarDir != "" || cfg.LocalStoreDir != "" {

@@ -39,7 +39,7 @@ func parseRange(spec string, size uint64) (*byteRange, error) {
 		// Suffix range: the last n bytes.
 		n, err := strconv.ParseUint(last, 10, 64)
 		if err != nil {
-			return nil, nil
+			return nil, nil //nolint:nilerr // not a range we know: the whole NAR
 		}
 		if n == 0 || size == 0 {
 			return nil, errUnsatisfiable
@@ -49,12 +49,12 @@ func parseRange(spec string, size uint64) (*byteRange, error) {
 	}
 	start, err := strconv.ParseUint(first, 10, 64)
 	if err != nil {
-		return nil, nil
+		return nil, nil //nolint:nilerr // as above
 	}
 	end := size - 1
 	if last != "" {
 		if end, err = strconv.ParseUint(last, 10, 64); err != nil || end < start {
-			return nil, nil
+			return nil, nil //nolint:nilerr // as above
 		}
 	}
 	if start >= size {

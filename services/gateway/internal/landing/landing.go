@@ -202,7 +202,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		page
 		CSS template.CSS
 		JS  template.JS
-	}{p, template.CSS(pageCSS), template.JS(pageJS)}); err != nil {
+	}{p, template.CSS(pageCSS), template.JS(pageJS)}); err != nil { //nolint:gosec // G203: our own embedded files
 		h.cfg.Log.ErrorContext(r.Context(), "landing page: render", "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return

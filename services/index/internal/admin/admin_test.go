@@ -751,3 +751,44 @@ func TestBackup(t *testing.T) {
 		t.Errorf("pins in the copy: %v, %v; want %s", pins, err, top.GetStorePath())
 	}
 }
+
+// TestVerifyQuarantinesReferrers: the paths that refer to a path Verify
+// quarantines, directly or not, are quarantined with it: nothing is
+// served whose closure is not.
+func TestVerifyQuarantinesReferrers(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.pushClosure("app")
+	above := e.push("above", c.top.GetStorePath())
+	other := e.push("other")
+	h, err := nixhash.Parse(c.dep.GetFile().GetFileHash())
+	must(t, err)
+	name := filepath.Join(e.dir, "nars", h.NixBase32()[:2], h.NixBase32()+".nar")
+	data, err := os.ReadFile(name)
+	must(t, err)
+	data[len(data)/2] ^= 0x40
+	must(t, os.WriteFile(name, data, 0o644))
+
+	stream, err := e.admin.Verify(ctx, &indexv1.VerifyRequest{Paths: []string{c.dep.GetStorePath()}})
+	must(t, err)
+	for {
+		_, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		must(t, err)
+	}
+	for _, p := range []*indexv1.PathInfo{c.dep, c.top, above} {
+		if e.present(p) {
+			t.Errorf("%s served after Verify quarantined what it refers to", p.GetStorePath())
+		}
+		gp, err := e.admin.GetPath(ctx, &indexv1.GetPathRequest{Path: p.GetStorePath()})
+		if err != nil || !gp.GetSummary().GetQuarantined() {
+			t.Errorf("GetPath(%s): %v, %v; want it listed as quarantined", p.GetStorePath(), gp.GetSummary(), err)
+		}
+	}
+	if !e.present(other) {
+		t.Errorf("an unrelated path went with them")
+	}
+	e.checkClosed(c.dep, c.top, above, other)
+}

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"time"
 
@@ -179,31 +180,45 @@ func (s *Service) collect(ctx context.Context, p Policy, dryRun bool, send func(
 	}
 	victims, kept := newGraph(snap).plan(p, s.now())
 	var total uint64
+	deleted := 0
 	for i := 0; i < len(victims); i += gcBatch {
 		batch := victims[i:min(i+gcBatch, len(victims))]
 		if !dryRun {
+			// A path published since the plan may refer to a victim: the
+			// catalogue keeps such victims (DeleteUnreferred), and they
+			// are not reported.
 			hashes := make([]string, len(batch))
 			for j, v := range batch {
 				hashes[j] = v.hashPart
 			}
-			if err := s.delete(ctx, hashes); err != nil {
+			gone, freed, err := s.cat.DeleteUnreferred(hashes)
+			if err != nil {
 				return err
 			}
+			s.removeFiles(ctx, freed)
+			if len(gone) < len(batch) {
+				done := map[string]bool{}
+				for _, h := range gone {
+					done[h] = true
+				}
+				batch = slices.DeleteFunc(slices.Clone(batch), func(v victim) bool { return !done[v.hashPart] })
+			}
 		}
-		for j, v := range batch {
+		for _, v := range batch {
 			total += v.freed
+			deleted++
 			err := send(&indexv1.CollectGarbageResponse{StorePath: v.storePath, Reason: v.reason, FreedBytes: v.freed,
-				Deleted: uint64(i + j + 1), TotalFreedBytes: total, KeptBytes: kept})
+				Deleted: uint64(deleted), TotalFreedBytes: total, KeptBytes: kept})
 			if err != nil && dryRun {
 				return err
 			}
 		}
 	}
-	if !dryRun && len(victims) > 0 {
-		s.cfg.Log.InfoContext(ctx, "garbage collected", "deleted", len(victims), "freed_bytes", total, "kept_bytes", kept,
+	if !dryRun && deleted > 0 {
+		s.cfg.Log.InfoContext(ctx, "garbage collected", "deleted", deleted, "freed_bytes", total, "kept_bytes", kept,
 			"max_size", p.MaxSize, "max_age", p.MaxAge)
 	}
-	return send(&indexv1.CollectGarbageResponse{Deleted: uint64(len(victims)), TotalFreedBytes: total, KeptBytes: kept, Done: true})
+	return send(&indexv1.CollectGarbageResponse{Deleted: uint64(deleted), TotalFreedBytes: total, KeptBytes: kept, Done: true})
 }
 
 // RunGC collects garbage with the configured policies every interval

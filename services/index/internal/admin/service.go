@@ -6,7 +6,6 @@ package admin
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -240,21 +239,23 @@ func (s *Service) DeletePath(ctx context.Context, req *indexv1.DeletePathRequest
 }
 
 // delete removes paths from the catalogue, then the files no path uses.
+// If a path published meanwhile refers to one of them, nothing is deleted
+// (fault.ErrPrecondition).
 func (s *Service) delete(ctx context.Context, hashParts []string) error {
 	freed, err := s.cat.DeletePaths(hashParts)
 	if err != nil {
 		return err
 	}
-	var errs []error
-	for _, nf := range freed {
-		if err := s.nars.Remove(nf); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	s.removeFiles(ctx, freed)
+	return nil
+}
+
+// removeFiles removes NAR files whose records went (unless uploaded
+// again since), logging what it cannot remove.
+func (s *Service) removeFiles(ctx context.Context, freed []*indexv1.NarFile) {
+	if err := s.cat.RemoveFreed(freed, s.nars.Remove); err != nil {
 		s.cfg.Log.WarnContext(ctx, "NAR files left on disk", "err", err)
 	}
-	return nil
 }
 
 // GetStats reports the catalogue's size and the traffic since start.

@@ -89,8 +89,12 @@ func (s *Service) quarantine(ctx context.Context, e *catalog.Entry, problem stri
 	if err != nil {
 		return err
 	}
-	if moved {
+	if len(moved) > 0 {
 		s.cfg.Log.WarnContext(ctx, "quarantined a path that failed verification", "store_path", e.Info.GetStorePath(), "problem", problem)
+	}
+	if len(moved) > 1 {
+		// Their closure is no longer served: neither are they.
+		s.cfg.Log.WarnContext(ctx, "quarantined the paths that refer to it", "store_path", e.Info.GetStorePath(), "referrers", moved[1:])
 	}
 	return nil
 }

@@ -361,16 +361,23 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 		// Stopped before the catalogue closes.
 		defer func() { stop(); <-done; <-done }()
 		local = store
+		// Pushed paths keep their own copies of the host paths they
+		// refer to.
+		pub.WithHost(store, nars)
 	} else {
 		// Paths of a store served before must not linger, nor copies of
 		// their NARs.
-		err := cat.ClearLocal()
+		quarantined, err := cat.ClearLocal()
 		if err == nil {
 			err = os.RemoveAll(hostNarDir(o))
 		}
 		if err != nil {
 			lis.Close()
 			return err
+		}
+		if len(quarantined) > 0 {
+			o.Log.Warn("quarantined pushed paths that refer to paths of the host's store, no longer served; push them again",
+				"paths", quarantined)
 		}
 	}
 

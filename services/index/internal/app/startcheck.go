@@ -25,7 +25,7 @@ func startupCheck(ctx context.Context, log *slog.Logger, cat *catalog.Catalog, n
 		return r, err
 	}
 	log.InfoContext(ctx, "startup check", "mismatches", r.Mismatches(),
-		"quarantined_paths", r.QuarantinedPaths, "dropped_nar_files", r.DroppedNarFiles, "orphans", r.Orphans,
+		"quarantined_paths", r.QuarantinedPaths, "incomplete_paths", r.IncompletePaths, "host_only_paths", r.HostOnlyPaths, "dropped_nar_files", r.DroppedNarFiles, "orphans", r.Orphans,
 		"leftover_uploads", leftovers, "paths", r.Paths, "nar_files", r.NarFiles, "files", r.Files,
 		"duration", r.Duration)
 	return r, nil
@@ -35,9 +35,10 @@ func startupCheck(ctx context.Context, log *slog.Logger, cat *catalog.Catalog, n
 func registerStartupCheck(reg prometheus.Registerer, r consistency.Report, leftovers int) error {
 	mismatches := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "nixcache", Subsystem: "index", Name: "startup_check_mismatches",
-		Help: `What the startup check found disagreeing between the catalogue and the NAR files, and repaired, by kind: "quarantined_path" (its NAR file missing or of another size), "dropped_nar_file" (the record of such an uploaded file), "orphan" (a file in nars/ no record names, moved to orphans/).`,
+		Help: `What the startup check found disagreeing between the catalogue and the NAR files, and repaired, by kind: "quarantined_path" (its NAR file missing or of another size, or it refers to such a path), "incomplete_closure" (a published path whose references are not all published, quarantined with its referrers), "dropped_nar_file" (the record of such an uploaded file), "orphan" (a file in nars/ no record names, moved to orphans/).`,
 	}, []string{"kind"})
 	mismatches.WithLabelValues("quarantined_path").Set(float64(r.QuarantinedPaths))
+	mismatches.WithLabelValues("incomplete_closure").Set(float64(r.IncompletePaths))
 	mismatches.WithLabelValues("dropped_nar_file").Set(float64(r.DroppedNarFiles))
 	mismatches.WithLabelValues("orphan").Set(float64(r.Orphans))
 	left := prometheus.NewGauge(prometheus.GaugeOpts{

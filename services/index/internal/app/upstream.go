@@ -27,7 +27,7 @@ func (o Options) upstreamConfig() (upstream.Config, error) {
 	for _, k := range o.UpstreamKeys {
 		pk, err := signature.ParsePublicKey(k)
 		if err != nil {
-			return cfg, fmt.Errorf("-upstream-key: %v", err)
+			return cfg, fmt.Errorf("-upstream-key: %w", err)
 		}
 		cfg.Keys = append(cfg.Keys, pk)
 	}

@@ -3,6 +3,7 @@ package catalog
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -61,7 +62,7 @@ func (c *Catalog) AddAccess(batch map[string]Access) error {
 	if len(batch) == 0 {
 		return nil
 	}
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(accessBucket)
 		for h, a := range batch {
 			old := decodeAccess(b.Get([]byte(h)))
@@ -235,7 +236,7 @@ func (c *Catalog) List(after, query string, limit int) ([]*Entry, bool, error) {
 			// The smallest key; pushed before quarantined before local.
 			best := -1
 			for i := range srcs {
-				if srcs[i].k != nil && (best < 0 || bytes.Compare(srcs[i].k, srcs[best].k) < 0) {
+				if srcs[i].k != nil && (best < 0 || bytes.Compare(srcs[i].k, srcs[best].k) < 0) { //nolint:gosec // G602: best >= 0 here
 					best = i
 				}
 			}
@@ -280,7 +281,7 @@ func nameOf(storePath string) string {
 
 // PutPin records a pin of a published path.
 func (c *Catalog) PutPin(hashPart string, pin *indexv1.Pin) error {
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		if tx.Bucket(pathsBucket).Get([]byte(hashPart)) == nil && tx.Bucket(quarantineBucket).Get([]byte(hashPart)) == nil {
 			return fault.NotFound("store path %s is not a pushed path of the cache", hashPart)
 		}
@@ -298,7 +299,7 @@ func (c *Catalog) PutPin(hashPart string, pin *indexv1.Pin) error {
 
 // DeletePin removes a pin; an error of class fault.ErrNotFound if none.
 func (c *Catalog) DeletePin(hashPart string) error {
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		if tx.Bucket(pinsBucket).Get([]byte(hashPart)) == nil {
 			return fault.NotFound("store path %s is not pinned", hashPart)
 		}
@@ -331,10 +332,13 @@ func (c *Catalog) Pins() ([]*indexv1.Pin, error) {
 
 // Quarantine moves the published path with this hash part, if its record
 // still has narHash, and the record of its NAR file out of what is
-// served. It reports whether it moved the path.
-func (c *Catalog) Quarantine(hashPart, narHash string) (bool, error) {
-	moved := false
-	err := c.db.Update(func(tx *bolt.Tx) error {
+// served; its published referrers, directly or not, go into quarantine
+// with it (closure.go). It returns the hash parts moved, the path's
+// first; none when it did not move the path.
+func (c *Catalog) Quarantine(hashPart, narHash string) ([]string, error) {
+	var moved []string
+	err := c.write(func(tx *bolt.Tx) error {
+		moved = nil
 		v := tx.Bucket(pathsBucket).Get([]byte(hashPart))
 		if v == nil {
 			return nil
@@ -349,7 +353,6 @@ func (c *Catalog) Quarantine(hashPart, narHash string) (bool, error) {
 		if _, err := setPath(tx, pathsBucket, hashPart, nil); err != nil {
 			return err
 		}
-		moved = true
 		if fk := fileKey(info); fk != "" {
 			if nv := tx.Bucket(narsBucket).Get([]byte(fk)); nv != nil {
 				nf, err := decodeNarFile(nv)
@@ -364,72 +367,42 @@ func (c *Catalog) Quarantine(hashPart, narHash string) (bool, error) {
 				}
 			}
 		}
-		_, err = setPath(tx, quarantineBucket, hashPart, info)
-		return err
+		if _, err = setPath(tx, quarantineBucket, hashPart, info); err != nil {
+			return err
+		}
+		referrers, err := quarantineReferrers(tx, hashPart)
+		if err != nil {
+			return err
+		}
+		moved = append([]string{hashPart}, referrers...)
+		return nil
 	})
 	if err != nil {
-		return false, fmt.Errorf("quarantine %s: %w", hashPart, err)
+		return nil, fmt.Errorf("quarantine %s: %w", hashPart, err)
 	}
-	if moved {
-		c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, hashPart)
-	}
+	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, moved...)
 	return moved, nil
 }
 
 // DeletePaths deletes the pushed (or quarantined) paths with these hash
 // parts, their pins and download records, and the records of the NAR
 // files no remaining path uses, which it returns: the caller removes those
-// files from disk after.
+// files from disk after. If a published path left would refer to one of
+// them (published since the caller looked), nothing is deleted and the
+// error is of class fault.ErrPrecondition.
 func (c *Catalog) DeletePaths(hashParts []string) ([]*indexv1.NarFile, error) {
 	var freed []*indexv1.NarFile
 	var removed []string
-	err := c.db.Update(func(tx *bolt.Tx) error {
-		freed, removed = nil, nil
-		candidates := map[string]bool{}
-		for _, h := range hashParts {
-			for _, name := range [][]byte{pathsBucket, quarantineBucket} {
-				old, err := setPath(tx, name, h, nil)
-				if err != nil {
-					return err
-				}
-				if old != nil && bytes.Equal(name, pathsBucket) {
-					removed = append(removed, h)
-				}
-				if fk := fileKey(old); fk != "" {
-					candidates[fk] = true
-				}
-			}
-			if err := setPin(tx, h, nil); err != nil {
-				return err
-			}
-			if err := tx.Bucket(accessBucket).Delete([]byte(h)); err != nil {
-				return err
-			}
+	err := c.write(func(tx *bolt.Tx) error {
+		var err error
+		freed, removed, err = deletePaths(tx, hashParts)
+		if err != nil {
+			return err
 		}
-		// Files still used by a remaining path stay (the file users
-		// bucket says which).
-		for _, fh := range slices.Sorted(mapsKeys(candidates)) {
-			used := false
-			fileUsers(tx, fh, func(string) bool {
-				used = true
-				return false
-			})
-			if used {
-				continue
-			}
-			for _, name := range [][]byte{narsBucket, quarantineNarsBucket} {
-				v := tx.Bucket(name).Get([]byte(fh))
-				if v == nil {
-					continue
-				}
-				nf, err := decodeNarFile(v)
-				if err != nil {
-					return fmt.Errorf("NAR file %s: %w", fh, err)
-				}
-				freed = append(freed, nf)
-				if _, err := setNarFile(tx, name, fh, nil); err != nil {
-					return err
-				}
+		for _, h := range hashParts {
+			if refs := publishedReferrers(tx, h); len(refs) > 0 {
+				return fault.Precondition("store path %s is referred to by %s, published meanwhile: delete those first",
+					h, strings.Join(refs, ", "))
 			}
 		}
 		return nil
@@ -439,6 +412,125 @@ func (c *Catalog) DeletePaths(hashParts []string) ([]*indexv1.NarFile, error) {
 	}
 	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, removed...)
 	return freed, nil
+}
+
+// RemoveFreed calls remove for each NAR file whose record a deletion
+// freed, in a write transaction that first makes sure no record names the
+// file again (uploaded since the deletion): that upload's file is kept.
+// It returns what remove failed to do.
+func (c *Catalog) RemoveFreed(freed []*indexv1.NarFile, remove func(*indexv1.NarFile) error) error {
+	var errs []error
+	for _, nf := range freed {
+		key := fileKey(&indexv1.PathInfo{File: nf})
+		err := c.write(func(tx *bolt.Tx) error {
+			if key != "" && (tx.Bucket(narsBucket).Get([]byte(key)) != nil || tx.Bucket(quarantineNarsBucket).Get([]byte(key)) != nil) {
+				return nil
+			}
+			if err := remove(nf); err != nil {
+				errs = append(errs, err)
+			}
+			return nil
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DeleteUnreferred deletes, as DeletePaths does, those of the paths with
+// these hash parts that no published path left refers to, and returns
+// them: garbage collection plans on a snapshot, and a path published
+// since then may refer to a path it planned to delete; that path is kept,
+// and so is, in turn, what it refers to.
+func (c *Catalog) DeleteUnreferred(hashParts []string) (deleted []string, freed []*indexv1.NarFile, err error) {
+	var removed []string
+	err = c.write(func(tx *bolt.Tx) error {
+		// Keep every path with a published referrer that is not deleted
+		// too, until no more are kept.
+		doomed := map[string]bool{}
+		for _, h := range hashParts {
+			doomed[h] = true
+		}
+		for changed := true; changed; {
+			changed = false
+			for _, h := range hashParts {
+				if !doomed[h] {
+					continue
+				}
+				for _, r := range publishedReferrers(tx, h) {
+					if !doomed[r] {
+						doomed[h], changed = false, true
+						break
+					}
+				}
+			}
+		}
+		deleted = slices.DeleteFunc(slices.Clone(hashParts), func(h string) bool { return !doomed[h] })
+		var err error
+		freed, removed, err = deletePaths(tx, deleted)
+		return err
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("delete paths: %w", err)
+	}
+	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, removed...)
+	return deleted, freed, nil
+}
+
+// deletePaths deletes the pushed (or quarantined) paths with these hash
+// parts, their pins and download records, and the records of the NAR
+// files no remaining path uses; it returns those records and the hash
+// parts of the published paths it deleted.
+func deletePaths(tx *bolt.Tx, hashParts []string) (freed []*indexv1.NarFile, removed []string, err error) {
+	candidates := map[string]bool{}
+	for _, h := range hashParts {
+		for _, name := range [][]byte{pathsBucket, quarantineBucket} {
+			old, err := setPath(tx, name, h, nil)
+			if err != nil {
+				return nil, nil, err
+			}
+			if old != nil && bytes.Equal(name, pathsBucket) {
+				removed = append(removed, h)
+			}
+			if fk := fileKey(old); fk != "" {
+				candidates[fk] = true
+			}
+		}
+		if err := setPin(tx, h, nil); err != nil {
+			return nil, nil, err
+		}
+		if err := tx.Bucket(accessBucket).Delete([]byte(h)); err != nil {
+			return nil, nil, err
+		}
+	}
+	// Files still used by a remaining path stay (the file users bucket
+	// says which).
+	for _, fh := range slices.Sorted(mapsKeys(candidates)) {
+		used := false
+		fileUsers(tx, fh, func(string) bool {
+			used = true
+			return false
+		})
+		if used {
+			continue
+		}
+		for _, name := range [][]byte{narsBucket, quarantineNarsBucket} {
+			v := tx.Bucket(name).Get([]byte(fh))
+			if v == nil {
+				continue
+			}
+			nf, err := decodeNarFile(v)
+			if err != nil {
+				return nil, nil, fmt.Errorf("NAR file %s: %w", fh, err)
+			}
+			freed = append(freed, nf)
+			if _, err := setNarFile(tx, name, fh, nil); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	return freed, removed, nil
 }
 
 func mapsKeys(m map[string]bool) func(func(string) bool) {
@@ -463,7 +555,7 @@ func (c *Catalog) ReplaceSignatures(sigs map[string]SignatureUpdate, local bool)
 		buckets = [][]byte{localBucket}
 	}
 	var changed []string
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		n, changed = 0, nil
 		unsigned := tx.Bucket(localUnsignedBucket)
 		for h, u := range sigs {

@@ -34,6 +34,22 @@ type Catalog struct {
 	// changes hears of every committed change to what GetPathInfo
 	// answers: a pushed or local path published, removed or changed.
 	changes *pathwatch.Hub
+	// beforeCommit, set by tests, sees the state each write transaction
+	// is about to commit.
+	beforeCommit func(tx *bolt.Tx)
+}
+
+// write runs fn in a write transaction.
+func (c *Catalog) write(fn func(tx *bolt.Tx) error) error {
+	return c.db.Update(func(tx *bolt.Tx) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		if c.beforeCommit != nil {
+			c.beforeCommit(tx)
+		}
+		return nil
+	})
 }
 
 // Open opens (creating if needed) the catalogue database at path. A
@@ -100,8 +116,17 @@ func (c *Catalog) NarFile(fileHash string) (*indexv1.NarFile, error) {
 // is already there, and returns the record stored. NAR files are content
 // addressed: an existing record describes the same bytes and is kept.
 func (c *Catalog) AddNarFile(fileHash string, nf *indexv1.NarFile) (*indexv1.NarFile, error) {
+	return c.AddStoredNarFile(fileHash, nf, nil)
+}
+
+// AddStoredNarFile is AddNarFile for a file just stored: in the
+// transaction that records it, onDisk (when not nil) makes sure the file
+// is still there. A deletion that freed the file's earlier record removes
+// the file in a transaction too (RemoveFreed): the two cannot interleave,
+// so a record never names a file removed under it.
+func (c *Catalog) AddStoredNarFile(fileHash string, nf *indexv1.NarFile, onDisk func() error) (*indexv1.NarFile, error) {
 	stored := nf
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(narsBucket)
 		if v := b.Get([]byte(fileHash)); v != nil {
 			old, err := decodeNarFile(v)
@@ -110,6 +135,14 @@ func (c *Catalog) AddNarFile(fileHash string, nf *indexv1.NarFile) (*indexv1.Nar
 			}
 			stored = old
 			return nil
+		}
+		if onDisk != nil {
+			// The error names where files are kept: not for the client.
+			if onDisk() != nil {
+				// Not Unavailable: Nix 2.8 retries a NAR upload answered 503
+				// with a source it already consumed, and hangs.
+				return fault.Precondition("the NAR file %s was removed while it was stored (a deletion freed it): upload it again", nf.GetFileHash())
+			}
 		}
 		// The file was just verified: a quarantined record of it is void.
 		if _, err := setNarFile(tx, quarantineNarsBucket, fileHash, nil); err != nil {
@@ -149,14 +182,35 @@ func (c *Catalog) PathInfo(hashPart string) (*indexv1.PathInfo, error) {
 // UpdatePathInfo reads the path with this hash part (nil when absent),
 // passes it to fn and, in the same transaction, stores what fn returns
 // unless it is nil or fn fails; fn's error is returned as is. It returns
-// the record stored (the old one when fn returned nil).
+// the record stored (the old one when fn returned nil). What fn returns is
+// stored only if its references are published and its NAR file recorded
+// (closure.go); if not, the error is of class fault.ErrPrecondition.
 func (c *Catalog) UpdatePathInfo(hashPart string, fn func(old *indexv1.PathInfo) (*indexv1.PathInfo, error)) (*indexv1.PathInfo, error) {
+	return c.update(nil, hashPart, fn)
+}
+
+// update is UpdatePathInfo after publishing adopted (Adopt).
+func (c *Catalog) update(adopted []*indexv1.PathInfo, hashPart string, fn func(old *indexv1.PathInfo) (*indexv1.PathInfo, error)) (*indexv1.PathInfo, error) {
 	var stored *indexv1.PathInfo
 	var fnErr error
+	var published []string
 	kind := indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED
-	err := c.db.Update(func(tx *bolt.Tx) error {
-		kind = indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED
+	err := c.write(func(tx *bolt.Tx) error {
+		kind, published = indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED, nil
 		b := tx.Bucket(pathsBucket)
+		for _, a := range adopted {
+			key, err := localKey(a)
+			if err != nil {
+				return err
+			}
+			if b.Get(key) != nil {
+				continue
+			}
+			if err := publishPath(tx, string(key), a); err != nil {
+				return err
+			}
+			published = append(published, string(key))
+		}
 		var old *indexv1.PathInfo
 		if v := b.Get([]byte(hashPart)); v != nil {
 			var err error
@@ -174,17 +228,11 @@ func (c *Catalog) UpdatePathInfo(hashPart string, fn func(old *indexv1.PathInfo)
 			return nil
 		}
 		stored = next
-		// Published again (pushed anew after Verify quarantined it): the
-		// path is served from its new record, not left quarantined too.
-		if _, err := setPath(tx, quarantineBucket, hashPart, nil); err != nil {
-			return err
-		}
 		kind = indexv1.PathEventKind_PATH_EVENT_KIND_CHANGED
 		if old == nil {
 			kind = indexv1.PathEventKind_PATH_EVENT_KIND_PUBLISHED
 		}
-		_, err = setPath(tx, pathsBucket, hashPart, next)
-		return err
+		return publishPath(tx, hashPart, next)
 	})
 	if fnErr != nil {
 		return nil, fnErr
@@ -192,10 +240,26 @@ func (c *Catalog) UpdatePathInfo(hashPart string, fn func(old *indexv1.PathInfo)
 	if err != nil {
 		return nil, fmt.Errorf("update path %s: %w", hashPart, err)
 	}
+	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_PUBLISHED, published...)
 	if kind != indexv1.PathEventKind_PATH_EVENT_KIND_UNSPECIFIED {
 		c.changes.Publish(kind, hashPart)
 	}
 	return stored, nil
+}
+
+// publishPath stores info as the published path key, once its closure
+// and file are checked (closure.go).
+func publishPath(tx *bolt.Tx, key string, info *indexv1.PathInfo) error {
+	if err := checkPublishable(tx, key, info); err != nil {
+		return err
+	}
+	// Published again (pushed anew after Verify quarantined it): the path
+	// is served from its new record, not left quarantined too.
+	if _, err := setPath(tx, quarantineBucket, key, nil); err != nil {
+		return err
+	}
+	_, err := setPath(tx, pathsBucket, key, info)
+	return err
 }
 
 // PresentPaths returns the hash parts, in the order given and without

@@ -149,7 +149,7 @@ func TestRepublishAfterQuarantine(t *testing.T) {
 		}
 	}
 	publish()
-	if moved, err := c.Quarantine(hashA, info.NarHash); err != nil || !moved {
+	if moved, err := c.Quarantine(hashA, info.NarHash); err != nil || len(moved) != 1 {
 		t.Fatalf("Quarantine: %v, %v", moved, err)
 	}
 	if _, err := c.NarFile(fileX); !errors.Is(err, fault.ErrNotFound) {

@@ -28,6 +28,9 @@ func TestChanges(t *testing.T) {
 		return &indexv1.PathInfo{StorePath: "/nix/store/" + hash + "-p", NarHash: "sha256:n", NarSize: 10, File: nf, Signatures: sigs}
 	}
 	hashD := strings.Repeat("d", 32)
+	if _, err := c.AddNarFile(fileX, nf); err != nil {
+		t.Fatal(err)
+	}
 	set := func(i *indexv1.PathInfo) func(*indexv1.PathInfo) (*indexv1.PathInfo, error) {
 		return func(*indexv1.PathInfo) (*indexv1.PathInfo, error) { return i, nil }
 	}
@@ -72,7 +75,7 @@ func TestChanges(t *testing.T) {
 		{"local c again, unsigned over signed: kept", func() error {
 			return c.PutLocal([]catalog.LocalPath{{Info: localInfo(hashC, "sha256:c")}})
 		}, ""},
-		{"delete local d and a (absent)", func() error { _, err := c.DeleteLocal([]string{hashD, hashA}); return err }, "removed d"},
+		{"delete local d and a (absent)", func() error { _, _, err := c.DeleteLocal([]string{hashD, hashA}); return err }, "removed d"},
 	}
 	names := map[string]string{hashA: "a", hashB: "b", hashC: "c", hashD: "d"}
 	kinds := map[indexv1.PathEventKind]string{published: "published", removed: "removed", changed: "changed"}
@@ -96,7 +99,7 @@ func TestChanges(t *testing.T) {
 		}
 	}
 
-	if err := c.ClearLocal(); err != nil {
+	if _, err := c.ClearLocal(); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Err(); !errors.Is(err, pathwatch.ErrReset) {

@@ -65,7 +65,7 @@ func (c *Catalog) ForEachNarFile(fn func(fileHash string, nf *indexv1.NarFile) e
 // was a record.
 func (c *Catalog) DropNarFile(fileHash string) (bool, error) {
 	found := false
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		old, err := setNarFile(tx, narsBucket, fileHash, nil)
 		found = old != nil
 		return err

@@ -352,7 +352,10 @@ func setPin(tx *bolt.Tx, key string, pin []byte) error {
 // setUnsigned marks a local path unsigned or not, counting them.
 func setUnsigned(tx *bolt.Tx, key []byte, unsigned bool) error {
 	b := tx.Bucket(localUnsignedBucket)
-	had := b.Get(key) != nil
+	// Not b.Get(key) != nil: the empty value of a key put earlier in the
+	// same transaction reads as nil (a batch naming a path twice).
+	k, _ := b.Cursor().Seek(key)
+	had := bytes.Equal(k, key)
 	switch {
 	case had && !unsigned:
 		if err := b.Delete(key); err != nil {

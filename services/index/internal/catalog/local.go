@@ -64,7 +64,7 @@ func (c *Catalog) LocalPathInfo(hashPart string) (*indexv1.PathInfo, bool, error
 // replaces a signed one of the same path and NAR hash.
 func (c *Catalog) PutLocal(paths []LocalPath) error {
 	var published, changed []string
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		published, changed = nil, nil
 		b, unsigned := tx.Bucket(localBucket), tx.Bucket(localUnsignedBucket)
 		for _, p := range paths {
@@ -105,7 +105,7 @@ func (c *Catalog) PutLocal(paths []LocalPath) error {
 func (c *Catalog) SignedLocal(infos []*indexv1.PathInfo) (int, error) {
 	n := 0
 	var changed []string
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.write(func(tx *bolt.Tx) error {
 		n, changed = 0, nil
 		b := tx.Bucket(localBucket)
 		for _, info := range infos {
@@ -136,12 +136,16 @@ func (c *Catalog) SignedLocal(infos []*indexv1.PathInfo) (int, error) {
 
 // DeleteLocal forgets the local paths with these hash parts, and the
 // compressed copies of their NARs, which it returns for the caller to
-// remove the files.
-func (c *Catalog) DeleteLocal(hashParts []string) ([]HostNar, error) {
+// remove the files. A published path that refers to one of them and not
+// to a pushed copy (published before the cache took copies of such
+// references) goes into quarantine, with its referrers (closure.go): the
+// host no longer has its closure. It also returns the hash parts
+// quarantined.
+func (c *Catalog) DeleteLocal(hashParts []string) (copies []HostNar, quarantined []string, err error) {
 	var removed []string
-	var copies []HostNar
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err = c.write(func(tx *bolt.Tx) error {
 		removed, copies = nil, nil
+		var gone []string
 		for _, h := range hashParts {
 			nf, err := dropHostNar(tx, h)
 			if err != nil {
@@ -159,24 +163,44 @@ func (c *Catalog) DeleteLocal(hashParts []string) ([]HostNar, error) {
 			}
 			if old != nil {
 				removed = append(removed, h)
+				if tx.Bucket(pathsBucket).Get([]byte(h)) == nil {
+					gone = append(gone, h)
+				}
 			}
 			if err := setUnsigned(tx, []byte(h), false); err != nil {
 				return err
 			}
 		}
-		return nil
+		var err error
+		quarantined, err = quarantineReferrers(tx, gone...)
+		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("delete local paths: %w", err)
+		return nil, nil, fmt.Errorf("delete local paths: %w", err)
 	}
 	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, removed...)
-	return copies, nil
+	c.changes.Publish(indexv1.PathEventKind_PATH_EVENT_KIND_REMOVED, quarantined...)
+	return copies, quarantined, nil
 }
 
 // ClearLocal forgets every local path, and the compressed copies of their
-// NARs (whose files the caller removes).
-func (c *Catalog) ClearLocal() error {
-	err := c.db.Update(func(tx *bolt.Tx) error {
+// NARs (whose files the caller removes); published paths that refer to one
+// and not to a pushed copy go into quarantine, as in DeleteLocal. It
+// returns the hash parts quarantined.
+func (c *Catalog) ClearLocal() ([]string, error) {
+	var quarantined []string
+	err := c.write(func(tx *bolt.Tx) error {
+		var gone []string
+		paths := tx.Bucket(pathsBucket)
+		err := tx.Bucket(localBucket).ForEach(func(k, _ []byte) error {
+			if paths.Get(k) == nil {
+				gone = append(gone, string(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 		for _, name := range [][]byte{localBucket, localUnsignedBucket, hostNarsBucket, hostNarsRetiredBucket, hostNarFilesBucket} {
 			if err := tx.DeleteBucket(name); err != nil {
 				return err
@@ -190,14 +214,15 @@ func (c *Catalog) ClearLocal() error {
 				return err
 			}
 		}
-		return nil
+		quarantined, err = quarantineReferrers(tx, gone...)
+		return err
 	})
 	if err != nil {
-		return fmt.Errorf("clear local paths: %w", err)
+		return nil, fmt.Errorf("clear local paths: %w", err)
 	}
 	// Watchers cached what they may no longer see: they start over.
 	c.changes.Reset()
-	return nil
+	return quarantined, nil
 }
 
 // DiffLocal compares the local paths recorded with hashParts, which must

@@ -83,13 +83,13 @@ func TestLocalPaths(t *testing.T) {
 		t.Errorf("PresentLocal: %v, %v", present, err)
 	}
 
-	if _, err := c.DeleteLocal([]string{hashC}); err != nil {
+	if _, _, err := c.DeleteLocal([]string{hashC}); err != nil {
 		t.Fatal(err)
 	}
 	if unsigned, _ := c.UnsignedLocal(10); len(unsigned) != 0 {
 		t.Errorf("a deleted path is still listed unsigned: %v", unsigned)
 	}
-	if err := c.ClearLocal(); err != nil {
+	if _, err := c.ClearLocal(); err != nil {
 		t.Fatal(err)
 	}
 	if _, extra, _ := c.DiffLocal(nil); len(extra) != 0 {

@@ -14,6 +14,13 @@
 //     listed as quarantined, repaired by pushing it again;
 //   - an uploaded NAR file's record (no published path) whose file is
 //     missing or of another size is dropped: the uploader sends it again;
+//   - a published path that refers to a path the catalogue does not
+//     publish (a catalogue written before closures were kept in the
+//     commit that changes them, or restored from a backup) is
+//     quarantined, as the paths are that refer to a quarantined one:
+//     nothing is served whose closure the cache cannot serve; a path
+//     whose reference is served only from the host's store (pushed
+//     before the cache copied such references at publish) is reported;
 //   - a stored file that no record names is moved to orphans/ beside
 //     nars/, not deleted: a catalogue restored from an older backup, or
 //     the wrong one, must not cost the NAR files.
@@ -46,16 +53,23 @@ type Report struct {
 	// paths, uploaded NAR file records, stored files.
 	Paths, NarFiles, Files int
 	// QuarantinedPaths are published paths whose file was missing or of
-	// another size; DroppedNarFiles the records of uploaded files that
-	// were; Orphans the stored files no record names, moved aside (left
-	// in place in a bucket).
+	// another size, and the paths that refer to them; DroppedNarFiles the
+	// records of uploaded files that were; Orphans the stored files no
+	// record names, moved aside (left in place in a bucket).
 	QuarantinedPaths, DroppedNarFiles, Orphans int
-	Duration                                   time.Duration
+	// IncompletePaths are published paths with a reference the catalogue
+	// does not publish, and the paths that refer to them, quarantined;
+	// HostOnlyPaths those whose references are partly served only from
+	// the host's store, left published.
+	IncompletePaths, HostOnlyPaths int
+	Duration                       time.Duration
 }
 
 // Mismatches is how many disagreements between the catalogue and the
 // disk the check found (and repaired).
-func (r Report) Mismatches() int { return r.QuarantinedPaths + r.DroppedNarFiles + r.Orphans }
+func (r Report) Mismatches() int {
+	return r.QuarantinedPaths + r.DroppedNarFiles + r.Orphans + r.IncompletePaths
+}
 
 // Check compares the catalogue with the NAR files and repairs what
 // disagrees, logging each repair at warn. Nothing else may use cat or
@@ -65,6 +79,9 @@ func Check(ctx context.Context, cat *catalog.Catalog, nars *narstore.Store, log 
 	start := time.Now()
 	var r Report
 	if err := checkRecords(ctx, cat, nars, log, &r); err != nil {
+		return r, err
+	}
+	if err := checkClosures(ctx, cat, log, &r); err != nil {
 		return r, err
 	}
 	if err := moveOrphans(ctx, cat, nars, log, &r); err != nil {
@@ -130,10 +147,10 @@ func checkRecords(ctx context.Context, cat *catalog.Catalog, nars *narstore.Stor
 		if err != nil {
 			return fmt.Errorf("startup check: %w", err)
 		}
-		if moved {
-			r.QuarantinedPaths++
+		if len(moved) > 0 {
+			r.QuarantinedPaths += len(moved)
 			log.WarnContext(ctx, "startup check: quarantined a path whose NAR file does not match the catalogue",
-				"store_path", b.storePath, "file_hash", b.fileHash, "problem", b.problem)
+				"store_path", b.storePath, "file_hash", b.fileHash, "problem", b.problem, "referrers_quarantined", moved[1:])
 		}
 	}
 	// Quarantine took the records of those paths' files along: a bad
@@ -147,6 +164,34 @@ func checkRecords(ctx context.Context, cat *catalog.Catalog, nars *narstore.Stor
 			r.DroppedNarFiles++
 			log.WarnContext(ctx, "startup check: dropped the record of an uploaded NAR file that does not match it; it will be uploaded again",
 				"file_hash", "sha256:"+fileHash, "problem", badFiles[fileHash])
+		}
+	}
+	return nil
+}
+
+// checkClosures quarantines the published paths whose references are not
+// all published (Quarantine takes their referrers along), and reports
+// those that rely on the host's store.
+func checkClosures(ctx context.Context, cat *catalog.Catalog, log *slog.Logger, r *Report) error {
+	incomplete, err := cat.IncompleteClosures()
+	if err != nil {
+		return fmt.Errorf("startup check: %w", err)
+	}
+	for _, inc := range incomplete {
+		if len(inc.Missing) == 0 {
+			r.HostOnlyPaths++
+			log.WarnContext(ctx, "startup check: a published path refers to paths served only from the host's store; deleting them there would break its closure",
+				"store_path", inc.Info.GetStorePath(), "host_only", inc.HostOnly)
+			continue
+		}
+		moved, err := cat.Quarantine(inc.HashPart, inc.Info.GetNarHash())
+		if err != nil {
+			return fmt.Errorf("startup check: %w", err)
+		}
+		if len(moved) > 0 {
+			r.IncompletePaths += len(moved)
+			log.WarnContext(ctx, "startup check: quarantined a published path whose references are not in the cache",
+				"store_path", inc.Info.GetStorePath(), "missing", inc.Missing, "referrers_quarantined", moved[1:])
 		}
 	}
 	return nil

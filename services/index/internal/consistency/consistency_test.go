@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/nixhash"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
@@ -366,5 +368,63 @@ func TestCheckKeepsFileOfPath(t *testing.T) {
 	}
 	if !x.served(hashPart(2)) {
 		t.Error("the path using the file is no longer served")
+	}
+}
+
+// TestCheckIncompleteClosure: a published path whose reference the
+// catalogue lost (a record deleted by hand, a catalogue restored from the
+// wrong backup) is quarantined with what refers to it; its files stay.
+func TestCheckIncompleteClosure(t *testing.T) {
+	x := newIndex(t)
+	dep, mid, top, other := hashPart(1), hashPart(2), hashPart(3), hashPart(4)
+	x.publish(dep, x.upload(1, compression.None, true))
+	publishRefs := func(h string, seed uint64, refs ...string) {
+		nf := x.upload(seed, compression.XZ, true)
+		info := &indexv1.PathInfo{StorePath: "/nix/store/" + h + "-p", NarHash: nf.GetNarHash(), NarSize: nf.GetNarSize(),
+			File: nf, References: refs, Signatures: []string{"test-1:sig"}}
+		if _, err := x.cat.UpdatePathInfo(h, func(*indexv1.PathInfo) (*indexv1.PathInfo, error) { return info, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishRefs(mid, 2, dep+"-p")
+	publishRefs(top, 3, mid+"-p", dep+"-p")
+	publishRefs(other, 4)
+	if r := x.check(); r.Mismatches() != 0 || r.IncompletePaths != 0 {
+		t.Fatalf("complete closures: %+v\n%s", r, x.log.String())
+	}
+
+	// The dependency's record goes, behind the index's back.
+	if err := x.cat.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(filepath.Join(x.dir, "catalog.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("paths")).Delete([]byte(dep)) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	x.open()
+
+	r := x.check()
+	if r.IncompletePaths != 2 || r.Mismatches() != 2 {
+		t.Fatalf("IncompletePaths %d, Mismatches %d; want 2 (mid and top)\n%s", r.IncompletePaths, r.Mismatches(), x.log.String())
+	}
+	for h, want := range map[string]bool{mid: false, top: false, other: true} {
+		if got := x.served(h); got != want {
+			t.Errorf("%s served: %v, want %v", h, got, want)
+		}
+	}
+	for _, h := range []string{mid, top} {
+		if e, err := x.cat.Lookup(h); err != nil || !e.Quarantined {
+			t.Errorf("%s: %+v, %v; want it quarantined, kept", h, e, err)
+		}
+	}
+	if !strings.Contains(x.log.String(), "references are not in the cache") {
+		t.Errorf("log says nothing of the missing reference:\n%s", x.log.String())
+	}
+	if r := x.check(); r.Mismatches() != 0 {
+		t.Errorf("second check: %+v", r)
 	}
 }

@@ -234,9 +234,18 @@ func TestCheckRefusesDamagedFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, damage := range map[string]func(f *os.File) error{
-		"a byte flipped": func(f *os.File) error { _, err := f.WriteAt([]byte{0xff}, int64(nf.GetFileSize()/2)); return err },
-		"cut short":      func(f *os.File) error { return f.Truncate(int64(nf.GetFileSize() - 1)) },
-		"a byte more":    func(f *os.File) error { _, err := f.WriteAt([]byte{0}, int64(nf.GetFileSize())); return err },
+		// Every bit of the byte inverted: writing a fixed value would leave
+		// the file as it was when the byte already had that value.
+		"a byte flipped": func(f *os.File) error {
+			b := make([]byte, 1)
+			if _, err := f.ReadAt(b, int64(nf.GetFileSize()/2)); err != nil {
+				return err
+			}
+			_, err := f.WriteAt([]byte{^b[0]}, int64(nf.GetFileSize()/2))
+			return err
+		},
+		"cut short":   func(f *os.File) error { return f.Truncate(int64(nf.GetFileSize() - 1)) },
+		"a byte more": func(f *os.File) error { _, err := f.WriteAt([]byte{0}, int64(nf.GetFileSize())); return err },
 		// Decompresses to the same NAR: only the file hash tells.
 		"a skippable frame more": func(f *os.File) error {
 			_, err := f.WriteAt([]byte{0x50, 0x2a, 0x4d, 0x18, 1, 0, 0, 0, 'x'}, int64(nf.GetFileSize()))
@@ -352,7 +361,7 @@ func TestForgetAndRestart(t *testing.T) {
 	fileOf := func(rel string) string { return filepath.Join(filepath.Dir(e.dir), filepath.FromSlash(rel)) }
 
 	// The path a leaves the host's store: its copy goes with it.
-	copies, err := e.cat.DeleteLocal([]string{a})
+	copies, _, err := e.cat.DeleteLocal([]string{a})
 	if err != nil || len(copies) != 1 {
 		t.Fatalf("DeleteLocal: %v, %v", copies, err)
 	}
@@ -498,7 +507,7 @@ func TestRetiredCopyMadeAgain(t *testing.T) {
 		t.Errorf("retired copy of a changed path: %v, want ErrNotFound", err)
 	}
 	// Gone with the path.
-	if _, err := e.cat.DeleteLocal([]string{a}); err != nil {
+	if _, _, err := e.cat.DeleteLocal([]string{a}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.cat.HostNarByFile(strings.TrimPrefix(nfA.GetFileHash(), "sha256:")); !errors.Is(err, fault.ErrNotFound) {

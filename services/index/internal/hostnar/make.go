@@ -340,7 +340,7 @@ func (ws *workspace) check(ctx context.Context, f *os.File, nf *indexv1.NarFile,
 	if err := ws.dec.Reset(raw); err != nil {
 		return fmt.Errorf("read back: %w", err)
 	}
-	defer ws.dec.Reset(nil) // drop raw
+	defer ws.dec.Reset(nil) //nolint:errcheck // drop raw; Reset(nil) of an open decoder returns nil
 	narHash := sha256.New()
 	n, err := io.CopyBuffer(narHash, ws.dec, ws.buf)
 	if err != nil {

@@ -172,6 +172,9 @@ func TestSync(t *testing.T) {
 	// sync must leave it alone.
 	pushed := &indexv1.PathInfo{StorePath: mid.StorePath, NarHash: mid.NarHash.String(), NarSize: mid.NarSize,
 		File: &indexv1.NarFile{FileHash: "sha256:" + strings.Repeat("0", 52), Compression: "xz"}}
+	if _, err := e.cat.AddNarFile(strings.Repeat("0", 52), pushed.GetFile()); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := e.cat.UpdatePathInfo(hashOf(mid.StorePath), func(*indexv1.PathInfo) (*indexv1.PathInfo, error) { return pushed, nil }); err != nil {
 		t.Fatal(err)
 	}

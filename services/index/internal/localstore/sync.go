@@ -160,7 +160,7 @@ func (s *Store) Sync(ctx context.Context) (SyncResult, error) {
 			entries = append(entries, entry{h, p})
 		}
 	}
-	all = nil
+	all = nil //nolint:ineffassign // done with: says so to the reader (and to the GC, if the compiler did not)
 	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.hash, b.hash) })
 	entries = slices.CompactFunc(entries, func(a, b entry) bool { return a.hash == b.hash })
 	res.Valid = len(entries)
@@ -172,7 +172,7 @@ func (s *Store) Sync(ctx context.Context) (SyncResult, error) {
 	if err != nil {
 		return res, err
 	}
-	hashes = nil
+	hashes = nil //nolint:ineffassign // done with, as all above
 
 	for batch := range slices.Chunk(missing, signBatch) {
 		paths := make([]string, len(batch))
@@ -278,12 +278,17 @@ func (s *Store) remove(ctx context.Context, hashParts []string) (int, error) {
 			gone = append(gone, hashPartOf(s.cfg.StoreDir, p))
 		}
 	}
-	copies, err := s.cat.DeleteLocal(gone)
+	copies, quarantined, err := s.cat.DeleteLocal(gone)
 	if err != nil {
 		return 0, err
 	}
 	if s.copies != nil {
 		s.copies.Forget(copies)
+	}
+	if len(quarantined) > 0 {
+		// Pushed before the cache copied such references at publish.
+		s.cfg.Log.Warn("quarantined pushed paths whose references the host's store no longer has; push them again",
+			"paths", quarantined)
 	}
 	return len(gone), nil
 }

@@ -181,7 +181,7 @@ func (s *Store) Walk(ctx context.Context, fn func(StoredFile) error) error {
 		}
 		comp, err := compression.FromExtension(ext)
 		if err != nil {
-			return nil
+			return nil //nolint:nilerr // not a name of ours: skipped
 		}
 		return fn(StoredFile{FileHash: fileHash, Compression: comp, Size: size})
 	})

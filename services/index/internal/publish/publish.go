@@ -23,6 +23,7 @@ import (
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
+	"github.com/nixcache/nixcache/services/index/internal/narstore"
 )
 
 // Signer signs fingerprints with the cache's keys.
@@ -44,6 +45,10 @@ type Publisher struct {
 	// path (WithTrustedKeys); log tells of those dropped.
 	trusted []signature.PublicKey
 	log     *slog.Logger
+	// host and nars, when set (WithHost), copy host paths pushed paths
+	// refer to (adopt.go).
+	host HostStore
+	nars *narstore.Store
 }
 
 // MaxForeignSigs is the most signatures by keys other than the signer's a
@@ -90,11 +95,22 @@ func (p *Publisher) Publish(ctx context.Context, in *indexv1.PathInfo) (*indexv1
 	if err != nil {
 		return nil, err
 	}
+	adopted, err := p.adopt(ctx, c.path, in.GetReferences())
+	if err != nil {
+		return nil, err
+	}
 	if _, err := p.catalog.PathInfo(c.path.HashPart); err == nil {
 		// Already published: no new signature needed.
-		return p.catalog.UpdatePathInfo(c.path.HashPart, func(old *indexv1.PathInfo) (*indexv1.PathInfo, error) {
+		stored, err := p.catalog.Adopt(adopted, c.path.HashPart, func(old *indexv1.PathInfo) (*indexv1.PathInfo, error) {
+			if old == nil {
+				return nil, errDeleted
+			}
 			return merge(old, in.GetStorePath(), c, nil)
 		})
+		if !errors.Is(err, errDeleted) {
+			return stored, err
+		}
+		// Deleted since: published anew, signed.
 	} else if !errors.Is(err, fault.ErrNotFound) {
 		return nil, err
 	}
@@ -121,7 +137,10 @@ func (p *Publisher) Publish(ctx context.Context, in *indexv1.PathInfo) (*indexv1
 		Url:              "nar/" + strings.TrimPrefix(c.file.GetFileHash(), "sha256:") + ".nar" + ext,
 		RegistrationTime: timestamppb.New(p.now()),
 	}
-	return p.catalog.UpdatePathInfo(c.path.HashPart, func(old *indexv1.PathInfo) (*indexv1.PathInfo, error) {
+	// The catalogue checks again, in the transaction that publishes, that
+	// every reference is published (catalog/closure.go): a delete may
+	// have come since check.
+	return p.catalog.Adopt(adopted, c.path.HashPart, func(old *indexv1.PathInfo) (*indexv1.PathInfo, error) {
 		if old != nil {
 			// Published meanwhile by another call.
 			return merge(old, in.GetStorePath(), c, sigs)
@@ -129,6 +148,10 @@ func (p *Publisher) Publish(ctx context.Context, in *indexv1.PathInfo) (*indexv1
 		return info, nil
 	})
 }
+
+// errDeleted: a path found published was deleted before the transaction
+// that would merge into it.
+var errDeleted = errors.New("deleted meanwhile")
 
 // merge returns old with the new signatures added, nil when it has them
 // all, or an error when old is not the same path with the same NAR.
@@ -271,7 +294,9 @@ func (p *Publisher) checkFile(in *indexv1.PathInfo) (*indexv1.NarFile, error) {
 // checkReferences makes sure every reference but the path itself is
 // published, so that the cache never serves a path whose closure it lacks.
 // A path of the host's store the index serves counts: nix copy --to skips
-// what the cache already has, whichever way it has it.
+// what the cache already has, whichever way it has it; the publisher
+// copies it (adopt.go). This is the early answer; the catalogue checks
+// again as it publishes.
 func (p *Publisher) checkReferences(in *indexv1.PathInfo, self storepath.Path) error {
 	for _, ref := range in.GetReferences() {
 		if ref == self.Base() {

@@ -138,6 +138,9 @@ func startIndexWith(t testing.TB, dir string, sc signerConn, ls localSetup) *ind
 	var local server.LocalStore
 	if ls.newLocal != nil {
 		local = ls.newLocal(cat, signer)
+		if h, ok := local.(publish.HostStore); ok {
+			pub.WithHost(h, nars)
+		}
 	}
 
 	idx := &index{dir: dir, cat: cat, handlerDone: make(chan error, 100)}

@@ -178,7 +178,7 @@ func TestPushedAndLocal(t *testing.T) {
 	l := startLocalIndex(t, signTimeout)
 	ctx := context.Background()
 	both, bothNar := l.buildTree(t, "both")
-	dep, _ := l.buildTree(t, "dep")
+	dep, depNar := l.buildTree(t, "dep")
 
 	// Seen as local first.
 	if _, err := l.client.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(dep.StorePath)}); err != nil {
@@ -224,6 +224,26 @@ func TestPushedAndLocal(t *testing.T) {
 	if _, err := l.client.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(both.StorePath)}); err != nil {
 		t.Errorf("pushed path after it left the host's store: %v", err)
 	}
+	// So does the dependency it had only as local: the cache took a copy
+	// of it at publish, a NAR file of its own that the host's deletion
+	// does not touch.
+	l.daemon.Invalidate(t, dep.StorePath)
+	resp, err = l.client.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(dep.StorePath)})
+	if err != nil {
+		t.Fatalf("the local-only dependency after it left the host's store: %v", err)
+	}
+	copied := resp.GetInfo()
+	if copied.GetFile().GetFileHash() == "" || copied.GetNarHash() != dep.NarHash.String() {
+		t.Fatalf("the dependency's record %v: want the cache's copy, with a NAR file and NarHash %s", copied, dep.NarHash)
+	}
+	if sigs := copied.GetSignatures(); len(sigs) == 0 || !l.signer.Active.Public().Verify(l.fingerprint(copied, dep), sigs[len(sigs)-1]) {
+		t.Errorf("signatures of the copy %q: want the cache key's, that verifies", sigs)
+	}
+	_, data, err = getNar(ctx, l.client, &indexv1.GetNarRequest{
+		Selector: &indexv1.GetNarRequest_StoreHash{StoreHash: hashOf(dep.StorePath)}, ExpectedNarHash: dep.NarHash.String()})
+	if err != nil || !bytes.Equal(data, depNar) {
+		t.Errorf("GetNar of the copy: %d bytes, want %d; %v", len(data), len(depNar), err)
+	}
 }
 
 // TestLocalPathUnsigned: with the signer down, a local path's narinfo is
@@ -251,3 +271,46 @@ func TestLocalPathUnsigned(t *testing.T) {
 }
 
 func hashOf(storePath string) string { return filepath.Base(storePath)[:32] }
+
+// TestPushedOverChangedHostPath: a host path a push refers to whose files
+// no longer make the NAR the daemon described (cut, or changed in place)
+// is not copied, and the push is refused: nothing unverified is
+// published.
+func TestPushedOverChangedHostPath(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		data func(name string) []byte
+	}{
+		{"shorter", func(string) []byte { return []byte("changed") }},
+		{"same size", func(name string) []byte { return bytes.Repeat([]byte("x"), len(name)*200000) }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l := startLocalIndex(t, signTimeout)
+			ctx := context.Background()
+			dep, _ := l.buildTree(t, "dep")
+			top, topNar := l.buildTree(t, "top")
+			if _, err := l.client.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(dep.StorePath)}); err != nil {
+				t.Fatal(err)
+			}
+			// Changed behind the daemon's back.
+			if err := os.WriteFile(filepath.Join(dep.StorePath, "data"), tt.data("dep"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			file := mustPutNar(t, l.client, nartest.Compress(t, compression.XZ, topNar))
+			_, err := l.client.PutPathInfo(ctx, &indexv1.PutPathInfoRequest{Info: &indexv1.PathInfo{
+				StorePath: top.StorePath, NarHash: file.GetNarHash(), NarSize: file.GetNarSize(),
+				References: []string{filepath.Base(dep.StorePath)},
+				File:       &indexv1.NarFile{FileHash: file.GetFileHash()},
+			}})
+			wantCode(t, err, codes.FailedPrecondition, filepath.Base(dep.StorePath), "it changed or went")
+			resp, err := l.client.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(dep.StorePath)})
+			if err != nil || resp.GetInfo().GetFile() != nil {
+				t.Errorf("dep after the refused push: %v, %v; want it served from the host's store, not copied", resp.GetInfo(), err)
+			}
+			// top is a host path too: what is served must not be a pushed record.
+			if resp, err := l.client.GetPathInfo(ctx, &indexv1.GetPathInfoRequest{HashPart: hashOf(top.StorePath)}); err == nil && resp.GetInfo().GetFile() != nil {
+				t.Errorf("top was published over a reference that was not copied")
+			}
+		})
+	}
+}

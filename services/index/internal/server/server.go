@@ -182,7 +182,10 @@ func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 		return toStatus(err)
 	}
 	fileHash, _ := nixhash.Parse(nf.GetFileHash())
-	stored, err := s.catalog.AddNarFile(fileHash.NixBase32(), nf)
+	stored, err := s.catalog.AddStoredNarFile(fileHash.NixBase32(), nf, func() error {
+		_, err := s.nars.Stat(ctx, nf)
+		return err
+	})
 	if err != nil {
 		return toStatus(err)
 	}

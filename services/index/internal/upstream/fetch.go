@@ -397,7 +397,10 @@ func (p *Puller) download(ctx context.Context, n *node, narURL string) (*indexv1
 	if err != nil {
 		return nil, fmt.Errorf("%s: stored file hash: %w", ni.StorePath, err)
 	}
-	return p.catalog.AddNarFile(fh.NixBase32(), nf)
+	return p.catalog.AddStoredNarFile(fh.NixBase32(), nf, func() error {
+		_, err := p.nars.Stat(ctx, nf)
+		return err
+	})
 }
 
 // dropUnrecorded removes a NAR file just stored that turned out not to be

@@ -113,7 +113,11 @@ func Run(ctx context.Context, opts Options, lis net.Listener) error {
 	srv.Health.SetServingStatus(signerv1.SignerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	if opts.MetricsListener != nil {
 		ms := metrics.Start(opts.MetricsListener, metrics.OpsHandler(reg, metrics.GRPCHealthz(srv.Health)), log)
-		defer ms.Shutdown(metricsShutdownGrace)
+		defer func() {
+			if err := ms.Shutdown(metricsShutdownGrace); err != nil {
+				log.Warn("metrics server", "err", err)
+			}
+		}()
 	}
 
 	var names, retired []string

@@ -408,7 +408,7 @@ func writeRetired(path string, keys []signature.PublicKey) error {
 	}
 	tmp := path + ".tmp"
 	os.Remove(tmp)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644) //nolint:gosec // G302: public keys, meant to be read
 	if err != nil {
 		return err
 	}
