@@ -93,14 +93,15 @@ func (h *Handler) streamUpload(w http.ResponseWriter, u *upload, send func([]byt
 }
 
 // sendUpload streams u to the index over the client stream open opens
-// (PutNar, PutArtifact; what names it in errors): header first, then u's chunks, each in the
-// message chunk makes. An index that does not open the stream, stops
-// taking chunks, or does not answer after the last, cannot hold the
-// upload forever (stallGuard). The error is the answer: a *requestError
-// when the client's side failed (the stream is cancelled before anything
-// could close it: a cut upload must never look complete to the index),
-// else the index's, from CloseAndRecv (Send fails with io.EOF when the
-// index has ended the call; its status comes with CloseAndRecv).
+// (PutNar, PutArtifact; what names it in errors): header first, then u's
+// chunks, each in the message chunk makes. An index that does not open
+// the stream, stops taking chunks, or does not answer after the last,
+// cannot hold the upload forever (stallGuard). The error is the answer: a
+// *requestError when the client's side failed (the stream is cancelled
+// before anything could close it: a cut upload must never look complete
+// to the index), else the index's, from CloseAndRecv (Send fails with
+// io.EOF when the index has ended the call; its status comes with
+// CloseAndRecv).
 func sendUpload[Req, Res any](h *Handler, w http.ResponseWriter, r *http.Request, u *upload, what string,
 	open func(context.Context) (grpc.ClientStreamingClient[Req, Res], error), header *Req, chunk func([]byte) *Req) error {
 	ctx, cancel := context.WithCancelCause(r.Context())
