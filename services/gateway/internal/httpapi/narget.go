@@ -53,8 +53,10 @@ type narDownload struct {
 
 // narBody is the bytes of a NAR download.
 type narBody interface {
-	// send writes n bytes to dst (w, or an encoder writing to w), each
-	// step under the transfer's idle deadline.
+	// send writes n bytes to dst, each step under the transfer's idle
+	// deadline. dst is w, or an encoder writing to w: the stream's body
+	// only, since openNar compresses nothing else; a file or a dump
+	// goes to w itself, which sends it with sendfile.
 	send(w http.ResponseWriter, dst io.Writer, n uint64) error
 }
 
