@@ -10,7 +10,6 @@ import (
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
-	"github.com/nixcache/nixcache/services/index/internal/server"
 )
 
 // signBatch is the most fingerprints sent in one call to the signer.
@@ -24,7 +23,7 @@ func keyInfo(k *signerv1.PublicKey) *indexv1.KeyInfo {
 func (s *Service) ListKeys(ctx context.Context, req *indexv1.ListKeysRequest) (*indexv1.ListKeysResponse, error) {
 	keys, err := s.keys(ctx)
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	resp := &indexv1.ListKeysResponse{}
 	for _, k := range keys {
@@ -58,7 +57,7 @@ func validKeyName(field, name string) error {
 func (s *Service) AddKey(req *indexv1.AddKeyRequest, stream indexv1.AdminService_AddKeyServer) error {
 	ctx := stream.Context()
 	if err := validKeyName("name", req.GetName()); err != nil {
-		return server.ToStatus(err)
+		return fault.Status(err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -66,7 +65,7 @@ func (s *Service) AddKey(req *indexv1.AddKeyRequest, stream indexv1.AdminService
 	resp, err := s.signer.GenerateKey(callCtx, &signerv1.GenerateKeyRequest{Name: req.GetName()})
 	cancel()
 	if err != nil {
-		return server.ToStatus(fromSigner(ctx, "generate key", err))
+		return fault.Status(fromSigner(ctx, "generate key", err))
 	}
 	key := keyInfo(resp.GetKey())
 	s.cfg.Log.InfoContext(ctx, "added signing key; re-signing every path", "key", key.GetName())
@@ -75,7 +74,7 @@ func (s *Service) AddKey(req *indexv1.AddKeyRequest, stream indexv1.AdminService
 	}
 	keys, err := s.keys(ctx)
 	if err != nil {
-		return server.ToStatus(err)
+		return fault.Status(err)
 	}
 	ours := map[string]bool{}
 	for _, k := range keys {
@@ -86,7 +85,7 @@ func (s *Service) AddKey(req *indexv1.AddKeyRequest, stream indexv1.AdminService
 	}, func(done, total uint64) error {
 		return stream.Send(&indexv1.AddKeyResponse{Key: key, Resigned: done, Total: total, Done: done == total})
 	})
-	return server.ToStatus(err)
+	return fault.Status(err)
 }
 
 // resign returns the new signatures of infos: the active keys', then the
@@ -131,7 +130,7 @@ func (s *Service) resign(ctx context.Context, infos []*indexv1.PathInfo, ours ma
 func (s *Service) RetireKey(req *indexv1.RetireKeyRequest, stream indexv1.AdminService_RetireKeyServer) error {
 	ctx := stream.Context()
 	if err := validKeyName("name", req.GetName()); err != nil {
-		return server.ToStatus(err)
+		return fault.Status(err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -139,7 +138,7 @@ func (s *Service) RetireKey(req *indexv1.RetireKeyRequest, stream indexv1.AdminS
 	_, err := s.signer.RetireKey(callCtx, &signerv1.RetireKeyRequest{Name: req.GetName()})
 	cancel()
 	if err != nil {
-		return server.ToStatus(fromSigner(ctx, "retire key", err))
+		return fault.Status(fromSigner(ctx, "retire key", err))
 	}
 	s.cfg.Log.InfoContext(ctx, "retired signing key; removing its signatures", "key", req.GetName())
 	err = s.rewrite(ctx, func(_ context.Context, infos []*indexv1.PathInfo) ([][]string, error) {
@@ -154,7 +153,7 @@ func (s *Service) RetireKey(req *indexv1.RetireKeyRequest, stream indexv1.AdminS
 	}, func(done, total uint64) error {
 		return stream.Send(&indexv1.RetireKeyResponse{Updated: done, Total: total, Done: done == total})
 	})
-	return server.ToStatus(err)
+	return fault.Status(err)
 }
 
 // rewrite replaces the signatures of every pushed and signed local path
