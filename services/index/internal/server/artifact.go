@@ -32,21 +32,14 @@ func (s *Server) PutArtifact(stream indexv1.IndexService_PutArtifactServer) erro
 		return fault.Status(err)
 	}
 	defer done()
-	first, err := stream.Recv()
-	if err == io.EOF {
-		return fault.Status(fault.Invalid("empty request: the first message must be a header"))
-	}
+	hdr, chunks, err := recvUpload(stream.Recv, nil)
 	if err != nil {
 		return fault.Status(err)
-	}
-	hdr := first.GetHeader()
-	if hdr == nil {
-		return fault.Status(fault.Invalid("the first message must be a header, not data"))
 	}
 	if err := artifact.ValidateKey(hdr.GetKind(), hdr.GetKey()); err != nil {
 		return fault.Status(err)
 	}
-	n, err := s.artifacts.Put(hdr.GetKind(), hdr.GetKey(), hdr.GetContentEncoding(), &chunkReader[*indexv1.PutArtifactRequest, *indexv1.PutArtifactHeader]{recv: stream.Recv})
+	n, err := s.artifacts.Put(hdr.GetKind(), hdr.GetKey(), hdr.GetContentEncoding(), chunks)
 	if err != nil {
 		if errors.Is(err, fault.ErrInvalid) {
 			s.log.WarnContext(ctx, "refused artifact", "kind", hdr.GetKind().String(), "err", err)

@@ -154,16 +154,9 @@ func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 		return fault.Status(err)
 	}
 	defer done()
-	first, err := stream.Recv()
-	if err == io.EOF {
-		return fault.Status(fault.Invalid("empty request: the first message must be a header"))
-	}
+	hdr, chunks, err := recvUpload(stream.Recv, releaseChunk)
 	if err != nil {
 		return fault.Status(err)
-	}
-	hdr := first.GetHeader()
-	if hdr == nil {
-		return fault.Status(fault.Invalid("the first message must be a header, not data"))
 	}
 	var want narstore.Expect
 	if h := hdr.GetExpectedFileHash(); h != "" {
@@ -173,7 +166,6 @@ func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 	}
 	want.Compression = hdr.GetExpectedCompression()
 
-	chunks := &chunkReader[*indexv1.PutNarRequest, *indexv1.PutNarHeader]{recv: stream.Recv, release: releaseChunk}
 	nf, err := s.nars.Ingest(ctx, chunks, want)
 	if err != nil {
 		if errors.Is(err, fault.ErrInvalid) {
@@ -199,6 +191,25 @@ func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 type uploadMessage[H comparable] interface {
 	GetHeader() H
 	GetChunk() []byte
+}
+
+// recvUpload receives an upload's first message, which must be its
+// header, and returns the header and a reader of the data chunks that
+// follow; release, unless nil, takes back each chunk once it is read.
+func recvUpload[M uploadMessage[H], H comparable](recv func() (M, error), release func([]byte)) (H, *chunkReader[M, H], error) {
+	var none H
+	first, err := recv()
+	if err == io.EOF {
+		return none, nil, fault.Invalid("empty request: the first message must be a header")
+	}
+	if err != nil {
+		return none, nil, err
+	}
+	hdr := first.GetHeader()
+	if hdr == none {
+		return none, nil, fault.Invalid("the first message must be a header, not data")
+	}
+	return hdr, &chunkReader[M, H]{recv: recv, release: release}, nil
 }
 
 // chunkReader reads the data chunks that follow an upload's header.
