@@ -10,6 +10,7 @@ import (
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
+	"github.com/nixcache/nixcache/services/index/internal/signerclient"
 )
 
 // signBatch is the most fingerprints sent in one call to the signer.
@@ -33,13 +34,7 @@ func (s *Service) ListKeys(ctx context.Context, req *indexv1.ListKeysRequest) (*
 }
 
 func (s *Service) keys(ctx context.Context) ([]*signerv1.PublicKey, error) {
-	callCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
-	defer cancel()
-	resp, err := s.signer.ListKeys(callCtx, &signerv1.ListKeysRequest{})
-	if err != nil {
-		return nil, fromSigner(ctx, "list keys", err)
-	}
-	return resp.GetKeys(), nil
+	return s.signer.Keys(ctx, s.cfg.SignTimeout)
 }
 
 // validKeyName checks a key name as Nix takes it.
@@ -61,13 +56,11 @@ func (s *Service) AddKey(req *indexv1.AddKeyRequest, stream indexv1.AdminService
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	callCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
-	resp, err := s.signer.GenerateKey(callCtx, &signerv1.GenerateKeyRequest{Name: req.GetName()})
-	cancel()
+	generated, err := s.signer.GenerateKey(ctx, s.cfg.SignTimeout, req.GetName())
 	if err != nil {
-		return fault.Status(fromSigner(ctx, "generate key", err))
+		return fault.Status(err)
 	}
-	key := keyInfo(resp.GetKey())
+	key := keyInfo(generated)
 	s.cfg.Log.InfoContext(ctx, "added signing key; re-signing every path", "key", key.GetName())
 	if err := stream.Send(&indexv1.AddKeyResponse{Key: key}); err != nil {
 		return err
@@ -91,37 +84,14 @@ func (s *Service) AddKey(req *indexv1.AddKeyRequest, stream indexv1.AdminService
 // resign returns the new signatures of infos: the active keys', then the
 // uploader's (by keys not ours).
 func (s *Service) resign(ctx context.Context, infos []*indexv1.PathInfo, ours map[string]bool) ([][]string, error) {
-	fps := make([]string, len(infos))
-	for i, info := range infos {
-		h, err := narHashOf(info)
-		if err != nil {
-			return nil, err
-		}
-		fps[i] = signature.Fingerprint(s.cfg.StoreDir, info.GetStorePath(), h, info.GetNarSize(), info.GetReferences())
-	}
-	callCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
-	defer cancel()
-	resp, err := s.signer.Sign(callCtx, &signerv1.SignRequest{Fingerprints: fps})
+	paths := signerclient.Paths{Signer: s.signer, StoreDir: s.cfg.StoreDir, Timeout: s.cfg.SignTimeout}
+	res, err := paths.Sign(ctx, infos)
 	if err != nil {
-		return nil, fromSigner(ctx, "sign", err)
-	}
-	if len(resp.GetResults()) != len(fps) {
-		return nil, fault.Unavailable("sign: signer returned %d results for %d fingerprints", len(resp.GetResults()), len(fps))
+		return nil, err
 	}
 	out := make([][]string, len(infos))
 	for i, info := range infos {
-		sigs := slices.Clone(resp.GetResults()[i].GetSignatures())
-		if len(sigs) == 0 {
-			return nil, fault.Unavailable("sign: the signer returned no signature (has it an active key?)")
-		}
-		for _, sig := range info.GetSignatures() {
-			name, _, err := signature.SplitSignature(sig)
-			if err == nil && ours[name] || slices.Contains(sigs, sig) {
-				continue
-			}
-			sigs = append(sigs, sig)
-		}
-		out[i] = sigs
+		out[i] = signerclient.Merge(res[i], info.GetSignatures(), ours)
 	}
 	return out, nil
 }
@@ -134,14 +104,11 @@ func (s *Service) RetireKey(req *indexv1.RetireKeyRequest, stream indexv1.AdminS
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	callCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
-	_, err := s.signer.RetireKey(callCtx, &signerv1.RetireKeyRequest{Name: req.GetName()})
-	cancel()
-	if err != nil {
-		return fault.Status(fromSigner(ctx, "retire key", err))
+	if err := s.signer.RetireKey(ctx, s.cfg.SignTimeout, req.GetName()); err != nil {
+		return fault.Status(err)
 	}
 	s.cfg.Log.InfoContext(ctx, "retired signing key; removing its signatures", "key", req.GetName())
-	err = s.rewrite(ctx, func(_ context.Context, infos []*indexv1.PathInfo) ([][]string, error) {
+	err := s.rewrite(ctx, func(_ context.Context, infos []*indexv1.PathInfo) ([][]string, error) {
 		out := make([][]string, len(infos))
 		for i, info := range infos {
 			out[i] = slices.DeleteFunc(slices.Clone(info.GetSignatures()), func(sig string) bool {

@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nixcache/nixcache/nix/nixhash"
@@ -25,6 +23,7 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
+	"github.com/nixcache/nixcache/services/index/internal/signerclient"
 	"github.com/nixcache/nixcache/services/index/internal/tokens"
 )
 
@@ -53,7 +52,7 @@ type Service struct {
 	cfg     Config
 	cat     *catalog.Catalog
 	nars    *narstore.Store
-	signer  signerv1.SignerServiceClient
+	signer  *signerclient.Client
 	tracker *Tracker
 	now     func() time.Time
 	paths   PathChecker // nil: FindMissingPaths is unimplemented
@@ -71,7 +70,7 @@ func New(cfg Config, cat *catalog.Catalog, nars *narstore.Store, signer signerv1
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{cfg: cfg, cat: cat, nars: nars, signer: signer, tracker: tracker, now: now}
+	return &Service{cfg: cfg, cat: cat, nars: nars, signer: signerclient.New(signer), tracker: tracker, now: now}
 }
 
 // hashPartOf parses a path argument: a hash part, a base name or an
@@ -460,25 +459,6 @@ func (g *graph) freedBytes(set map[string]bool) uint64 {
 		}
 	}
 	return freed
-}
-
-// fromSigner classifies a signer's error for the one status table.
-func fromSigner(ctx context.Context, what string, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("%s: %w", what, ctx.Err())
-	}
-	st, _ := status.FromError(err)
-	switch st.Code() {
-	case codes.InvalidArgument:
-		return fault.Invalid("%s: %s", what, st.Message())
-	case codes.AlreadyExists:
-		return fault.Exists("%s: %s", what, st.Message())
-	case codes.FailedPrecondition:
-		return fault.Precondition("%s: %s", what, st.Message())
-	case codes.NotFound:
-		return fault.NotFound("%s: %s", what, st.Message())
-	}
-	return fault.Unavailable("%s: signer unavailable: %v", what, err)
 }
 
 // narHashOf parses a stored NAR hash.
