@@ -245,14 +245,16 @@ func (o Options) Validate() error {
 }
 
 // Run serves the index on lis until ctx is done, then stops gracefully and
-// closes the catalogue last. lis is closed when Run returns.
+// closes the catalogue after everything that uses it. lis is closed when
+// Run returns.
 //
 // It opens what the index owns (open), wires the services over it (wire)
 // and serves (serve); one deferred close undoes, in reverse, exactly what
 // was done, whichever step failed.
 func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 	x := &index{o: o, lis: lis}
-	x.onClose(func() error { lis.Close(); return nil })
+	// Closed last; after Serve, which closes it too, the error is moot.
+	x.onClose(func() error { _ = lis.Close(); return nil })
 	defer func() {
 		if cerr := x.close(); cerr != nil && err == nil {
 			err = cerr
@@ -366,7 +368,7 @@ func (x *index) open(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("signer: %w", err)
 	}
-	x.onClose(func() error { x.conn.Close(); return nil })
+	x.onClose(func() error { _ = x.conn.Close(); return nil })
 
 	signer := signerclient.New(signerv1.NewSignerServiceClient(x.conn))
 	// The upstreams' keys are trusted too: the signatures of a path
@@ -412,7 +414,7 @@ func (x *index) openLocal(ctx context.Context, signer *signerclient.Client) erro
 	if err != nil {
 		return err
 	}
-	x.onClose(func() error { pool.Close(); return nil })
+	x.onClose(func() error { _ = pool.Close(); return nil })
 	if x.copies, err = openHostNars(x.o, x.cat); err != nil {
 		return err
 	}

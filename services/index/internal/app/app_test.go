@@ -275,7 +275,9 @@ func TestRunClosesWhatItOpened(t *testing.T) {
 			if err != nil {
 				t.Fatalf("the catalogue is still open: %v", err)
 			}
-			cat.Close()
+			if err := cat.Close(); err != nil {
+				t.Fatal(err)
+			}
 		})
 	}
 }
