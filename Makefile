@@ -106,7 +106,7 @@ fuzz-smoke:
 	done
 
 ## lint: golangci-lint (.golangci.yml) in each module of go.work; generated proto code is skipped.
-MODULES := nix platform proto services/signer services/index services/gateway e2e bench
+MODULES := cmd/nixcache nix platform proto services/signer services/index services/gateway e2e bench
 lint:
 	@fail=0; for m in $(MODULES); do echo "lint $$m"; (cd $$m && golangci-lint run --config $(CURDIR)/.golangci.yml ./...) || fail=1; done; exit $$fail
 

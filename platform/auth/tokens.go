@@ -29,6 +29,24 @@ type entry struct {
 	digest [sha256.Size]byte
 }
 
+// LoadPolicy loads the policy of a service's -auth-file and
+// -public-read: the token file at path ("" for none), whose tokens it
+// returns too (nil without a file) for the service to add its others to,
+// and whether reads are public. It logs what it loaded.
+func LoadPolicy(path string, publicRead bool, log *slog.Logger) (Policy, *Tokens, error) {
+	p := Policy{PublicRead: publicRead}
+	if path == "" {
+		return p, nil, nil
+	}
+	tokens, err := LoadTokens(path)
+	if err != nil {
+		return Policy{}, nil, fmt.Errorf("auth file: %w", err)
+	}
+	p.Tokens = tokens
+	log.Info("tokens loaded", "file", path, "tokens", tokens, "public_read", publicRead)
+	return p, tokens, nil
+}
+
 // LoadTokens reads a token file; see ParseTokens for its format.
 func LoadTokens(path string) (*Tokens, error) {
 	f, err := os.Open(path)

@@ -102,3 +102,38 @@ func TestTokensLogValue(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadPolicy(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "auth")
+	if err := os.WriteFile(file, []byte("ci push,read secret-ci\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	p, tokens, err := LoadPolicy(file, false, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.PublicRead || tokens == nil || p.Tokens != Authenticator(tokens) {
+		t.Fatalf("policy %+v, tokens %v: want private reads and the file's tokens", p, tokens)
+	}
+	if id, ok := tokens.Lookup("secret-ci"); !ok || id.Name != "ci" || id.Scopes != Push|Read {
+		t.Errorf("the file's token: %+v, %v", id, ok)
+	}
+	if !strings.Contains(logs.String(), "tokens loaded") || strings.Contains(logs.String(), "secret-ci") {
+		t.Errorf("log %q: want \"tokens loaded\" without the token", logs.String())
+	}
+
+	// Without a file: no tokens at all, not a nil *Tokens in the
+	// interface (which would not disable the scopes needing one).
+	p, tokens, err = LoadPolicy("", true, log)
+	if err != nil || !p.PublicRead || p.Tokens != nil || tokens != nil {
+		t.Errorf("no file: policy %+v, tokens %v, %v", p, tokens, err)
+	}
+
+	if _, _, err := LoadPolicy(filepath.Join(dir, "missing"), true, log); err == nil || !strings.Contains(err.Error(), "auth file") {
+		t.Errorf("missing file: %v, want an error naming the auth file", err)
+	}
+}

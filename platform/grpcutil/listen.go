@@ -29,10 +29,8 @@ func SocketPath(addr string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	if strings.HasPrefix(rest, "//") {
-		rest = rest[2:] // unix:///abs: an empty authority
-	}
-	return rest, true
+	// unix:///abs: an empty authority.
+	return strings.TrimPrefix(rest, "//"), true
 }
 
 // ListenConfig is where a gRPC server listens: a Unix socket only the

@@ -4,8 +4,8 @@
 // at /metrics, and a /healthz endpoint.
 //
 // Each service builds one Registry, hands it to what it measures, and
-// serves it with Handler (the gateway on its HTTP port) or Serve (the index
-// and the signer, on -metrics-listen). Metric names:
+// serves it with Handler (the gateway on its HTTP port) or Start (the
+// index and the signer, on -metrics-listen, with OpsHandler). Metric names:
 //
 //	grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}  calls finished
 //	grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}         call latency

@@ -154,7 +154,7 @@ func (b *bench) buildBinaries(ctx context.Context) error {
 		cmd.Dir = src
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("build nixcache: %v\n%s", err, out)
+			return fmt.Errorf("build nixcache: %w\n%s", err, out)
 		}
 	}
 	return nil
@@ -664,7 +664,7 @@ func (b *bench) clientRound(ctx context.Context, comp, top string) (secs, repush
 			"-compression", comp, "-quiet", "-log-level", "warn", top)
 		start := time.Now()
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("nixcache push: %v\n%s", err, out)
+			return 0, fmt.Errorf("nixcache push: %w\n%s", err, out)
 		}
 		return time.Since(start).Seconds(), nil
 	}
@@ -699,7 +699,7 @@ func (b *bench) hookP99(ctx context.Context, path string) (float64, error) {
 		cmd.Env = append(os.Environ(), "OUT_PATHS="+path)
 		start := time.Now()
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("nixcache hook: %v\n%s", err, out)
+			return 0, fmt.Errorf("nixcache hook: %w\n%s", err, out)
 		}
 		times = append(times, time.Since(start).Seconds())
 	}

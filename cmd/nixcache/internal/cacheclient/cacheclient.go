@@ -163,7 +163,7 @@ func (c *Client) do(ctx context.Context, req request) (*http.Response, error) {
 		if !retryable(err) || attempt >= c.cfg.Retries || ctx.Err() != nil {
 			return nil, err
 		}
-		wait := backoff + rand.N(backoff/2+1)
+		wait := backoff + rand.N(backoff/2+1) //nolint:gosec // jitter between retries, not a secret
 		if retryAfter > 0 {
 			wait = retryAfter
 		}
@@ -174,7 +174,7 @@ func (c *Client) do(ctx context.Context, req request) (*http.Response, error) {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("%s %s: %w (last error: %v)", req.method, req.path, context.Cause(ctx), err)
+			return nil, fmt.Errorf("%s %s: %w (last error: %w)", req.method, req.path, context.Cause(ctx), err)
 		case <-t.C:
 		}
 		backoff = min(backoff*2, c.cfg.MaxBackoff)

@@ -42,7 +42,7 @@ func Run(ctx context.Context, cfg Config) error {
 		wait := cfg.PollInterval
 		switch {
 		case ctx.Err() != nil:
-			return nil
+			return nil //nolint:nilerr // stopping: the queue keeps what was not pushed
 		case err != nil:
 			cfg.Log.Error("push of the queue failed; the paths stay queued", "err", err, "retry_in", backoff)
 			wait, backoff = backoff, min(backoff*2, cfg.MaxBackoff)
@@ -105,7 +105,7 @@ func Once(ctx context.Context, cfg Config) (int, error) {
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			return 0, nil // stopping; the queue is as it was
+			return 0, nil //nolint:nilerr // stopping; the queue is as it was
 		}
 		if ferr := cfg.Spool.Failed(err, time.Now()); ferr != nil {
 			cfg.Log.Error("record the failure in the spool", "err", ferr)
@@ -152,7 +152,7 @@ func oneByOne(ctx context.Context, cfg Config, entries []spool.Entry, roots []st
 	}
 	if firstErr == nil {
 		if ctx.Err() != nil {
-			return len(pushed), nil
+			return len(pushed), nil //nolint:nilerr // stopping: what was pushed is dequeued, the rest stays
 		}
 		firstErr = batchErr
 	}

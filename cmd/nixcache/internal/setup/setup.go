@@ -114,6 +114,7 @@ func addLines(path string, perm os.FileMode, lines []string, replace func(string
 		return err
 	}
 	tmp := path + ".nixcache-tmp"
+	//nolint:gosec // the path is the user's own nix.conf or netrc, named on the command line
 	if err := os.WriteFile(tmp, []byte(strings.Join(kept, "\n")+"\n"), perm); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -17,7 +17,7 @@
 // flushed as it arrives; an error after the first message is a final
 // {"error": ...} line. Errors are google.rpc.Status objects
 // ({"code", "message", "details"}) with the HTTP status the gateway's one
-// code table gives (httpapi.HTTPStatus), so the JSON and Nix routes agree.
+// code table gives (httpstatus.FromCode), so the JSON and Nix routes agree.
 // Cross-origin browser requests that change anything are refused (CSRF).
 //
 // Every request that changes anything (any method but GET and HEAD) needs
@@ -47,7 +47,7 @@ import (
 
 	"github.com/nixcache/nixcache/platform/auth"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
-	"github.com/nixcache/nixcache/services/gateway/internal/httpapi"
+	"github.com/nixcache/nixcache/services/gateway/internal/httpstatus"
 )
 
 // Prefix is the path prefix the API is served under.
@@ -313,7 +313,7 @@ func (h *Handler) writeError(ctx context.Context, _ *runtime.ServeMux, m runtime
 	hdr.Del("Trailer")
 	hdr.Del("Transfer-Encoding")
 	hdr.Set("Content-Type", "application/json")
-	httpapi.SetErrorHeaders(hdr, code)
+	httpstatus.SetErrorHeaders(hdr, code)
 	w.WriteHeader(code)
 	_, _ = w.Write(append(body, '\n'))
 }
@@ -339,18 +339,18 @@ func (h *Handler) routingError(ctx context.Context, mux *runtime.ServeMux, m run
 // in the gateway's status, with its headers.
 func (h *Handler) streamError(ctx context.Context, err error) *status.Status {
 	st := status.Convert(err)
-	code := httpapi.HTTPStatus(st.Code())
+	code := httpstatus.FromCode(st.Code())
 	h.logUpstream(ctx, st, code)
 	if sw, ok := ctx.Value(statusWriterKey{}).(*statusWriter); ok && !sw.wrote {
 		sw.override = code
-		httpapi.SetErrorHeaders(sw.Header(), code)
+		httpstatus.SetErrorHeaders(sw.Header(), code)
 	}
 	return st
 }
 
 // statusOf returns the HTTP status for st, logging upstream failures.
 func (h *Handler) statusOf(r *http.Request, st *status.Status) int {
-	code := httpapi.HTTPStatus(st.Code())
+	code := httpstatus.FromCode(st.Code())
 	h.logUpstream(r.Context(), st, code)
 	return code
 }

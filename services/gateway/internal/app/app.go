@@ -129,14 +129,9 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 	if err := o.validate(); err != nil {
 		return fmt.Errorf("gateway options: %w", err)
 	}
-	var fileTokens *auth.Tokens
-	if o.AuthFile != "" {
-		tokens, err := auth.LoadTokens(o.AuthFile)
-		if err != nil {
-			return fmt.Errorf("auth file: %w", err)
-		}
-		fileTokens = tokens
-		o.Log.Info("tokens loaded", "file", o.AuthFile, "tokens", tokens, "public_read", !o.PrivateRead)
+	_, fileTokens, err := auth.LoadPolicy(o.AuthFile, !o.PrivateRead, o.Log)
+	if err != nil {
+		return err
 	}
 
 	handler, closeHandler, err := newHandler(ctx, o, fileTokens)

@@ -10,15 +10,14 @@ import (
 
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/storepath"
-	"github.com/nixcache/nixcache/platform/auth"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
-// The side files of a binary cache, beside narinfos and NARs: build logs
-// (log/<drv>), NAR listings (<hash>.ls), realisations of content-addressed
-// derivations (realisations/<id>.doi) and debug-info links
-// (debuginfo/<build id>). The index stores them and validates their keys
-// and contents; the gateway checks the URL's form, bounds bodies and
+// Artifacts are the files of a binary cache beside narinfos and NARs:
+// build logs (log/<drv>), NAR listings (<hash>.ls), realisations of
+// content-addressed derivations (realisations/<id>.doi) and debug-info
+// links (debuginfo/<build id>). The index stores them and validates their
+// keys and contents; the gateway checks the URL's form, bounds bodies and
 // handles encodings.
 
 const (
@@ -29,7 +28,7 @@ const (
 	debugInfoPrefix   = "/debuginfo/"
 )
 
-// artifactLimits bound an uploaded side file, by kind (the index's limits).
+// artifactLimits bound an uploaded artifact, by kind (the index's limits).
 var artifactLimits = map[indexv1.ArtifactKind]int64{
 	indexv1.ArtifactKind_ARTIFACT_KIND_LOG:         256 << 20,
 	indexv1.ArtifactKind_ARTIFACT_KIND_LISTING:     64 << 20,
@@ -37,7 +36,7 @@ var artifactLimits = map[indexv1.ArtifactKind]int64{
 	indexv1.ArtifactKind_ARTIFACT_KIND_DEBUG_INFO:  64 << 10,
 }
 
-// artifactTarget is what a side-file URL names.
+// artifactTarget is what an artifact URL names.
 type artifactTarget struct {
 	kind indexv1.ArtifactKind
 	key  string
@@ -54,7 +53,7 @@ func isRealisationPath(p string) bool { return strings.HasPrefix(p, realisationP
 
 func isDebugInfoPath(p string) bool { return strings.HasPrefix(p, debugInfoPrefix) }
 
-// parseArtifactPath checks a side-file URL path; the index checks the
+// parseArtifactPath checks an artifact URL path; the index checks the
 // keys strictly again.
 func parseArtifactPath(p string) (artifactTarget, error) {
 	switch {
@@ -99,17 +98,9 @@ func (t artifactTarget) contentType() string {
 	return "application/json"
 }
 
-// artifactMethods are the methods of a side-file resource.
-func (h *Handler) artifactMethods() methods {
-	return methods{http.MethodGet: h.getArtifact, http.MethodHead: h.getArtifact, http.MethodPut: h.putArtifact}
-}
-
-// getArtifact answers GET and HEAD of a side file: as stored, with its
+// getArtifact answers GET and HEAD of an artifact: as stored, with its
 // Content-Encoding when the client accepts that encoding, else decoded.
 func (h *Handler) getArtifact(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Read) {
-		return
-	}
 	t, err := parseArtifactPath(r.URL.Path)
 	if err != nil {
 		h.writeError(w, r, err)
@@ -205,14 +196,11 @@ func (s *artifactStream) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// putArtifact answers PUT of a side file: it streams the body, bounded
+// putArtifact answers PUT of an artifact: it streams the body, bounded
 // and decoded from its Content-Encoding, to the index. A build log is
 // stored decoded too, so that an invalid one is refused here, and reading
 // one costs no decompression.
 func (h *Handler) putArtifact(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Push) {
-		return
-	}
 	t, err := parseArtifactPath(r.URL.Path)
 	if err != nil {
 		h.writeError(w, r, err)
@@ -232,34 +220,19 @@ func (h *Handler) putArtifact(w http.ResponseWriter, r *http.Request) {
 	}
 	defer dec.Close()
 
-	ctx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
-	guard := h.newStallGuard(cancel)
-	var upstream indexv1.IndexService_PutArtifactClient
-	if err := guard.open("side-file upload", func() (err error) {
-		upstream, err = h.Index.PutArtifact(ctx)
-		return err
-	}); err != nil {
-		h.writeError(w, r, stalledError(ctx, err))
-		return
-	}
-	stream := guardSend(upstream, guard)
-	err = stream.Send(&indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Header{Header: &indexv1.PutArtifactHeader{
+	header := &indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Header{Header: &indexv1.PutArtifactHeader{
 		Kind: t.kind, Key: t.key, ContentEncoding: compression.None,
-	}}})
-	if err == nil {
-		err = h.streamUpload(w, body, func(chunk []byte) error {
-			return stream.Send(&indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Chunk{Chunk: chunk}})
+	}}}
+	err = sendUpload(h, w, r, body, "side-file upload",
+		func(ctx context.Context) (indexv1.IndexService_PutArtifactClient, error) {
+			return h.Index.PutArtifact(ctx)
+		},
+		header,
+		func(chunk []byte) *indexv1.PutArtifactRequest {
+			return &indexv1.PutArtifactRequest{Msg: &indexv1.PutArtifactRequest_Chunk{Chunk: chunk}}
 		})
-	}
-	var reqErr *requestError
-	if errors.As(err, &reqErr) {
-		cancel(nil) // a cut upload must never look complete to the index
+	if err != nil {
 		h.writeError(w, r, err)
-		return
-	}
-	if _, err := stream.CloseAndRecv(); err != nil {
-		h.writeError(w, r, stalledError(ctx, err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -5,8 +5,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-
-	"github.com/nixcache/nixcache/platform/auth"
 )
 
 // maxCacheInfoSize bounds the nix-cache-info a client may PUT (it is
@@ -15,9 +13,6 @@ const maxCacheInfoSize = 64 << 10
 
 // cacheInfo answers GET/HEAD /nix-cache-info.
 func (h *Handler) cacheInfo(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Read) {
-		return
-	}
 	w.Header().Set("Content-Type", "text/x-nix-cache-info")
 	w.Header().Set("Content-Length", strconv.Itoa(len(h.cacheInfoBody)))
 	io.WriteString(w, h.cacheInfoBody)
@@ -26,9 +21,6 @@ func (h *Handler) cacheInfo(w http.ResponseWriter, r *http.Request) {
 // putCacheInfo accepts the nix-cache-info Nix uploads when GET answered
 // 404 (which it never does here); the gateway's own is what is served.
 func (h *Handler) putCacheInfo(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Push) {
-		return
-	}
 	if _, err := io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, maxCacheInfoSize)); err != nil {
 		h.writeError(w, r, fmt.Errorf("read nix-cache-info: %w", err))
 		return

@@ -10,11 +10,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nixcache/nixcache/platform/auth"
+	"github.com/nixcache/nixcache/services/gateway/internal/httpstatus"
 )
-
-// retryAfter is what 503 answers tell clients to wait, in seconds. Nix
-// honours it.
-const retryAfter = "5"
 
 // requestError is a mistake in the HTTP request itself, found by the
 // gateway before any upstream call.
@@ -29,34 +26,6 @@ func (e *requestError) Error() string { return e.msg }
 // message meant for the client.
 func clientError(code int, format string, args ...any) error {
 	return &requestError{status: code, msg: fmt.Sprintf(format, args...)}
-}
-
-// httpStatus is the one table from gRPC codes to HTTP statuses.
-func httpStatus(c codes.Code) int {
-	switch c {
-	case codes.NotFound:
-		return http.StatusNotFound
-	case codes.InvalidArgument, codes.FailedPrecondition:
-		return http.StatusBadRequest
-	case codes.AlreadyExists, codes.Aborted:
-		return http.StatusConflict
-	case codes.OutOfRange:
-		return http.StatusRequestedRangeNotSatisfiable
-	case codes.Unauthenticated:
-		return http.StatusUnauthorized
-	case codes.PermissionDenied:
-		return http.StatusForbidden
-	case codes.ResourceExhausted:
-		return http.StatusRequestEntityTooLarge
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
-		// Canceled while the client is still there: the index or the
-		// gateway is going away.
-		return http.StatusServiceUnavailable
-	case codes.Unimplemented:
-		return http.StatusNotImplemented
-	default:
-		return http.StatusInternalServerError
-	}
 }
 
 // writeError answers r with the HTTP form of err: its status and a
@@ -77,7 +46,7 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		w.Header().Set("Connection", "close")
 	}
 	code, msg := h.classify(r, err)
-	SetErrorHeaders(w.Header(), code)
+	httpstatus.SetErrorHeaders(w.Header(), code)
 	writeText(w, code, msg)
 }
 
@@ -101,7 +70,7 @@ func (h *Handler) classify(r *http.Request, err error) (int, string) {
 		return http.StatusServiceUnavailable, "index did not answer in time"
 	}
 	if st, ok := status.FromError(err); ok {
-		code := httpStatus(st.Code())
+		code := httpstatus.FromCode(st.Code())
 		if c := st.Code(); c == codes.Unauthenticated || c == codes.PermissionDenied {
 			// The gateway let the caller through; the index, which
 			// checks a write's token again, did not.

@@ -8,11 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"os"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/logging"
@@ -97,11 +94,6 @@ type Handler struct {
 	// downloads collects what is served from NarDir and LocalStoreDir
 	// for the index; nil without either.
 	downloads *downloadLog
-	// methods are the method tables of the routes, made once: a map and
-	// method values built per request cost allocations on every answer.
-	methods struct {
-		landing, cacheInfo, nar, narinfo, artifact, other methods
-	}
 	// cacheInfoBody is the nix-cache-info, made once.
 	cacheInfoBody string
 }
@@ -142,12 +134,6 @@ func New(cfg Config) (*Handler, error) {
 		cfg.NarinfoCacheSize = DefaultNarinfoCacheSize
 	}
 	h := &Handler{Config: cfg, narinfos: newNarinfoCache(cfg.NarinfoCacheTTL, cfg.NarinfoCacheMaxAge, cfg.NarinfoCacheSize)}
-	h.methods.landing = methods{http.MethodGet: h.landing, http.MethodHead: h.landing}
-	h.methods.cacheInfo = methods{http.MethodGet: h.cacheInfo, http.MethodHead: h.cacheInfo, http.MethodPut: h.putCacheInfo}
-	h.methods.nar = methods{http.MethodGet: h.getNar, http.MethodHead: h.headNar, http.MethodPut: h.putNar}
-	h.methods.narinfo = methods{http.MethodGet: h.getNarinfo, http.MethodHead: h.getNarinfo, http.MethodPut: h.putNarinfo}
-	h.methods.artifact = h.artifactMethods()
-	h.methods.other = methods{http.MethodGet: notFound, http.MethodHead: notFound, http.MethodPut: h.putUnsupported}
 	h.cacheInfoBody = fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", cfg.StoreDir, cfg.Priority)
 	if cfg.NarDir != "" {
 		root, err := os.OpenRoot(cfg.NarDir)
@@ -216,64 +202,14 @@ func accessLevel(method string, code int) slog.Level {
 	}
 }
 
-// methods maps HTTP methods to the handler of one resource.
-type methods map[string]http.HandlerFunc
-
-// methodOrder is the order of the Allow header.
-var methodOrder = []string{http.MethodGet, http.MethodHead, http.MethodPut}
-
-// route dispatches r by path, then by method.
-func (h *Handler) route(w http.ResponseWriter, r *http.Request) {
-	p := r.URL.Path
-	// Every name the routes pass on travels in a protobuf string, which
-	// must be UTF-8: anything else is the client's mistake, said here once.
-	if q, err := url.QueryUnescape(r.URL.RawQuery); !utf8.ValidString(p) || err == nil && !utf8.ValidString(q) {
-		h.writeError(w, r, clientError(http.StatusBadRequest, "the request URL is not valid UTF-8"))
-		return
-	}
-	switch {
-	case p == "/":
-		dispatch(w, r, h.methods.landing)
-	case isAdminPath(p):
-		h.admin(w, r)
-	case p == "/nix-cache-info":
-		dispatch(w, r, h.methods.cacheInfo)
-	case strings.HasPrefix(p, "/nar/"):
-		dispatch(w, r, h.methods.nar)
-	case isNarinfoPath(p):
-		dispatch(w, r, h.methods.narinfo)
-	case isLogPath(p), isListingPath(p), isRealisationPath(p), isDebugInfoPath(p):
-		dispatch(w, r, h.methods.artifact)
-	default:
-		dispatch(w, r, h.methods.other)
-	}
-}
-
-func dispatch(w http.ResponseWriter, r *http.Request, m methods) {
-	if f, ok := m[r.Method]; ok {
-		f(w, r)
-		return
-	}
-	var allow []string
-	for _, method := range methodOrder {
-		if _, ok := m[method]; ok {
-			allow = append(allow, method)
-		}
-	}
-	w.Header().Set("Allow", strings.Join(allow, ", "))
-	writeText(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed; allowed: "+strings.Join(allow, ", "))
-}
-
-func notFound(w http.ResponseWriter, r *http.Request) {
+// notFound answers 404.
+func (h *Handler) notFound(w http.ResponseWriter, r *http.Request) {
 	writeText(w, http.StatusNotFound, "not found")
 }
 
 // putUnsupported answers uploads of anything else: 501, after the same
-// authorization as every push, so the user learns why.
+// authorization as every push (the route table), so the user learns why.
 func (h *Handler) putUnsupported(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Push) {
-		return
-	}
 	writeText(w, http.StatusNotImplemented, "nixcache does not store "+r.URL.Path+
 		": it accepts narinfos, NARs, build logs (log/), NAR listings (.ls), realisations (realisations/) and debug info (debuginfo/)")
 }
@@ -281,24 +217,4 @@ func (h *Handler) putUnsupported(w http.ResponseWriter, r *http.Request) {
 // unary returns a context bounding one unary upstream call.
 func (h *Handler) unary(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, h.RequestTimeout)
-}
-
-// authorize checks r for scope need and answers it when it fails. The
-// token's name goes to the access log.
-func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, need auth.Scope) bool {
-	_, ok := h.authorizeAs(w, r, need)
-	return ok
-}
-
-// authorizeAs is authorize that also returns who the request is.
-func (h *Handler) authorizeAs(w http.ResponseWriter, r *http.Request, need auth.Scope) (auth.Identity, bool) {
-	id, err := h.Auth.Authorize(r, need)
-	if err != nil {
-		h.writeError(w, r, err)
-		return auth.Identity{}, false
-	}
-	if rec, ok := w.(*recorder); ok {
-		rec.user = id.Name
-	}
-	return id, true
 }

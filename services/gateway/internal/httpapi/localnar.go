@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -23,9 +25,9 @@ var dumpBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
-// serveLocalNar answers GET of the NAR of a host path (the nix-serve URL
-// forms, which the narinfos of the index's -local-store paths name) by
-// dumping it from LocalStoreDir itself, as nix-serve and harmonia do: the
+// localNar is the NAR of a host path (the nix-serve URL forms, which
+// the narinfos of the index's -local-store paths name), dumped from
+// LocalStoreDir by the gateway itself, as nix-serve and harmonia do: the
 // contents of large files go from the page cache to the socket with
 // sendfile, and no byte crosses the index or gRPC. The index stays the
 // authority on what is served: GetPathInfo must find the path, as a host
@@ -33,25 +35,23 @@ var dumpBufs = sync.Pool{New: func() any {
 // its file), with the NAR hash the URL names; the answer is kept while the
 // index watch is in sync (narSourceCache). Nothing is hashed on the way,
 // as when the index dumps it: the NAR hash is in the signed narinfo, and
-// Nix checks it on arrival. It reports false, having written nothing,
-// when the request is better left to the index's stream.
-func (h *Handler) serveLocalNar(w http.ResponseWriter, r *http.Request, t narTarget) bool {
+// Nix checks it on arrival. It returns nil, and no error, when the
+// request is better left to the index's stream.
+func (h *Handler) localNar(r *http.Request, t narTarget) (*narDownload, error) {
 	info, err := h.hostPathInfo(r, t.storeHash)
 	if err != nil {
-		h.writeError(w, r, err)
-		return true
+		return nil, err
 	}
 	if info == nil {
-		return false // pushed: the index serves its file
+		return nil, nil // pushed: the index serves its file
 	}
 	if t.narHash != "" && !sameHash(info.GetNarHash(), t.narHash) {
-		h.writeError(w, r, errNoSuchNar(r.URL.Path, "the store path's NAR has another hash"))
-		return true
+		return nil, errNoSuchNar(r.URL.Path, "the store path's NAR has another hash")
 	}
 	sp, err := storepath.Parse(h.StoreDir, info.GetStorePath())
 	if err != nil {
 		h.Log.WarnContext(r.Context(), "index named a host path this gateway cannot place; streaming it instead", "store_path", info.GetStorePath(), "err", err)
-		return false
+		return nil, nil
 	}
 	// A path gone from the directory is left to the index, which knows
 	// whether it still is one.
@@ -61,36 +61,43 @@ func (h *Handler) serveLocalNar(w http.ResponseWriter, r *http.Request, t narTar
 		if !errors.Is(err, fs.ErrNotExist) {
 			h.Log.WarnContext(r.Context(), "host path not readable in -local-store-dir; streaming it instead", "err", err)
 		}
-		return false
+		return nil, nil
 	}
-	start, length, code, ok := answerRange(w, r, info.GetNarSize())
-	if !ok {
-		return true
+	rng, err := requestedRange(r, info.GetNarSize())
+	if err != nil {
+		return nil, err
 	}
+	start, length := rng.span(info.GetNarSize())
 	nr, err := nardump.Open(root, start)
 	if err != nil { // gone since the Lstat
 		h.narSources.forget(storeKey(t.storeHash))
-		h.writeError(w, r, errNoSuchNar(r.URL.Path, "the store path is no longer in the store"))
-		return true
+		return nil, errNoSuchNar(r.URL.Path, "the store path is no longer in the store")
 	}
-	defer nr.Close()
 	h.downloads.note("", t.storeHash, start, length, time.Now())
-	setNarHeaders(w, length)
-	w.WriteHeader(code)
+	// A path that changed on disk under the dump fails while sending (or
+	// at Nix's hash check), never silently.
+	return &narDownload{body: &dumpBody{h: h, nr: nr}, length: length, rng: rng,
+		cut: "NAR dump cut", close: func() { nr.Close() }}, nil
+}
+
+// dumpBody is a host path's NAR, dumped from where localNar opened it.
+type dumpBody struct {
+	h  *Handler
+	nr *nardump.Reader
+}
+
+func (b *dumpBody) send(w http.ResponseWriter, _ io.Writer, n uint64) error {
 	rc := http.NewResponseController(w)
 	before := func() {}
-	if h.TransferIdleTimeout > 0 {
-		before = func() { _ = rc.SetWriteDeadline(time.Now().Add(h.TransferIdleTimeout)) }
+	if b.h.TransferIdleTimeout > 0 {
+		before = func() { _ = rc.SetWriteDeadline(time.Now().Add(b.h.TransferIdleTimeout)) }
 	}
 	bufp := dumpBufs.Get().(*[]byte)
 	defer dumpBufs.Put(bufp)
-	if sent, err := nr.SendTo(w, length, *bufp, before); err != nil && r.Context().Err() == nil {
-		// The status is sent: the connection closes short of
-		// Content-Length. A path that changed on disk under the dump
-		// fails here (or at Nix's hash check), never silently.
-		h.Log.WarnContext(r.Context(), "NAR dump cut", "path", r.URL.Path, "sent", sent, "of", length, "err", err)
+	if sent, err := b.nr.SendTo(w, n, *bufp, before); err != nil {
+		return fmt.Errorf("dump after %d of %d bytes: %w", sent, n, err)
 	}
-	return true
+	return nil
 }
 
 // hostPathInfo is the index's info for the host path with hash part

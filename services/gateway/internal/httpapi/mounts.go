@@ -1,24 +1,16 @@
 package httpapi
 
-import (
-	"net/http"
-	"strings"
-)
+import "net/http"
 
 // The handlers mounted beside the Nix routes, set in Config:
 //
 //	Landing  http.Handler // GET and HEAD /; nil: 404
 //	Admin    http.Handler // the JSON admin API, /api/v1/...; nil: 404
 
-// isAdminPath reports whether p belongs to the JSON admin API.
-func isAdminPath(p string) bool {
-	return p == "/api/v1" || strings.HasPrefix(p, "/api/v1/")
-}
-
 // landing answers GET and HEAD / with the landing page.
 func (h *Handler) landing(w http.ResponseWriter, r *http.Request) {
 	if h.Landing == nil {
-		notFound(w, r)
+		h.notFound(w, r)
 		return
 	}
 	h.Landing.ServeHTTP(w, r)
@@ -28,7 +20,7 @@ func (h *Handler) landing(w http.ResponseWriter, r *http.Request) {
 // forwards its credentials to the index; the index judges them.
 func (h *Handler) admin(w http.ResponseWriter, r *http.Request) {
 	if h.Admin == nil {
-		notFound(w, r)
+		h.notFound(w, r)
 		return
 	}
 	h.Admin.ServeHTTP(w, r)

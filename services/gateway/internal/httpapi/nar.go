@@ -3,7 +3,6 @@ package httpapi
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -17,7 +16,6 @@ import (
 	"github.com/nixcache/nixcache/nix/nixbase32"
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
-	"github.com/nixcache/nixcache/platform/auth"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
@@ -158,9 +156,6 @@ func setNarHeaders(w http.ResponseWriter, length uint64) {
 
 // headNar answers HEAD /nar/...; Nix asks before pushing a NAR.
 func (h *Handler) headNar(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Read) {
-		return
-	}
 	t, err := parseNarPath(r.URL.Path)
 	if err != nil {
 		h.writeError(w, r, err)
@@ -177,114 +172,6 @@ func (h *Handler) headNar(w http.ResponseWriter, r *http.Request) {
 
 // errHeaderTimeout cancels a NAR stream whose first message is late.
 var errHeaderTimeout = errors.New("index did not start the NAR stream in time")
-
-// getNar answers GET /nar/...: it streams the NAR from the index, whole or
-// one byte range of it.
-func (h *Handler) getNar(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Read) {
-		return
-	}
-	t, err := parseNarPath(r.URL.Path)
-	if err != nil {
-		h.writeError(w, r, err)
-		return
-	}
-	if h.NarRedirect && t.fileHash != "" {
-		url, err := h.presignedNar(r.Context(), r.URL.Path, t)
-		if err != nil {
-			h.writeError(w, r, err)
-			return
-		}
-		if url != "" {
-			// The URL works for anyone until it expires: no shared cache
-			// may keep the redirect.
-			w.Header().Set("Cache-Control", "no-store")
-			http.Redirect(w, r, url, http.StatusTemporaryRedirect)
-			return
-		}
-	}
-	req := t.getRequest()
-	// An uncompressed NAR may be compressed on the fly for a client that
-	// accepts zstd (-zstd-local): whole, of a length unknown in advance.
-	zstdOut := false
-	if h.ZstdLocal && t.compression == compression.None {
-		w.Header().Add("Vary", "Accept-Encoding")
-		zstdOut = acceptsZstd(r.Header)
-	}
-	if h.narRoot != nil && t.fileHash != "" && !zstdOut && h.serveNarFile(w, r, t) {
-		return
-	}
-	if h.LocalStoreDir != "" && t.storeHash != "" && !zstdOut && h.serveLocalNar(w, r, t) {
-		return
-	}
-	var rng *byteRange
-	// Without validators of our own, a conditional range (If-Range) can
-	// never be known to match: serve everything, as RFC 9110 says.
-	if spec := r.Header.Get("Range"); spec != "" && r.Header.Get("If-Range") == "" && !zstdOut {
-		size, err := h.narSize(r.Context(), r.URL.Path, t)
-		if err != nil {
-			h.writeError(w, r, err)
-			return
-		}
-		rng, err = parseRange(spec, size)
-		if errors.Is(err, errUnsatisfiable) {
-			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
-			writeText(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q not satisfiable: the NAR is %d bytes", spec, size))
-			return
-		}
-		if rng != nil {
-			req.Offset, req.Length = rng.start, rng.length
-		}
-	}
-
-	ctx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
-	guard := h.newStallGuard(cancel)
-	var stream indexv1.IndexService_GetNarClient
-	if err := guard.open("NAR", func() (err error) {
-		stream, err = h.Index.GetNar(ctx, req, narStreamCodec())
-		return err
-	}); err != nil {
-		h.writeError(w, r, stalledError(ctx, err))
-		return
-	}
-	hdr, err := recvHeader(h, ctx, cancel, stream.Recv, "NAR")
-	if err != nil {
-		if rng != nil && status.Code(err) == codes.OutOfRange {
-			// The index refuses a range of a compressed file's NAR that
-			// would cost decompressing all before it: 416, saying why.
-			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", rng.total))
-		}
-		h.writeError(w, r, err)
-		return
-	}
-	if t.fileHash != "" && hdr.GetCompression() != t.compression {
-		h.writeError(w, r, errNoSuchNar(r.URL.Path, "the file is compressed with "+hdr.GetCompression()))
-		return
-	}
-	// From here every chunk must come within TransferIdleTimeout.
-	body := guardRecv(stream, guard)
-	if zstdOut && hdr.GetCompression() == compression.None {
-		h.sendZstd(w, r, body, hdr.GetTotalSize())
-		return
-	}
-	length, code := hdr.GetTotalSize(), http.StatusOK
-	if rng != nil {
-		if hdr.GetTotalSize() != rng.total {
-			h.writeError(w, r, fmt.Errorf("index streams %d bytes for %s, it stated %d", hdr.GetTotalSize(), r.URL.Path, rng.total))
-			return
-		}
-		w.Header().Set("Content-Range", rng.contentRange())
-		length, code = rng.length, http.StatusPartialContent
-	}
-	setNarHeaders(w, length)
-	w.WriteHeader(code)
-	if err := h.copyNar(w, w, body, length); err != nil && r.Context().Err() == nil {
-		// The status is sent; the connection closes short of
-		// Content-Length, and Nix resumes with a Range request.
-		h.Log.WarnContext(r.Context(), "NAR stream cut", "path", r.URL.Path, "err", stalledError(ctx, err))
-	}
-}
 
 // streamMessage is the first message of an index stream (GetNar,
 // GetArtifact): it must carry the stream's header.
@@ -315,53 +202,9 @@ func recvHeader[M streamMessage[H], H comparable](h *Handler, ctx context.Contex
 	return hdr, nil
 }
 
-// copyNar writes the chunks of stream to dst (w, or an encoder writing to
-// w) as they come; want is the number of bytes the stream must carry. A
-// chunk is written before the next is received: with narStreamCodec the
-// next overwrites it.
-func (h *Handler) copyNar(w http.ResponseWriter, dst io.Writer, stream indexv1.IndexService_GetNarClient, want uint64) error {
-	rc := http.NewResponseController(w)
-	var sent uint64
-	for {
-		msg, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("receive from index after %d bytes: %w", sent, err)
-		}
-		chunk := msg.GetChunk()
-		if msg.GetHeader() != nil {
-			return fmt.Errorf("index sent a second header after %d bytes", sent)
-		}
-		if sent+uint64(len(chunk)) > want {
-			return fmt.Errorf("index sent more than the %d bytes announced", want)
-		}
-		if h.TransferIdleTimeout > 0 {
-			_ = rc.SetWriteDeadline(time.Now().Add(h.TransferIdleTimeout))
-		}
-		if _, err := dst.Write(chunk); err != nil {
-			return fmt.Errorf("write to client after %d bytes: %w", sent, err)
-		}
-		// Chunks are large; flushing each lets a slow index's bytes reach
-		// the client as they come.
-		if err := rc.Flush(); err != nil {
-			return fmt.Errorf("write to client after %d bytes: %w", sent, err)
-		}
-		sent += uint64(len(chunk))
-	}
-	if sent != want {
-		return fmt.Errorf("index ended the stream after %d of %d bytes", sent, want)
-	}
-	return nil
-}
-
 // putNar answers PUT /nar/<file hash>.nar<ext>: it streams the body to the
 // index, which verifies and stores it.
 func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Push) {
-		return
-	}
 	t, err := parseNarPath(r.URL.Path)
 	if err == nil && t.fileHash == "" {
 		err = clientError(http.StatusBadRequest, "bad NAR URL %q: upload to nar/<52-character nix32 file hash>.nar[.xz|.zst|.bz2]", r.URL.Path)
@@ -370,48 +213,25 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	ctx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
-	// An index that does not open the stream, stops taking chunks, or
-	// does not answer after the last, cannot hold the upload forever.
-	guard := h.newStallGuard(cancel)
-	var raw indexv1.IndexService_PutNarClient
-	if err := guard.open("NAR upload", func() (err error) {
-		raw, err = h.Index.PutNar(ctx, narUploadCodec())
-		return err
-	}); err != nil {
-		h.writeError(w, r, stalledError(ctx, err))
-		return
-	}
-	stream := guardSend(raw, guard)
 	header := &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Header{Header: &indexv1.PutNarHeader{
 		ExpectedFileHash:    t.fileHash,
 		ExpectedCompression: t.compression,
 	}}}
-	err = stream.Send(header)
-	if err == nil {
-		// The index bounds the size (-max-nar-size).
-		err = h.streamUpload(w, newUpload(w, r, "NAR upload", 0), func(chunk []byte) error {
-			return stream.Send(&indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: chunk}})
+	// The index bounds the size (-max-nar-size).
+	err = sendUpload(h, w, r, newUpload(w, r, "NAR upload", 0), "NAR upload",
+		func(ctx context.Context) (indexv1.IndexService_PutNarClient, error) {
+			return h.Index.PutNar(ctx, narUploadCodec())
+		},
+		header,
+		func(chunk []byte) *indexv1.PutNarRequest {
+			return &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: chunk}}
 		})
-	}
-	var reqErr *requestError
-	if errors.As(err, &reqErr) {
-		// Cancel before anything could close the stream: a cut upload must
-		// never look complete to the index.
-		cancel(nil)
-		h.writeError(w, r, err)
-		return
-	}
-	// Send fails with io.EOF when the index has ended the call; its
-	// status comes with CloseAndRecv.
-	_, err = stream.CloseAndRecv()
 	if status.Code(err) == codes.AlreadyExists {
 		// The same bytes are already stored: the upload has succeeded.
 		err = nil
 	}
 	if err != nil {
-		h.writeError(w, r, stalledError(ctx, err))
+		h.writeError(w, r, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

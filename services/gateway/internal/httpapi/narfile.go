@@ -18,54 +18,58 @@ import (
 // client must take no longer than that per segment.
 const fileSegment = 4 << 20
 
-// serveNarFile answers GET of the stored file t names from the index's
-// nars/ directory (NarDir), the way nginx serves a static cache: the
-// kernel copies the page cache to the socket (sendfile) and no byte
-// crosses the index. The index stays the authority: StatNar must find the
-// file (stored, verified, not quarantined) and name it, and its answer is
+// fileNar is the stored file t names, served from the index's nars/
+// directory (NarDir) the way nginx serves a static cache: the kernel
+// copies the page cache to the socket (sendfile) and no byte crosses the
+// index. The index stays the authority: StatNar must find the file
+// (stored, verified, not quarantined) and name it, and its answer is
 // reused only while the index watch says nothing was removed
 // (narSourceCache); the gateway only opens that name, inside NarDir, and
 // only a regular file of the size the index recorded. The download is
-// reported to the index later, in a batch (ReportDownloads). It reports
-// false, having written nothing, when the request is better left to the
-// index's stream: no name, or no such file here.
-func (h *Handler) serveNarFile(w http.ResponseWriter, r *http.Request, t narTarget) bool {
+// reported to the index later, in a batch (ReportDownloads). It returns
+// nil, and no error, when the request is better left to the index's
+// stream: no name, or no such file here.
+func (h *Handler) fileNar(r *http.Request, t narTarget) (*narDownload, error) {
 	e, err := h.statNarFile(r, t.fileHash)
 	if err != nil {
-		h.writeError(w, r, err)
-		return true
+		return nil, err
 	}
 	nf := e.file
 	if c := nf.GetCompression(); c != t.compression {
-		h.writeError(w, r, errNoSuchNar(r.URL.Path, "the file is compressed with "+c))
-		return true
+		return nil, errNoSuchNar(r.URL.Path, "the file is compressed with "+c)
 	}
 	f := h.openNarFile(r, e.rel, nf.GetFileSize())
 	if f == nil {
 		h.narSources.forget(t.fileHash)
-		return false
+		return nil, nil
 	}
-	defer f.Close()
-
-	start, length, code, ok := answerRange(w, r, nf.GetFileSize())
-	if !ok {
-		return true
+	rng, err := requestedRange(r, nf.GetFileSize())
+	if err != nil {
+		f.Close()
+		return nil, err
 	}
+	start, length := rng.span(nf.GetFileSize())
 	if start > 0 {
 		if _, err := f.Seek(int64(start), io.SeekStart); err != nil {
-			h.writeError(w, r, fmt.Errorf("seek in NAR file %s: %w", t.fileHash, err))
-			return true
+			f.Close()
+			return nil, fmt.Errorf("seek in NAR file %s: %w", t.fileHash, err)
 		}
 	}
 	h.downloads.note(t.fileHash, "", start, length, time.Now())
-	setNarHeaders(w, length)
-	w.WriteHeader(code)
-	if err := h.copyFile(w, f, int64(length)); err != nil && r.Context().Err() == nil {
-		// As with a stream: the connection closes short of
-		// Content-Length, and Nix resumes with a Range request.
-		h.Log.WarnContext(r.Context(), "NAR file transfer cut", "path", r.URL.Path, "err", err)
-	}
-	return true
+	// As with a stream, a transfer cut short closes the connection short
+	// of Content-Length, and Nix resumes with a Range request.
+	return &narDownload{body: &fileBody{h: h, f: f}, length: length, rng: rng,
+		cut: "NAR file transfer cut", close: func() { f.Close() }}, nil
+}
+
+// fileBody is a NAR file, from where fileNar placed it.
+type fileBody struct {
+	h *Handler
+	f *os.File
+}
+
+func (b *fileBody) send(w http.ResponseWriter, _ io.Writer, n uint64) error {
+	return b.h.copyFile(w, b.f, int64(n))
 }
 
 // statNarFile is the index's StatNar answer for the file fileHash names,

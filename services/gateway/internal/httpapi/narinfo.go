@@ -20,18 +20,10 @@ import (
 	"github.com/nixcache/nixcache/nix/narinfo"
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
-	"github.com/nixcache/nixcache/platform/auth"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
 const narinfoSuffix = ".narinfo"
-
-// isNarinfoPath reports whether p looks like "/<something>.narinfo"; the
-// hash part is validated by the handlers, so a malformed one gets a 400.
-func isNarinfoPath(p string) bool {
-	name, ok := strings.CutSuffix(p, narinfoSuffix)
-	return ok && len(name) > 1 && !strings.Contains(name[1:], "/")
-}
 
 // narinfoHash returns the hash part of a narinfo URL path.
 func narinfoHash(p string) (string, error) {
@@ -44,9 +36,6 @@ func narinfoHash(p string) (string, error) {
 
 // getNarinfo answers GET and HEAD /<hash>.narinfo.
 func (h *Handler) getNarinfo(w http.ResponseWriter, r *http.Request) {
-	if !h.authorize(w, r, auth.Read) {
-		return
-	}
 	hash, err := narinfoHash(r.URL.Path)
 	if err != nil {
 		h.writeError(w, r, err)
@@ -161,8 +150,9 @@ func toNarInfo(info *indexv1.PathInfo) (*narinfo.NarInfo, error) {
 // putNarinfo answers PUT /<hash>.narinfo: it publishes the store path via
 // the index, which verifies and signs it.
 func (h *Handler) putNarinfo(w http.ResponseWriter, r *http.Request) {
-	id, ok := h.authorizeAs(w, r, auth.Push)
-	if !ok {
+	id, err := pushIdentity(r)
+	if err != nil {
+		h.writeError(w, r, err)
 		return
 	}
 	hash, err := narinfoHash(r.URL.Path)

@@ -64,26 +64,34 @@ func parseRange(spec string, size uint64) (*byteRange, error) {
 	return &byteRange{start: start, length: end - start + 1, total: size}, nil
 }
 
-// answerRange resolves the request's Range header against a
-// representation of size bytes that the handler serves itself: the first
-// byte and the length to send, and the status, with Content-Range set.
+// wantsRange reports whether r asks for a range the gateway can serve.
 // Without validators of our own, a conditional range (If-Range) can never
-// be known to match: then everything is served, as RFC 9110 says. It
-// reports false when it answered 416 itself.
-func answerRange(w http.ResponseWriter, r *http.Request, size uint64) (start, length uint64, code int, ok bool) {
-	spec := r.Header.Get("Range")
-	if r.Header.Get("If-Range") != "" {
-		spec = ""
+// be known to match: then everything is served, as RFC 9110 says.
+func wantsRange(r *http.Request) bool {
+	return r.Header.Get("Range") != "" && r.Header.Get("If-Range") == ""
+}
+
+// requestedRange resolves the request's Range header against a
+// representation of size bytes: the range to send, or nil for everything.
+// A range that selects no byte is an *unsatisfiableRange (416).
+func requestedRange(r *http.Request, size uint64) (*byteRange, error) {
+	if !wantsRange(r) {
+		return nil, nil
 	}
+	spec := r.Header.Get("Range")
 	rng, err := parseRange(spec, size)
 	if err != nil { // errUnsatisfiable
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
-		writeText(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q not satisfiable: the NAR is %d bytes", spec, size))
-		return 0, 0, 0, false
+		return nil, &unsatisfiableRange{size: size,
+			err: clientError(http.StatusRequestedRangeNotSatisfiable, "range %q not satisfiable: the NAR is %d bytes", spec, size)}
 	}
+	return rng, nil
+}
+
+// span is the first byte and the length that rng selects of a
+// representation of size bytes; nil selects everything.
+func (rng *byteRange) span(size uint64) (start, length uint64) {
 	if rng == nil {
-		return 0, size, http.StatusOK, true
+		return 0, size
 	}
-	w.Header().Set("Content-Range", rng.contentRange())
-	return rng.start, rng.length, http.StatusPartialContent, true
+	return rng.start, rng.length
 }

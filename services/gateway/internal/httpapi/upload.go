@@ -1,16 +1,19 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
 	"os"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/nixcache/nixcache/platform/grpcutil"
 )
 
-// upload is a request body on its way to the index (a NAR, a side file):
+// upload is a request body on its way to the index (a NAR, an artifact):
 // the one loop that reads it, and what to answer when reading it fails.
 type upload struct {
 	// what names the upload in messages ("NAR upload").
@@ -87,6 +90,44 @@ func (h *Handler) streamUpload(w http.ResponseWriter, u *upload, send func([]byt
 			return nil
 		}
 	}
+}
+
+// sendUpload streams u to the index over the client stream open opens
+// (PutNar, PutArtifact; what names it in errors): header first, then u's
+// chunks, each in the message chunk makes. An index that does not open
+// the stream, stops taking chunks, or does not answer after the last,
+// cannot hold the upload forever (stallGuard). The error is the answer: a
+// *requestError when the client's side failed (the stream is cancelled
+// before anything could close it: a cut upload must never look complete
+// to the index), else the index's, from CloseAndRecv (Send fails with
+// io.EOF when the index has ended the call; its status comes with
+// CloseAndRecv).
+func sendUpload[Req, Res any](h *Handler, w http.ResponseWriter, r *http.Request, u *upload, what string,
+	open func(context.Context) (grpc.ClientStreamingClient[Req, Res], error), header *Req, chunk func([]byte) *Req) error {
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	guard := h.newStallGuard(cancel)
+	var raw grpc.ClientStreamingClient[Req, Res]
+	if err := guard.open(what, func() (err error) {
+		raw, err = open(ctx)
+		return err
+	}); err != nil {
+		return stalledError(ctx, err)
+	}
+	stream := guardSend(raw, guard)
+	err := stream.Send(header)
+	if err == nil {
+		err = h.streamUpload(w, u, func(b []byte) error { return stream.Send(chunk(b)) })
+	}
+	var reqErr *requestError
+	if errors.As(err, &reqErr) {
+		cancel(nil)
+		return err
+	}
+	if _, err := stream.CloseAndRecv(); err != nil {
+		return stalledError(ctx, err)
+	}
+	return nil
 }
 
 // uploadError is the answer to a failure err reading u.

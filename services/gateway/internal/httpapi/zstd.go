@@ -8,8 +8,6 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
-
-	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 )
 
 // zstdWindow is the encoders' window: small, to keep each encoder's memory
@@ -55,17 +53,17 @@ func acceptsZstd(h http.Header) bool {
 	return false
 }
 
-// sendZstd answers with the whole NAR of stream (total bytes) compressed
+// sendZstd answers with the whole NAR of body (total bytes) compressed
 // with zstd: Content-Encoding zstd, no Content-Length, no ranges. A stream
 // cut short aborts the response, so that no client or proxy takes the
 // truncated body for a complete one.
-func (h *Handler) sendZstd(w http.ResponseWriter, r *http.Request, stream indexv1.IndexService_GetNarClient, total uint64) {
+func (h *Handler) sendZstd(w http.ResponseWriter, r *http.Request, body narBody, total uint64) {
 	w.Header().Set("Content-Type", narContentType)
 	w.Header().Set("Content-Encoding", "zstd")
 	w.WriteHeader(http.StatusOK)
 	enc := zstdEncoders.Get().(*zstd.Encoder)
 	enc.Reset(w)
-	err := h.copyNar(w, enc, stream, total)
+	err := body.send(w, enc, total)
 	if err == nil {
 		err = enc.Close()
 	}

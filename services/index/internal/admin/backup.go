@@ -7,7 +7,7 @@ import (
 	"io"
 
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
-	"github.com/nixcache/nixcache/services/index/internal/server"
+	"github.com/nixcache/nixcache/services/index/internal/fault"
 )
 
 // backupChunk is how many bytes of the copy one BackupResponse carries.
@@ -18,7 +18,7 @@ var backupChunk = 256 << 10
 func (s *Service) Backup(req *indexv1.BackupRequest, stream indexv1.AdminService_BackupServer) error {
 	f, size, err := s.cat.Backup()
 	if err != nil {
-		return server.ToStatus(err)
+		return fault.Status(err)
 	}
 	defer f.Close()
 	s.cfg.Log.Info("catalogue backup", "bytes", size)
@@ -43,11 +43,11 @@ func (s *Service) Backup(req *indexv1.BackupRequest, stream indexv1.AdminService
 			break
 		}
 		if err != nil {
-			return server.ToStatus(fmt.Errorf("backup: read the copy: %w", err))
+			return fault.Status(fmt.Errorf("backup: read the copy: %w", err))
 		}
 	}
 	if sent != size {
-		return server.ToStatus(fmt.Errorf("backup: the copy has %d bytes, want %d", sent, size))
+		return fault.Status(fmt.Errorf("backup: the copy has %d bytes, want %d", sent, size))
 	}
 	return nil
 }

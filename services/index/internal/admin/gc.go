@@ -8,7 +8,6 @@ import (
 
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
-	"github.com/nixcache/nixcache/services/index/internal/server"
 )
 
 // Policy is what garbage collection keeps; a zero field sets no limit.
@@ -155,15 +154,15 @@ func (s *Service) CollectGarbage(req *indexv1.CollectGarbageRequest, stream inde
 	}
 	if d := req.GetMaxAge(); d != nil {
 		if err := d.CheckValid(); err != nil {
-			return server.ToStatus(fault.Invalid("max_age: %v", err))
+			return fault.Status(fault.Invalid("max_age: %v", err))
 		}
 		if d.AsDuration() < 0 {
-			return server.ToStatus(fault.Invalid("max_age %s is negative", d.AsDuration()))
+			return fault.Status(fault.Invalid("max_age %s is negative", d.AsDuration()))
 		}
 		p.MaxAge = d.AsDuration()
 	}
 	err := s.collect(stream.Context(), p, req.GetDryRun(), stream.Send)
-	return server.ToStatus(err)
+	return fault.Status(err)
 }
 
 // collect runs garbage collection with p, calling send for each path

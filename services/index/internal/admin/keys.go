@@ -10,7 +10,7 @@ import (
 	signerv1 "github.com/nixcache/nixcache/proto/nixcache/signer/v1"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
-	"github.com/nixcache/nixcache/services/index/internal/server"
+	"github.com/nixcache/nixcache/services/index/internal/signerclient"
 )
 
 // signBatch is the most fingerprints sent in one call to the signer.
@@ -24,7 +24,7 @@ func keyInfo(k *signerv1.PublicKey) *indexv1.KeyInfo {
 func (s *Service) ListKeys(ctx context.Context, req *indexv1.ListKeysRequest) (*indexv1.ListKeysResponse, error) {
 	keys, err := s.keys(ctx)
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	resp := &indexv1.ListKeysResponse{}
 	for _, k := range keys {
@@ -34,13 +34,7 @@ func (s *Service) ListKeys(ctx context.Context, req *indexv1.ListKeysRequest) (*
 }
 
 func (s *Service) keys(ctx context.Context) ([]*signerv1.PublicKey, error) {
-	callCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
-	defer cancel()
-	resp, err := s.signer.ListKeys(callCtx, &signerv1.ListKeysRequest{})
-	if err != nil {
-		return nil, fromSigner(ctx, "list keys", err)
-	}
-	return resp.GetKeys(), nil
+	return s.signer.Keys(ctx, s.cfg.SignTimeout)
 }
 
 // validKeyName checks a key name as Nix takes it.
@@ -58,24 +52,22 @@ func validKeyName(field, name string) error {
 func (s *Service) AddKey(req *indexv1.AddKeyRequest, stream indexv1.AdminService_AddKeyServer) error {
 	ctx := stream.Context()
 	if err := validKeyName("name", req.GetName()); err != nil {
-		return server.ToStatus(err)
+		return fault.Status(err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	callCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
-	resp, err := s.signer.GenerateKey(callCtx, &signerv1.GenerateKeyRequest{Name: req.GetName()})
-	cancel()
+	generated, err := s.signer.GenerateKey(ctx, s.cfg.SignTimeout, req.GetName())
 	if err != nil {
-		return server.ToStatus(fromSigner(ctx, "generate key", err))
+		return fault.Status(err)
 	}
-	key := keyInfo(resp.GetKey())
+	key := keyInfo(generated)
 	s.cfg.Log.InfoContext(ctx, "added signing key; re-signing every path", "key", key.GetName())
 	if err := stream.Send(&indexv1.AddKeyResponse{Key: key}); err != nil {
 		return err
 	}
 	keys, err := s.keys(ctx)
 	if err != nil {
-		return server.ToStatus(err)
+		return fault.Status(err)
 	}
 	ours := map[string]bool{}
 	for _, k := range keys {
@@ -86,43 +78,20 @@ func (s *Service) AddKey(req *indexv1.AddKeyRequest, stream indexv1.AdminService
 	}, func(done, total uint64) error {
 		return stream.Send(&indexv1.AddKeyResponse{Key: key, Resigned: done, Total: total, Done: done == total})
 	})
-	return server.ToStatus(err)
+	return fault.Status(err)
 }
 
 // resign returns the new signatures of infos: the active keys', then the
 // uploader's (by keys not ours).
 func (s *Service) resign(ctx context.Context, infos []*indexv1.PathInfo, ours map[string]bool) ([][]string, error) {
-	fps := make([]string, len(infos))
-	for i, info := range infos {
-		h, err := narHashOf(info)
-		if err != nil {
-			return nil, err
-		}
-		fps[i] = signature.Fingerprint(s.cfg.StoreDir, info.GetStorePath(), h, info.GetNarSize(), info.GetReferences())
-	}
-	callCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
-	defer cancel()
-	resp, err := s.signer.Sign(callCtx, &signerv1.SignRequest{Fingerprints: fps})
+	paths := signerclient.Paths{Signer: s.signer, StoreDir: s.cfg.StoreDir, Timeout: s.cfg.SignTimeout}
+	res, err := paths.Sign(ctx, infos)
 	if err != nil {
-		return nil, fromSigner(ctx, "sign", err)
-	}
-	if len(resp.GetResults()) != len(fps) {
-		return nil, fault.Unavailable("sign: signer returned %d results for %d fingerprints", len(resp.GetResults()), len(fps))
+		return nil, err
 	}
 	out := make([][]string, len(infos))
 	for i, info := range infos {
-		sigs := slices.Clone(resp.GetResults()[i].GetSignatures())
-		if len(sigs) == 0 {
-			return nil, fault.Unavailable("sign: the signer returned no signature (has it an active key?)")
-		}
-		for _, sig := range info.GetSignatures() {
-			name, _, err := signature.SplitSignature(sig)
-			if err == nil && ours[name] || slices.Contains(sigs, sig) {
-				continue
-			}
-			sigs = append(sigs, sig)
-		}
-		out[i] = sigs
+		out[i] = signerclient.Merge(res[i], info.GetSignatures(), ours)
 	}
 	return out, nil
 }
@@ -131,18 +100,15 @@ func (s *Service) resign(ctx context.Context, infos []*indexv1.PathInfo, ours ma
 func (s *Service) RetireKey(req *indexv1.RetireKeyRequest, stream indexv1.AdminService_RetireKeyServer) error {
 	ctx := stream.Context()
 	if err := validKeyName("name", req.GetName()); err != nil {
-		return server.ToStatus(err)
+		return fault.Status(err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	callCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
-	_, err := s.signer.RetireKey(callCtx, &signerv1.RetireKeyRequest{Name: req.GetName()})
-	cancel()
-	if err != nil {
-		return server.ToStatus(fromSigner(ctx, "retire key", err))
+	if err := s.signer.RetireKey(ctx, s.cfg.SignTimeout, req.GetName()); err != nil {
+		return fault.Status(err)
 	}
 	s.cfg.Log.InfoContext(ctx, "retired signing key; removing its signatures", "key", req.GetName())
-	err = s.rewrite(ctx, func(_ context.Context, infos []*indexv1.PathInfo) ([][]string, error) {
+	err := s.rewrite(ctx, func(_ context.Context, infos []*indexv1.PathInfo) ([][]string, error) {
 		out := make([][]string, len(infos))
 		for i, info := range infos {
 			out[i] = slices.DeleteFunc(slices.Clone(info.GetSignatures()), func(sig string) bool {
@@ -154,7 +120,7 @@ func (s *Service) RetireKey(req *indexv1.RetireKeyRequest, stream indexv1.AdminS
 	}, func(done, total uint64) error {
 		return stream.Send(&indexv1.RetireKeyResponse{Updated: done, Total: total, Done: done == total})
 	})
-	return server.ToStatus(err)
+	return fault.Status(err)
 }
 
 // rewrite replaces the signatures of every pushed and signed local path

@@ -31,13 +31,13 @@ func (s *Service) FindMissingPaths(ctx context.Context, req *indexv1.FindMissing
 	}
 	paths := req.GetPaths()
 	if len(paths) > server.MaxCheckPaths {
-		return nil, server.ToStatus(fault.Invalid("%d paths: at most %d per call", len(paths), server.MaxCheckPaths))
+		return nil, fault.Status(fault.Invalid("%d paths: at most %d per call", len(paths), server.MaxCheckPaths))
 	}
 	hashes := make([]string, len(paths))
 	for i, p := range paths {
 		h, err := s.hashPartOf(fmt.Sprintf("paths[%d]", i), p)
 		if err != nil {
-			return nil, server.ToStatus(err)
+			return nil, fault.Status(err)
 		}
 		hashes[i] = h
 	}

@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nixcache/nixcache/nix/nixhash"
@@ -25,7 +23,7 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
-	"github.com/nixcache/nixcache/services/index/internal/server"
+	"github.com/nixcache/nixcache/services/index/internal/signerclient"
 	"github.com/nixcache/nixcache/services/index/internal/tokens"
 )
 
@@ -54,7 +52,7 @@ type Service struct {
 	cfg     Config
 	cat     *catalog.Catalog
 	nars    *narstore.Store
-	signer  signerv1.SignerServiceClient
+	signer  *signerclient.Client
 	tracker *Tracker
 	now     func() time.Time
 	paths   PathChecker // nil: FindMissingPaths is unimplemented
@@ -72,7 +70,7 @@ func New(cfg Config, cat *catalog.Catalog, nars *narstore.Store, signer signerv1
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{cfg: cfg, cat: cat, nars: nars, signer: signer, tracker: tracker, now: now}
+	return &Service{cfg: cfg, cat: cat, nars: nars, signer: signerclient.New(signer), tracker: tracker, now: now}
 }
 
 // hashPartOf parses a path argument: a hash part, a base name or an
@@ -127,23 +125,23 @@ func (s *Service) ListPaths(ctx context.Context, req *indexv1.ListPathsRequest) 
 	size := int(req.GetPageSize())
 	switch {
 	case size < 0 || size > MaxPageSize:
-		return nil, server.ToStatus(fault.Invalid("page_size %d: want 0 (default %d) to %d", size, DefaultPageSize, MaxPageSize))
+		return nil, fault.Status(fault.Invalid("page_size %d: want 0 (default %d) to %d", size, DefaultPageSize, MaxPageSize))
 	case size == 0:
 		size = DefaultPageSize
 	}
 	after := req.GetPageToken()
 	if after != "" {
 		if err := storepath.ValidateHashPart(after); err != nil {
-			return nil, server.ToStatus(fault.Invalid("page_token: not a token ListPaths returned: %v", err))
+			return nil, fault.Status(fault.Invalid("page_token: not a token ListPaths returned: %v", err))
 		}
 	}
 	if err := storepath.ValidateName(req.GetQuery()); req.GetQuery() != "" && err != nil {
-		return nil, server.ToStatus(fault.Invalid("query: %v", err))
+		return nil, fault.Status(fault.Invalid("query: %v", err))
 	}
 	s.tracker.flushQuietly()
 	entries, more, err := s.cat.List(after, req.GetQuery(), size)
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	resp := &indexv1.ListPathsResponse{}
 	for _, e := range entries {
@@ -159,18 +157,18 @@ func (s *Service) ListPaths(ctx context.Context, req *indexv1.ListPathsRequest) 
 func (s *Service) GetPath(ctx context.Context, req *indexv1.GetPathRequest) (*indexv1.GetPathResponse, error) {
 	h, err := s.hashPartOf("path", req.GetPath())
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	s.tracker.flushQuietly()
 	e, err := s.cat.Lookup(h)
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	resp := &indexv1.GetPathResponse{Info: e.Info, Summary: summary(e), Downloads: e.Access.Downloads}
 	if !e.Local {
 		refs, err := s.cat.Referrers(h)
 		if err != nil {
-			return nil, server.ToStatus(err)
+			return nil, fault.Status(err)
 		}
 		for _, r := range refs {
 			if re, err := s.cat.Lookup(r); err == nil && !re.Local {
@@ -186,21 +184,21 @@ func (s *Service) GetPath(ctx context.Context, req *indexv1.GetPathRequest) (*in
 func (s *Service) DeletePath(ctx context.Context, req *indexv1.DeletePathRequest) (*indexv1.DeletePathResponse, error) {
 	h, err := s.hashPartOf("path", req.GetPath())
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// The path and its referrers, not the whole catalogue.
 	snap, err := s.cat.ReferrerSnapshot(h)
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	target := snap.Paths[h]
 	if target == nil {
 		if _, err := s.cat.Lookup(h); err == nil {
-			return nil, server.ToStatus(fault.Precondition("store path %s is served from the host's store: only pushed paths can be deleted", req.GetPath()))
+			return nil, fault.Status(fault.Precondition("store path %s is served from the host's store: only pushed paths can be deleted", req.GetPath()))
 		}
-		return nil, server.ToStatus(fault.NotFound("store path %s is not in the cache", req.GetPath()))
+		return nil, fault.Status(fault.NotFound("store path %s is not in the cache", req.GetPath()))
 	}
 	g := newGraph(snap)
 	set := g.transitiveReferrers(h)
@@ -210,7 +208,7 @@ func (s *Service) DeletePath(ctx context.Context, req *indexv1.DeletePathRequest
 			refs = append(refs, snap.Paths[r].Info.GetStorePath())
 		}
 		slices.Sort(refs)
-		return nil, server.ToStatus(fault.Precondition("store path %s is referred to by %s: delete those first, or set with_referrers",
+		return nil, fault.Status(fault.Precondition("store path %s is referred to by %s: delete those first, or set with_referrers",
 			target.Info.GetStorePath(), strings.Join(refs, ", ")))
 	}
 	var pinned []string
@@ -221,7 +219,7 @@ func (s *Service) DeletePath(ctx context.Context, req *indexv1.DeletePathRequest
 	}
 	if len(pinned) > 0 {
 		slices.Sort(pinned)
-		return nil, server.ToStatus(fault.Precondition("pinned: %s; unpin first", strings.Join(pinned, ", ")))
+		return nil, fault.Status(fault.Precondition("pinned: %s; unpin first", strings.Join(pinned, ", ")))
 	}
 	order := g.referrersFirst(set)
 	resp := &indexv1.DeletePathResponse{FreedBytes: g.freedBytes(set)}
@@ -232,7 +230,7 @@ func (s *Service) DeletePath(ctx context.Context, req *indexv1.DeletePathRequest
 		return resp, nil
 	}
 	if err := s.delete(ctx, order); err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	s.cfg.Log.InfoContext(ctx, "deleted paths", "paths", resp.Deleted, "freed_bytes", resp.FreedBytes)
 	return resp, nil
@@ -262,7 +260,7 @@ func (s *Service) removeFiles(ctx context.Context, freed []*indexv1.NarFile) {
 func (s *Service) GetStats(ctx context.Context, req *indexv1.GetStatsRequest) (*indexv1.GetStatsResponse, error) {
 	st, err := s.stats()
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	t := s.tracker
 	st.NarinfoHits, st.NarinfoMisses = t.narinfoHits.Load(), t.narinfoMisses.Load()
@@ -292,20 +290,20 @@ func (s *Service) stats() (*indexv1.GetStatsResponse, error) {
 func (s *Service) Pin(ctx context.Context, req *indexv1.PinRequest) (*indexv1.PinResponse, error) {
 	h, err := s.hashPartOf("path", req.GetPath())
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, err := s.cat.Lookup(h)
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	if e.Local {
-		return nil, server.ToStatus(fault.Precondition("store path %s is served from the host's store, which garbage collection never touches: nothing to pin", e.Info.GetStorePath()))
+		return nil, fault.Status(fault.Precondition("store path %s is served from the host's store, which garbage collection never touches: nothing to pin", e.Info.GetStorePath()))
 	}
 	pin := &indexv1.Pin{StorePath: e.Info.GetStorePath(), Closure: req.GetClosure(), Created: timestamppb.New(s.now())}
 	if err := s.cat.PutPin(h, pin); err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	return &indexv1.PinResponse{Pin: pin}, nil
 }
@@ -314,10 +312,10 @@ func (s *Service) Pin(ctx context.Context, req *indexv1.PinRequest) (*indexv1.Pi
 func (s *Service) Unpin(ctx context.Context, req *indexv1.UnpinRequest) (*indexv1.UnpinResponse, error) {
 	h, err := s.hashPartOf("path", req.GetPath())
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	if err := s.cat.DeletePin(h); err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	return &indexv1.UnpinResponse{}, nil
 }
@@ -326,7 +324,7 @@ func (s *Service) Unpin(ctx context.Context, req *indexv1.UnpinRequest) (*indexv
 func (s *Service) ListPins(ctx context.Context, req *indexv1.ListPinsRequest) (*indexv1.ListPinsResponse, error) {
 	pins, err := s.cat.Pins()
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	return &indexv1.ListPinsResponse{Pins: pins}, nil
 }
@@ -461,25 +459,6 @@ func (g *graph) freedBytes(set map[string]bool) uint64 {
 		}
 	}
 	return freed
-}
-
-// fromSigner classifies a signer's error for the one status table.
-func fromSigner(ctx context.Context, what string, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("%s: %w", what, ctx.Err())
-	}
-	st, _ := status.FromError(err)
-	switch st.Code() {
-	case codes.InvalidArgument:
-		return fault.Invalid("%s: %s", what, st.Message())
-	case codes.AlreadyExists:
-		return fault.Exists("%s: %s", what, st.Message())
-	case codes.FailedPrecondition:
-		return fault.Precondition("%s: %s", what, st.Message())
-	case codes.NotFound:
-		return fault.NotFound("%s: %s", what, st.Message())
-	}
-	return fault.Unavailable("%s: signer unavailable: %v", what, err)
 }
 
 // narHashOf parses a stored NAR hash.

@@ -6,7 +6,6 @@ import (
 	"github.com/nixcache/nixcache/platform/auth"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
-	"github.com/nixcache/nixcache/services/index/internal/server"
 	"github.com/nixcache/nixcache/services/index/internal/tokens"
 )
 
@@ -24,7 +23,7 @@ func caller(ctx context.Context) string {
 
 func (s *Service) tokenStore() (*tokens.Store, error) {
 	if s.tokens == nil {
-		return nil, server.ToStatus(fault.Precondition("this index keeps no tokens"))
+		return nil, fault.Status(fault.Precondition("this index keeps no tokens"))
 	}
 	return s.tokens, nil
 }
@@ -37,7 +36,7 @@ func (s *Service) CreateToken(ctx context.Context, req *indexv1.CreateTokenReque
 	}
 	tok, secret, err := t.Create(req, caller(ctx))
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	return &indexv1.CreateTokenResponse{Token: tok, Secret: secret}, nil
 }
@@ -50,7 +49,7 @@ func (s *Service) ListTokens(context.Context, *indexv1.ListTokensRequest) (*inde
 	}
 	toks, err := t.List()
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	return &indexv1.ListTokensResponse{Tokens: toks}, nil
 }
@@ -62,11 +61,11 @@ func (s *Service) RevokeToken(ctx context.Context, req *indexv1.RevokeTokenReque
 		return nil, err
 	}
 	if req.GetName() == "" {
-		return nil, server.ToStatus(fault.Invalid("name is empty"))
+		return nil, fault.Status(fault.Invalid("name is empty"))
 	}
 	tok, err := t.Revoke(req.GetName(), caller(ctx))
 	if err != nil {
-		return nil, server.ToStatus(err)
+		return nil, fault.Status(err)
 	}
 	return &indexv1.RevokeTokenResponse{Token: tok}, nil
 }

@@ -12,7 +12,6 @@ import (
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
-	"github.com/nixcache/nixcache/services/index/internal/server"
 )
 
 // Verify re-hashes stored NARs and quarantines the bad ones.
@@ -23,21 +22,21 @@ func (s *Service) Verify(req *indexv1.VerifyRequest, stream indexv1.AdminService
 		for i, arg := range req.GetPaths() {
 			h, err := s.hashPartOf(fmt.Sprintf("paths[%d]", i), arg)
 			if err != nil {
-				return server.ToStatus(err)
+				return fault.Status(err)
 			}
 			e, err := s.cat.Lookup(h)
 			if err != nil {
-				return server.ToStatus(err)
+				return fault.Status(err)
 			}
 			if e.Local {
-				return server.ToStatus(fault.Precondition("paths[%d]: %s is served from the host's store: no stored NAR to verify", i, arg))
+				return fault.Status(fault.Precondition("paths[%d]: %s is served from the host's store: no stored NAR to verify", i, arg))
 			}
 			targets = append(targets, e)
 		}
 	} else {
 		snap, err := s.cat.Snapshot(false)
 		if err != nil {
-			return server.ToStatus(err)
+			return fault.Status(err)
 		}
 		for _, e := range snap.Paths {
 			if !e.Quarantined {
@@ -53,11 +52,11 @@ func (s *Service) Verify(req *indexv1.VerifyRequest, stream indexv1.AdminService
 			problem = "quarantined already"
 		} else if err := s.check(ctx, e.Info); err != nil {
 			if ctx.Err() != nil {
-				return server.ToStatus(ctx.Err())
+				return fault.Status(ctx.Err())
 			}
 			problem = err.Error()
 			if err := s.quarantine(ctx, e, problem); err != nil {
-				return server.ToStatus(err)
+				return fault.Status(err)
 			}
 		}
 		if problem != "" {

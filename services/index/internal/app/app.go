@@ -35,6 +35,7 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/server"
 	"github.com/nixcache/nixcache/services/index/internal/signerclient"
 	"github.com/nixcache/nixcache/services/index/internal/tokens"
+	"github.com/nixcache/nixcache/services/index/internal/upstream"
 )
 
 // Options configure the index.
@@ -244,126 +245,143 @@ func (o Options) Validate() error {
 }
 
 // Run serves the index on lis until ctx is done, then stops gracefully and
-// closes the catalogue last. lis is closed when Run returns.
+// closes the catalogue after everything that uses it. lis is closed when
+// Run returns.
+//
+// It opens what the index owns (open), wires the services over it (wire)
+// and serves (serve); one deferred close undoes, in reverse, exactly what
+// was done, whichever step failed.
 func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
+	x := &index{o: o, lis: lis}
+	// Closed last; after Serve, which closes it too, the error is moot.
+	x.onClose(func() error { _ = lis.Close(); return nil })
+	defer func() {
+		if cerr := x.close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
 	if err := o.Validate(); err != nil {
-		lis.Close()
 		return err
 	}
+	if err := x.open(ctx); err != nil {
+		return err
+	}
+	if err := x.wire(ctx); err != nil {
+		return err
+	}
+	return x.serve(ctx)
+}
+
+// index is what Run opens and wires.
+type index struct {
+	o   Options
+	lis net.Listener
+
+	// Opened by open.
+	cat       *catalog.Catalog
+	nars      *narstore.Store
+	artifacts *artifact.Store
+	ops       *ops
+	tlsOpts   []grpc.ServerOption
+	conn      *grpc.ClientConn
+	pub       *publish.Publisher
+	local     server.LocalStore // nil without LocalStore
+	copies    *hostnar.Store    // nil without LocalStore or a budget
+	puller    *upstream.Puller  // nil without upstreams
+
+	// Made by wire.
+	srv        *grpcutil.Server
+	tracker    *admin.Tracker
+	tokenStore *tokens.Store
+	adminSvc   *admin.Service
+	logDir     string
+
+	// undo holds what close undoes, last first.
+	undo []func() error
+}
+
+// onClose has close run f, before whatever was registered earlier.
+func (x *index) onClose(f func() error) { x.undo = append(x.undo, f) }
+
+// close undoes what open, wire and serve did, in reverse, and returns
+// their errors (in practice the catalogue's, closed last).
+func (x *index) close() error {
+	var errs []error
+	for i := len(x.undo) - 1; i >= 0; i-- {
+		errs = append(errs, x.undo[i]())
+	}
+	x.undo = nil
+	return errors.Join(errs...)
+}
+
+// open opens what the index owns: the catalogue, the NAR and side-file
+// stores (checked against each other), the metrics and token file, the
+// signer connection, the host's store with its daemon and the upstreams.
+func (x *index) open(ctx context.Context) error {
+	o := x.o
 	if err := os.MkdirAll(o.DataDir, 0o755); err != nil {
-		lis.Close()
 		return fmt.Errorf("create data directory: %w", err)
 	}
 	cat, err := catalog.Open(filepath.Join(o.DataDir, "catalog.db"))
 	if err != nil {
-		lis.Close()
 		return err
 	}
-	defer func() {
-		if cerr := cat.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
+	x.cat = cat
+	x.onClose(cat.Close)
 	var files narstore.Backend // nil: DataDir/nars
 	if o.NarBackend == BackendS3 {
 		bctx, cancel := context.WithTimeout(ctx, bucketTimeout)
 		bucket, err := narstore.OpenBucket(bctx, o.Bucket)
 		cancel()
 		if err != nil {
-			lis.Close()
 			return fmt.Errorf("-nar-backend=s3: %w", err)
 		}
 		files = bucket
 	}
-	nars, err := narstore.OpenWith(o.DataDir, o.MaxNarSize, files)
-	if err != nil {
-		lis.Close()
+	if x.nars, err = narstore.OpenWith(o.DataDir, o.MaxNarSize, files); err != nil {
 		return err
 	}
-	nars.WithLimits(o.NarLimits)
-	artifacts, err := artifact.Open(o.DataDir)
-	if err != nil {
-		lis.Close()
+	x.nars.WithLimits(o.NarLimits)
+	if x.artifacts, err = artifact.Open(o.DataDir); err != nil {
 		return err
 	}
 	// Before anything is served: the catalogue and the files agree.
-	leftovers := nars.LeftoverUploads() + artifacts.LeftoverUploads()
-	report, err := startupCheck(ctx, o.Log, cat, nars, leftovers)
+	leftovers := x.nars.LeftoverUploads() + x.artifacts.LeftoverUploads()
+	report, err := startupCheck(ctx, o.Log, cat, x.nars, leftovers)
 	if err != nil {
-		lis.Close()
 		return err
 	}
-	ops, err := newOps(o)
-	if err != nil {
-		lis.Close()
+	if x.ops, err = newOps(o); err != nil {
 		return err
 	}
-	if err := registerStartupCheck(ops.registry, report, leftovers); err != nil {
-		lis.Close()
+	if err := registerStartupCheck(x.ops.registry, report, leftovers); err != nil {
 		return err
 	}
 	signerCreds, err := o.SignerTLS.DialOption(o.SignerAddr, o.Log)
 	if err != nil {
-		lis.Close()
 		return err
 	}
-	tlsOpts, err := o.TLS.ServerOptions(o.Log)
-	if err != nil {
-		lis.Close()
+	if x.tlsOpts, err = o.TLS.ServerOptions(o.Log); err != nil {
 		return err
 	}
-	conn, err := grpcutil.Dial(o.SignerAddr, append(ops.dialOptions(), signerCreds)...)
+	x.conn, err = grpcutil.Dial(o.SignerAddr, append(x.ops.dialOptions(), signerCreds)...)
 	if err != nil {
-		lis.Close()
 		return fmt.Errorf("signer: %w", err)
 	}
-	defer conn.Close()
+	x.onClose(func() error { _ = x.conn.Close(); return nil })
 
-	signer := signerclient.New(signerv1.NewSignerServiceClient(conn))
+	signer := signerclient.New(signerv1.NewSignerServiceClient(x.conn))
 	// The upstreams' keys are trusted too: the signatures of a path
 	// fetched from one are kept beside ours.
 	trusted, err := parseKeys(o.TrustedSigKeys, o.UpstreamKeys)
 	if err != nil {
-		lis.Close()
 		return err
 	}
-	pub := publish.New(cat, signer, o.StoreDir, o.SignTimeout).WithTrustedKeys(trusted, o.Log)
-
-	var local server.LocalStore
-	var copies *hostnar.Store
+	x.pub = publish.New(cat, signer, o.StoreDir, o.SignTimeout).WithTrustedKeys(trusted, o.Log)
 	if o.LocalStore {
-		store, pool, err := openLocal(ctx, o, cat, signer)
-		if err != nil {
-			lis.Close()
+		if err := x.openLocal(ctx, signer); err != nil {
 			return err
 		}
-		defer pool.Close()
-		runCtx, stop := context.WithCancel(ctx)
-		if copies, err = openHostNars(o, cat); err != nil {
-			stop()
-			lis.Close()
-			return err
-		}
-		if copies != nil {
-			store.WithCopies(copies)
-		}
-		done := make(chan struct{}, 2)
-		go func() {
-			defer func() { done <- struct{}{} }()
-			store.Run(runCtx)
-		}()
-		go func() {
-			defer func() { done <- struct{}{} }()
-			if copies != nil {
-				copies.Run(runCtx)
-			}
-		}()
-		// Stopped before the catalogue closes.
-		defer func() { stop(); <-done; <-done }()
-		local = store
-		// Pushed paths keep their own copies of the host paths they
-		// refer to.
-		pub.WithHost(store, nars)
 	} else {
 		// Paths of a store served before must not linger, nor copies of
 		// their NARs.
@@ -372,7 +390,6 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 			err = os.RemoveAll(hostNarDir(o))
 		}
 		if err != nil {
-			lis.Close()
 			return err
 		}
 		if len(quarantined) > 0 {
@@ -380,81 +397,128 @@ func Run(ctx context.Context, o Options, lis net.Listener) (err error) {
 				"paths", quarantined)
 		}
 	}
-
-	// Handlers cut at the end of the grace period still finish before the
-	// catalogue closes.
-	tracker := admin.NewTracker(cat, o.Log.With("component", "admin"))
-	tokenStore := tokens.New(cat, ops.fileTokens, o.Log.With("component", "tokens"))
-	ops.policy.Tokens = tokenStore
-	for _, c := range tokenStore.Collectors() {
-		if err := ops.registry.Register(c); err != nil {
-			lis.Close()
-			return fmt.Errorf("token metrics: %w", err)
-		}
-	}
-	srvOpts := append(append(ops.serverOptions(), tracker.Interceptors()...), tlsOpts...)
-	srvOpts = append(srvOpts, server.Codec())
-	srv := grpcutil.NewServer(o.Log, append(srvOpts, grpc.WaitForHandlers(true))...)
-	defer ops.serveMetrics(o.MetricsListener, srv.Health, o)()
-	logDir := ""
-	if o.LocalStore {
-		logDir = o.NixLogDir
-	}
-	indexSvc := server.New(o.Log, cat, nars, pub, local).WithArtifacts(artifacts, logDir).WithPresign(o.PresignExpiry).
-		WithDownloads(tracker).WithUploadLimit(o.MaxUploads).WithTokens(tokenStore)
-	if copies != nil {
-		indexSvc.WithHostCopies(copies)
-		if err := ops.registry.Register(hostNarCollector{copies, o.HostNarMaxSize}); err != nil {
-			return fmt.Errorf("host NAR metrics: %w", err)
-		}
-	}
 	if len(o.Upstreams) > 0 {
-		puller, err := openUpstream(o, ops, cat, nars, pub)
-		if err != nil {
-			lis.Close()
+		if x.puller, err = openUpstream(o, x.ops, cat, x.nars, x.pub); err != nil {
 			return err
 		}
 		// Fetches in progress end before the catalogue closes.
-		defer puller.Close()
-		indexSvc.WithUpstream(puller)
+		x.onClose(func() error { x.puller.Close(); return nil })
 	}
-	indexv1.RegisterIndexServiceServer(srv.GRPC, indexSvc)
-	adminSvc := admin.New(admin.Config{StoreDir: o.StoreDir, SignTimeout: o.SignTimeout,
+	return nil
+}
+
+// openLocal opens the host's store and the compressed copies of its
+// NARs, and runs their background work until close.
+func (x *index) openLocal(ctx context.Context, signer *signerclient.Client) error {
+	store, pool, err := openLocal(ctx, x.o, x.cat, signer)
+	if err != nil {
+		return err
+	}
+	x.onClose(func() error { _ = pool.Close(); return nil })
+	if x.copies, err = openHostNars(x.o, x.cat); err != nil {
+		return err
+	}
+	if x.copies != nil {
+		store.WithCopies(x.copies)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{}, 2)
+	go func() {
+		defer func() { done <- struct{}{} }()
+		store.Run(runCtx)
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		if x.copies != nil {
+			x.copies.Run(runCtx)
+		}
+	}()
+	// Stopped before the catalogue closes.
+	x.onClose(func() error { stop(); <-done; <-done; return nil })
+	x.local = store
+	// Pushed paths keep their own copies of the host paths they refer to.
+	x.pub.WithHost(store, x.nars)
+	return nil
+}
+
+// wire makes the gRPC server and registers the services and their
+// metrics on it.
+func (x *index) wire(ctx context.Context) error {
+	o, cat := x.o, x.cat
+	// Handlers cut at the end of the grace period still finish before the
+	// catalogue closes.
+	x.tracker = admin.NewTracker(cat, o.Log.With("component", "admin"))
+	x.tokenStore = tokens.New(cat, x.ops.fileTokens, o.Log.With("component", "tokens"))
+	x.ops.policy.Tokens = x.tokenStore
+	for _, c := range x.tokenStore.Collectors() {
+		if err := x.ops.registry.Register(c); err != nil {
+			return fmt.Errorf("token metrics: %w", err)
+		}
+	}
+	srvOpts := append(append(x.ops.serverOptions(), x.tracker.Interceptors()...), x.tlsOpts...)
+	srvOpts = append(srvOpts, server.Codec())
+	x.srv = grpcutil.NewServer(o.Log, append(srvOpts, grpc.WaitForHandlers(true))...)
+	stopMetrics := x.ops.serveMetrics(o.MetricsListener, x.srv.Health, o)
+	x.onClose(func() error { stopMetrics(); return nil })
+	if o.LocalStore {
+		x.logDir = o.NixLogDir
+	}
+	indexSvc := server.New(o.Log, cat, x.nars, x.pub, x.local).WithArtifacts(x.artifacts, x.logDir).WithPresign(o.PresignExpiry).
+		WithDownloads(x.tracker).WithUploadLimit(o.MaxUploads).WithTokens(x.tokenStore)
+	if x.copies != nil {
+		indexSvc.WithHostCopies(x.copies)
+		if err := x.ops.registry.Register(hostNarCollector{x.copies, o.HostNarMaxSize}); err != nil {
+			return fmt.Errorf("host NAR metrics: %w", err)
+		}
+	}
+	if x.puller != nil {
+		indexSvc.WithUpstream(x.puller)
+	}
+	indexv1.RegisterIndexServiceServer(x.srv.GRPC, indexSvc)
+	x.adminSvc = admin.New(admin.Config{StoreDir: o.StoreDir, SignTimeout: o.SignTimeout,
 		GCMaxSize: o.GCMaxSize, GCMaxAge: o.GCMaxAge, Log: o.Log.With("component", "admin")},
-		cat, nars, signerv1.NewSignerServiceClient(conn), tracker).WithPathChecker(indexSvc).WithTokens(tokenStore)
-	indexv1.RegisterAdminServiceServer(srv.GRPC, adminSvc)
-	if err := metrics.RegisterCatalog(ops.registry, adminSvc.CatalogStats); err != nil {
+		cat, x.nars, signerv1.NewSignerServiceClient(x.conn), x.tracker).WithPathChecker(indexSvc).WithTokens(x.tokenStore)
+	indexv1.RegisterAdminServiceServer(x.srv.GRPC, x.adminSvc)
+	if err := metrics.RegisterCatalog(x.ops.registry, x.adminSvc.CatalogStats); err != nil {
 		return fmt.Errorf("catalogue metrics: %w", err)
 	}
-	if err := ops.registry.Register(watchCollector{cat.Changes()}); err != nil {
+	if err := x.ops.registry.Register(watchCollector{cat.Changes()}); err != nil {
 		return fmt.Errorf("watch metrics: %w", err)
 	}
 	// WatchPaths streams never end by themselves: they are ended when the
 	// shutdown begins, or the graceful stop would wait for them.
-	defer context.AfterFunc(ctx, cat.Changes().Close)()
+	stopWatch := context.AfterFunc(ctx, cat.Changes().Close)
+	x.onClose(func() error { stopWatch(); return nil })
+	return nil
+}
+
+// serve runs the background work and serves until ctx is done.
+func (x *index) serve(ctx context.Context) error {
+	o := x.o
 	// The last downloads are written, and a collection stops, after the
 	// server stopped and before the catalogue closes.
 	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
 	bgDone := make(chan struct{}, 3)
-	go func() { tracker.Run(bgCtx, accessFlushInterval); bgDone <- struct{}{} }()
-	go func() { tokenStore.Run(bgCtx, tokens.DefaultFlushInterval); bgDone <- struct{}{} }()
+	go func() { x.tracker.Run(bgCtx, accessFlushInterval); bgDone <- struct{}{} }()
+	go func() { x.tokenStore.Run(bgCtx, tokens.DefaultFlushInterval); bgDone <- struct{}{} }()
 	bgs := 2
 	if o.GCInterval > 0 {
 		bgs++
-		go func() { adminSvc.RunGC(ctx, o.GCInterval); bgDone <- struct{}{} }()
+		go func() { x.adminSvc.RunGC(ctx, o.GCInterval); bgDone <- struct{}{} }()
 	}
-	defer func() {
+	x.onClose(func() error {
 		stopBg()
 		for range bgs {
 			<-bgDone
 		}
-	}()
+		return nil
+	})
 
-	o.Log.Info("index serving", "addr", lis.Addr().String(), "data_dir", o.DataDir,
+	o.Log.Info("index serving", "addr", x.lis.Addr().String(), "data_dir", o.DataDir,
 		"signer", o.SignerAddr, "store_dir", o.StoreDir, "max_nar_size", o.MaxNarSize,
-		"nar_files", nars.Backend().String(), "local_store", o.LocalStore, "nix_log_dir", logDir, "gc_max_size", o.GCMaxSize, "gc_max_age", o.GCMaxAge, "gc_interval", o.GCInterval,
+		"nar_files", x.nars.Backend().String(), "local_store", o.LocalStore, "nix_log_dir", x.logDir, "gc_max_size", o.GCMaxSize, "gc_max_age", o.GCMaxAge, "gc_interval", o.GCInterval,
 		"mutual_tls", o.TLS.Enabled(), "signer_mutual_tls", o.SignerTLS.Enabled())
-	err = srv.Serve(ctx, lis, o.ShutdownGrace)
+	err := x.srv.Serve(ctx, x.lis, o.ShutdownGrace)
 	o.Log.Info("index stopped")
 	return err
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/app"
+	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fakesigner"
 	"github.com/nixcache/nixcache/services/index/internal/nartest"
 )
@@ -228,6 +229,54 @@ func TestRunRefusesUnservableLocalStore(t *testing.T) {
 			}
 			if _, err := lis.Accept(); err == nil {
 				t.Errorf("the listener is still open")
+			}
+		})
+	}
+}
+
+// TestRunClosesWhatItOpened: when a step of the start-up fails after the
+// catalogue was opened, Run still closes it and the listener.
+func TestRunClosesWhatItOpened(t *testing.T) {
+	dir := t.TempDir()
+	dead := filepath.Join(dir, "dead.socket")
+	l, err := net.Listen("unix", dead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	tests := []struct {
+		name   string
+		change func(*app.Options)
+		want   string
+	}{
+		{"private reads without tokens", func(o *app.Options) { o.PrivateRead = true }, "-auth-file"},
+		{"daemon not answering", func(o *app.Options) {
+			o.LocalStore = true
+			o.StoreDir = dir
+			o.NixDaemonSocket = dead
+			o.NixDB = filepath.Join(dir, "db.sqlite")
+			o.LocalSyncInterval = time.Second
+		}, "-nix-daemon-socket"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := options(t.TempDir(), "127.0.0.1:1")
+			tt.change(&o)
+			lis := listen(t)
+			if err := app.Run(context.Background(), o, lis); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Run: %v, want an error saying %q", err, tt.want)
+			}
+			if _, err := lis.Accept(); err == nil {
+				t.Errorf("the listener is still open")
+			}
+			// bbolt's lock is held until the catalogue is closed.
+			cat, err := catalog.Open(filepath.Join(o.DataDir, "catalog.db"))
+			if err != nil {
+				t.Fatalf("the catalogue is still open: %v", err)
+			}
+			if err := cat.Close(); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}

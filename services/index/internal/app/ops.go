@@ -70,22 +70,17 @@ func newOps(o Options) (*ops, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &ops{registry: metrics.NewRegistry(), rules: rules, policy: auth.Policy{PublicRead: !o.PrivateRead}}
+	p := &ops{registry: metrics.NewRegistry(), rules: rules}
 	p.server = metrics.NewGRPCServer(p.registry)
 	p.client = metrics.NewGRPCClient(p.registry)
-	switch {
-	case o.AuthFile != "":
-		tokens, err := auth.LoadTokens(o.AuthFile)
-		if err != nil {
-			return nil, fmt.Errorf("auth file: %w", err)
+	if o.AuthFile == "" {
+		if o.PrivateRead {
+			return nil, fmt.Errorf("-public-read=false needs -auth-file: nobody could read")
 		}
-		p.fileTokens = tokens
-		p.policy.Tokens = tokens
-		o.Log.Info("tokens loaded", "file", o.AuthFile, "tokens", tokens, "public_read", p.policy.PublicRead)
-	case o.PrivateRead:
-		return nil, fmt.Errorf("-public-read=false needs -auth-file: nobody could read")
-	default:
 		o.Log.Warn("no -auth-file: only tokens made by CreateToken are accepted, for pushes and the admin RPCs alike")
+	}
+	if p.policy, p.fileTokens, err = auth.LoadPolicy(o.AuthFile, !o.PrivateRead, o.Log); err != nil {
+		return nil, err
 	}
 	return p, nil
 }

@@ -1,6 +1,6 @@
 // Package fault classifies the index's domain errors by what went wrong
 // (the caller's input, a missing thing, a conflict...) so that the service
-// boundary can map each class to a status code in one place.
+// boundary can map each class to a status code in one place: Status.
 //
 // The class never appears in the message: fault.Invalid("nar_size is 0")
 // reads "nar_size is 0", and errors.Is(err, fault.ErrInvalid) is true.

@@ -244,8 +244,8 @@ func TestCheckRefusesDamagedFile(t *testing.T) {
 			_, err := f.WriteAt([]byte{^b[0]}, int64(nf.GetFileSize()/2))
 			return err
 		},
-		"cut short":      func(f *os.File) error { return f.Truncate(int64(nf.GetFileSize() - 1)) },
-		"a byte more":    func(f *os.File) error { _, err := f.WriteAt([]byte{0}, int64(nf.GetFileSize())); return err },
+		"cut short":   func(f *os.File) error { return f.Truncate(int64(nf.GetFileSize() - 1)) },
+		"a byte more": func(f *os.File) error { _, err := f.WriteAt([]byte{0}, int64(nf.GetFileSize())); return err },
 		// Decompresses to the same NAR: only the file hash tells.
 		"a skippable frame more": func(f *os.File) error {
 			_, err := f.WriteAt([]byte{0x50, 0x2a, 0x4d, 0x18, 1, 0, 0, 0, 'x'}, int64(nf.GetFileSize()))

@@ -95,6 +95,7 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
+	"github.com/nixcache/nixcache/services/index/internal/signerclient"
 )
 
 // Daemon is what the local store asks of the Nix daemon: the methods of
@@ -113,10 +114,7 @@ type Daemon interface {
 }
 
 // Signer signs fingerprints with the cache's keys.
-type Signer interface {
-	// Sign returns the signatures of each fingerprint, in order.
-	Sign(ctx context.Context, fingerprints []string) ([][]string, error)
-}
+type Signer = signerclient.Signer
 
 // Config configures a Store.
 type Config struct {

@@ -2,13 +2,9 @@ package localstore
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"slices"
 
-	"github.com/nixcache/nixcache/nix/nixhash"
-	"github.com/nixcache/nixcache/nix/signature"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+	"github.com/nixcache/nixcache/services/index/internal/signerclient"
 )
 
 // signBatch is the most fingerprints sent in one call to the signer.
@@ -18,41 +14,13 @@ const signBatch = 1000
 // timeout, and puts the signatures first in each info's, before those Nix
 // has. On error the infos are unchanged.
 func (s *Store) sign(ctx context.Context, infos []*indexv1.PathInfo) error {
-	fps := make([]string, len(infos))
-	for i, info := range infos {
-		h, err := nixhash.Parse(info.GetNarHash())
-		if err != nil {
-			return fmt.Errorf("sign %s: %w", info.GetStorePath(), err)
-		}
-		fps[i] = signature.Fingerprint(s.cfg.StoreDir, info.GetStorePath(), h, info.GetNarSize(), info.GetReferences())
-	}
-	callCtx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
-	defer cancel()
-	res, err := s.signer.Sign(callCtx, fps)
+	paths := signerclient.Paths{Signer: s.signer, StoreDir: s.cfg.StoreDir, Timeout: s.cfg.SignTimeout}
+	res, err := paths.Sign(ctx, infos)
 	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("sign: %w", ctx.Err())
-		}
-		return fmt.Errorf("signer unavailable: %w", err)
-	}
-	for i := range infos {
-		if len(res[i]) == 0 {
-			return errors.New("signer unavailable: it returned no signature (has it an active key?)")
-		}
-		for _, sig := range res[i] {
-			if _, _, err := signature.SplitSignature(sig); err != nil {
-				return fmt.Errorf("signer unavailable: it returned an invalid signature: %w", err)
-			}
-		}
+		return err
 	}
 	for i, info := range infos {
-		sigs := slices.Clone(res[i])
-		for _, sig := range info.GetSignatures() {
-			if !slices.Contains(sigs, sig) {
-				sigs = append(sigs, sig)
-			}
-		}
-		info.Signatures = sigs
+		info.Signatures = signerclient.Merge(res[i], info.GetSignatures(), nil)
 	}
 	return nil
 }

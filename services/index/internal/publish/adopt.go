@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/nixhash"
-	"github.com/nixcache/nixcache/nix/signature"
 	"github.com/nixcache/nixcache/nix/storepath"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
@@ -60,7 +58,7 @@ func (p *Publisher) adopt(ctx context.Context, self storepath.Path, refs []strin
 	visit = func(base string) error {
 		rp, err := storepath.ParseBase(base)
 		if err != nil || seen[rp.HashPart] {
-			return nil // refused by the checks, or done
+			return nil //nolint:nilerr // a bad reference is refused by the publishing checks, with their message
 		}
 		seen[rp.HashPart] = true
 		want := rp.Absolute(p.storeDir)
@@ -92,15 +90,7 @@ func (p *Publisher) adopt(ctx context.Context, self storepath.Path, refs []strin
 	if len(order) == 0 {
 		return nil, nil
 	}
-	fingerprints := make([]string, len(order))
-	for i, info := range order {
-		nh, err := nixhash.Parse(info.GetNarHash())
-		if err != nil {
-			return nil, fmt.Errorf("copy %s from the host's store: NarHash: %w", info.GetStorePath(), err)
-		}
-		fingerprints[i] = signature.Fingerprint(p.storeDir, info.GetStorePath(), nh, info.GetNarSize(), info.GetReferences())
-	}
-	sigs, err := p.signAll(ctx, fingerprints)
+	sigs, err := p.signing().Sign(ctx, order)
 	if err != nil {
 		return nil, err
 	}
@@ -178,30 +168,6 @@ func (p *Publisher) copyNar(ctx context.Context, info *indexv1.PathInfo) (*index
 		_, err := p.nars.Stat(ctx, nf)
 		return err
 	})
-}
-
-// signAll has the signer sign fingerprints, within the sign timeout.
-func (p *Publisher) signAll(ctx context.Context, fingerprints []string) ([][]string, error) {
-	callCtx, cancel := context.WithTimeout(ctx, p.signTimeout)
-	defer cancel()
-	res, err := p.signer.Sign(callCtx, fingerprints)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("sign: %w", ctx.Err())
-		}
-		return nil, fault.Unavailable("signer unavailable: %v", err)
-	}
-	if len(res) != len(fingerprints) || slices.ContainsFunc(res, func(s []string) bool { return len(s) == 0 }) {
-		return nil, fault.Unavailable("signer unavailable: it returned no signature (has it an active key?)")
-	}
-	for _, sigs := range res {
-		for _, sig := range sigs {
-			if _, _, err := signature.SplitSignature(sig); err != nil {
-				return nil, fault.Unavailable("signer unavailable: it returned an invalid signature: %v", err)
-			}
-		}
-	}
-	return res, nil
 }
 
 // dropUnrecorded removes a NAR file just stored that is not the one

@@ -24,6 +24,7 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
+	"github.com/nixcache/nixcache/services/index/internal/signerclient"
 )
 
 // Signer signs fingerprints with the cache's keys.
@@ -377,22 +378,14 @@ func (p *Publisher) checkSignatures(ctx context.Context, in *indexv1.PathInfo, f
 
 // sign has the signer sign fingerprint, within the sign timeout.
 func (p *Publisher) sign(ctx context.Context, fingerprint string) ([]string, error) {
-	callCtx, cancel := context.WithTimeout(ctx, p.signTimeout)
-	defer cancel()
-	res, err := p.signer.Sign(callCtx, []string{fingerprint})
+	res, err := p.signing().SignFingerprints(ctx, []string{fingerprint})
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("sign: %w", ctx.Err())
-		}
-		return nil, fault.Unavailable("signer unavailable: %v", err)
-	}
-	if len(res) != 1 || len(res[0]) == 0 {
-		return nil, fault.Unavailable("signer unavailable: it returned no signature (has it an active key?)")
-	}
-	for _, sig := range res[0] {
-		if _, _, err := signature.SplitSignature(sig); err != nil {
-			return nil, fault.Unavailable("signer unavailable: it returned an invalid signature: %v", err)
-		}
+		return nil, err
 	}
 	return res[0], nil
+}
+
+// signing is how the signer is asked: package signerclient's one policy.
+func (p *Publisher) signing() signerclient.Paths {
+	return signerclient.Paths{Signer: p.signer, StoreDir: p.storeDir, Timeout: p.signTimeout}
 }

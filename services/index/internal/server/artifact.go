@@ -24,34 +24,27 @@ func (s *Server) WithArtifacts(a *artifact.Store, logDir string) *Server {
 func (s *Server) PutArtifact(stream indexv1.IndexService_PutArtifactServer) error {
 	ctx := stream.Context()
 	if s.artifacts == nil {
-		return toStatus(fault.Precondition("this index stores no side files"))
+		return fault.Status(fault.Precondition("this index stores no side files"))
 	}
 	done, err := s.startUpload()
 	if err != nil {
 		s.log.WarnContext(ctx, "refused artifact", "err", err)
-		return toStatus(err)
+		return fault.Status(err)
 	}
 	defer done()
-	first, err := stream.Recv()
-	if err == io.EOF {
-		return toStatus(fault.Invalid("empty request: the first message must be a header"))
-	}
+	hdr, chunks, err := recvUpload(stream.Recv, nil)
 	if err != nil {
-		return toStatus(err)
-	}
-	hdr := first.GetHeader()
-	if hdr == nil {
-		return toStatus(fault.Invalid("the first message must be a header, not data"))
+		return fault.Status(err)
 	}
 	if err := artifact.ValidateKey(hdr.GetKind(), hdr.GetKey()); err != nil {
-		return toStatus(err)
+		return fault.Status(err)
 	}
-	n, err := s.artifacts.Put(hdr.GetKind(), hdr.GetKey(), hdr.GetContentEncoding(), &chunkReader[*indexv1.PutArtifactRequest, *indexv1.PutArtifactHeader]{recv: stream.Recv})
+	n, err := s.artifacts.Put(hdr.GetKind(), hdr.GetKey(), hdr.GetContentEncoding(), chunks)
 	if err != nil {
 		if errors.Is(err, fault.ErrInvalid) {
 			s.log.WarnContext(ctx, "refused artifact", "kind", hdr.GetKind().String(), "err", err)
 		}
-		return toStatus(err)
+		return fault.Status(err)
 	}
 	s.log.InfoContext(ctx, "stored artifact", "kind", hdr.GetKind().String(), "key", hdr.GetKey(),
 		"content_encoding", hdr.GetContentEncoding(), "size", n)
@@ -63,11 +56,11 @@ func (s *Server) PutArtifact(stream indexv1.IndexService_PutArtifactServer) erro
 func (s *Server) GetArtifact(req *indexv1.GetArtifactRequest, stream indexv1.IndexService_GetArtifactServer) error {
 	ctx := stream.Context()
 	if s.artifacts == nil {
-		return toStatus(fault.NotFound("this index stores no side files"))
+		return fault.Status(fault.NotFound("this index stores no side files"))
 	}
 	kind, key := req.GetKind(), req.GetKey()
 	if err := artifact.ValidateKey(kind, key); err != nil {
-		return toStatus(err)
+		return fault.Status(err)
 	}
 	var (
 		r    io.Reader
@@ -80,22 +73,22 @@ func (s *Server) GetArtifact(req *indexv1.GetArtifactRequest, stream indexv1.Ind
 		defer f.Close()
 		r, size, enc = f, f.Size, f.Encoding
 	case !errors.Is(err, fault.ErrNotFound):
-		return toStatus(err)
+		return fault.Status(err)
 	case kind == indexv1.ArtifactKind_ARTIFACT_KIND_LOG && s.logDir != "" && s.local != nil:
 		f, err := artifact.OpenLocalLog(s.logDir, key)
 		if err != nil {
-			return toStatus(err)
+			return fault.Status(err)
 		}
 		defer f.Close()
 		r, size, enc = f, f.Size, f.Encoding
 	case kind == indexv1.ArtifactKind_ARTIFACT_KIND_LISTING:
 		data, err := s.makeListing(ctx, key)
 		if err != nil {
-			return toStatus(err)
+			return fault.Status(err)
 		}
 		r, size, enc = bytes.NewReader(data), int64(len(data)), "none"
 	default:
-		return toStatus(err)
+		return fault.Status(err)
 	}
 	err = stream.Send(&indexv1.GetArtifactResponse{Msg: &indexv1.GetArtifactResponse_Header{Header: &indexv1.GetArtifactHeader{
 		Size: uint64(size), ContentEncoding: enc,
@@ -107,7 +100,7 @@ func (s *Server) GetArtifact(req *indexv1.GetArtifactRequest, stream indexv1.Ind
 		buf := make([]byte, min(left, grpcutil.ChunkSize))
 		n, err := io.ReadFull(r, buf)
 		if err != nil {
-			return toStatus(err)
+			return fault.Status(err)
 		}
 		left -= int64(n)
 		if err := stream.Send(&indexv1.GetArtifactResponse{Msg: &indexv1.GetArtifactResponse_Chunk{Chunk: buf}}); err != nil {

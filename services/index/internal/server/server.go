@@ -1,6 +1,6 @@
 // Package server is the gRPC face of the index: nixcache.index.v1.
 // IndexService over the catalogue, the NAR store and the publisher. It
-// validates requests and maps domain errors to status codes (errors.go).
+// validates requests and maps domain errors to status codes (fault.Status).
 package server
 
 import (
@@ -151,35 +151,27 @@ func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 	done, err := s.startUpload()
 	if err != nil {
 		s.log.WarnContext(ctx, "refused NAR upload", "err", err)
-		return toStatus(err)
+		return fault.Status(err)
 	}
 	defer done()
-	first, err := stream.Recv()
-	if err == io.EOF {
-		return toStatus(fault.Invalid("empty request: the first message must be a header"))
-	}
+	hdr, chunks, err := recvUpload(stream.Recv, releaseChunk)
 	if err != nil {
-		return toStatus(err)
-	}
-	hdr := first.GetHeader()
-	if hdr == nil {
-		return toStatus(fault.Invalid("the first message must be a header, not data"))
+		return fault.Status(err)
 	}
 	var want narstore.Expect
 	if h := hdr.GetExpectedFileHash(); h != "" {
 		if want.FileHash, err = nixhash.ParseAs(nixhash.SHA256, h); err != nil {
-			return toStatus(fault.Invalid("expected_file_hash: %v", err))
+			return fault.Status(fault.Invalid("expected_file_hash: %v", err))
 		}
 	}
 	want.Compression = hdr.GetExpectedCompression()
 
-	chunks := &chunkReader[*indexv1.PutNarRequest, *indexv1.PutNarHeader]{recv: stream.Recv, release: releaseChunk}
 	nf, err := s.nars.Ingest(ctx, chunks, want)
 	if err != nil {
 		if errors.Is(err, fault.ErrInvalid) {
 			s.log.WarnContext(ctx, "refused NAR upload", "err", err)
 		}
-		return toStatus(err)
+		return fault.Status(err)
 	}
 	fileHash, _ := nixhash.Parse(nf.GetFileHash())
 	stored, err := s.catalog.AddStoredNarFile(fileHash.NixBase32(), nf, func() error {
@@ -187,7 +179,7 @@ func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 		return err
 	})
 	if err != nil {
-		return toStatus(err)
+		return fault.Status(err)
 	}
 	s.log.InfoContext(ctx, "stored NAR file", "file_hash", stored.GetFileHash(), "file_size", stored.GetFileSize(),
 		"compression", stored.GetCompression(), "nar_hash", stored.GetNarHash(), "nar_size", stored.GetNarSize())
@@ -199,6 +191,25 @@ func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 type uploadMessage[H comparable] interface {
 	GetHeader() H
 	GetChunk() []byte
+}
+
+// recvUpload receives an upload's first message, which must be its
+// header, and returns the header and a reader of the data chunks that
+// follow; release, unless nil, takes back each chunk once it is read.
+func recvUpload[M uploadMessage[H], H comparable](recv func() (M, error), release func([]byte)) (H, *chunkReader[M, H], error) {
+	var none H
+	first, err := recv()
+	if err == io.EOF {
+		return none, nil, fault.Invalid("empty request: the first message must be a header")
+	}
+	if err != nil {
+		return none, nil, err
+	}
+	hdr := first.GetHeader()
+	if hdr == none {
+		return none, nil, fault.Invalid("the first message must be a header, not data")
+	}
+	return hdr, &chunkReader[M, H]{recv: recv, release: release}, nil
 }
 
 // chunkReader reads the data chunks that follow an upload's header.
@@ -284,12 +295,12 @@ func (s *Server) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*ind
 		return s.statHostCopy(req)
 	}
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, fault.Status(err)
 	}
 	resp := &indexv1.StatNarResponse{File: nf}
 	rel, local, err := s.nars.RelativePath(nf)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, fault.Status(err)
 	}
 	if local {
 		resp.RelativePath = rel
@@ -298,7 +309,7 @@ func (s *Server) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*ind
 		expires := time.Now().Add(s.presignExpiry)
 		url, ok, err := s.nars.Presign(ctx, nf, s.presignExpiry)
 		if err != nil {
-			return nil, toStatus(err)
+			return nil, fault.Status(err)
 		}
 		if ok {
 			resp.Url, resp.UrlExpires = url, timestamppb.New(expires)
@@ -313,14 +324,14 @@ func (s *Server) StatNar(ctx context.Context, req *indexv1.StatNarRequest) (*ind
 func (s *Server) statHostCopy(req *indexv1.StatNarRequest) (*indexv1.StatNarResponse, error) {
 	hn, err := s.hostCopy(req.GetFileHash())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, fault.Status(err)
 	}
 	if hn.Retired {
 		return &indexv1.StatNarResponse{File: hn.File}, nil
 	}
 	rel, err := s.copies.RelativePath(hn.File)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, fault.Status(err)
 	}
 	if req.GetDownload() || req.GetPresign() {
 		s.copies.Used(req.GetFileHash())
@@ -345,14 +356,14 @@ func (s *Server) RecordDownloads(ctx context.Context, req *indexv1.RecordDownloa
 	for i, d := range req.GetDownloads() {
 		switch {
 		case d.GetFileHash() != "" && d.GetStoreHash() != "":
-			return nil, toStatus(fault.Invalid("downloads[%d]: file_hash and store_hash are both set", i))
+			return nil, fault.Status(fault.Invalid("downloads[%d]: file_hash and store_hash are both set", i))
 		case d.GetStoreHash() != "":
 			if err := storepath.ValidateHashPart(d.GetStoreHash()); err != nil {
-				return nil, toStatus(fault.Invalid("downloads[%d].store_hash: %v", i, err))
+				return nil, fault.Status(fault.Invalid("downloads[%d].store_hash: %v", i, err))
 			}
 		default:
 			if _, err := nixhash.ParseAs(nixhash.SHA256, d.GetFileHash()); err != nil {
-				return nil, toStatus(fault.Invalid("downloads[%d].file_hash: %v", i, err))
+				return nil, fault.Status(fault.Invalid("downloads[%d].file_hash: %v", i, err))
 			}
 		}
 	}
@@ -390,7 +401,7 @@ func (s *Server) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexService_
 	ctx := stream.Context()
 	rg, err := s.openNar(ctx, req)
 	if err != nil {
-		return toStatus(err)
+		return fault.Status(err)
 	}
 	defer rg.Close()
 	err = stream.Send(&indexv1.GetNarResponse{Msg: &indexv1.GetNarResponse_Header{Header: &indexv1.GetNarHeader{
@@ -406,7 +417,7 @@ func (s *Server) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexService_
 		buf := (*bufp)[:min(left, grpcutil.ChunkSize)]
 		n, err := io.ReadFull(rg, buf)
 		if err != nil {
-			return toStatus(err)
+			return fault.Status(err)
 		}
 		left -= uint64(n)
 		if err := stream.Send(&indexv1.GetNarResponse{Msg: &indexv1.GetNarResponse_Chunk{Chunk: buf}}); err != nil {
@@ -533,7 +544,7 @@ func (s *Server) PutPathInfo(ctx context.Context, req *indexv1.PutPathInfoReques
 	info, err := s.publisher.Publish(ctx, req.GetInfo())
 	if err != nil {
 		s.log.WarnContext(ctx, "refused to publish", "store_path", req.GetInfo().GetStorePath(), "err", err)
-		return nil, toStatus(err)
+		return nil, fault.Status(err)
 	}
 	s.log.InfoContext(ctx, "published path", "store_path", info.GetStorePath(), "nar_hash", info.GetNarHash(),
 		"signatures", len(info.GetSignatures()))
@@ -543,7 +554,7 @@ func (s *Server) PutPathInfo(ctx context.Context, req *indexv1.PutPathInfoReques
 // GetPathInfo looks a published path up.
 func (s *Server) GetPathInfo(ctx context.Context, req *indexv1.GetPathInfoRequest) (*indexv1.GetPathInfoResponse, error) {
 	if err := storepath.ValidateHashPart(req.GetHashPart()); err != nil {
-		return nil, toStatus(fault.Invalid("hash_part: %v", err))
+		return nil, fault.Status(fault.Invalid("hash_part: %v", err))
 	}
 	info, err := s.catalog.PathInfo(req.GetHashPart())
 	if errors.Is(err, fault.ErrNotFound) && s.local != nil {
@@ -553,7 +564,7 @@ func (s *Server) GetPathInfo(ctx context.Context, req *indexv1.GetPathInfoReques
 		info, err = s.upstream.PathInfo(ctx, req.GetHashPart())
 	}
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, fault.Status(err)
 	}
 	return &indexv1.GetPathInfoResponse{Info: info}, nil
 }
@@ -562,20 +573,20 @@ func (s *Server) GetPathInfo(ctx context.Context, req *indexv1.GetPathInfoReques
 func (s *Server) CheckPaths(ctx context.Context, req *indexv1.CheckPathsRequest) (*indexv1.CheckPathsResponse, error) {
 	hashes := req.GetHashParts()
 	if len(hashes) > MaxCheckPaths {
-		return nil, toStatus(fault.Invalid("%d hash parts: at most %d per call", len(hashes), MaxCheckPaths))
+		return nil, fault.Status(fault.Invalid("%d hash parts: at most %d per call", len(hashes), MaxCheckPaths))
 	}
 	for i, h := range hashes {
 		if err := storepath.ValidateHashPart(h); err != nil {
-			return nil, toStatus(fault.Invalid("hash_parts[%d]: %v", i, err))
+			return nil, fault.Status(fault.Invalid("hash_parts[%d]: %v", i, err))
 		}
 	}
 	present, err := s.catalog.PresentPaths(hashes)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, fault.Status(err)
 	}
 	if s.local != nil {
 		if present, err = s.withLocal(ctx, hashes, present); err != nil {
-			return nil, toStatus(err)
+			return nil, fault.Status(err)
 		}
 	}
 	return &indexv1.CheckPathsResponse{Present: present}, nil

@@ -26,7 +26,7 @@ func (s *Server) WithTokens(t TokenChecker) *Server {
 func (s *Server) AuthenticateToken(_ context.Context, req *indexv1.AuthenticateTokenRequest) (*indexv1.AuthenticateTokenResponse, error) {
 	var digest catalog.TokenDigest
 	if len(req.GetSecretSha256()) != sha256.Size {
-		return nil, toStatus(fault.Invalid("secret_sha256: %d bytes, want %d", len(req.GetSecretSha256()), sha256.Size))
+		return nil, fault.Status(fault.Invalid("secret_sha256: %d bytes, want %d", len(req.GetSecretSha256()), sha256.Size))
 	}
 	if s.tokens == nil {
 		return &indexv1.AuthenticateTokenResponse{Reason: "the index has no tokens"}, nil
@@ -34,7 +34,7 @@ func (s *Server) AuthenticateToken(_ context.Context, req *indexv1.AuthenticateT
 	copy(digest[:], req.GetSecretSha256())
 	tok, reason, err := s.tokens.Check(digest)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, fault.Status(err)
 	}
 	if tok == nil {
 		return &indexv1.AuthenticateTokenResponse{Reason: reason}, nil

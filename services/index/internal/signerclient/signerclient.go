@@ -1,5 +1,8 @@
 // Package signerclient is the index's view of the signer service: sign
-// fingerprints, list public keys.
+// fingerprints, list and manage the keys. Paths is the one place that
+// turns store paths into the cache's signatures (fingerprint, timeout,
+// checks of the answer, error classes), and Merge the one rule of which
+// signatures a path keeps beside them.
 package signerclient
 
 import (

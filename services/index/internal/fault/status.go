@@ -1,4 +1,4 @@
-package server
+package fault
 
 import (
 	"context"
@@ -6,29 +6,28 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-
-	"github.com/nixcache/nixcache/services/index/internal/fault"
 )
 
-// codeOf is the one table from domain error classes to status codes.
+// codeOf is the one table from the classes to gRPC status codes, used by
+// every service of the index at its boundary.
 var codeOf = []struct {
 	class error
 	code  codes.Code
 }{
-	{fault.ErrInvalid, codes.InvalidArgument},
-	{fault.ErrNotFound, codes.NotFound},
-	{fault.ErrPrecondition, codes.FailedPrecondition},
-	{fault.ErrExists, codes.AlreadyExists},
-	{fault.ErrOutOfRange, codes.OutOfRange},
-	{fault.ErrUnavailable, codes.Unavailable},
+	{ErrInvalid, codes.InvalidArgument},
+	{ErrNotFound, codes.NotFound},
+	{ErrPrecondition, codes.FailedPrecondition},
+	{ErrExists, codes.AlreadyExists},
+	{ErrOutOfRange, codes.OutOfRange},
+	{ErrUnavailable, codes.Unavailable},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 }
 
-// toStatus turns an error into a gRPC status error. A status error from a
+// Status turns an error into a gRPC status error. A status error from a
 // stream (the client went away) keeps its code; anything unclassified is
 // Internal.
-func toStatus(err error) error {
+func Status(err error) error {
 	if err == nil {
 		return nil
 	}
