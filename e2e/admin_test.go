@@ -30,7 +30,7 @@ func grpcurlPath(t *testing.T) string {
 	return p
 }
 
-// grpcurl runs grpcurl against the index as the README shows it; token
+// grpcurl runs grpcurl against the index as docs/operate.md shows it; token
 // "" sends no authorization header, data "" no request body.
 func (c *cluster) grpcurl(token, data string, args ...string) (stdout, stderr string, err error) {
 	c.t.Helper()
@@ -75,8 +75,8 @@ func messages(t *testing.T, out string) []map[string]any {
 	return msgs
 }
 
-// TestAdminGRPCurl drives every admin call with the real grpcurl, as the
-// README shows them, and checks the scopes on gRPC and on the JSON API.
+// TestAdminGRPCurl drives every admin call with the real grpcurl, as
+// docs/operate.md shows them, and checks the scopes on gRPC and on the JSON API.
 func TestAdminGRPCurl(t *testing.T) {
 	c := newCluster(t)
 	top, closure := buildClosure(t)
@@ -340,7 +340,7 @@ type nixError struct {
 func (e *nixError) Error() string { return e.err.Error() + "\n" + e.stderr }
 
 // TestAdminJSONWithCurl drives the JSON admin API with the real curl, as
-// the README shows it: the token as a Bearer header, answers in JSON.
+// docs/operate.md shows it: the token as a Bearer header, answers in JSON.
 func TestAdminJSONWithCurl(t *testing.T) {
 	c := newCluster(t)
 	top, closure := buildClosure(t)

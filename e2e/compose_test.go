@@ -219,7 +219,7 @@ func newComposeProjectAt(t *testing.T, root, bin string) *composeProject {
 		"NIXCACHE_LOG_LEVEL=debug",
 	)
 
-	// The token file, made by the script the README tells users to run.
+	// The token file, made by the script docs/deploy.md tells users to run.
 	mkAuth := exec.Command(filepath.Join(root, "docker", "init-auth.sh"))
 	mkAuth.Env = p.env
 	if out, err := mkAuth.CombinedOutput(); err != nil {
@@ -333,7 +333,7 @@ func (p *composeProject) withFile(file string, env ...string) {
 
 // assertServesHostStore switches the host-store override on, with the
 // host's nix-daemon on its usual socket (started for the test when none
-// runs), as the README tells: a closure built on the host and never
+// runs), as docs/deploy.md tells: a closure built on the host and never
 // pushed is then substituted from the cache, trusting only its key, and
 // the gateway dumps the NARs itself (the index streams none); what was
 // pushed before is still served.
@@ -828,7 +828,7 @@ func (p *composeProject) assertAuditTrail(closure []string, want string) {
 }
 
 // withMutualTLS switches docker/mtls.yml on, with certificates made by
-// scripts/gen-certs.sh and given to the containers' user, as the README
+// scripts/gen-certs.sh and given to the containers' user, as docs/deploy.md
 // tells, and brings the project up again.
 func (p *composeProject) withMutualTLS() {
 	t := p.t

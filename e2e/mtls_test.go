@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/credentials"
 )
 
-// genCerts runs scripts/gen-certs.sh, as the README tells operators to,
+// genCerts runs scripts/gen-certs.sh, as docs/deploy.md tells operators to,
 // into a fresh directory and returns it.
 func genCerts(t *testing.T) string {
 	t.Helper()

@@ -51,7 +51,7 @@ pub=$(cat "$data/signer/secret.key.pub" 2>/dev/null || echo "<see the signer's l
 # The index checks the push scope of every write itself (the token file is
 # the gateway's), so a gateway taken over cannot publish without a token.
 bin/nixcache-index -listen "$index_sock" -signer-addr "$signer_sock" -data-dir "$data/index" -auth-file "$auth" & pids+=($!)
-# Co-located: the gateway sends the index's NAR files itself (README), and
+# Co-located: the gateway sends the index's NAR files itself (docs/configure.md, "Co-located gateway"), and
 # with NIXCACHE_LOCAL_STORE=true dumps the host store's NARs itself too.
 local_store=()
 if [ "${NIXCACHE_LOCAL_STORE:-false}" = true ]; then
