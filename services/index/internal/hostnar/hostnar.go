@@ -207,8 +207,9 @@ type StartReport struct {
 }
 
 // Open opens the copies in cfg.Dir: it empties tmp/, drops the records
-// whose file is missing or of another size, removes the files no record
-// names, and evicts down to the budget.
+// whose file is missing or of another size, retires the copies of
+// another compression than cfg's (and removes their files), removes the
+// files no record names, and evicts down to the budget.
 func Open(cfg Config, cat *catalog.Catalog) (*Store, StartReport, error) {
 	var rep StartReport
 	if cfg.Level == 0 {
@@ -274,7 +275,7 @@ func Open(cfg Config, cat *catalog.Catalog) (*Store, StartReport, error) {
 			return nil, rep, err
 		}
 		rep.Recompressed = len(retired)
-		// Their files are removed by the walk below: no entry names them.
+		s.removeFiles(retired)
 	}
 	err = filepath.WalkDir(cfg.Dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
