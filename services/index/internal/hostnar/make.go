@@ -222,9 +222,10 @@ func (s *Store) tryCopy(ctx context.Context, j job) (*indexv1.NarFile, string, e
 	return nf, "", nil
 }
 
-// compress writes the copy (zstd, or the plain NAR) of the NAR of the tree at root, which
-// must be info's, to a synced file in tmp/ and checks it (see the package
-// comment). It returns the file's name and record, or why it made none.
+// compress writes the copy (zstd, or the plain NAR) of the NAR of the
+// tree at root, which must be info's, to a synced file in tmp/ and checks
+// it (see the package comment). It returns the file's name and record, or
+// why it made none.
 func (s *Store) compress(ctx context.Context, root string, info *indexv1.PathInfo) (string, *indexv1.NarFile, string, error) {
 	wantNar, err := nixhash.ParseAs(nixhash.SHA256, info.GetNarHash())
 	if err != nil {
