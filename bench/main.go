@@ -43,7 +43,7 @@ func run(args []string) error {
 	lookups := fs.Int("lookups", 20000, "random lookups per catalogue size and per way")
 	profile := fs.Bool("profile", true, "profile the nixcache services with perf during extra passes")
 	keep := fs.Bool("keep", false, "keep the servers' data in -work")
-	only := fs.String("only", "", `run one part alone: "catalog" (the catalogue scale, no workload), "push" (the push rounds against nix copy --to file://, and with -profile a profiled push) or "serve" (narinfo and NAR passes of the co-located nixcache-none/zstd, nixcache-local and nixcache-local-zstd against nginx); results named <date>-<part>`)
+	only := fs.String("only", "", `run one part alone: "catalog" (the catalogue scale, no workload), "push" (the push rounds against nix copy --to file://, and with -profile a profiled push) or "serve" (narinfo and NAR passes of the co-located nixcache-none/zstd, nixcache-local, nixcache-local-zstd and nixcache-local-plain against nginx); results named <date>-<part>`)
 	render := fs.String("render", "", "only write the .md and .png again from this results .json (after a change to the report)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

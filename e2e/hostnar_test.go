@@ -57,6 +57,23 @@ func waitCompression(t *testing.T, c *cluster, storePath, want string, within ti
 	})
 }
 
+// waitCopyNamed polls the narinfo of storePath until it names a copy of
+// compression comp (a URL other than the nix-serve one, old), and fails
+// the test after within.
+func waitCopyNamed(t *testing.T, c *cluster, storePath, comp, old string, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for deadline := start.Add(within); ; time.Sleep(50 * time.Millisecond) {
+		got, url := servedNarinfoField(t, c, storePath, "Compression"), servedNarinfoField(t, c, storePath, "URL")
+		if got == comp && url != "" && c.URL+"/"+url != old {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("narinfo of %s: Compression %q, URL %q after %s, want a %s copy", storePath, got, url, within, comp)
+		}
+	}
+}
+
 // hostCopies lists the files under the index's nars/host/ (tmp/ apart),
 // by relative path, with their sizes.
 func hostCopies(t *testing.T, c *cluster) (map[string]int64, int64) {
@@ -98,7 +115,21 @@ func hostCopies(t *testing.T, c *cluster) (map[string]int64, int64) {
 // works. Deleted from the host, the paths are 404 within 5 s, their copies
 // gone from disk and from the cache.
 func TestHostNarCopies(t *testing.T) {
-	c := newCluster(t, withHostCopies(startNixDaemon(t)))
+	checkHostNarCopies(t, "zstd")
+}
+
+// TestHostNarPlainCopies is TestHostNarCopies with -host-nar-compression
+// none: the copies are the plain NARs (FileHash the NAR hash), named by
+// the narinfo under their file hash instead of the nix-serve URL.
+func TestHostNarPlainCopies(t *testing.T) {
+	checkHostNarCopies(t, "none")
+}
+
+// checkHostNarCopies runs TestHostNarCopies with copies of compression
+// comp.
+func checkHostNarCopies(t *testing.T, comp string) {
+	ext := map[string]string{"zstd": ".nar.zst", "none": ".nar"}[comp]
+	c := newCluster(t, withHostCopies(startNixDaemon(t), "-host-nar-compression", comp))
 	top, closure := buildClosure(t)
 	local := pathInfos(t, nixConfig(), "--recursive", top)
 	oldURL := map[string]string{}
@@ -115,8 +146,8 @@ func TestHostNarCopies(t *testing.T) {
 
 	substituteAndCheck(t, c, top, closure, local)
 	for _, p := range closure {
-		d := waitCompression(t, c, p, "zstd", 30*time.Second)
-		t.Logf("%s: narinfo names its zstd copy %s after the first download", filepath.Base(p), d.Round(time.Millisecond))
+		d := waitCopyNamed(t, c, p, comp, oldURL[p], 30*time.Second)
+		t.Logf("%s: narinfo names its %s copy %s after the first download", filepath.Base(p), comp, d.Round(time.Millisecond))
 	}
 	files, total := hostCopies(t, c)
 	if len(files) != len(closure) {
@@ -124,8 +155,15 @@ func TestHostNarCopies(t *testing.T) {
 	}
 	for _, p := range closure {
 		url := narURL(t, c, p)
-		if !strings.HasSuffix(url, ".nar.zst") {
-			t.Fatalf("narinfo of %s names %s, want a .nar.zst file", p, url)
+		fh, err := nixhash.Parse(servedNarinfoField(t, c, p, "FileHash"))
+		if err != nil {
+			t.Fatalf("narinfo of %s: FileHash: %v", p, err)
+		}
+		if want := c.URL + "/nar/" + fh.NixBase32() + ext; url != want {
+			t.Fatalf("narinfo of %s names %s, want %s", p, url, want)
+		}
+		if comp == "none" && servedNarinfoField(t, c, p, "FileHash") != servedNarinfoField(t, c, p, "NarHash") {
+			t.Errorf("narinfo of %s: plain copy's FileHash %s, NarHash %s", p, servedNarinfoField(t, c, p, "FileHash"), servedNarinfoField(t, c, p, "NarHash"))
 		}
 		r := httpDo(t, "GET", url, "", nil, nil)
 		if r.status != http.StatusOK {
@@ -133,14 +171,13 @@ func TestHostNarCopies(t *testing.T) {
 		}
 		sum := sha256.Sum256([]byte(r.body))
 		served := nixhash.Hash{Algo: nixhash.SHA256, Digest: sum[:]}
-		fh, err := nixhash.Parse(servedNarinfoField(t, c, p, "FileHash"))
-		if err != nil || !fh.Equal(served) {
-			t.Errorf("%s: FileHash %s, served bytes hash %s (%v)", p, servedNarinfoField(t, c, p, "FileHash"), served, err)
+		if !fh.Equal(served) {
+			t.Errorf("%s: FileHash %s, served bytes hash %s", p, fh, served)
 		}
 		if size := servedNarinfoField(t, c, p, "FileSize"); size != fmt.Sprint(len(r.body)) {
 			t.Errorf("%s: FileSize %s, %d bytes served", p, size, len(r.body))
 		}
-		rel := fh.NixBase32()[:2] + "/" + fh.NixBase32() + ".nar.zst"
+		rel := fh.NixBase32()[:2] + "/" + fh.NixBase32() + ext
 		if files[rel] != int64(len(r.body)) {
 			t.Errorf("%s: copy %s on disk is %d bytes, %d served", p, rel, files[rel], len(r.body))
 		}

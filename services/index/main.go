@@ -78,7 +78,8 @@ func serve(args []string, stderr io.Writer) error {
 	nixLogDir := fs.String("nix-log-dir", "/nix/var/log/nix/drvs", "the host's build-log directory, served as GET /log/<drv> (with -local-store; \"\" for none)")
 	nixDB := fs.String("nix-db", "/nix/var/nix/db/db.sqlite", "Nix's database, only stat'ed to notice new and deleted paths (with -local-store)")
 	localSyncInterval := fs.Duration("local-sync-interval", time.Second, "how often the host's store is checked for new and deleted paths (with -local-store)")
-	hostNarMaxSize := fs.Uint64("host-nar-max-size", 10<<30, "byte budget of the zstd copies of host paths' NARs, made after a path's first download and then served like pushed files (<data-dir>/nars/host; least recently used dropped first); 0 makes none (with -local-store)")
+	hostNarMaxSize := fs.Uint64("host-nar-max-size", 10<<30, "byte budget of the copies (-host-nar-compression) of host paths' NARs, made after a path's first download and then served like pushed files (<data-dir>/nars/host; least recently used dropped first); 0 makes none (with -local-store)")
+	hostNarCompression := fs.String("host-nar-compression", hostnar.DefaultCompression, "compression of the copies of host paths' NARs: zstd (smaller, for clients on a slow network) or none (plain NARs, sent as fast as a web server sends a file; they take the NAR's size of the budget) (with -local-store)")
 	hostNarLevel := fs.Int("host-nar-level", hostnar.DefaultLevel, "zstd level of the copies of host paths' NARs, 1 to 22 (with -local-store)")
 	hostNarAhead := fs.Bool("host-nar-ahead", false, "copy every host path as soon as it is catalogued, in the background at low priority while the budget has room, not only after its first download (with -local-store)")
 	gcMaxSize := fs.Uint64("gc-max-size", 0, "garbage collection keeps at most this many bytes of NAR files, least recently downloaded deleted first (0: no limit)")
@@ -125,14 +126,15 @@ func serve(args []string, stderr io.Writer) error {
 		AuthFile:       *authFile,
 		PrivateRead:    !*publicRead,
 
-		LocalStore:        *localStore,
-		NixDaemonSocket:   *daemonSocket,
-		NixDB:             *nixDB,
-		NixLogDir:         *nixLogDir,
-		LocalSyncInterval: *localSyncInterval,
-		HostNarMaxSize:    *hostNarMaxSize,
-		HostNarLevel:      *hostNarLevel,
-		HostNarAhead:      *hostNarAhead,
+		LocalStore:         *localStore,
+		NixDaemonSocket:    *daemonSocket,
+		NixDB:              *nixDB,
+		NixLogDir:          *nixLogDir,
+		LocalSyncInterval:  *localSyncInterval,
+		HostNarMaxSize:     *hostNarMaxSize,
+		HostNarCompression: *hostNarCompression,
+		HostNarLevel:       *hostNarLevel,
+		HostNarAhead:       *hostNarAhead,
 
 		GCMaxSize:  *gcMaxSize,
 		GCMaxAge:   *gcMaxAge,

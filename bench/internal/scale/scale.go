@@ -28,6 +28,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -169,6 +170,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	defer cc.Close()
 	idx := indexv1.NewIndexServiceClient(cc)
+	// The index checks push tokens itself: every call carries the one the
+	// deployment was started with.
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+nc.PushToken)
 
 	narData, err := tinyNar()
 	if err != nil {

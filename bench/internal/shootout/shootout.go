@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -78,8 +79,8 @@ type target struct {
 	nars   []load.Nar
 	big    []load.Nar
 	hashes []string
-	// warmed, when set, runs after the warm-up pass (nixcache-local-zstd:
-	// wait for the compressed copies, then take the narinfos naming them).
+	// warmed, when set, runs after the warm-up pass (nixcache-local-zstd,
+	// -plain: wait for the copies, then take the narinfos naming them).
 	warmed func(ctx context.Context, t *target) error
 	// warmup is how long the warm-up pass (every NAR, 16 connections)
 	// took: the first download of each path.
@@ -235,15 +236,18 @@ func (b *bench) run(ctx context.Context) error {
 		targets = append(targets, nixcacheTarget(nc))
 		b.res.Servers = append(b.res.Servers, report.Server{Name: "nixcache-local", Baseline: "nginx-none"})
 	}
-	if t, stop, note, err := b.startLocalZstd(ctx, func() []*target { return targets }); err != nil {
-		return err
-	} else if t == nil {
-		b.logf("nixcache-local-zstd: not available: %s", note)
-		b.res.Servers = append(b.res.Servers, report.Server{Name: "nixcache-local-zstd", Baseline: "nginx-zstd", Unavailable: note})
-	} else {
-		stops = append(stops, stop)
-		targets = append(targets, t)
-		b.res.Servers = append(b.res.Servers, report.Server{Name: "nixcache-local-zstd", Baseline: "nginx-zstd"})
+	for _, comp := range []string{"zstd", "none"} {
+		name := localCopiesName(comp)
+		if t, stop, note, err := b.startLocalCopies(ctx, comp, func() []*target { return targets }); err != nil {
+			return err
+		} else if t == nil {
+			b.logf("%s: not available: %s", name, note)
+			b.res.Servers = append(b.res.Servers, report.Server{Name: name, Baseline: "nginx-" + comp, Unavailable: note})
+		} else {
+			stops = append(stops, stop)
+			targets = append(targets, t)
+			b.res.Servers = append(b.res.Servers, report.Server{Name: name, Baseline: "nginx-" + comp})
+		}
 	}
 	roots := map[string]string{}
 	for _, comp := range []string{"none", "zstd"} {
@@ -408,7 +412,7 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	b.res.Notes = append(b.res.Notes,
 		"nixcache's services ran as deployed (JSON logs at info level; the gateway logs successful reads at debug, so not); nginx had its access log on.",
-		"nixcache-none and nixcache-zstd run co-located, their fastest documented deployment: the gateway reads the index's nars/ (-nar-dir) and sends stored files with sendfile. nixcache-*-stream is a second gateway on the same index without -nar-dir: every NAR streamed over gRPC, as with a remote index. nixcache-local's gateway has -nar-dir and -local-store-dir: it dumps the host's paths from /nix/store itself, large files with sendfile (its index keeps no compressed copies: -host-nar-max-size 0). nixcache-local-zstd is the same deployment with the index's zstd copies of the host's NARs (-host-nar-max-size): measured on the second and later downloads, once the first (the warm-up) has had every copy made; the gateway sends the copies from nars/host/ with sendfile.",
+		"nixcache-none and nixcache-zstd run co-located, their fastest documented deployment: the gateway reads the index's nars/ (-nar-dir) and sends stored files with sendfile. nixcache-*-stream is a second gateway on the same index without -nar-dir: every NAR streamed over gRPC, as with a remote index. nixcache-local's gateway has -nar-dir and -local-store-dir: it dumps the host's paths from /nix/store itself, large files with sendfile (its index keeps no compressed copies: -host-nar-max-size 0). nixcache-local-zstd is the same deployment with the index's zstd copies of the host's NARs (-host-nar-max-size): measured on the second and later downloads, once the first (the warm-up) has had every copy made; the gateway sends the copies from nars/host/ with sendfile. nixcache-local-plain is the same with plain NAR copies (-host-nar-compression none), against nginx-none, also on second and later downloads.",
 		"NAR downloads read bodies into a 256 KiB buffer and discard them; the same client code for every server.",
 		"The catalogue's bulk-loaded paths were written into catalog.db in the index's layout (bucket paths: hash part -> indexv1.PathInfo, signed with the cache's key) and read back through the restarted index before measuring.",
 		"RssFile of the catalogue index is bbolt's mmap of catalog.db: page cache, shared and reclaimable.")
@@ -760,25 +764,53 @@ func (b *bench) startLocal(ctx context.Context) (nc *servers.Nixcache, stop func
 	return nc, func() { nc.Stop(); d.Stop() }, "", nil
 }
 
-// startLocalZstd starts nixcache serving the host store with compressed
-// copies of its NARs (-host-nar-max-size), when the index has them. The
-// budget is the workload's NAR size: the copies must all fit for the
-// second downloads to be measured, and the budget is checked after the
-// rounds. The target's warm-up is the first download of every path; then
-// it waits until every narinfo names its copy; targets gives the others
-// (for nixcache-local's warm-up, compared in the notes).
-func (b *bench) startLocalZstd(ctx context.Context, targets func() []*target) (t *target, stop func(), note string, err error) {
+// localCopiesName is the name of the deployment serving the host store
+// with copies of compression comp: nixcache-local-zstd, and
+// nixcache-local-plain for the plain NARs (none).
+func localCopiesName(comp string) string {
+	if comp == "none" {
+		return "nixcache-local-plain"
+	}
+	return "nixcache-local-" + comp
+}
+
+// startLocalCopies starts nixcache serving the host store with copies of
+// its NARs of compression comp (-host-nar-max-size,
+// -host-nar-compression), when the index has them. The budget is the
+// workload's NAR size: the copies must all fit for the second downloads
+// to be measured, and the budget is checked after the rounds. The
+// target's warm-up is the first download of every path; then it waits
+// until every narinfo names its copy; targets gives the others (for
+// nixcache-local's warm-up, compared in the notes).
+func (b *bench) startLocalCopies(ctx context.Context, comp string, targets func() []*target) (t *target, stop func(), note string, err error) {
+	name := localCopiesName(comp)
 	help, _ := exec.CommandContext(ctx, filepath.Join(b.bin, "nixcache-index"), "-h").CombinedOutput()
 	if !strings.Contains(string(help), "-host-nar-max-size") {
 		return nil, nil, "this nixcache-index keeps no compressed copies of host NARs (-host-nar-max-size)", nil
 	}
-	d, err := servers.StartNixDaemon(ctx, filepath.Join(b.o.Work, "nix-daemon-zstd"), nil)
+	if comp != "zstd" && !strings.Contains(string(help), "-host-nar-compression") {
+		return nil, nil, "this nixcache-index keeps only zstd copies of host NARs (no -host-nar-compression)", nil
+	}
+	// The file name a copy's narinfo names: nar/<file hash><ext>, where
+	// the nix-serve URL of the uncompressed NAR is
+	// nar/<store hash>-<NAR hash>.nar.
+	ext, how := ".nar.zst", "zstd level 3"
+	if comp == "none" {
+		ext, how = ".nar", "plain NARs, -host-nar-compression none"
+	}
+	namesCopy := func(url string) bool {
+		return strings.HasSuffix(url, ext) && !strings.Contains(path.Base(url), "-")
+	}
+	d, err := servers.StartNixDaemon(ctx, filepath.Join(b.o.Work, "nix-daemon-"+comp), nil)
 	if err != nil {
 		return nil, nil, "", err
 	}
 	budget := max(b.res.Workload.NarBytes, 1<<20)
 	args := []string{"-local-store", "-nix-daemon-socket", d.Socket, "-host-nar-max-size", strconv.FormatUint(budget, 10)}
-	nc, err := b.startNixcache(ctx, "nixcache-local-zstd", args, func(o *servers.NixcacheOptions) {
+	if comp != "zstd" {
+		args = append(args, "-host-nar-compression", comp)
+	}
+	nc, err := b.startNixcache(ctx, name, args, func(o *servers.NixcacheOptions) {
 		o.CoLocated, o.LocalStoreDir = true, "/nix/store"
 	})
 	if err != nil {
@@ -797,7 +829,7 @@ func (b *bench) startLocalZstd(ctx context.Context, targets func() []*target) (t
 			}
 			done := 0
 			for _, n := range nars {
-				if strings.HasSuffix(n.URL, ".nar.zst") {
+				if namesCopy(n.URL) {
 					done++
 				}
 			}
@@ -806,7 +838,7 @@ func (b *bench) startLocalZstd(ctx context.Context, targets func() []*target) (t
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("nixcache-local-zstd: %d of %d narinfos name a compressed copy after %s", done, len(nars), time.Since(start).Round(time.Second))
+				return fmt.Errorf("%s: %d of %d narinfos name a copy after %s", name, done, len(nars), time.Since(start).Round(time.Second))
 			}
 			select {
 			case <-ctx.Done():
@@ -815,16 +847,16 @@ func (b *bench) startLocalZstd(ctx context.Context, targets func() []*target) (t
 			}
 		}
 		used := dirSize(copies)
-		b.logf("nixcache-local-zstd: every copy made %.1f s after the first downloads: %.0f MiB on disk, budget %.0f MiB",
-			time.Since(start).Seconds(), float64(used)/(1<<20), float64(budget)/(1<<20))
-		first := fmt.Sprintf("its first downloads (the warm-up, every NAR uncompressed on 16 connections, copies being made meanwhile) took %.3f s", t.warmup.Seconds())
+		b.logf("%s: every copy made %.1f s after the first downloads: %.0f MiB on disk, budget %.0f MiB",
+			name, time.Since(start).Seconds(), float64(used)/(1<<20), float64(budget)/(1<<20))
+		first := fmt.Sprintf("its first downloads (the warm-up, every NAR uncompressed on 16 connections, %s copies being made meanwhile) took %.3f s", comp, t.warmup.Seconds())
 		for _, o := range targets() {
 			if o.name == "nixcache-local" && o.warmup > 0 {
 				first += fmt.Sprintf(", nixcache-local's (no copies) %.3f s", o.warmup.Seconds())
 			}
 		}
-		b.res.Notes = append(b.res.Notes, fmt.Sprintf("nixcache-local-zstd: %s; the index had made every copy %.1f s after they ended (level 3, one worker at nice 19); they held %.1f MiB on disk against a budget of %.1f MiB (-host-nar-max-size).",
-			first, time.Since(start).Seconds(), float64(used)/(1<<20), float64(budget)/(1<<20)))
+		b.res.Notes = append(b.res.Notes, fmt.Sprintf("%s: %s; the index had made every copy %.1f s after they ended (%s, one worker at nice 19); they held %.1f MiB on disk against a budget of %.1f MiB (-host-nar-max-size).",
+			name, first, time.Since(start).Seconds(), how, float64(used)/(1<<20), float64(budget)/(1<<20)))
 		return nil
 	}
 	stop = func() {
@@ -833,8 +865,8 @@ func (b *bench) startLocalZstd(ctx context.Context, targets func() []*target) (t
 		if uint64(used) > budget {
 			held = "EXCEEDED"
 		}
-		b.res.Notes = append(b.res.Notes, fmt.Sprintf("nixcache-local-zstd: after the rounds the copies held %.1f MiB on disk: budget of %.1f MiB %s.",
-			float64(used)/(1<<20), float64(budget)/(1<<20), held))
+		b.res.Notes = append(b.res.Notes, fmt.Sprintf("%s: after the rounds the copies held %.1f MiB on disk: budget of %.1f MiB %s.",
+			name, float64(used)/(1<<20), float64(budget)/(1<<20), held))
 		nc.Stop()
 		d.Stop()
 	}

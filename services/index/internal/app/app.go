@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -85,6 +86,9 @@ type Options struct {
 	// HostNarMaxSize is the byte budget of the compressed copies of the
 	// host paths' NARs (package hostnar, LocalStore only); 0 makes none.
 	HostNarMaxSize uint64
+	// HostNarCompression is their compression, one of
+	// hostnar.Compressions ("": hostnar.DefaultCompression).
+	HostNarCompression string
 	// HostNarLevel is their zstd level, 1 to 22 (0: hostnar.DefaultLevel).
 	HostNarLevel int
 	// HostNarAhead copies every host path when it is catalogued, not only
@@ -204,6 +208,9 @@ func (o Options) Validate() error {
 		}
 		if o.HostNarLevel < 0 || o.HostNarLevel > 22 {
 			errs = append(errs, "-host-nar-level must be between 1 and 22")
+		}
+		if o.HostNarCompression != "" && !slices.Contains(hostnar.Compressions, o.HostNarCompression) {
+			errs = append(errs, fmt.Sprintf("-host-nar-compression %q: want one of %s", o.HostNarCompression, strings.Join(hostnar.Compressions, ", ")))
 		}
 	}
 	if o.GCMaxAge < 0 {
@@ -549,12 +556,13 @@ func openHostNars(o Options, cat *catalog.Catalog) (*hostnar.Store, error) {
 		return nil, nil
 	}
 	copies, rep, err := hostnar.Open(hostnar.Config{
-		Dir:      dir,
-		StoreDir: o.StoreDir,
-		Level:    o.HostNarLevel,
-		MaxBytes: o.HostNarMaxSize,
-		Ahead:    o.HostNarAhead,
-		Log:      o.Log.With("component", "hostnar"),
+		Dir:         dir,
+		StoreDir:    o.StoreDir,
+		Compression: o.HostNarCompression,
+		Level:       o.HostNarLevel,
+		MaxBytes:    o.HostNarMaxSize,
+		Ahead:       o.HostNarAhead,
+		Log:         o.Log.With("component", "hostnar"),
 	}, cat)
 	if err != nil {
 		return nil, err
@@ -565,8 +573,8 @@ func openHostNars(o Options, cat *catalog.Catalog) (*hostnar.Store, error) {
 	}
 	u := copies.Usage()
 	o.Log.Log(context.Background(), level, "compressed copies of host NARs checked", "dir", dir, "kept", rep.Kept, "bytes", u.Bytes,
-		"budget", o.HostNarMaxSize, "level", o.HostNarLevel, "ahead", o.HostNarAhead,
-		"dropped_records", rep.DroppedRecords, "removed_files", rep.RemovedFiles, "unfinished_removed", rep.Leftovers)
+		"budget", o.HostNarMaxSize, "compression", o.HostNarCompression, "level", o.HostNarLevel, "ahead", o.HostNarAhead,
+		"dropped_records", rep.DroppedRecords, "recompressed", rep.Recompressed, "removed_files", rep.RemovedFiles, "unfinished_removed", rep.Leftovers)
 	return copies, nil
 }
 

@@ -148,6 +148,9 @@ func TestRunRefusesBadOptions(t *testing.T) {
 		{"relative store dir", func(o *app.Options) { o.StoreDir = "nix/store" }, "-store-dir"},
 		{"no size limit", func(o *app.Options) { o.MaxNarSize = 0 }, "-max-nar-size"},
 		{"no sign timeout", func(o *app.Options) { o.SignTimeout = 0 }, "-sign-timeout"},
+		{"host NAR copies of another compression", func(o *app.Options) {
+			o.LocalStore, o.HostNarCompression = true, "xz"
+		}, `-host-nar-compression "xz"`},
 		{"upstream key without upstream", func(o *app.Options) {
 			o.UpstreamKeys = []string{"cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="}
 		}, "-upstream-key without -upstream"},

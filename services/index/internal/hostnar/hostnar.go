@@ -3,13 +3,19 @@
 // downloaded, is served the way a pushed one is: a file on disk, compressed
 // once, sent by a co-located gateway with sendfile.
 //
+// The copies are zstd files by default; with Config.Compression none
+// they are plain NARs (the file hash is the NAR hash), for clients on a
+// fast network: the gateway then sends one file with sendfile instead
+// of walking the path's tree for every download. Everything below holds
+// for both forms.
+//
 // # Who owns the copies: the index
 //
 // The index owns every NAR file of the cache and the catalogue that says
 // what is served, so it owns these too: they lie in the index's
 // <data-dir>/nars/host/ directory,
 //
-//	nars/host/<first 2 chars of the nix32 file hash>/<nix32 file hash>.nar.zst
+//	nars/host/<first 2 chars of the nix32 file hash>/<nix32 file hash>.nar.zst (or .nar)
 //
 // and are recorded in the catalogue beside the local path they were made
 // from (catalog's host-nars buckets). So
@@ -52,7 +58,8 @@
 // recorded. The work happens in nars/host/tmp/, emptied at every start; a
 // file in place that no record names (a crash between the rename and the
 // record) is removed at start, and so is a record whose file is missing
-// or of another size.
+// or of another size. Copies of another compression than the one
+// configured (the setting changed) are retired at start.
 //
 // # The byte budget
 //
@@ -80,6 +87,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -93,8 +101,13 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
 )
 
-// Compression is the only compression of the copies.
-const Compression = compression.Zstd
+// DefaultCompression is the copies' compression unless configured:
+// zstd, the smaller file for a client behind a slow network.
+const DefaultCompression = compression.Zstd
+
+// Compressions are the copies' compressions: zstd, or none (plain NARs,
+// sent as nginx sends a file, for clients on a fast network).
+var Compressions = []string{compression.Zstd, compression.None}
 
 // DefaultLevel is the zstd level of the copies: zstd's own default, about
 // as fast as xz -0 and close to xz's ratio on NARs.
@@ -114,6 +127,9 @@ type Config struct {
 	Dir string
 	// StoreDir is the host's store directory, where NARs are dumped from.
 	StoreDir string
+	// Compression is the copies' compression, one of Compressions (""
+	// is DefaultCompression).
+	Compression string
 	// Level is the zstd level, 1 to 22 (mapped to the encoder's levels).
 	Level int
 	// MaxBytes is the budget of the copies' total size.
@@ -185,14 +201,15 @@ type Usage struct {
 // StartReport is what Open found and repaired.
 type StartReport struct {
 	// Copies kept; records dropped for a missing or wrong-sized file;
-	// files removed that no record named; unfinished files removed from
-	// tmp/.
-	Kept, DroppedRecords, RemovedFiles, Leftovers int
+	// copies of another compression retired (the setting changed); files
+	// removed that no record named; unfinished files removed from tmp/.
+	Kept, DroppedRecords, Recompressed, RemovedFiles, Leftovers int
 }
 
 // Open opens the copies in cfg.Dir: it empties tmp/, drops the records
-// whose file is missing or of another size, removes the files no record
-// names, and evicts down to the budget.
+// whose file is missing or of another size, retires the copies of
+// another compression than cfg's (and removes their files), removes the
+// files no record names, and evicts down to the budget.
 func Open(cfg Config, cat *catalog.Catalog) (*Store, StartReport, error) {
 	var rep StartReport
 	if cfg.Level == 0 {
@@ -200,6 +217,12 @@ func Open(cfg Config, cat *catalog.Catalog) (*Store, StartReport, error) {
 	}
 	if cfg.Level < 1 || cfg.Level > 22 {
 		return nil, rep, fmt.Errorf("zstd level %d: want 1 to 22", cfg.Level)
+	}
+	if cfg.Compression == "" {
+		cfg.Compression = DefaultCompression
+	}
+	if !slices.Contains(Compressions, cfg.Compression) {
+		return nil, rep, fmt.Errorf("host NAR copies: compression %q: want one of %s", cfg.Compression, strings.Join(Compressions, ", "))
 	}
 	s := &Store{cfg: cfg, cat: cat, level: zstd.EncoderLevelFromZstd(cfg.Level),
 		entries: map[string]*entry{}, byFile: map[string]*entry{}, queued: map[string]bool{},
@@ -218,11 +241,18 @@ func Open(cfg Config, cat *catalog.Catalog) (*Store, StartReport, error) {
 	if err != nil {
 		return nil, rep, err
 	}
-	var bad []string
+	var bad, other []string
 	for _, r := range recs {
 		key, err := keyOf(r.File)
 		if err != nil {
 			bad = append(bad, r.HashPart)
+			continue
+		}
+		if r.File.GetCompression() != cfg.Compression {
+			// Made before a change of -host-nar-compression: retired, so
+			// that the path gets a copy of the one now asked for, while a
+			// client holding a narinfo naming it still gets it.
+			other = append(other, r.HashPart)
 			continue
 		}
 		st, err := os.Stat(filepath.Join(cfg.Dir, filepath.FromSlash(key)))
@@ -238,6 +268,14 @@ func Open(cfg Config, cat *catalog.Catalog) (*Store, StartReport, error) {
 			return nil, rep, err
 		}
 		rep.DroppedRecords = len(dropped)
+	}
+	if len(other) > 0 {
+		retired, err := cat.DropHostNars(other, true)
+		if err != nil {
+			return nil, rep, err
+		}
+		rep.Recompressed = len(retired)
+		s.removeFiles(retired)
 	}
 	err = filepath.WalkDir(cfg.Dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {

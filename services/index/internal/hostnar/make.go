@@ -15,6 +15,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/nardump"
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
@@ -221,9 +222,10 @@ func (s *Store) tryCopy(ctx context.Context, j job) (*indexv1.NarFile, string, e
 	return nf, "", nil
 }
 
-// compress writes the zstd copy of the NAR of the tree at root, which
-// must be info's, to a synced file in tmp/ and checks it (see the package
-// comment). It returns the file's name and record, or why it made none.
+// compress writes the copy (zstd, or the plain NAR) of the NAR of the
+// tree at root, which must be info's, to a synced file in tmp/ and checks
+// it (see the package comment). It returns the file's name and record, or
+// why it made none.
 func (s *Store) compress(ctx context.Context, root string, info *indexv1.PathInfo) (string, *indexv1.NarFile, string, error) {
 	wantNar, err := nixhash.ParseAs(nixhash.SHA256, info.GetNarHash())
 	if err != nil {
@@ -237,7 +239,11 @@ func (s *Store) compress(ctx context.Context, root string, info *indexv1.PathInf
 		return "", nil, "", err
 	}
 	defer nr.Close()
-	f, err := os.CreateTemp(s.tmpDir(), "*.nar.zst")
+	ext, err := compression.Extension(s.cfg.Compression)
+	if err != nil {
+		return "", nil, "", err
+	}
+	f, err := os.CreateTemp(s.tmpDir(), "*.nar"+ext)
 	if err != nil {
 		return "", nil, "", fmt.Errorf("create host NAR copy: %w", err)
 	}
@@ -258,13 +264,17 @@ func (s *Store) compress(ctx context.Context, root string, info *indexv1.PathInf
 	// as it grows past it.
 	fileCount := &counter{limit: s.cfg.MaxBytes}
 	bw := bufio.NewWriterSize(io.MultiWriter(fileCount, f, fileHash), ioBufSize)
-	ws.enc.Reset(bw)
-	defer ws.enc.Reset(io.Discard) // drop bw
+	var dst io.Writer = bw // compression none: the NAR as it is
+	if ws.enc != nil {
+		ws.enc.Reset(bw)
+		defer ws.enc.Reset(io.Discard) // drop bw
+		dst = ws.enc
+	}
 	narHash := sha256.New()
 	narCount := &counter{}
 	src := io.TeeReader(ctxReader{ctx, nr}, io.MultiWriter(narHash, narCount))
-	_, err = io.CopyBuffer(ws.enc, src, ws.buf)
-	if err == nil {
+	_, err = io.CopyBuffer(dst, src, ws.buf)
+	if err == nil && ws.enc != nil {
 		err = ws.enc.Close()
 	}
 	if err == nil {
@@ -289,7 +299,7 @@ func (s *Store) compress(ctx context.Context, root string, info *indexv1.PathInf
 	nf := &indexv1.NarFile{
 		FileHash:    written.String(),
 		FileSize:    fileCount.n,
-		Compression: Compression,
+		Compression: s.cfg.Compression,
 		NarHash:     info.GetNarHash(),
 		NarSize:     info.GetNarSize(),
 	}
@@ -304,6 +314,7 @@ func (s *Store) compress(ctx context.Context, root string, info *indexv1.PathInf
 // an encoder's and a decoder's tables and windows are large next to a
 // small NAR, and the index's memory stays flat.
 type workspace struct {
+	// enc and dec are nil for plain copies (compression none).
 	enc *zstd.Encoder
 	dec *zstd.Decoder
 	buf []byte
@@ -312,6 +323,10 @@ type workspace struct {
 // workspace returns the worker's workspace, making it on first use.
 func (s *Store) workspace() (*workspace, error) {
 	if s.ws != nil {
+		return s.ws, nil
+	}
+	if s.cfg.Compression == compression.None {
+		s.ws = &workspace{buf: make([]byte, ioBufSize)}
 		return s.ws, nil
 	}
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(s.level), zstd.WithEncoderConcurrency(1))
@@ -329,7 +344,8 @@ func (s *Store) workspace() (*workspace, error) {
 }
 
 // check reads the copy f back: its hash and size must be nf's, and its
-// content, decompressed, must be the NAR of hash wantNar and nf's NAR size.
+// content, decompressed (as it is, for a plain copy), must be the NAR of
+// hash wantNar and nf's NAR size.
 func (ws *workspace) check(ctx context.Context, f *os.File, nf *indexv1.NarFile, wantNar nixhash.Hash) error {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("read back: %w", err)
@@ -337,12 +353,16 @@ func (ws *workspace) check(ctx context.Context, f *os.File, nf *indexv1.NarFile,
 	fileHash := sha256.New()
 	fileCount := &counter{}
 	raw := io.TeeReader(ctxReader{ctx, bufio.NewReaderSize(f, ioBufSize)}, io.MultiWriter(fileHash, fileCount))
-	if err := ws.dec.Reset(raw); err != nil {
-		return fmt.Errorf("read back: %w", err)
+	content := raw
+	if ws.dec != nil {
+		if err := ws.dec.Reset(raw); err != nil {
+			return fmt.Errorf("read back: %w", err)
+		}
+		defer ws.dec.Reset(nil) //nolint:errcheck // drop raw; Reset(nil) of an open decoder returns nil
+		content = ws.dec
 	}
-	defer ws.dec.Reset(nil) //nolint:errcheck // drop raw; Reset(nil) of an open decoder returns nil
 	narHash := sha256.New()
-	n, err := io.CopyBuffer(narHash, ws.dec, ws.buf)
+	n, err := io.CopyBuffer(narHash, content, ws.buf)
 	if err != nil {
 		return fmt.Errorf("read back: decompress: %w", err)
 	}

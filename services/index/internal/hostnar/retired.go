@@ -11,6 +11,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/nardump"
 	"github.com/nixcache/nixcache/nix/nixhash"
 	"github.com/nixcache/nixcache/nix/storepath"
@@ -30,7 +31,8 @@ var errRemade = errors.New("the copy made again differs from the one evicted (wa
 // NAR, so it is the file the narinfo names; the bytes are hashed on the
 // way and the stream fails before its last byte if they are not (another
 // level, another encoder version), so a client never gets a wrong file
-// whole. A path that is gone or changed is fault.ErrNotFound.
+// whole. A plain copy (compression none) is the NAR itself, always the
+// same bytes. A path that is gone or changed is fault.ErrNotFound.
 func (s *Store) OpenRetired(ctx context.Context, hn catalog.HostNar, offset, length uint64) (*narstore.Range, error) {
 	nf := hn.File
 	total := nf.GetFileSize()
@@ -72,15 +74,12 @@ func (s *Store) OpenRetired(ctx context.Context, hn catalog.HostNar, offset, len
 		defer nr.Close()
 		h := sha256.New()
 		count := &counter{}
-		enc, err := s.retiredEncoder()
-		if err == nil {
-			enc.Reset(io.MultiWriter(pw, h, count))
-			_, err = io.Copy(enc, ctxReader{ctx, nr})
-			if cerr := enc.Close(); err == nil {
-				err = cerr
-			}
-			enc.Reset(io.Discard) // drop pw
-			s.retiredEncoders.Put(enc)
+		dst := io.MultiWriter(pw, h, count)
+		var err error
+		if nf.GetCompression() == compression.None {
+			_, err = io.Copy(dst, ctxReader{ctx, nr})
+		} else {
+			err = s.remakeZstd(ctx, dst, nr)
 		}
 		if err == nil && (count.n != total || !sameDigest(h, want)) {
 			err = errRemade
@@ -95,6 +94,23 @@ func (s *Store) OpenRetired(ctx context.Context, hn catalog.HostNar, offset, len
 		}
 	}
 	return narstore.NewRange(ctx, pr, pr, total, n, nf.GetCompression(), offset+n == total), nil
+}
+
+// remakeZstd writes the zstd copy of the NAR nr to dst, as the worker
+// made it.
+func (s *Store) remakeZstd(ctx context.Context, dst io.Writer, nr io.Reader) error {
+	enc, err := s.retiredEncoder()
+	if err != nil {
+		return err
+	}
+	enc.Reset(dst)
+	_, err = io.Copy(enc, ctxReader{ctx, nr})
+	if cerr := enc.Close(); err == nil {
+		err = cerr
+	}
+	enc.Reset(io.Discard) // drop dst
+	s.retiredEncoders.Put(enc)
+	return err
 }
 
 // retiredEncoder returns an encoder of the copies' level from the pool of
