@@ -135,6 +135,15 @@ func IsRefusal(err error) bool {
 		e.Status != http.StatusTooManyRequests && e.Status != http.StatusRequestTimeout
 }
 
+// MayRefuseSome reports whether err may be the cache refusing only some of
+// the paths pushed: a refusal (IsRefusal), or a 403, which a token limited
+// to some store-path names (a push pattern) gets for the others. Pushing
+// the paths one by one then lets the others through.
+func MayRefuseSome(err error) bool {
+	var e *Error
+	return IsRefusal(err) || errors.As(err, &e) && e.Status == http.StatusForbidden
+}
+
 // Body makes a request body, afresh for each attempt.
 type Body func() (io.ReadCloser, error)
 

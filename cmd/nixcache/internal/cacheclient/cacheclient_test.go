@@ -163,3 +163,14 @@ func TestIsRefusal(t *testing.T) {
 		t.Error("a connection failure is a refusal")
 	}
 }
+
+// TestMayRefuseSome: a 403 (a token limited to some names) sends the
+// queue's paths one by one, as a refusal does; a 401 does not.
+func TestMayRefuseSome(t *testing.T) {
+	for status, want := range map[int]bool{400: true, 403: true, 401: false, 429: false, 503: false} {
+		err := fmt.Errorf("push: %w", &Error{Method: "PUT", Path: "/x.narinfo", Status: status})
+		if got := MayRefuseSome(err); got != want {
+			t.Errorf("MayRefuseSome(%d) = %v, want %v", status, got, want)
+		}
+	}
+}

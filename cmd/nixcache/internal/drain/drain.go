@@ -97,10 +97,11 @@ func Once(ctx context.Context, cfg Config) (int, error) {
 		roots = valid
 	}
 	res, err := cfg.Pusher.Push(ctx, roots)
-	if err != nil && cacheclient.IsRefusal(err) && len(roots) > 1 && ctx.Err() == nil {
-		// The cache refuses some path: push the roots one by one, so that
-		// one the cache will never take does not hold the others up. What
-		// the batch uploaded is not uploaded again.
+	if err != nil && cacheclient.MayRefuseSome(err) && len(roots) > 1 && ctx.Err() == nil {
+		// The cache refuses some path (or the token may push only some
+		// names): push the roots one by one, so that one the cache will
+		// never take does not hold the others up. What the batch uploaded
+		// is not uploaded again.
 		return oneByOne(ctx, cfg, entries, roots, err)
 	}
 	if err != nil {

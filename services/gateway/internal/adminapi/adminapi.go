@@ -210,6 +210,10 @@ func (h *Handler) authorizeChange(r *http.Request) error {
 		return &runtime.HTTPStatusError{HTTPStatus: http.StatusUnauthorized, Err: status.Error(codes.Unauthenticated, err.Error())}
 	case errors.Is(err, auth.ErrForbidden):
 		return &runtime.HTTPStatusError{HTTPStatus: http.StatusForbidden, Err: status.Error(codes.PermissionDenied, err.Error())}
+	case errors.Is(err, auth.ErrUnavailable):
+		// The token could not be checked (the index is down): never a
+		// 500, and never accepted.
+		return status.Error(codes.Unavailable, err.Error())
 	}
 	return err
 }

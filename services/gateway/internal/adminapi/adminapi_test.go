@@ -578,6 +578,7 @@ func TestChangeCheckedBeforeBody(t *testing.T) {
 		{"push token", auth.Policy{Tokens: tokens}, []string{"Authorization", "Bearer s3cret-push"}, big, 403, false},
 		{"admin token, body too large", auth.Policy{Tokens: tokens}, []string{"Authorization", "Bearer s3cret-admin"}, big, 413, false},
 		{"admin token", auth.Policy{Tokens: tokens}, []string{"Authorization", "Bearer s3cret-admin"}, `{"dry_run": true}`, 0, true},
+		{"token that cannot be checked (index down)", auth.Policy{Tokens: downTokens{}}, []string{"Authorization", "Bearer s3cret-admin"}, `{"dry_run": true}`, 503, false},
 		{"token for the index to judge", auth.Policy{}, []string{"Authorization", "Bearer any"}, `{"dry_run": true}`, 0, true},
 	}
 	for _, tt := range tests {
@@ -598,6 +599,13 @@ func TestChangeCheckedBeforeBody(t *testing.T) {
 			}
 		})
 	}
+}
+
+// downTokens checks no token: the index they are asked of is down.
+type downTokens struct{}
+
+func (downTokens) Authenticate(context.Context, string) (auth.Identity, error) {
+	return auth.Identity{}, auth.Unavailable("the index does not answer")
 }
 
 // TestSlowBody: a body that stops arriving is answered 408 after the

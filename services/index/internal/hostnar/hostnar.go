@@ -165,6 +165,9 @@ type Store struct {
 	// retiredEncoders hold the encoders of retired copies made again
 	// (retired.go).
 	retiredEncoders sync.Pool
+	// remaking holds a slot for each retired copy being made again: each
+	// costs a whole compression, so only MaxRemakes run at once.
+	remaking chan struct{}
 
 	stats Stats
 }
@@ -224,7 +227,7 @@ func Open(cfg Config, cat *catalog.Catalog) (*Store, StartReport, error) {
 	if !slices.Contains(Compressions, cfg.Compression) {
 		return nil, rep, fmt.Errorf("host NAR copies: compression %q: want one of %s", cfg.Compression, strings.Join(Compressions, ", "))
 	}
-	s := &Store{cfg: cfg, cat: cat, level: zstd.EncoderLevelFromZstd(cfg.Level),
+	s := &Store{cfg: cfg, cat: cat, level: zstd.EncoderLevelFromZstd(cfg.Level), remaking: make(chan struct{}, MaxRemakes),
 		entries: map[string]*entry{}, byFile: map[string]*entry{}, queued: map[string]bool{},
 		wake: make(chan struct{}, 1)}
 	tmp := s.tmpDir()

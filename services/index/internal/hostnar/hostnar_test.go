@@ -23,6 +23,7 @@ import (
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/catalog"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
+	"github.com/nixcache/nixcache/services/index/internal/narstore"
 )
 
 // env is a catalogue, a store directory and the copies' directory.
@@ -496,6 +497,29 @@ func TestRetiredCopyMadeAgain(t *testing.T) {
 		if err == nil {
 			t.Errorf("bytes not of the recorded file hash were served whole (%d bytes)", len(got))
 		}
+	}
+	// Only MaxRemakes are made again at once: the next is Unavailable
+	// until one of them ends.
+	var open []*narstore.Range
+	for range MaxRemakes {
+		rg, err := s.OpenRetired(context.Background(), hn, 0, 0)
+		if err != nil {
+			t.Fatalf("retired copy, within the bound: %v", err)
+		}
+		open = append(open, rg)
+	}
+	if rg, err := s.OpenRetired(context.Background(), hn, 0, 0); !errors.Is(err, fault.ErrUnavailable) {
+		if err == nil {
+			rg.Close()
+		}
+		t.Errorf("retired copy past %d made again at once: %v, want ErrUnavailable", MaxRemakes, err)
+	}
+	open[0].Close()
+	if got, err := read(s, 0, 0); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("retired copy once a slot is free: %d bytes, %v", len(got), err)
+	}
+	for _, rg := range open[1:] {
+		rg.Close()
 	}
 	// The path changed: no longer the copy's NAR.
 	info, _, _ := e.cat.LocalPathInfo(a)

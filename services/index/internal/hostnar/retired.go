@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"path/filepath"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -19,6 +20,12 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/fault"
 	"github.com/nixcache/nixcache/services/index/internal/narstore"
 )
+
+// MaxRemakes bounds the retired copies made again at once: a request for
+// one costs the compression of its whole NAR (anonymously, for whoever
+// kept the old narinfo), so past it the answer is Unavailable (503 with
+// Retry-After at the gateway).
+const MaxRemakes = 2
 
 // errRemade is why a retired copy cannot be served again: the bytes made
 // again are not the ones recorded.
@@ -62,14 +69,24 @@ func (s *Store) OpenRetired(ctx context.Context, hn catalog.HostNar, offset, len
 	if err != nil {
 		return nil, fmt.Errorf("retired copy: %w", err)
 	}
-	nr, err := nardump.Open(filepath.Join(s.cfg.StoreDir, sp.Base()), 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, gone
+	select {
+	case s.remaking <- struct{}{}:
+	default:
+		return nil, fault.Unavailable("%d evicted host NAR copies are being made again already: retry later, or fetch the path's narinfo again (it names the uncompressed NAR now)", cap(s.remaking))
 	}
+	nr, err := nardump.Open(filepath.Join(s.cfg.StoreDir, sp.Base()), 0)
 	if err != nil {
+		<-s.remaking
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, gone
+		}
 		return nil, fmt.Errorf("retired copy: %w", err)
 	}
 	pr, pw := io.Pipe()
+	// The slot is given back when the range is closed (the stream ended or
+	// its client left): the goroutine stops at its next write then.
+	release := sync.OnceFunc(func() { <-s.remaking })
+	closer := closerFunc(func() error { release(); return pr.Close() })
 	go func() {
 		defer nr.Close()
 		h := sha256.New()
@@ -89,12 +106,17 @@ func (s *Store) OpenRetired(ctx context.Context, hn catalog.HostNar, offset, len
 	}()
 	if offset > 0 {
 		if _, err := io.CopyN(io.Discard, pr, int64(offset)); err != nil {
-			pr.Close()
+			closer.Close()
 			return nil, fmt.Errorf("retired copy: skip to offset %d: %w", offset, err)
 		}
 	}
-	return narstore.NewRange(ctx, pr, pr, total, n, nf.GetCompression(), offset+n == total), nil
+	return narstore.NewRange(ctx, pr, closer, total, n, nf.GetCompression(), offset+n == total), nil
 }
+
+// closerFunc is a func as an io.Closer.
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 // remakeZstd writes the zstd copy of the NAR nr to dst, as the worker
 // made it.

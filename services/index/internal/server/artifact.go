@@ -5,7 +5,13 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/nixcache/nixcache/nix/storepath"
+	"github.com/nixcache/nixcache/platform/auth"
 	"github.com/nixcache/nixcache/platform/grpcutil"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/artifact"
@@ -39,6 +45,10 @@ func (s *Server) PutArtifact(stream indexv1.IndexService_PutArtifactServer) erro
 	if err := artifact.ValidateKey(hdr.GetKind(), hdr.GetKey()); err != nil {
 		return fault.Status(err)
 	}
+	if err := mayWriteArtifact(ctx, hdr.GetKind(), hdr.GetKey()); err != nil {
+		s.log.WarnContext(ctx, "refused artifact", "kind", hdr.GetKind().String(), "err", err)
+		return err
+	}
 	n, err := s.artifacts.Put(hdr.GetKind(), hdr.GetKey(), hdr.GetContentEncoding(), chunks)
 	if err != nil {
 		if errors.Is(err, fault.ErrInvalid) {
@@ -49,6 +59,29 @@ func (s *Server) PutArtifact(stream indexv1.IndexService_PutArtifactServer) erro
 	s.log.InfoContext(ctx, "stored artifact", "kind", hdr.GetKind().String(), "key", hdr.GetKey(),
 		"content_encoding", hdr.GetContentEncoding(), "size", n)
 	return stream.SendAndClose(&indexv1.PutArtifactResponse{Size: uint64(n)})
+}
+
+// mayWriteArtifact holds a token limited to some store-path names (its
+// push pattern) to them for artifacts too: a build log only of a
+// derivation of such a name; realisations and debug-info links, which
+// point at store paths of any name, not at all. Listings are let through:
+// Nix uploads one before the narinfo that names its path, and no
+// substitution reads them.
+func mayWriteArtifact(ctx context.Context, kind indexv1.ArtifactKind, key string) error {
+	id, ok := auth.IdentityFrom(ctx)
+	if !ok || id.PushPattern == "" {
+		return nil
+	}
+	switch kind {
+	case indexv1.ArtifactKind_ARTIFACT_KIND_LOG:
+		if p, err := storepath.ParseBase(key); err == nil && id.MayPublish(strings.TrimSuffix(p.Name, ".drv")) {
+			return nil
+		}
+	case indexv1.ArtifactKind_ARTIFACT_KIND_LISTING:
+		return nil
+	}
+	return status.Errorf(codes.PermissionDenied, "token %q may only push store paths named %q: not the %s %s",
+		id.Name, id.PushPattern, strings.ToLower(strings.TrimPrefix(kind.String(), "ARTIFACT_KIND_")), key)
 }
 
 // GetArtifact streams one side file: stored, or a host build log, or a

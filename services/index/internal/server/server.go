@@ -415,7 +415,7 @@ func (s *Server) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexService_
 	defer chunkPool.Put(bufp)
 	for left := rg.Length; left > 0; {
 		buf := (*bufp)[:min(left, grpcutil.ChunkSize)]
-		n, err := io.ReadFull(rg, buf)
+		n, err := readChunk(rg, buf)
 		if err != nil {
 			return fault.Status(err)
 		}
@@ -425,6 +425,29 @@ func (s *Server) GetNar(req *indexv1.GetNarRequest, stream indexv1.IndexService_
 		}
 	}
 	return nil
+}
+
+// readChunk fills buf from r as io.ReadFull does, but also returns the
+// error r reports together with the bytes that fill buf, which
+// io.ReadFull drops: a Range reports its end check (a NAR longer than its
+// record, a copy made again that does not hash right) on the read that
+// returns its last bytes, and those bytes must then not be sent: the
+// client never gets an unverified file whole.
+func readChunk(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		switch {
+		case err == io.EOF && n == len(buf):
+			return n, nil
+		case err == io.EOF:
+			return n, io.ErrUnexpectedEOF
+		case err != nil:
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // chunkPool holds the buffers GetNar reads chunks into, so that a NAR
