@@ -281,14 +281,17 @@ func TestBoundsConcurrentUploads(t *testing.T) {
 	if _, err := held.conn.Write(nar[:100]); err != nil {
 		t.Fatal(err)
 	}
-	// Until the index has taken the held upload, another one goes through
-	// (to be refused as no NAR); then it is 503.
+	// Once the index has taken the held upload (it is in flight there),
+	// another is refused with 503. Sending others before that could take
+	// the slot from under the held upload, which would then be the one
+	// refused.
+	const uploading = `grpc_server_in_flight{grpc_method="PutNar",grpc_service="nixcache.index.v1.IndexService",grpc_type="client_stream"}`
+	waitMetric(t, "http://"+c.indexMetrics, uploading, 1, 20*time.Second)
 	other := []byte("not a NAR at all")
-	var last response
-	waitFor(t, 20*time.Second, "an upload refused with 503", func() bool {
-		last = httpDo(t, "PUT", c.URL+"/nar/"+sha256Nix32(other)+".nar", c.pushToken, bytes.NewReader(other), nil)
-		return last.status == http.StatusServiceUnavailable
-	})
+	last := httpDo(t, "PUT", c.URL+"/nar/"+sha256Nix32(other)+".nar", c.pushToken, bytes.NewReader(other), nil)
+	if last.status != http.StatusServiceUnavailable {
+		t.Fatalf("an upload while the held one is in flight: %d %q, want 503", last.status, last.body)
+	}
 	if last.header.Get("Retry-After") == "" || !strings.Contains(last.body, "max-concurrent-uploads") {
 		t.Errorf("503 %q with headers %v: want Retry-After and a message naming -max-concurrent-uploads", last.body, last.header)
 	}
