@@ -21,6 +21,7 @@ import (
 	"github.com/nixcache/nixcache/nix/storepath"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
+	"github.com/nixcache/nixcache/services/index/internal/narstore"
 )
 
 // ioBufSize is the buffer of the copy's reads and writes.
@@ -202,7 +203,7 @@ func (s *Store) tryCopy(ctx context.Context, j job) (*indexv1.NarFile, string, e
 		undo()
 		return nil, "", fmt.Errorf("place host NAR copy: %w", err)
 	}
-	if err := syncDir(filepath.Dir(final)); err != nil {
+	if err := narstore.SyncDir(filepath.Dir(final)); err != nil {
 		undo()
 		os.Remove(final)
 		return nil, "", err
@@ -272,7 +273,7 @@ func (s *Store) compress(ctx context.Context, root string, info *indexv1.PathInf
 	}
 	narHash := sha256.New()
 	narCount := &counter{}
-	src := io.TeeReader(ctxReader{ctx, nr}, io.MultiWriter(narHash, narCount))
+	src := io.TeeReader(narstore.ContextReader(ctx, nr), io.MultiWriter(narHash, narCount))
 	_, err = io.CopyBuffer(dst, src, ws.buf)
 	if err == nil && ws.enc != nil {
 		err = ws.enc.Close()
@@ -352,7 +353,7 @@ func (ws *workspace) check(ctx context.Context, f *os.File, nf *indexv1.NarFile,
 	}
 	fileHash := sha256.New()
 	fileCount := &counter{}
-	raw := io.TeeReader(ctxReader{ctx, bufio.NewReaderSize(f, ioBufSize)}, io.MultiWriter(fileHash, fileCount))
+	raw := io.TeeReader(narstore.ContextReader(ctx, bufio.NewReaderSize(f, ioBufSize)), io.MultiWriter(fileHash, fileCount))
 	content := raw
 	if ws.dec != nil {
 		if err := ws.dec.Reset(raw); err != nil {
@@ -400,30 +401,4 @@ func (c *counter) Write(p []byte) (int, error) {
 		return 0, errTooLarge
 	}
 	return len(p), nil
-}
-
-// ctxReader fails reads once ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
-}
-
-// syncDir makes a directory's entries (a rename) durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }

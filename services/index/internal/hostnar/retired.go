@@ -94,7 +94,7 @@ func (s *Store) OpenRetired(ctx context.Context, hn catalog.HostNar, offset, len
 		dst := io.MultiWriter(pw, h, count)
 		var err error
 		if nf.GetCompression() == compression.None {
-			_, err = io.Copy(dst, ctxReader{ctx, nr})
+			_, err = io.Copy(dst, narstore.ContextReader(ctx, nr))
 		} else {
 			err = s.remakeZstd(ctx, dst, nr)
 		}
@@ -126,7 +126,7 @@ func (s *Store) remakeZstd(ctx context.Context, dst io.Writer, nr io.Reader) err
 		return err
 	}
 	enc.Reset(dst)
-	_, err = io.Copy(enc, ctxReader{ctx, nr})
+	_, err = io.Copy(enc, narstore.ContextReader(ctx, nr))
 	if cerr := enc.Close(); err == nil {
 		err = cerr
 	}

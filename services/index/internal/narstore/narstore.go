@@ -214,6 +214,10 @@ func (s *Store) errMissing(nf *indexv1.NarFile, err error) error {
 // isMissing tells whether err says a key is not there.
 func isMissing(err error) bool { return errors.Is(err, fs.ErrNotExist) }
 
+// SyncDir makes a directory's entries (a rename, a new file) durable; the
+// host copies of package hostnar are made durable the same way.
+func SyncDir(dir string) error { return syncDir(dir) }
+
 // syncDir makes a directory's entries (a rename, a new file) durable.
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

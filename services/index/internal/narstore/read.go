@@ -147,6 +147,10 @@ func (r *Range) Close() error {
 	return errors.Join(errs...)
 }
 
+// ContextReader returns r failing its reads once ctx is done (package
+// hostnar streams copies through it too).
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return ctxReader{ctx, r} }
+
 // ctxReader fails reads once ctx is done.
 type ctxReader struct {
 	ctx context.Context
