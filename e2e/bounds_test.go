@@ -218,8 +218,18 @@ func bzip2Bomb(t *testing.T, gib int) ([]byte, uint64) {
 // bzip2 bomb within a second of its uploader leaving, though the bomb
 // needs no more bytes of the upload to go on (the ratio bound is off
 // here, so that the decompression runs until the client leaves).
+// Streamed, the index decompresses as the upload comes in: the client
+// never ends it. Spooled (a co-located gateway), the index verifies the
+// file once the upload is complete, while the client waits for the
+// answer.
 func TestBoundsBombClientLeaves(t *testing.T) {
-	c := newCluster(t, withArgs("index", "-max-decompression-ratio", "0"))
+	t.Run("streamed", func(t *testing.T) { testBombClientLeaves(t, 1, "-upload-spool", "") })
+	t.Run("spooled", func(t *testing.T) { testBombClientLeaves(t, 0) })
+}
+
+// testBombClientLeaves announces more bytes than it sends.
+func testBombClientLeaves(t *testing.T, short int, gatewayArgs ...string) {
+	c := newCluster(t, withArgs("index", "-max-decompression-ratio", "0"), withArgs("gateway", gatewayArgs...))
 	bomb, _ := bzip2Bomb(t, 4)
 	t.Logf("bomb: %d bytes", len(bomb))
 	// The gateway passes an upload on in chunks of 256 KiB: the bomb
@@ -227,9 +237,8 @@ func TestBoundsBombClientLeaves(t *testing.T) {
 	bomb = append(bomb, bytes.Repeat([]byte("junk"), 64<<10)...)
 	pid := c.pid("index")
 	start := procCPU(t, pid)
-	// One byte more announced than sent: the upload never ends by itself.
 	req := startRaw(t, c.httpAddr, "PUT", "/nar/"+sha256Nix32(bomb)+".nar.bz2",
-		basicAuth(c.pushToken), "Content-Length: "+strconv.Itoa(len(bomb)+1))
+		basicAuth(c.pushToken), "Content-Length: "+strconv.Itoa(len(bomb)+short))
 	if _, err := req.conn.Write(bomb); err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +282,22 @@ func TestBoundsBombRefused(t *testing.T) {
 // TestBoundsConcurrentUploads: past -max-concurrent-uploads, an upload is
 // answered 503 with Retry-After at once.
 func TestBoundsConcurrentUploads(t *testing.T) {
-	c := newCluster(t, withArgs("index", "-max-concurrent-uploads", "1"))
+	// A gateway on the index's host spools an upload into a file the
+	// index hands over (-upload-spool); a gateway without the spool
+	// streams it. Either way the bound holds.
+	const (
+		streaming = `grpc_server_in_flight{grpc_method="PutNar",grpc_service="nixcache.index.v1.IndexService",grpc_type="client_stream"}`
+		spooling  = `nixcache_upload_spool_files`
+	)
+	t.Run("spooled", func(t *testing.T) { testConcurrentUploads(t, spooling) })
+	t.Run("streamed", func(t *testing.T) { testConcurrentUploads(t, streaming, "-upload-spool", "") })
+}
+
+// testConcurrentUploads holds one upload in flight, waits until the
+// index's metric uploading says it has it, and checks that another is
+// refused.
+func testConcurrentUploads(t *testing.T, uploading string, gatewayArgs ...string) {
+	c := newCluster(t, withArgs("index", "-max-concurrent-uploads", "1"), withArgs("gateway", gatewayArgs...))
 	// The one upload allowed: it never finishes.
 	nar := canonicalNAR(t, "held", 1000, 'h')
 	held := startRaw(t, c.httpAddr, "PUT", "/nar/"+sha256Nix32(nar)+".nar",
@@ -285,7 +309,6 @@ func TestBoundsConcurrentUploads(t *testing.T) {
 	// another is refused with 503. Sending others before that could take
 	// the slot from under the held upload, which would then be the one
 	// refused.
-	const uploading = `grpc_server_in_flight{grpc_method="PutNar",grpc_service="nixcache.index.v1.IndexService",grpc_type="client_stream"}`
 	waitMetric(t, "http://"+c.indexMetrics, uploading, 1, 20*time.Second)
 	other := []byte("not a NAR at all")
 	last := httpDo(t, "PUT", c.URL+"/nar/"+sha256Nix32(other)+".nar", c.pushToken, bytes.NewReader(other), nil)

@@ -185,3 +185,35 @@ func Caller(ctx context.Context) string {
 	}
 	return p.Addr.String()
 }
+
+// SpoolAuto is the -upload-spool value that puts the index's upload
+// spool socket beside its gRPC Unix socket.
+const SpoolAuto = "auto"
+
+// SpoolSocket is the path of the index's upload spool socket that an
+// -upload-spool flag names, given grpcAddr, the index's gRPC address
+// (the index's -listen, a gateway's -index-addr): "unix:PATH" is PATH;
+// "auto" (SpoolAuto) is upload-spool.sock beside a Unix grpcAddr, and
+// none beside a TCP one (an index across the network shares no disk);
+// "" is none.
+func SpoolSocket(flagValue, grpcAddr string) (string, error) {
+	switch {
+	case flagValue == "":
+		return "", nil
+	case flagValue == SpoolAuto:
+		if p, ok := SocketPath(grpcAddr); ok {
+			return filepath.Join(filepath.Dir(p), "upload-spool.sock"), nil
+		}
+		return "", nil
+	}
+	if p, ok := SocketPath(flagValue); ok && p != "" {
+		return p, nil
+	}
+	return "", fmt.Errorf("-upload-spool %q: want unix:PATH, %q or empty", flagValue, SpoolAuto)
+}
+
+// ListenSocket listens on the Unix socket at path as Listen does
+// (mode 0600, a stale socket replaced), for a service beside gRPC.
+func ListenSocket(path string) (net.Listener, error) {
+	return listenUnix(path)
+}

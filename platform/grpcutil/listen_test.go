@@ -97,3 +97,29 @@ func TestListenTCPNeedsTLSOrInsecure(t *testing.T) {
 	}
 	lis.Close()
 }
+
+func TestSpoolSocket(t *testing.T) {
+	for _, tt := range []struct {
+		flag, grpcAddr, want string
+		bad                  bool
+	}{
+		{flag: "auto", grpcAddr: "unix:data/index.sock", want: "data/upload-spool.sock"},
+		{flag: "auto", grpcAddr: "unix:///run/nixcache/index/index.sock", want: "/run/nixcache/index/upload-spool.sock"},
+		{flag: "auto", grpcAddr: "127.0.0.1:5011", want: ""},
+		{flag: "", grpcAddr: "unix:data/index.sock", want: ""},
+		{flag: "unix:/tmp/x.sock", grpcAddr: "127.0.0.1:5011", want: "/tmp/x.sock"},
+		{flag: "/tmp/x.sock", grpcAddr: "unix:data/index.sock", bad: true},
+		{flag: "unix:", grpcAddr: "unix:data/index.sock", bad: true},
+	} {
+		got, err := SpoolSocket(tt.flag, tt.grpcAddr)
+		if tt.bad {
+			if err == nil {
+				t.Errorf("SpoolSocket(%q, %q) = %q, want an error", tt.flag, tt.grpcAddr, got)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("SpoolSocket(%q, %q) = %q, %v; want %q", tt.flag, tt.grpcAddr, got, err, tt.want)
+		}
+	}
+}

@@ -55,6 +55,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.Int64Var(&o.NarinfoCacheSize, "narinfo-cache-size", 64<<20, "memory of the narinfo cache, in bytes (a narinfo plus about 320 bytes an entry); least recently used entries go first")
 	fs.StringVar(&o.LocalStoreDir, "local-store-dir", "", "the host's Nix store directory (e.g. /nix/store), when this gateway runs on the host of an index with -local-store and can read it: the NARs of the host's paths are dumped by the gateway itself, large files sent with sendfile, instead of streamed through the index; empty streams them")
 	fs.StringVar(&o.NarDir, "nar-dir", "", "the index's nars/ directory (<index -data-dir>/nars), when this gateway can read it (same host, read-only mount): stored NAR files the index names are sent from it with sendfile instead of streamed through the index; empty streams every NAR")
+	uploadSpool := fs.String("upload-spool", grpcutil.SpoolAuto, `the index's upload spool socket (its -upload-spool), when this gateway runs on the index's host: a NAR upload is written into a file the index hands over there and verified by the index from the disk, instead of streamed over gRPC; "auto": upload-spool.sock beside a Unix -index-addr, none for TCP; "": stream every upload. Without the socket (an older index, another host) uploads are streamed`)
 	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "longest a client may take to send a request's headers; slower ones (slowloris) are cut off")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
 	upstreamTLS := grpcutil.ClientTLSFlags(fs)
@@ -68,6 +69,9 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	o.Log = log
+	if o.UploadSpool, err = grpcutil.SpoolSocket(*uploadSpool, o.IndexAddr); err != nil {
+		return program.UsageError(err)
+	}
 	if *signerAddr != "" {
 		log.Warn("-signer-addr (NIXCACHE_SIGNER_ADDR) is deprecated and ignored: the gateway never talks to the signer; remove it", "signer_addr", *signerAddr)
 	}

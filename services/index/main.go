@@ -72,6 +72,7 @@ func serve(args []string, stderr io.Writer) error {
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long calls in flight may finish at shutdown")
 	authFile := fs.String("auth-file", "", `token file, one "<name> <scopes> <token>" a line (scopes: read,push,admin): the bootstrap tokens, besides those made with AdminService.CreateToken (kept in the catalogue); IndexService's PutNar, PutPathInfo and PutArtifact need push (the gateway forwards its caller's token), AdminService admin, except GetStats, ListKeys and FindMissingPaths (read); the gateways ask the index about tokens`)
 	publicRead := fs.Bool("public-read", true, "let callers without a token use the read-scoped admin RPCs (GetStats, ListKeys); false needs -auth-file")
+	uploadSpool := fs.String("upload-spool", grpcutil.SpoolAuto, `Unix socket (unix:PATH, mode 0600) where a co-located gateway is handed files to write NAR uploads into, instead of streaming them over gRPC: the bytes cross no socket between the two, and the index verifies the file once the gateway has closed it (a file lease proves it); "auto": upload-spool.sock beside a Unix -listen socket, none for TCP; "": none`)
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:9111", "HTTP address serving /metrics and /healthz; empty disables")
 	localStore := fs.Bool("local-store", false, "also serve the host's Nix store (-store-dir, which must be readable), as nix-serve does, learning its paths from the Nix daemon")
 	daemonSocket := fs.String("nix-daemon-socket", "/nix/var/nix/daemon-socket/socket", "the Nix daemon's socket (with -local-store)")
@@ -172,6 +173,18 @@ func serve(args []string, stderr io.Writer) error {
 	lis, err := listen.Listen(serverTLS, log)
 	if err != nil {
 		return err
+	}
+	spoolPath, err := grpcutil.SpoolSocket(*uploadSpool, listen.Addr)
+	if err != nil {
+		return program.UsageError(err)
+	}
+	if spoolPath != "" {
+		slis, err := grpcutil.ListenSocket(spoolPath)
+		if err != nil {
+			return fmt.Errorf("upload spool: %w", err)
+		}
+		defer slis.Close()
+		opts.SpoolListener = slis
 	}
 	if *metricsListen != "" {
 		mlis, err := net.Listen("tcp", *metricsListen)

@@ -81,6 +81,9 @@ type Nixcache struct {
 
 	bin       string
 	indexArgs []string
+	// spool is the index's upload spool socket, shared with the gateway
+	// (co-located, when the binaries have -upload-spool); "" for none.
+	spool string
 	// insecureTCP: the binaries serve Unix sockets by default and need
 	// -insecure-tcp for the bench's loopback addresses (and the index
 	// the token file).
@@ -96,8 +99,9 @@ type NixcacheOptions struct {
 	IndexArgs []string
 	// LogLevel of the three services; "" is their default (info).
 	LogLevel string
-	// CoLocated gives the gateway -nar-dir (the index's nars/) when it has
-	// the flag.
+	// CoLocated gives the gateway -nar-dir (the index's nars/), and both
+	// the index's upload spool socket (-upload-spool), when they have the
+	// flags.
 	CoLocated bool
 	// LocalStoreDir gives the gateway -local-store-dir (it dumps the host
 	// store's NARs itself) when it has the flag.
@@ -110,6 +114,10 @@ type NixcacheOptions struct {
 // StartNixcache starts the three services and waits until each is ready.
 func StartNixcache(ctx context.Context, o NixcacheOptions) (*Nixcache, error) {
 	n := &Nixcache{Name: o.Name, Dir: o.Dir, bin: o.Bin, indexArgs: o.IndexArgs, PushToken: "push-" + randomHex(16)}
+	if o.CoLocated && hasFlag(o.Bin, "index", "-upload-spool") {
+		// The gateway writes uploads into files the index hands it.
+		n.spool = filepath.Join(o.Dir, "upload-spool.sock")
+	}
 	for _, d := range []string{"signer", "index", "logs"} {
 		if err := os.MkdirAll(filepath.Join(o.Dir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("start %s: %w", o.Name, err)
@@ -174,6 +182,9 @@ func StartNixcache(ctx context.Context, o NixcacheOptions) (*Nixcache, error) {
 			n.CoLocated = true
 			args = append(args, "-nar-dir", filepath.Join(o.Dir, "index", "nars"))
 		}
+		if n.spool != "" {
+			args = append(args, "-upload-spool", "unix:"+n.spool)
+		}
 		if o.LocalStoreDir != "" && hasFlag(o.Bin, "gateway", "-local-store-dir") {
 			args = append(args, "-local-store-dir", o.LocalStoreDir)
 		}
@@ -212,6 +223,9 @@ func (n *Nixcache) StartIndex(ctx context.Context) error {
 	if n.insecureTCP {
 		// The index checks the push token itself too.
 		args = append(args, "-insecure-tcp", "-auth-file", filepath.Join(n.Dir, "auth"))
+	}
+	if n.spool != "" {
+		args = append(args, "-upload-spool", "unix:"+n.spool)
 	}
 	args = append(args, n.indexArgs...)
 	args, err := withMetrics(n.bin, "index", args)

@@ -617,7 +617,7 @@ func (b *bench) pushTo(ctx context.Context, nc *servers.Nixcache, comp string, p
 
 // pushRound times one push of the closure to a fresh nixcache.
 func (b *bench) pushRound(ctx context.Context, comp, top string) (secs, cpu float64, err error) {
-	nc, err := b.startNixcache(ctx, "nixcache-push-"+comp, nil)
+	nc, err := b.startNixcache(ctx, "nixcache-push-"+comp, nil, coLocated)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -637,6 +637,11 @@ func (b *bench) pushRound(ctx context.Context, comp, top string) (secs, cpu floa
 	return secs, cpu, nil
 }
 
+// coLocated is the deployment pushes are measured on: the gateway on the
+// index's host, sending stored files itself (-nar-dir) and writing
+// uploads into files the index hands it (-upload-spool).
+func coLocated(o *servers.NixcacheOptions) { o.CoLocated = true }
+
 // errNoClient: the source benchmarked has no cmd/nixcache.
 var errNoClient = errors.New("no push client (cmd/nixcache) in this source")
 
@@ -654,7 +659,7 @@ func (b *bench) clientRound(ctx context.Context, comp, top string) (secs, repush
 		return 0, 0, 0, err
 	}
 	defer d.Stop()
-	nc, err := b.startNixcache(ctx, "nixcache-client-"+comp, nil)
+	nc, err := b.startNixcache(ctx, "nixcache-client-"+comp, nil, coLocated)
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -992,7 +997,7 @@ func (b *bench) profilePhase(ctx context.Context, targets []*target, ng *servers
 // deployment.
 func (b *bench) profilePush(ctx context.Context) error {
 	dir := filepath.Join(b.o.Work, "perf")
-	nc, err := b.startNixcache(ctx, "nixcache-push-none", nil)
+	nc, err := b.startNixcache(ctx, "nixcache-push-none", nil, coLocated)
 	if err != nil {
 		return err
 	}

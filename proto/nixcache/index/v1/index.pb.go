@@ -889,8 +889,13 @@ type PutNarHeader struct {
 	// Optional: the compression the uploader claims (from the URL's
 	// extension). When set, a different detected compression is an error.
 	ExpectedCompression string `protobuf:"bytes,2,opt,name=expected_compression,json=expectedCompression,proto3" json:"expected_compression,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Optional: the upload is not in this stream but in a file the index
+	// handed out on its spool socket (-upload-spool) under this id, which
+	// the caller has written and closed; no chunks follow. A co-located
+	// gateway uses it so that the bytes cross no socket between the two.
+	SpoolId       string `protobuf:"bytes,3,opt,name=spool_id,json=spoolId,proto3" json:"spool_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutNarHeader) Reset() {
@@ -933,6 +938,13 @@ func (x *PutNarHeader) GetExpectedFileHash() string {
 func (x *PutNarHeader) GetExpectedCompression() string {
 	if x != nil {
 		return x.ExpectedCompression
+	}
+	return ""
+}
+
+func (x *PutNarHeader) GetSpoolId() string {
+	if x != nil {
+		return x.SpoolId
 	}
 	return ""
 }
@@ -2260,10 +2272,11 @@ const file_nixcache_index_v1_index_proto_rawDesc = "" +
 	"\rPutNarRequest\x129\n" +
 	"\x06header\x18\x01 \x01(\v2\x1f.nixcache.index.v1.PutNarHeaderH\x00R\x06header\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x05\n" +
-	"\x03msg\"o\n" +
+	"\x03msg\"\x8a\x01\n" +
 	"\fPutNarHeader\x12,\n" +
 	"\x12expected_file_hash\x18\x01 \x01(\tR\x10expectedFileHash\x121\n" +
-	"\x14expected_compression\x18\x02 \x01(\tR\x13expectedCompression\"@\n" +
+	"\x14expected_compression\x18\x02 \x01(\tR\x13expectedCompression\x12\x19\n" +
+	"\bspool_id\x18\x03 \x01(\tR\aspoolId\"@\n" +
 	"\x0ePutNarResponse\x12.\n" +
 	"\x04file\x18\x01 \x01(\v2\x1a.nixcache.index.v1.NarFileR\x04file\"{\n" +
 	"\x0eStatNarRequest\x12\x1b\n" +

@@ -82,6 +82,9 @@ type Options struct {
 	// read it (-local-store-dir, on the host of an index with
 	// -local-store); "" streams the host's NARs from the index.
 	LocalStoreDir string
+	// UploadSpool is the index's upload spool socket (-upload-spool, on
+	// the index's host); "" streams every upload to the index.
+	UploadSpool string
 	// ReadHeaderTimeout bounds how long a client may take to send a
 	// request's headers (slowloris); 0 means 10 s.
 	ReadHeaderTimeout time.Duration
@@ -217,6 +220,7 @@ func newHandler(ctx context.Context, o Options, fileTokens *auth.Tokens) (http.H
 		NarinfoCacheSize:    o.NarinfoCacheSize,
 		NarDir:              o.NarDir,
 		LocalStoreDir:       o.LocalStoreDir,
+		UploadSpool:         o.UploadSpool,
 		Landing:             landingHandler,
 		Admin:               adminHandler,
 	})

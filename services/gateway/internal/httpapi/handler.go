@@ -75,6 +75,12 @@ type Config struct {
 	// files sent with sendfile) instead of streamed from the index. ""
 	// streams them.
 	LocalStoreDir string
+	// UploadSpool is the path of the index's upload spool socket (its
+	// -upload-spool, co-located): a NAR upload is written into a file the
+	// index hands over there, and PutNar names it, instead of streaming
+	// the bytes (spool.go). "" streams every upload; so does a spool
+	// that cannot be reached.
+	UploadSpool string
 
 	// Landing serves GET and HEAD /; nil answers 404.
 	Landing http.Handler

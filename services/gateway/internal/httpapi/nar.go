@@ -217,6 +217,23 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 		ExpectedFileHash:    t.fileHash,
 		ExpectedCompression: t.compression,
 	}}}
+	if h.UploadSpool != "" {
+		ctx, cancel := h.unary(r.Context())
+		sp, err := openSpool(ctx, h.UploadSpool)
+		cancel()
+		if err == nil {
+			h.finishPutNar(w, r, h.putSpooled(w, r, sp, header))
+			return
+		}
+		switch {
+		case status.Code(err) == codes.Unavailable:
+			// Past the index's bound on uploads at once, or no answer.
+			h.finishPutNar(w, r, err)
+			return
+		case !errors.Is(err, errNoSpool):
+			h.Log.WarnContext(r.Context(), "streaming the NAR upload instead", "err", err)
+		}
+	}
 	// The index bounds the size (-max-nar-size).
 	err = sendUpload(h, w, r, newUpload(w, r, "NAR upload", 0), "NAR upload",
 		func(ctx context.Context) (indexv1.IndexService_PutNarClient, error) {
@@ -226,6 +243,11 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 		func(chunk []byte) *indexv1.PutNarRequest {
 			return &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: chunk}}
 		})
+	h.finishPutNar(w, r, err)
+}
+
+// finishPutNar answers a NAR upload that ended with err.
+func (h *Handler) finishPutNar(w http.ResponseWriter, r *http.Request, err error) {
 	if status.Code(err) == codes.AlreadyExists {
 		// The same bytes are already stored: the upload has succeeded.
 		err = nil

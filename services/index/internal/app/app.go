@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/nixcache/nixcache/nix/daemon"
@@ -35,6 +36,7 @@ import (
 	"github.com/nixcache/nixcache/services/index/internal/publish"
 	"github.com/nixcache/nixcache/services/index/internal/server"
 	"github.com/nixcache/nixcache/services/index/internal/signerclient"
+	"github.com/nixcache/nixcache/services/index/internal/spool"
 	"github.com/nixcache/nixcache/services/index/internal/tokens"
 	"github.com/nixcache/nixcache/services/index/internal/upstream"
 )
@@ -70,6 +72,10 @@ type Options struct {
 	PrivateRead bool
 	// MetricsListener, when set, serves /metrics and /healthz.
 	MetricsListener net.Listener
+	// SpoolListener, when set, is a Unix socket's listener where
+	// co-located gateways are handed files to spool NAR uploads into
+	// (package spool; PutNar's spool_id).
+	SpoolListener net.Listener
 
 	// LocalStore serves the host's Nix store (StoreDir, which must be
 	// readable) beside the pushed paths, as nix-serve does.
@@ -481,6 +487,9 @@ func (x *index) wire(ctx context.Context) error {
 	if x.puller != nil {
 		indexSvc.WithUpstream(x.puller)
 	}
+	if err := x.serveSpool(indexSvc); err != nil {
+		return err
+	}
 	indexv1.RegisterIndexServiceServer(x.srv.GRPC, indexSvc)
 	x.adminSvc = admin.New(admin.Config{StoreDir: o.StoreDir, SignTimeout: o.SignTimeout,
 		GCMaxSize: o.GCMaxSize, GCMaxAge: o.GCMaxAge, Log: o.Log.With("component", "admin")},
@@ -496,6 +505,49 @@ func (x *index) wire(ctx context.Context) error {
 	// shutdown begins, or the graceful stop would wait for them.
 	stopWatch := context.AfterFunc(ctx, cat.Changes().Close)
 	x.onClose(func() error { stopWatch(); return nil })
+	return nil
+}
+
+// serveSpool hands out spool files on o.SpoolListener, if any, for
+// indexSvc's PutNar to take; without file leases (narstore.SpoolSupported)
+// it offers none, and gateways stream their uploads.
+func (x *index) serveSpool(indexSvc *server.Server) error {
+	lis := x.o.SpoolListener
+	if lis == nil {
+		return nil
+	}
+	log := x.o.Log.With("component", "spool")
+	if err := x.nars.SpoolSupported(); err != nil {
+		log.Warn("no upload spool: gateways stream their uploads", "err", err)
+		_ = lis.Close()
+		return nil
+	}
+	maxFiles := x.o.MaxUploads
+	if maxFiles <= 0 {
+		maxFiles = server.DefaultMaxUploads
+	}
+	sp := spool.New(log, x.nars.SpoolFile, narstore.Discard, x.nars.MaxSize(), maxFiles)
+	indexSvc.WithSpool(sp)
+	if err := x.ops.registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "nixcache_upload_spool_files",
+		Help: "Files handed to gateways on the upload spool socket (-upload-spool) that no PutNar has claimed yet.",
+	}, func() float64 { return float64(sp.Outstanding()) })); err != nil {
+		return fmt.Errorf("spool metrics: %w", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := sp.Serve(lis); err != nil {
+			log.Error("upload spool stopped", "err", err)
+		}
+	}()
+	log.Info("upload spool serving", "addr", lis.Addr().String())
+	x.onClose(func() error {
+		sp.Close()
+		_ = lis.Close()
+		<-done
+		return nil
+	})
 	return nil
 }
 

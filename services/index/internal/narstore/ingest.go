@@ -12,6 +12,7 @@ import (
 	"github.com/nixcache/nixcache/nix/compression"
 	"github.com/nixcache/nixcache/nix/nar"
 	"github.com/nixcache/nixcache/nix/nixhash"
+	"github.com/nixcache/nixcache/platform/diskio"
 	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
 	"github.com/nixcache/nixcache/services/index/internal/fault"
 )
@@ -39,13 +40,8 @@ type Expect struct {
 // reading r (the uploader went away) is returned wrapped as is. A failed
 // or cancelled upload leaves nothing behind.
 func (s *Store) Ingest(ctx context.Context, r io.Reader, want Expect) (*indexv1.NarFile, error) {
-	if want.Compression != "" {
-		if _, err := compression.Extension(want.Compression); err != nil {
-			return nil, fault.Invalid("expected compression %q is not one of %v", want.Compression, compression.Supported)
-		}
-	}
-	if !want.FileHash.IsZero() && want.FileHash.Algo != nixhash.SHA256 {
-		return nil, fault.Invalid("expected file hash %s is not a sha256 hash", want.FileHash)
+	if err := want.check(); err != nil {
+		return nil, err
 	}
 
 	tmp, err := os.CreateTemp(s.tmpDir, "upload-*")
@@ -70,12 +66,9 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader, want Expect) (*indexv1.
 		return nil, fmt.Errorf("receive NAR file: %w", err)
 	}
 	prefix = prefix[:n]
-	comp, err := compression.Detect(prefix)
+	comp, err := want.detect(prefix)
 	if err != nil {
-		return nil, fault.Invalid("not a NAR file, nor an xz, zstd or bzip2 compressed one: %v", err)
-	}
-	if want.Compression != "" && want.Compression != comp {
-		return nil, fault.Invalid("compression mismatch: the URL names %s but the uploaded file is %s", want.Compression, comp)
+		return nil, err
 	}
 
 	// The verifier reads the upload from a pipe as it is written.
@@ -84,7 +77,11 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader, want Expect) (*indexv1.
 	// The verifier watches ctx: a client that leaves stops the
 	// decompression within one read, even of a bomb that inflates without
 	// reading more of the upload.
-	go func() { verified <- s.verify(ctx, comp, pr) }()
+	go func() {
+		res := s.verify(ctx, comp, pr)
+		pr.CloseWithError(res.err)
+		verified <- res
+	}()
 
 	u := upload{file: tmp, hash: sha256.New(), pipe: pw, max: s.maxSize}
 	err = u.copy(r, prefix)
@@ -102,30 +99,64 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader, want Expect) (*indexv1.
 		return nil, res.err
 	}
 
-	fileHash := nixhash.FromHasher(nixhash.SHA256, u.hash)
+	nf, err := want.result(nixhash.FromHasher(nixhash.SHA256, u.hash), u.size, comp, res)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("receive NAR file: %w", err)
+	}
+	// The backend owns the file from here on, whatever happens.
+	committed = true
+	if err := s.commit(ctx, tmp, u.size, nf.GetFileHash(), comp); err != nil {
+		return nil, err
+	}
+	return nf, nil
+}
+
+// check refuses claims that cannot be checked.
+func (want Expect) check() error {
+	if want.Compression != "" {
+		if _, err := compression.Extension(want.Compression); err != nil {
+			return fault.Invalid("expected compression %q is not one of %v", want.Compression, compression.Supported)
+		}
+	}
+	if !want.FileHash.IsZero() && want.FileHash.Algo != nixhash.SHA256 {
+		return fault.Invalid("expected file hash %s is not a sha256 hash", want.FileHash)
+	}
+	return nil
+}
+
+// detect is the compression of a file that starts with prefix (at least
+// detectLen bytes unless the file is shorter), which must be the claimed
+// one, if any.
+func (want Expect) detect(prefix []byte) (string, error) {
+	comp, err := compression.Detect(prefix)
+	if err != nil {
+		return "", fault.Invalid("not a NAR file, nor an xz, zstd or bzip2 compressed one: %v", err)
+	}
+	if want.Compression != "" && want.Compression != comp {
+		return "", fault.Invalid("compression mismatch: the URL names %s but the uploaded file is %s", want.Compression, comp)
+	}
+	return comp, nil
+}
+
+// result is the description of a verified file of size bytes that
+// hashes to fileHash, once it matches the claimed hash, if any.
+func (want Expect) result(fileHash nixhash.Hash, size uint64, comp string, res verifyResult) (*indexv1.NarFile, error) {
 	if comp == compression.None {
 		res.narHash = fileHash
 	}
 	if !want.FileHash.IsZero() && !want.FileHash.Equal(fileHash) {
 		return nil, fault.Invalid("file hash mismatch: the URL names %s but the uploaded file hashes to %s", want.FileHash, fileHash)
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("receive NAR file: %w", err)
-	}
-
-	nf := &indexv1.NarFile{
+	return &indexv1.NarFile{
 		FileHash:    fileHash.String(),
-		FileSize:    u.size,
+		FileSize:    size,
 		Compression: comp,
 		NarHash:     res.narHash.String(),
 		NarSize:     res.narSize,
-	}
-	// The backend owns the file from here on, whatever happens.
-	committed = true
-	if err := s.commit(ctx, tmp, u.size, fileHash.NixBase32(), comp); err != nil {
-		return nil, err
-	}
-	return nf, nil
+	}, nil
 }
 
 // errVerifierDone says the verifier stopped reading before the upload ended:
@@ -140,7 +171,7 @@ type upload struct {
 	pipe *io.PipeWriter
 	max  uint64
 	size uint64
-	// written is where the last writeback started (startWriteback).
+	// written is where the last writeback started (diskio.StartWriteback).
 	written uint64
 }
 
@@ -191,11 +222,6 @@ func (w *uploadWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// writebackSize is how many bytes of the upload file may wait in the page
-// cache before their writeback is started (startWriteback): the final
-// fsync then finds little left to write, instead of the whole file.
-const writebackSize = 8 << 20
-
 func (u *upload) write(p []byte) error {
 	u.size += uint64(len(p))
 	if u.size > u.max {
@@ -204,8 +230,8 @@ func (u *upload) write(p []byte) error {
 	if _, err := u.file.Write(p); err != nil {
 		return fmt.Errorf("write upload file: %w", err)
 	}
-	if u.size-u.written >= writebackSize {
-		startWriteback(u.file, u.written, u.size-u.written)
+	if u.size-u.written >= diskio.WritebackSize {
+		diskio.StartWriteback(u.file, u.written, u.size-u.written)
 		u.written = u.size
 	}
 	u.hash.Write(p)
@@ -223,12 +249,9 @@ type verifyResult struct {
 
 // verify decompresses src and validates it as a NAR, hashing it unless it
 // is uncompressed (then the NAR hash is the file hash). It reads src to
-// its end, or closes it with the error that made it stop; it stops when
-// ctx ends, and when the decompression costs more than the store's
-// Limits allow.
-func (s *Store) verify(ctx context.Context, comp string, src *io.PipeReader) (res verifyResult) {
-	defer func() { src.CloseWithError(res.err) }()
-
+// its end unless it fails; it stops when ctx ends, and when the
+// decompression costs more than the store's Limits allow.
+func (s *Store) verify(ctx context.Context, comp string, src io.Reader) (res verifyResult) {
 	in := &countingReader{r: src}
 	dec, err := compression.NewReader(comp, in)
 	if err != nil {
@@ -367,7 +390,13 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // same: these bytes were just verified, that file may have rotted since (a
 // path that Verify quarantined is pushed again to repair it).
 func (s *Store) commit(ctx context.Context, tmp *os.File, size uint64, fileHash, comp string) error {
-	k, err := key(fileHash, comp)
+	h, err := nixhash.ParseAs(nixhash.SHA256, fileHash)
+	if err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	k, err := key(h.NixBase32(), comp)
 	if err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())

@@ -48,7 +48,36 @@ func storedFiles(t *testing.T, dir, sub string) []string {
 	return files
 }
 
+// ingestModes are the two ways in: streamed (Ingest), and spooled into a
+// file the store handed out and the uploader closed (IngestSpooled).
+var ingestModes = []string{"streamed", "spooled"}
+
+// ingest stores file the way mode names.
+func ingest(t *testing.T, s *narstore.Store, mode string, file []byte, want narstore.Expect) (*indexv1.NarFile, error) {
+	t.Helper()
+	if mode == "streamed" {
+		return s.Ingest(context.Background(), bytes.NewReader(file), want)
+	}
+	w, r, err := s.SpoolFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(file); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return s.IngestSpooled(context.Background(), r, want)
+}
+
 func TestIngestValid(t *testing.T) {
+	for _, mode := range ingestModes {
+		t.Run(mode, func(t *testing.T) { testIngestValid(t, mode) })
+	}
+}
+
+func testIngestValid(t *testing.T, mode string) {
 	narData := nartest.Small(t, 1)
 	tests := []struct {
 		name string
@@ -70,7 +99,7 @@ func TestIngestValid(t *testing.T) {
 				NarHash:     nartest.Hash(narData).String(),
 				NarSize:     uint64(len(narData)),
 			}
-			got, err := s.Ingest(context.Background(), bytes.NewReader(tt.file), narstore.Expect{
+			got, err := ingest(t, s, mode, tt.file, narstore.Expect{
 				FileHash: nartest.Hash(tt.file), Compression: tt.comp,
 			})
 			if err != nil {
@@ -80,7 +109,7 @@ func TestIngestValid(t *testing.T) {
 			assertStored(t, dir, s, got, tt.file, narData)
 
 			// The same file again: same answer, one file.
-			again, err := s.Ingest(context.Background(), bytes.NewReader(tt.file), narstore.Expect{})
+			again, err := ingest(t, s, mode, tt.file, narstore.Expect{})
 			if err != nil {
 				t.Fatalf("second Ingest: %v", err)
 			}
@@ -206,6 +235,12 @@ func readRange(t *testing.T, s *narstore.Store, nf *indexv1.NarFile, decompress 
 }
 
 func TestIngestRefused(t *testing.T) {
+	for _, mode := range ingestModes {
+		t.Run(mode, func(t *testing.T) { testIngestRefused(t, mode) })
+	}
+}
+
+func testIngestRefused(t *testing.T, mode string) {
 	narData := nartest.Small(t, 2)
 	xzFile := nartest.Compress(t, compression.XZ, narData)
 	zstdFile := nartest.Compress(t, compression.Zstd, narData)
@@ -245,7 +280,7 @@ func TestIngestRefused(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			s := open(t, dir, testLimit)
-			nf, err := s.Ingest(context.Background(), bytes.NewReader(tt.file), tt.expect)
+			nf, err := ingest(t, s, mode, tt.file, tt.expect)
 			if err == nil {
 				t.Fatalf("Ingest succeeded (%v), want an error saying %q", nf, tt.want)
 			}
@@ -450,5 +485,50 @@ func TestIngestLarge(t *testing.T) {
 	}
 	if files := append(storedFiles(t, dir, "nars"), storedFiles(t, dir, "tmp")...); len(files) != 0 {
 		t.Errorf("left behind: %v", files)
+	}
+}
+
+// TestIngestSpooledOpenForWriting: a spool file that a descriptor open
+// for writing can still change, the uploader's or one opened since, is
+// refused before a byte of it is verified, and removed.
+func TestIngestSpooledOpenForWriting(t *testing.T) {
+	narData := nartest.Small(t, 6)
+	for _, tt := range []struct {
+		name   string
+		writer func(t *testing.T, w *os.File) *os.File
+	}{
+		{"the uploader's, never closed", func(t *testing.T, w *os.File) *os.File { return w }},
+		{"another, opened by name", func(t *testing.T, w *os.File) *os.File {
+			w.Close()
+			other, err := os.OpenFile(w.Name(), os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return other
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := open(t, dir, testLimit)
+			w, r, err := s.SpoolFile()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(narData); err != nil {
+				t.Fatal(err)
+			}
+			writer := tt.writer(t, w)
+			defer writer.Close()
+			nf, err := s.IngestSpooled(context.Background(), r, narstore.Expect{})
+			if err == nil {
+				t.Fatalf("IngestSpooled succeeded (%v) with a descriptor open for writing", nf)
+			}
+			if !errors.Is(err, fault.ErrInvalid) || !strings.Contains(err.Error(), "still open for writing") {
+				t.Errorf("error %q: want ErrInvalid saying the file is still open for writing", err)
+			}
+			if files := append(storedFiles(t, dir, "nars"), storedFiles(t, dir, "tmp")...); len(files) != 0 {
+				t.Errorf("files left behind: %v", files)
+			}
+		})
 	}
 }

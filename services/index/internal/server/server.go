@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -71,6 +72,9 @@ type Server struct {
 	// downloads counts what gateways report with RecordDownloads; nil
 	// counts nothing.
 	downloads DownloadRecorder
+	// spool, when set, holds the files co-located gateways spool uploads
+	// into (PutNar's spool_id).
+	spool Spool
 	// copies, when set, are the compressed copies of host paths' NARs
 	// (package hostnar), found by file hash beside the pushed files.
 	copies HostCopies
@@ -166,7 +170,12 @@ func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 	}
 	want.Compression = hdr.GetExpectedCompression()
 
-	nf, err := s.nars.Ingest(ctx, chunks, want)
+	var nf *indexv1.NarFile
+	if id := hdr.GetSpoolId(); id != "" {
+		nf, err = s.ingestSpooled(ctx, id, chunks, want)
+	} else {
+		nf, err = s.nars.Ingest(ctx, chunks, want)
+	}
 	if err != nil {
 		if errors.Is(err, fault.ErrInvalid) {
 			s.log.WarnContext(ctx, "refused NAR upload", "err", err)
@@ -184,6 +193,40 @@ func (s *Server) PutNar(stream indexv1.IndexService_PutNarServer) error {
 	s.log.InfoContext(ctx, "stored NAR file", "file_hash", stored.GetFileHash(), "file_size", stored.GetFileSize(),
 		"compression", stored.GetCompression(), "nar_hash", stored.GetNarHash(), "nar_size", stored.GetNarSize())
 	return stream.SendAndClose(&indexv1.PutNarResponse{File: stored})
+}
+
+// Spool holds the files a co-located gateway wrote uploads into
+// (package spool).
+type Spool interface {
+	// Claim takes the file handed out under id; false: no such file.
+	Claim(ctx context.Context, id string) (*os.File, bool)
+}
+
+// WithSpool has PutNar take uploads spooled into sp's files.
+func (s *Server) WithSpool(sp Spool) *Server {
+	s.spool = sp
+	return s
+}
+
+// ingestSpooled verifies and stores the spooled upload id; no chunks may
+// follow the header.
+func (s *Server) ingestSpooled(ctx context.Context, id string, chunks io.Reader, want narstore.Expect) (*indexv1.NarFile, error) {
+	if s.spool == nil {
+		return nil, fault.Invalid("spool_id %q: this index hands out no spool files (-upload-spool)", id)
+	}
+	f, ok := s.spool.Claim(ctx, id)
+	if !ok {
+		return nil, fault.Invalid("spool_id %q: no such spooled upload (claimed already, or its connection ended)", id)
+	}
+	var b [1]byte
+	if n, err := chunks.Read(b[:]); n > 0 || err != io.EOF {
+		narstore.Discard(f)
+		if err != nil && err != io.EOF {
+			return nil, err
+		}
+		return nil, fault.Invalid("spool_id %q: a spooled upload takes no chunks", id)
+	}
+	return s.nars.IngestSpooled(ctx, f, want)
 }
 
 // uploadMessage is a message of a client stream (PutNar, PutArtifact):

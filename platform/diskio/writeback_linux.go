@@ -1,4 +1,4 @@
-package narstore
+package diskio
 
 import (
 	"os"
@@ -6,12 +6,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// startWriteback asks the kernel to start writing n bytes of f at off to
+// StartWriteback asks the kernel to start writing n bytes of f at off to
 // disk, without waiting (sync_file_range(2) SYNC_FILE_RANGE_WRITE): the
 // disk works while the upload streams in. It is no durability promise;
 // the file is fsynced before it is committed, as ever, so errors are
 // ignored.
-func startWriteback(f *os.File, off, n uint64) {
+func StartWriteback(f *os.File, off, n uint64) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return

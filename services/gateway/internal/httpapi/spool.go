@@ -1,0 +1,175 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/nixcache/nixcache/platform/diskio"
+	indexv1 "github.com/nixcache/nixcache/proto/nixcache/index/v1"
+)
+
+// A co-located gateway spools a NAR upload instead of streaming it (the
+// index's -upload-spool, UploadSpool): the index hands it a descriptor of
+// an empty file of its own over a Unix socket, the gateway writes the
+// body into it and closes it, and PutNar names the file (spool_id) with
+// no chunks. The index verifies the file only once no descriptor open for
+// writing is left (services/index/internal/spool). The connection stays
+// open until PutNar has answered: the index drops a file nobody claimed
+// when its connection ends.
+
+// spooled is one file the index handed out.
+type spooled struct {
+	conn *net.UnixConn
+	file *os.File
+	id   string
+	// limit is the largest file the index takes (-max-nar-size).
+	limit int64
+}
+
+// errNoSpool: the socket is not there or nobody serves it (an index
+// without -upload-spool, on another host): the upload is streamed.
+var errNoSpool = errors.New("no upload spool")
+
+// openSpool asks the index's spool socket at path for a file, within
+// ctx. An index that does not answer in time is answered 503, as a
+// stream it does not open is (Unavailable): streaming would not fare
+// better.
+func openSpool(ctx context.Context, path string) (*spooled, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		switch {
+		case errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED):
+			return nil, errNoSpool
+		case ctx.Err() != nil:
+			return nil, status.Error(codes.Unavailable, "the index did not take a connection to its upload spool in time (-request-timeout)")
+		}
+		return nil, fmt.Errorf("upload spool %s: %w", path, err)
+	}
+	conn := c.(*net.UnixConn)
+	deadline, _ := ctx.Deadline()
+	_ = conn.SetReadDeadline(deadline)
+	sp, err := readSpoolGrant(conn)
+	if err != nil {
+		conn.Close()
+		switch {
+		case status.Code(err) == codes.Unavailable:
+			return nil, err
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return nil, status.Error(codes.Unavailable, "the index did not hand out an upload spool file in time (-request-timeout)")
+		}
+		return nil, fmt.Errorf("upload spool %s: %w", path, err)
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	return sp, nil
+}
+
+// readSpoolGrant reads the index's one message: "ok <id> <limit>\n" with
+// a descriptor, or "error <reason>\n".
+func readSpoolGrant(conn *net.UnixConn) (*spooled, error) {
+	buf := make([]byte, 512)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return nil, err
+	}
+	var fds []int
+	if oobn > 0 {
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			return nil, fmt.Errorf("control message: %w", err)
+		}
+		for _, m := range msgs {
+			got, err := unix.ParseUnixRights(&m)
+			if err != nil {
+				return nil, fmt.Errorf("control message: %w", err)
+			}
+			fds = append(fds, got...)
+		}
+	}
+	closeAll := func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}
+	line, _, _ := bytes.Cut(buf[:n], []byte("\n"))
+	fields := bytes.Fields(line)
+	switch {
+	case len(fields) > 0 && string(fields[0]) == "busy":
+		closeAll()
+		// Answered as the index's own refusal of a stream: 503.
+		return nil, status.Error(codes.Unavailable, string(bytes.TrimPrefix(line, []byte("busy "))))
+	case len(fields) > 0 && string(fields[0]) == "error":
+		closeAll()
+		return nil, fmt.Errorf("the index refused: %s", bytes.TrimPrefix(line, []byte("error ")))
+	case len(fields) != 3 || string(fields[0]) != "ok" || len(fds) != 1:
+		closeAll()
+		return nil, fmt.Errorf("unexpected answer %q with %d descriptors", line, len(fds))
+	}
+	limit, err := strconv.ParseInt(string(fields[2]), 10, 64)
+	if err != nil || limit <= 0 {
+		closeAll()
+		return nil, fmt.Errorf("unexpected size limit in %q", line)
+	}
+	return &spooled{conn: conn, file: os.NewFile(uintptr(fds[0]), "upload-spool-file"), id: string(fields[1]), limit: limit}, nil
+}
+
+// close hangs up; the file is closed already unless writing failed.
+func (sp *spooled) close() {
+	sp.file.Close()
+	sp.conn.Close()
+}
+
+// putSpooled answers a NAR upload through the spool: the body into sp's
+// file, then PutNar with header naming it. The error is the answer, as
+// sendUpload's.
+func (h *Handler) putSpooled(w http.ResponseWriter, r *http.Request, sp *spooled, header *indexv1.PutNarRequest) error {
+	defer sp.close()
+	// The index refuses a larger file; the body stops at its limit, 413.
+	u := newUpload(w, r, "NAR upload", sp.limit)
+	var written, flushed uint64
+	werr := h.streamUpload(w, u, func(b []byte) error {
+		if _, err := sp.file.Write(b); err != nil {
+			return fmt.Errorf("write NAR upload to the spool file: %w", err)
+		}
+		// The disk works while the upload comes in; the index's fsync
+		// then finds little left to write.
+		if written += uint64(len(b)); written-flushed >= diskio.WritebackSize {
+			diskio.StartWriteback(sp.file, flushed, written-flushed)
+			flushed = written
+		}
+		return nil
+	})
+	// The index verifies the file only once no descriptor open for
+	// writing is left.
+	if err := sp.file.Close(); err != nil && werr == nil {
+		werr = fmt.Errorf("write NAR upload to the spool file: %w", err)
+	}
+	if werr != nil {
+		return werr
+	}
+	header.GetHeader().SpoolId = sp.id
+	// No chunks: the upload is the file.
+	none := &upload{what: "NAR upload", raw: &readErr{r: http.NoBody}}
+	none.body = none.raw
+	return sendUpload(h, w, r, none, "NAR upload",
+		func(ctx context.Context) (indexv1.IndexService_PutNarClient, error) {
+			return h.Index.PutNar(ctx, narUploadCodec())
+		},
+		header,
+		func(chunk []byte) *indexv1.PutNarRequest {
+			return &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: chunk}}
+		})
+}
