@@ -385,6 +385,9 @@ func (b *bench) run(ctx context.Context) error {
 	})
 	b.res.ComputeRatios()
 	if serveOnly {
+		if b.o.Profile {
+			return b.profilePhase(ctx, targets, ng, false)
+		}
 		return nil
 	}
 
@@ -392,7 +395,7 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	if b.o.Profile {
-		if err := b.profilePhase(ctx, targets, ng); err != nil {
+		if err := b.profilePhase(ctx, targets, ng, true); err != nil {
 			return err
 		}
 	}
@@ -948,9 +951,15 @@ func (b *bench) memOf(name string) proc.Mem {
 	return rec[len(rec)-1].Mem
 }
 
-// profilePhase perfs nixcache-none (and nginx-none, and nixcache-local)
-// during extra passes of the narinfo and NAR figures.
-func (b *bench) profilePhase(ctx context.Context, targets []*target, ng *servers.Nginx) error {
+// profiled are the servers profilePhase perfs: the uncompressed ones in
+// every pass, the zstd ones (pushed, host copies, nginx) in the NAR pass
+// on one connection, where small files make the cost per request show.
+var profiled = map[string]bool{"nixcache-none": true, "nginx-none": true, "nixcache-local": true,
+	"nixcache-zstd": false, "nixcache-local-zstd": false, "nginx-zstd": false}
+
+// profilePhase perfs the servers named in profiled during extra passes
+// of the narinfo and NAR figures, and with push a push.
+func (b *bench) profilePhase(ctx context.Context, targets []*target, ng *servers.Nginx, push bool) error {
 	if err := prof.Available(); err != nil {
 		b.res.Notes = append(b.res.Notes, "no profiles: "+err.Error())
 		return nil //nolint:nilerr // no perf here: noted, the run goes on
@@ -958,7 +967,8 @@ func (b *bench) profilePhase(ctx context.Context, targets []*target, ng *servers
 	b.res.Profiles = map[string]*prof.Profile{}
 	dir := filepath.Join(b.o.Work, "perf")
 	for _, t := range targets {
-		if t.name != "nixcache-none" && t.name != "nginx-none" && t.name != "nixcache-local" {
+		every, ok := profiled[t.name]
+		if !ok {
 			continue
 		}
 		passes := []struct {
@@ -970,6 +980,9 @@ func (b *bench) profilePhase(ctx context.Context, targets []*target, ng *servers
 			{"NAR 16 conn", func() error { _, err := load.NarPass(ctx, t.url, t.nars, 16); return err }},
 		}
 		for _, p := range passes {
+			if !every && p.label != "NAR 1 conn" {
+				continue
+			}
 			label := t.name + ", " + p.label
 			rec, err := prof.Record(ctx, dir, strings.NewReplacer(" ", "-", ",", "").Replace(label), t.pids())
 			if err != nil {
@@ -989,6 +1002,9 @@ func (b *bench) profilePhase(ctx context.Context, targets []*target, ng *servers
 			b.res.Profiles[label] = pr
 			b.logf("profiled %s", label)
 		}
+	}
+	if !push {
+		return nil
 	}
 	return b.profilePush(ctx)
 }
