@@ -170,6 +170,9 @@ func (c *cluster) args(service string) []string {
 		// the gateway's token file.
 		return append(append(common, "-listen", c.indexAddr, "-metrics-listen", c.indexMetrics,
 			"-data-dir", filepath.Join(c.dir, "index"), "-signer-addr", c.signerAddr,
+			// As make run: the gateway spools uploads into the index's
+			// files (tests of streamed uploads turn it off).
+			"-upload-spool", "auto",
 			"-auth-file", filepath.Join(c.dir, "auth")), c.extraArgs[service]...)
 	case "gateway":
 		// No narinfo cache: the tests check that what the index does

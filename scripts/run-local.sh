@@ -50,7 +50,10 @@ done
 pub=$(cat "$data/signer/secret.key.pub" 2>/dev/null || echo "<see the signer's log above>")
 # The index checks the push scope of every write itself (the token file is
 # the gateway's), so a gateway taken over cannot publish without a token.
-bin/nixcache-index -listen "$index_sock" -signer-addr "$signer_sock" -data-dir "$data/index" -auth-file "$auth" & pids+=($!)
+# The three run as one user here, so the gateway writes pushed NARs into
+# files the index hands it (-upload-spool auto; docs/configure.md, "Spooled uploads").
+bin/nixcache-index -listen "$index_sock" -signer-addr "$signer_sock" -data-dir "$data/index" -auth-file "$auth" \
+  -upload-spool auto & pids+=($!)
 # Co-located: the gateway sends the index's NAR files itself (docs/configure.md, "Co-located gateway"), and
 # with NIXCACHE_LOCAL_STORE=true dumps the host store's NARs itself too.
 local_store=()

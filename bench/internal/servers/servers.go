@@ -115,7 +115,8 @@ type NixcacheOptions struct {
 func StartNixcache(ctx context.Context, o NixcacheOptions) (*Nixcache, error) {
 	n := &Nixcache{Name: o.Name, Dir: o.Dir, bin: o.Bin, indexArgs: o.IndexArgs, PushToken: "push-" + randomHex(16)}
 	if o.CoLocated && hasFlag(o.Bin, "index", "-upload-spool") {
-		// The gateway writes uploads into files the index hands it.
+		// The gateway writes uploads into files the index hands it, as
+		// make run has it (one user for the three services).
 		n.spool = filepath.Join(o.Dir, "upload-spool.sock")
 	}
 	for _, d := range []string{"signer", "index", "logs"} {

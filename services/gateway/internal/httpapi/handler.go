@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nixcache/nixcache/platform/auth"
@@ -93,6 +94,8 @@ type Handler struct {
 	Config
 	narinfos *narinfoCache // nil when NarinfoCacheTTL and NarinfoCacheMaxAge are 0
 	narRoot  *os.Root      // NarDir; nil without one
+	// spoolDenied warns once that UploadSpool refuses this gateway.
+	spoolDenied sync.Once
 	// narSources keeps the index's answers for NarDir and LocalStoreDir
 	// while the index watch is in sync; nil without either or without
 	// the watch.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -230,6 +231,11 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 			// Past the index's bound on uploads at once, or no answer.
 			h.finishPutNar(w, r, err)
 			return
+		case errors.Is(err, os.ErrPermission):
+			// Another user than the index's: it streams, and says so once.
+			h.spoolDenied.Do(func() {
+				h.Log.WarnContext(r.Context(), "the index's upload spool socket is not this gateway's to use; streaming uploads", "err", err)
+			})
 		case !errors.Is(err, errNoSpool):
 			h.Log.WarnContext(r.Context(), "streaming the NAR upload instead", "err", err)
 		}

@@ -132,44 +132,68 @@ func (sp *spooled) close() {
 	sp.conn.Close()
 }
 
-// putSpooled answers a NAR upload through the spool: the body into sp's
-// file, then PutNar with header naming it. The error is the answer, as
-// sendUpload's.
+// putSpooled answers a NAR upload through the spool: PutNar opens with
+// the header naming sp's file, the body goes into the file instead of
+// into chunks, and closing the file ends the call. The call is in flight
+// for the whole upload, as a streamed one is: it holds one of the
+// index's upload slots, and a graceful stop waits for it. The error is
+// the answer, as sendUpload's.
 func (h *Handler) putSpooled(w http.ResponseWriter, r *http.Request, sp *spooled, header *indexv1.PutNarRequest) error {
 	defer sp.close()
+	header.GetHeader().SpoolId = sp.id
 	// The index refuses a larger file; the body stops at its limit, 413.
 	u := newUpload(w, r, "NAR upload", sp.limit)
-	var written, flushed uint64
-	werr := h.streamUpload(w, u, func(b []byte) error {
-		if _, err := sp.file.Write(b); err != nil {
-			return fmt.Errorf("write NAR upload to the spool file: %w", err)
-		}
-		// The disk works while the upload comes in; the index's fsync
-		// then finds little left to write.
-		if written += uint64(len(b)); written-flushed >= diskio.WritebackSize {
-			diskio.StartWriteback(sp.file, flushed, written-flushed)
-			flushed = written
-		}
-		return nil
-	})
-	// The index verifies the file only once no descriptor open for
-	// writing is left.
-	if err := sp.file.Close(); err != nil && werr == nil {
-		werr = fmt.Errorf("write NAR upload to the spool file: %w", err)
-	}
-	if werr != nil {
-		return werr
-	}
-	header.GetHeader().SpoolId = sp.id
-	// No chunks: the upload is the file.
-	none := &upload{what: "NAR upload", raw: &readErr{r: http.NoBody}}
-	none.body = none.raw
-	return sendUpload(h, w, r, none, "NAR upload",
+	return sendUpload(h, w, r, u, "NAR upload",
 		func(ctx context.Context) (indexv1.IndexService_PutNarClient, error) {
-			return h.Index.PutNar(ctx, narUploadCodec())
+			stream, err := h.Index.PutNar(ctx, narUploadCodec())
+			if err != nil {
+				return nil, err
+			}
+			return &spoolStream{IndexService_PutNarClient: stream, sp: sp}, nil
 		},
 		header,
 		func(chunk []byte) *indexv1.PutNarRequest {
 			return &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: chunk}}
 		})
+}
+
+// spoolStream is a PutNar stream whose chunks go into the spool file: the
+// header is sent, and CloseAndRecv closes the file before it ends the
+// call (the index verifies the file once no descriptor open for writing
+// is left).
+type spoolStream struct {
+	indexv1.IndexService_PutNarClient
+	sp               *spooled
+	written, flushed uint64
+	// err is the failure writing the file: the call is then abandoned
+	// (cancelled), never ended with a file cut short.
+	err error
+}
+
+func (s *spoolStream) Send(m *indexv1.PutNarRequest) error {
+	chunk := m.GetChunk()
+	if m.GetHeader() != nil || chunk == nil {
+		return s.IndexService_PutNarClient.Send(m)
+	}
+	if _, err := s.sp.file.Write(chunk); err != nil {
+		s.err = fmt.Errorf("write NAR upload to the spool file: %w", err)
+		return s.err
+	}
+	// The disk works while the upload comes in; the index's fsync then
+	// finds little left to write.
+	if s.written += uint64(len(chunk)); s.written-s.flushed >= diskio.WritebackSize {
+		diskio.StartWriteback(s.sp.file, s.flushed, s.written-s.flushed)
+		s.flushed = s.written
+	}
+	return nil
+}
+
+func (s *spoolStream) CloseAndRecv() (*indexv1.PutNarResponse, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
+	if err := s.sp.file.Close(); err != nil {
+		return nil, fmt.Errorf("write NAR upload to the spool file: %w", err)
+	}
+	return s.IndexService_PutNarClient.CloseAndRecv()
 }

@@ -522,11 +522,15 @@ func (x *index) serveSpool(indexSvc *server.Server) error {
 		_ = lis.Close()
 		return nil
 	}
+	// The uploads are bounded as streams are, by PutNar's slots (each
+	// spooled upload's call is in flight while its body is written);
+	// the files handed out at once, by twice that: a file's slot comes
+	// back only once its gateway has hung up, after the answer.
 	maxFiles := x.o.MaxUploads
 	if maxFiles <= 0 {
 		maxFiles = server.DefaultMaxUploads
 	}
-	sp := spool.New(log, x.nars.SpoolFile, narstore.Discard, x.nars.MaxSize(), maxFiles)
+	sp := spool.New(log, x.nars.SpoolFile, narstore.Discard, x.nars.MaxSize(), 2*maxFiles)
 	indexSvc.WithSpool(sp)
 	if err := x.ops.registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "nixcache_upload_spool_files",

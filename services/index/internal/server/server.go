@@ -216,7 +216,9 @@ func (s *Server) ingestSpooled(ctx context.Context, id string, chunks io.Reader,
 	}
 	f, ok := s.spool.Claim(ctx, id)
 	if !ok {
-		return nil, fault.Invalid("spool_id %q: no such spooled upload (claimed already, or its connection ended)", id)
+		// Retryable: the index may have restarted since it handed the
+		// file out (its tmp/ is emptied at start), or the caller left.
+		return nil, fault.Unavailable("spool_id %q: no such spooled upload (claimed already, its connection ended, or the index restarted): upload again", id)
 	}
 	var b [1]byte
 	if n, err := chunks.Read(b[:]); n > 0 || err != io.EOF {

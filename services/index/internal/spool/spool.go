@@ -32,6 +32,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,6 +49,10 @@ type Server struct {
 	limit   uint64
 	// slots bounds the connections served at once (each may hold a file).
 	slots chan struct{}
+
+	// wg counts the goroutines that may still remove a file: Close
+	// waits for them.
+	wg sync.WaitGroup
 
 	mu    sync.Mutex
 	files map[string]*entry // unclaimed files by id
@@ -67,28 +72,33 @@ func New(log *slog.Logger, create Create, discard func(*os.File), limit uint64, 
 		files: map[string]*entry{}, conns: map[net.Conn]struct{}{}}
 }
 
-// Serve serves lis until Close; lis must be a Unix socket's.
+// Serve serves lis until Close, and closes it: gateways then find no
+// spool and stream. lis must be a Unix socket's. An error accepting a
+// connection (out of descriptors) is waited out, as net/http does.
 func (s *Server) Serve(lis net.Listener) error {
+	defer lis.Close()
+	var delay time.Duration
 	for {
 		conn, err := lis.Accept()
 		if err != nil {
-			s.mu.Lock()
-			done := s.done
-			s.mu.Unlock()
-			if done || errors.Is(err, net.ErrClosed) {
+			if s.closed() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("upload spool: %w", err)
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("upload spool: accept failed; retrying", "err", err, "retry_in", delay)
+			time.Sleep(delay) // a pause before retrying, not synchronisation
+			continue
 		}
+		delay = 0
 		if !s.track(conn) {
 			conn.Close()
 			return nil
 		}
-		go s.serve(conn)
 	}
 }
 
-// Close ends every connection; their unclaimed files are removed.
+// Close ends every connection and waits until their unclaimed files are
+// removed.
 func (s *Server) Close() {
 	s.mu.Lock()
 	s.done = true
@@ -96,8 +106,16 @@ func (s *Server) Close() {
 		c.Close()
 	}
 	s.mu.Unlock()
+	s.wg.Wait()
 }
 
+func (s *Server) closed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.done
+}
+
+// track starts serving c, unless the server is closed.
 func (s *Server) track(c net.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -105,6 +123,11 @@ func (s *Server) track(c net.Conn) bool {
 		return false
 	}
 	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.serve(c)
+	}()
 	return true
 }
 
@@ -196,7 +219,12 @@ func (s *Server) Claim(ctx context.Context, id string) (*os.File, bool) {
 		return e.r, true
 	case <-ctx.Done():
 		// Handed out; its connection's goroutine closes its side soon.
-		go func() { <-e.sent; s.discard(e.r) }()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			<-e.sent
+			s.discard(e.r)
+		}()
 		return nil, false
 	}
 }

@@ -176,3 +176,46 @@ func TestBusy(t *testing.T) {
 		_, _ = bufio.NewReader(g.conn).ReadString('\n')
 	}
 }
+
+// TestCloseRemovesOutstanding: at shutdown a file handed out and not
+// claimed is removed before Close returns.
+func TestCloseRemovesOutstanding(t *testing.T) {
+	sock, sp, discarded := start(t, 4)
+	g := ask(t, sock)
+	g.id(t)
+	g.file.Close()
+	sp.Close()
+	select {
+	case name := <-discarded:
+		if _, err := os.Stat(name); !os.IsNotExist(err) {
+			t.Errorf("file %s after Close: stat %v, want it gone", name, err)
+		}
+	default:
+		t.Fatal("Close returned with a file handed out and not removed")
+	}
+	if n := sp.Outstanding(); n != 0 {
+		t.Errorf("Outstanding after Close = %d", n)
+	}
+}
+
+// TestClaimCancelled: a claim whose caller left gets nothing, and the file
+// is removed.
+func TestClaimCancelled(t *testing.T) {
+	sock, sp, discarded := start(t, 4)
+	g := ask(t, sock)
+	id := g.id(t)
+	g.file.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	// The file was sent before the claim: a claim may still win the race
+	// with the cancelled context; either way the file ends up removed.
+	if f, ok := sp.Claim(ctx, id); ok {
+		narstore.Discard(f)
+		return
+	}
+	select {
+	case <-discarded:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the file of a cancelled claim was not removed")
+	}
+}
