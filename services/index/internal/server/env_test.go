@@ -107,6 +107,8 @@ type localSetup struct {
 	newLocal func(*catalog.Catalog, *signerclient.Client) server.LocalStore
 	// copies, unless nil, are the host copies served (after newLocal).
 	copies func() server.HostCopies
+	// spool, unless nil, holds spooled uploads (PutNar's spool_id).
+	spool server.Spool
 }
 
 // startIndexWith runs the index on dir, its signer being sc, with ls.
@@ -161,6 +163,9 @@ func startIndexWith(t testing.TB, dir string, sc signerConn, ls localSetup) *ind
 	svc := server.New(log, cat, nars, pub, local)
 	if ls.copies != nil {
 		svc.WithHostCopies(ls.copies())
+	}
+	if ls.spool != nil {
+		svc.WithSpool(ls.spool)
 	}
 	indexv1.RegisterIndexServiceServer(srv.GRPC, svc)
 	lis := bufconn.Listen(1 << 20)
