@@ -204,7 +204,8 @@ func recvHeader[M streamMessage[H], H comparable](h *Handler, ctx context.Contex
 }
 
 // putNar answers PUT /nar/<file hash>.nar<ext>: it streams the body to the
-// index, which verifies and stores it.
+// index, which verifies and stores it, or, through the index's upload
+// spool (UploadSpool), writes it into a file the index then verifies.
 func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 	t, err := parseNarPath(r.URL.Path)
 	if err == nil && t.fileHash == "" {
@@ -218,42 +219,30 @@ func (h *Handler) putNar(w http.ResponseWriter, r *http.Request) {
 		ExpectedFileHash:    t.fileHash,
 		ExpectedCompression: t.compression,
 	}}}
-	if h.UploadSpool != "" {
-		ctx, cancel := h.unary(r.Context())
-		sp, err := openSpool(ctx, h.UploadSpool)
-		cancel()
-		if err == nil {
-			h.finishPutNar(w, r, h.putSpooled(w, r, sp, header))
-			return
-		}
-		switch {
-		case status.Code(err) == codes.Unavailable:
-			// Past the index's bound on uploads at once, or no answer.
-			h.finishPutNar(w, r, err)
-			return
-		case errors.Is(err, os.ErrPermission):
-			// Another user than the index's: it streams, and says so once.
-			h.spoolDenied.Do(func() {
-				h.Log.WarnContext(r.Context(), "the index's upload spool socket is not this gateway's to use; streaming uploads", "err", err)
-			})
-		case !errors.Is(err, errNoSpool):
-			h.Log.WarnContext(r.Context(), "streaming the NAR upload instead", "err", err)
-		}
+	// Streamed, the index bounds the size (-max-nar-size); spooled, the
+	// gateway stops writing at it.
+	var limit int64
+	sp, err := h.spool(r)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
 	}
-	// The index bounds the size (-max-nar-size).
-	err = sendUpload(h, w, r, newUpload(w, r, "NAR upload", 0), "NAR upload",
+	if sp != nil {
+		defer sp.close()
+		header.GetHeader().SpoolId, limit = sp.id, sp.limit
+	}
+	err = sendUpload(h, w, r, newUpload(w, r, "NAR upload", limit), "NAR upload",
 		func(ctx context.Context) (indexv1.IndexService_PutNarClient, error) {
-			return h.Index.PutNar(ctx, narUploadCodec())
+			stream, err := h.Index.PutNar(ctx, narUploadCodec())
+			if err != nil || sp == nil {
+				return stream, err
+			}
+			return &spoolStream{IndexService_PutNarClient: stream, sp: sp}, nil
 		},
 		header,
 		func(chunk []byte) *indexv1.PutNarRequest {
 			return &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: chunk}}
 		})
-	h.finishPutNar(w, r, err)
-}
-
-// finishPutNar answers a NAR upload that ended with err.
-func (h *Handler) finishPutNar(w http.ResponseWriter, r *http.Request, err error) {
 	if status.Code(err) == codes.AlreadyExists {
 		// The same bytes are already stored: the upload has succeeded.
 		err = nil
@@ -263,4 +252,31 @@ func (h *Handler) finishPutNar(w http.ResponseWriter, r *http.Request, err error
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// spool returns a file of the index's upload spool for the upload of r,
+// nil when the upload is to be streamed (no spool configured, or none
+// this gateway can use), or the answer when the index refused (503).
+func (h *Handler) spool(r *http.Request) (*spooled, error) {
+	if h.UploadSpool == "" {
+		return nil, nil
+	}
+	ctx, cancel := h.unary(r.Context())
+	sp, err := openSpool(ctx, h.UploadSpool)
+	cancel()
+	switch {
+	case err == nil:
+		return sp, nil
+	case status.Code(err) == codes.Unavailable:
+		// Past the index's bound on uploads at once, or no answer.
+		return nil, err
+	case errors.Is(err, os.ErrPermission):
+		// Another user than the index's: it streams, and says so once.
+		h.spoolDenied.Do(func() {
+			h.Log.WarnContext(r.Context(), "the index's upload spool socket is not this gateway's to use; streaming uploads", "err", err)
+		})
+	case !errors.Is(err, errNoSpool):
+		h.Log.WarnContext(r.Context(), "streaming the NAR upload instead", "err", err)
+	}
+	return nil, nil
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"syscall"
@@ -77,8 +76,8 @@ func openSpool(ctx context.Context, path string) (*spooled, error) {
 }
 
 // readSpoolGrant reads the index's one message: "ok <id> <limit>\n" with
-// a descriptor, or "error <reason>\n".
-func readSpoolGrant(conn *net.UnixConn) (*spooled, error) {
+// a descriptor, or "busy <reason>\n" or "error <reason>\n" without one.
+func readSpoolGrant(conn *net.UnixConn) (_ *spooled, err error) {
 	buf := make([]byte, 512)
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
@@ -86,6 +85,13 @@ func readSpoolGrant(conn *net.UnixConn) (*spooled, error) {
 		return nil, err
 	}
 	var fds []int
+	defer func() {
+		if err != nil {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		}
+	}()
 	if oobn > 0 {
 		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 		if err != nil {
@@ -99,68 +105,39 @@ func readSpoolGrant(conn *net.UnixConn) (*spooled, error) {
 			fds = append(fds, got...)
 		}
 	}
-	closeAll := func() {
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-	}
 	line, _, _ := bytes.Cut(buf[:n], []byte("\n"))
-	fields := bytes.Fields(line)
-	switch {
-	case len(fields) > 0 && string(fields[0]) == "busy":
-		closeAll()
+	word, rest, _ := bytes.Cut(line, []byte(" "))
+	switch string(word) {
+	case "busy":
 		// Answered as the index's own refusal of a stream: 503.
-		return nil, status.Error(codes.Unavailable, string(bytes.TrimPrefix(line, []byte("busy "))))
-	case len(fields) > 0 && string(fields[0]) == "error":
-		closeAll()
-		return nil, fmt.Errorf("the index refused: %s", bytes.TrimPrefix(line, []byte("error ")))
-	case len(fields) != 3 || string(fields[0]) != "ok" || len(fds) != 1:
-		closeAll()
+		return nil, status.Error(codes.Unavailable, string(rest))
+	case "error":
+		return nil, fmt.Errorf("the index refused: %s", rest)
+	}
+	fields := bytes.Fields(line)
+	if len(fields) != 3 || string(word) != "ok" || len(fds) != 1 {
 		return nil, fmt.Errorf("unexpected answer %q with %d descriptors", line, len(fds))
 	}
 	limit, err := strconv.ParseInt(string(fields[2]), 10, 64)
 	if err != nil || limit <= 0 {
-		closeAll()
 		return nil, fmt.Errorf("unexpected size limit in %q", line)
 	}
 	return &spooled{conn: conn, file: os.NewFile(uintptr(fds[0]), "upload-spool-file"), id: string(fields[1]), limit: limit}, nil
 }
 
-// close hangs up; the file is closed already unless writing failed.
+// close hangs up, once PutNar has answered; the file is closed already
+// unless writing it failed.
 func (sp *spooled) close() {
 	sp.file.Close()
 	sp.conn.Close()
 }
 
-// putSpooled answers a NAR upload through the spool: PutNar opens with
-// the header naming sp's file, the body goes into the file instead of
-// into chunks, and closing the file ends the call. The call is in flight
-// for the whole upload, as a streamed one is: it holds one of the
-// index's upload slots, and a graceful stop waits for it. The error is
-// the answer, as sendUpload's.
-func (h *Handler) putSpooled(w http.ResponseWriter, r *http.Request, sp *spooled, header *indexv1.PutNarRequest) error {
-	defer sp.close()
-	header.GetHeader().SpoolId = sp.id
-	// The index refuses a larger file; the body stops at its limit, 413.
-	u := newUpload(w, r, "NAR upload", sp.limit)
-	return sendUpload(h, w, r, u, "NAR upload",
-		func(ctx context.Context) (indexv1.IndexService_PutNarClient, error) {
-			stream, err := h.Index.PutNar(ctx, narUploadCodec())
-			if err != nil {
-				return nil, err
-			}
-			return &spoolStream{IndexService_PutNarClient: stream, sp: sp}, nil
-		},
-		header,
-		func(chunk []byte) *indexv1.PutNarRequest {
-			return &indexv1.PutNarRequest{Msg: &indexv1.PutNarRequest_Chunk{Chunk: chunk}}
-		})
-}
-
 // spoolStream is a PutNar stream whose chunks go into the spool file: the
-// header is sent, and CloseAndRecv closes the file before it ends the
-// call (the index verifies the file once no descriptor open for writing
-// is left).
+// header (naming the file) is sent, and CloseAndRecv closes the file
+// before it ends the call (the index verifies the file once no
+// descriptor open for writing is left). The call is in flight for the
+// whole upload, as a streamed one is: it holds one of the index's upload
+// slots, and a graceful stop waits for it.
 type spoolStream struct {
 	indexv1.IndexService_PutNarClient
 	sp               *spooled

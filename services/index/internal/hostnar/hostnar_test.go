@@ -96,14 +96,7 @@ func narHash(t *testing.T, p string) (nixhash.Hash, uint64) {
 // test ends.
 func (e *env) open(budget uint64) (*Store, StartReport) {
 	e.t.Helper()
-	s, rep, err := Open(Config{Dir: e.dir, StoreDir: e.storeDir, MaxBytes: budget, Log: slog.New(slog.DiscardHandler)}, e.cat)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); s.Run(ctx) }()
-	e.t.Cleanup(func() { cancel(); <-done })
+	s, rep, _ := e.openWith(Config{MaxBytes: budget})
 	return s, rep
 }
 

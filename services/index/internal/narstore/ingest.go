@@ -108,7 +108,7 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader, want Expect) (*indexv1.
 	}
 	// The backend owns the file from here on, whatever happens.
 	committed = true
-	if err := s.commit(ctx, tmp, u.size, nf.GetFileHash(), comp); err != nil {
+	if err := s.commit(ctx, tmp, nf); err != nil {
 		return nil, err
 	}
 	return nf, nil
@@ -389,14 +389,8 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // file for this hash; an existing file for the hash is replaced all the
 // same: these bytes were just verified, that file may have rotted since (a
 // path that Verify quarantined is pushed again to repair it).
-func (s *Store) commit(ctx context.Context, tmp *os.File, size uint64, fileHash, comp string) error {
-	h, err := nixhash.ParseAs(nixhash.SHA256, fileHash)
-	if err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	k, err := key(h.NixBase32(), comp)
+func (s *Store) commit(ctx context.Context, tmp *os.File, nf *indexv1.NarFile) error {
+	k, err := keyOfFile(nf)
 	if err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())
@@ -407,7 +401,7 @@ func (s *Store) commit(ctx context.Context, tmp *os.File, size uint64, fileHash,
 		os.Remove(tmp.Name())
 		return fmt.Errorf("rewind upload file: %w", err)
 	}
-	if err := s.files.Put(ctx, k, tmp, int64(size)); err != nil {
+	if err := s.files.Put(ctx, k, tmp, int64(nf.GetFileSize())); err != nil {
 		return fmt.Errorf("store NAR file in %s: %w", s.files, err)
 	}
 	return nil

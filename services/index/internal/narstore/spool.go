@@ -21,13 +21,16 @@ import (
 // (IngestSpooled). The bytes then cross no socket between the two, and
 // the index reads them from the page cache to verify them, once.
 //
-// The index trusts nothing the gateway did to the file: the file is the
-// index's own (mode 0600, in its tmp/), so nobody else can open it by
-// name, and IngestSpooled takes a read lease on it first (fcntl
-// F_SETLEASE), which the kernel grants only when no descriptor open for
-// writing remains anywhere, the gateway's included; a later open for
-// writing would break the lease, which is checked again once the file is
-// verified. The bytes verified are the bytes stored.
+// The file is the index's own (mode 0600, in its tmp/), and
+// IngestSpooled takes a read lease on it first (fcntl F_SETLEASE), which
+// the kernel grants only when no descriptor open for writing remains
+// anywhere, the gateway's included; a later open for writing would break
+// the lease, which is checked again once the file is verified. That
+// catches a gateway that did not close its descriptor, not a hostile one:
+// a process that held the descriptor can keep a handle no lease sees
+// (O_PATH) and reopen the file, as the index's user, after it is stored.
+// So the spool is offered only to a gateway that runs as the index's user
+// with write access to its files anyway (docs/configure.md).
 
 // SpoolFile makes an empty upload file in tmp/ and returns it twice: open
 // for writing, to hand to the uploader and then close, and open for
@@ -135,7 +138,7 @@ func (s *Store) IngestSpooled(ctx context.Context, r *os.File, want Expect) (*in
 		return nil, fmt.Errorf("spooled upload: %w", err)
 	}
 	committed = true
-	if err := s.commit(ctx, r, size, nf.GetFileHash(), comp); err != nil {
+	if err := s.commit(ctx, r, nf); err != nil {
 		return nil, err
 	}
 	return nf, nil

@@ -208,8 +208,9 @@ func (s *Server) WithSpool(sp Spool) *Server {
 	return s
 }
 
-// ingestSpooled verifies and stores the spooled upload id; no chunks may
-// follow the header.
+// ingestSpooled verifies and stores the spooled upload id once the
+// gateway has written the file and ended the call; no chunks may follow
+// the header.
 func (s *Server) ingestSpooled(ctx context.Context, id string, chunks io.Reader, want narstore.Expect) (*indexv1.NarFile, error) {
 	if s.spool == nil {
 		return nil, fault.Invalid("spool_id %q: this index hands out no spool files (-upload-spool)", id)

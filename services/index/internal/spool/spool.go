@@ -9,16 +9,17 @@
 //	index:   "ok <id> <limit>\n" and, with it (SCM_RIGHTS), a descriptor
 //	         of an empty file of its own, open for writing; limit is the
 //	         largest file it takes (-max-nar-size)
-//	         (or "busy <reason>\n", past -max-concurrent-uploads, or
-//	         "error <reason>\n", and no descriptor)
-//	gateway: writes the upload into the descriptor and closes it, then
-//	         calls PutNar with spool_id <id> and no chunks
+//	         (or "busy <reason>\n", past the files it hands out at once,
+//	         or "error <reason>\n", and no descriptor)
+//	gateway: opens PutNar with spool_id <id>, writes the upload into the
+//	         descriptor, closes it, and ends the call (no chunks)
 //	gateway: hangs up once PutNar has answered
 //
-// The file stays the index's: mode 0600 in its tmp/, reachable by the
-// gateway only through the descriptor, and verified by the index
+// The file is the index's (mode 0600 in its tmp/), verified by the index
 // (narstore.IngestSpooled) only once no descriptor open for writing is
-// left. A file nobody claimed is removed when its connection ends.
+// left. That does not keep out a hostile gateway (see narstore's
+// spool.go): the spool is for a gateway that runs as the index's user.
+// A file nobody claimed is removed when its connection ends.
 package spool
 
 import (
