@@ -94,16 +94,10 @@ proto-check: proto
 	@git diff --exit-code -- proto || { echo "generated code in proto/ is stale: run 'make proto' and commit" >&2; exit 1; }
 	@test -z "$$(git status --porcelain -- proto)" || { git status --porcelain -- proto; echo "untracked generated files in proto/: run 'make proto' and commit" >&2; exit 1; }
 
-## fuzz-smoke: every `go test -fuzz` target in the repo for FUZZTIME each (one package and one target per run).
+## fuzz-smoke: every `go test -fuzz` target in the repo for FUZZTIME each (scripts/fuzz-smoke.sh).
 FUZZTIME ?= 8s
 fuzz-smoke:
-	@set -e; grep -rl --include='*_test.go' '^func Fuzz' . | grep -v '^./.tools/' | sort | while read -r f; do \
-	  dir=$$(dirname "$$f"); \
-	  for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$$f"); do \
-	    echo "fuzz $$dir $$t ($(FUZZTIME))"; \
-	    go test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) "$$dir" || exit 1; \
-	  done; \
-	done
+	FUZZTIME=$(FUZZTIME) scripts/fuzz-smoke.sh
 
 ## lint: golangci-lint (.golangci.yml) in each module of go.work; generated proto code is skipped.
 MODULES := cmd/nixcache nix platform proto services/signer services/index services/gateway e2e bench
