@@ -150,6 +150,8 @@ func Run(ctx context.Context, o Options, lis net.Listener) error {
 		// No WriteTimeout: it would cut large NARs. Transfers are bounded
 		// by TransferIdleTimeout instead.
 		ErrorLog: slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
+		// NAR files go out on a corked connection (httpapi/cork.go).
+		ConnContext: httpapi.ConnContext,
 	}
 	return serve(ctx, srv, lis, o.ShutdownGrace, o.Log)
 }

@@ -396,7 +396,10 @@ func newEnvServing(t testing.TB, serve func(*fakeIndex) indexv1.IndexServiceServ
 		t.Fatal(err)
 	}
 	e.h = h
-	e.srv = httptest.NewServer(h)
+	// As the gateway serves it (app.Run): NAR files go out corked.
+	e.srv = httptest.NewUnstartedServer(h)
+	e.srv.Config.ConnContext = ConnContext
+	e.srv.Start()
 	t.Cleanup(e.srv.Close)
 	return e
 }

@@ -76,7 +76,7 @@ func (h *Handler) localNar(r *http.Request, t narTarget) (*narDownload, error) {
 	h.downloads.note("", t.storeHash, start, length, time.Now())
 	// A path that changed on disk under the dump fails while sending (or
 	// at Nix's hash check), never silently.
-	return &narDownload{body: &dumpBody{h: h, nr: nr}, length: length, rng: rng,
+	return &narDownload{body: &dumpBody{h: h, nr: nr}, length: length, rng: rng, sendfile: true,
 		cut: "NAR dump cut", close: func() { nr.Close() }}, nil
 }
 

@@ -58,7 +58,7 @@ func (h *Handler) fileNar(r *http.Request, t narTarget) (*narDownload, error) {
 	h.downloads.note(t.fileHash, "", start, length, time.Now())
 	// As with a stream, a transfer cut short closes the connection short
 	// of Content-Length, and Nix resumes with a Range request.
-	return &narDownload{body: &fileBody{h: h, f: f}, length: length, rng: rng,
+	return &narDownload{body: &fileBody{h: h, f: f}, length: length, rng: rng, sendfile: true,
 		cut: "NAR file transfer cut", close: func() { f.Close() }}, nil
 }
 

@@ -45,6 +45,9 @@ type narDownload struct {
 	// zstd: body is compressed with zstd on the way, whole, of a length
 	// unknown in advance.
 	zstd bool
+	// sendfile: body goes out with sendfile (a file, a dump), on a
+	// corked connection (cork.go).
+	sendfile bool
 	// cut is what the log says when sending stops short.
 	cut string
 	// close releases the source (a file, a dump, a stream); nil: nothing.
@@ -145,6 +148,9 @@ func (h *Handler) sendNar(w http.ResponseWriter, r *http.Request, d *narDownload
 		code = http.StatusPartialContent
 	}
 	setNarHeaders(w, d.length)
+	if d.sendfile {
+		defer cork(r.Context())()
+	}
 	w.WriteHeader(code)
 	if err := d.body.send(w, w, d.length); err != nil && r.Context().Err() == nil {
 		// The status is sent; the connection closes short of
