@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path"
@@ -324,10 +325,15 @@ func (b *bench) run(ctx context.Context) error {
 		cpus[server][figure] = append(cpus[server][figure], cpu)
 	}
 	for round := range b.o.Rounds {
-		// Rotate the order every round so no server always goes first.
+		// A new order every round (seeded: a run can be repeated), so
+		// that no server always goes first, nor always right after the
+		// same one: a pass that leaves the machine busy for a moment
+		// (nixcache-local's dump of 1.5 GB) must not weigh on the
+		// figures of one server only, as it did when the order was
+		// rotated.
 		order := slices.Clone(targets)
-		k := round % len(order)
-		order = append(order[k:], order[:k]...)
+		rng := rand.New(rand.NewPCG(uint64(round), 0x6e6978))
+		rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 		for _, t := range order {
 			c0 := t.cpu()
 			tm, err := load.NarinfoPass(ctx, t.url, t.hashes)

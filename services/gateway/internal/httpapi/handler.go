@@ -94,6 +94,8 @@ type Handler struct {
 	Config
 	narinfos *narinfoCache // nil when NarinfoCacheTTL and NarinfoCacheMaxAge are 0
 	narRoot  *os.Root      // NarDir; nil without one
+	// narDirFile is NarDir open, for openBeneath; nil without one.
+	narDirFile *os.File
 	// spoolDenied warns once that UploadSpool refuses this gateway.
 	spoolDenied sync.Once
 	// narSources keeps the index's answers for NarDir and LocalStoreDir
@@ -150,6 +152,10 @@ func New(cfg Config) (*Handler, error) {
 			return nil, fmt.Errorf("httpapi: NAR directory: %w", err)
 		}
 		h.narRoot = root
+		if h.narDirFile, err = os.Open(cfg.NarDir); err != nil {
+			root.Close()
+			return nil, fmt.Errorf("httpapi: NAR directory: %w", err)
+		}
 	}
 	if cfg.LocalStoreDir != "" {
 		if st, err := os.Stat(cfg.LocalStoreDir); err != nil || !st.IsDir() {
