@@ -2,12 +2,14 @@ package httpapi
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -72,19 +74,27 @@ func TestCork(t *testing.T) {
 func TestNarSentCorked(t *testing.T) {
 	storeDir := t.TempDir()
 	e := newEnv(t, func(c *Config) { c.NarDir, c.LocalStoreDir = t.TempDir(), storeDir })
-	// Larger than the socket buffers: the send blocks while the client
-	// reads nothing.
-	p := e.addPath("big", 64<<20)
-	hash, nar := e.addHostPath(t, storeDir, "host-tool", 32<<20)
+	// Far larger than the socket buffers, made small on both ends: the
+	// send blocks while the client reads nothing.
+	p := e.addPath("big", 16<<20)
+	hash, nar := e.addHostPath(t, storeDir, "host-tool", 8<<20)
 	conns := make(chan net.Conn, 1)
 	srv := httptest.NewUnstartedServer(e.h)
 	srv.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if err := c.(*net.TCPConn).SetWriteBuffer(64 << 10); err != nil {
+			t.Error(err)
+		}
 		conns <- c
 		return ConnContext(ctx, c)
 	}
 	srv.Start()
 	defer srv.Close()
-	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	d := net.Dialer{Control: func(_, _ string, raw syscall.RawConn) error {
+		var serr error
+		err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<10) })
+		return cmp.Or(err, serr)
+	}}
+	c, err := d.Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -146,6 +146,11 @@ func New(cfg Config) (*Handler, error) {
 	}
 	h := &Handler{Config: cfg, narinfos: newNarinfoCache(cfg.NarinfoCacheTTL, cfg.NarinfoCacheMaxAge, cfg.NarinfoCacheSize)}
 	h.cacheInfoBody = fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", cfg.StoreDir, cfg.Priority)
+	if cfg.LocalStoreDir != "" {
+		if st, err := os.Stat(cfg.LocalStoreDir); err != nil || !st.IsDir() {
+			return nil, fmt.Errorf("httpapi: local store directory %s: not a readable directory (%w)", cfg.LocalStoreDir, err)
+		}
+	}
 	if cfg.NarDir != "" {
 		root, err := os.OpenRoot(cfg.NarDir)
 		if err != nil {
@@ -155,11 +160,6 @@ func New(cfg Config) (*Handler, error) {
 		if h.narDirFile, err = os.Open(cfg.NarDir); err != nil {
 			root.Close()
 			return nil, fmt.Errorf("httpapi: NAR directory: %w", err)
-		}
-	}
-	if cfg.LocalStoreDir != "" {
-		if st, err := os.Stat(cfg.LocalStoreDir); err != nil || !st.IsDir() {
-			return nil, fmt.Errorf("httpapi: local store directory %s: not a readable directory (%w)", cfg.LocalStoreDir, err)
 		}
 	}
 	if cfg.NarDir != "" || cfg.LocalStoreDir != "" {

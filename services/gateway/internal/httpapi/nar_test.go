@@ -366,6 +366,32 @@ func TestNarDirFallback(t *testing.T) {
 	}
 }
 
+// TestNarDirSymlinkInside: a file reached through a symbolic link that
+// stays inside NarDir is still sent from the directory (os.Root follows
+// it where openat2 refuses any link), not streamed from the index.
+func TestNarDirSymlinkInside(t *testing.T) {
+	narDir := t.TempDir()
+	e := newEnv(t, func(c *Config) { c.NarDir = narDir })
+	p := e.addPath("linked", 5000)
+	e.index.mu.Lock()
+	rel := filepath.FromSlash(e.index.relPaths[p.fileHash.String()])
+	e.index.getNars = nil
+	e.index.mu.Unlock()
+	must(t, os.Rename(filepath.Join(narDir, rel), filepath.Join(narDir, "elsewhere.nar.xz")))
+	must(t, os.Symlink("../elsewhere.nar.xz", filepath.Join(narDir, rel)))
+
+	resp := e.do(t, request{method: "GET", path: "/nar/" + p.fileHash.NixBase32() + ".nar.xz"})
+	if resp.code != 200 || !bytes.Equal(resp.body, p.file) {
+		t.Fatalf("status %d, %d bytes (the file's: %v)", resp.code, len(resp.body), bytes.Equal(resp.body, p.file))
+	}
+	e.index.mu.Lock()
+	streamed := len(e.index.getNars)
+	e.index.mu.Unlock()
+	if streamed != 0 {
+		t.Errorf("%d GetNar calls, want the file sent from NarDir", streamed)
+	}
+}
+
 func TestNarDirMissing(t *testing.T) {
 	_, err := New(Config{
 		Index: indexv1.NewIndexServiceClient(nil),

@@ -96,9 +96,9 @@ func (h *Handler) statNarFile(r *http.Request, fileHash string) (narSource, erro
 // under NarDir; nil when the file cannot be served from there (then the
 // index streams it). A name that is not a clean relative path is
 // refused; the open itself cannot leave NarDir: one openat2 call that
-// follows no symbolic link (openBeneath), or os.Root where there is no
-// openat2 (a third of the syscalls of a download of a small file went to
-// os.Root's walk).
+// follows no symbolic link (openBeneath), or os.Root, which follows a
+// link only while it stays inside, where openat2 cannot decide (a third
+// of the syscalls of a download of a small file went to os.Root's walk).
 func (h *Handler) openNarFile(r *http.Request, rel string, size uint64) *os.File {
 	if rel == "" {
 		return nil
@@ -142,16 +142,18 @@ func cleanRelative(rel string) bool {
 // net/http's connection, which sends it with sendfile.
 func (h *Handler) copyFile(w http.ResponseWriter, f *os.File, n int64) error {
 	rc := http.NewResponseController(w)
-	// The header goes out first, on its own: net/http would otherwise
-	// read the file's first 512 bytes and write them with it before it
-	// turns to sendfile.
-	if err := rc.Flush(); err != nil {
-		return fmt.Errorf("send NAR file: %w", err)
-	}
 	var sent int64
 	for sent < n {
 		if h.TransferIdleTimeout > 0 {
 			_ = rc.SetWriteDeadline(time.Now().Add(h.TransferIdleTimeout))
+		}
+		if sent == 0 {
+			// The header goes out first, on its own: net/http would
+			// otherwise read the file's first 512 bytes and write them
+			// with it before it turns to sendfile.
+			if err := rc.Flush(); err != nil {
+				return fmt.Errorf("send NAR file: %w", err)
+			}
 		}
 		m, err := io.CopyN(w, f, min(n-sent, fileSegment))
 		sent += m

@@ -152,7 +152,13 @@ func (h *Handler) sendNar(w http.ResponseWriter, r *http.Request, d *narDownload
 		defer cork(r.Context())()
 	}
 	w.WriteHeader(code)
-	if err := d.body.send(w, w, d.length); err != nil && r.Context().Err() == nil {
+	err := d.body.send(w, w, d.length)
+	if err == nil && d.sendfile {
+		// What net/http still buffers (a dump's last small writes) goes
+		// out with the rest, before the cork comes out.
+		err = http.NewResponseController(w).Flush()
+	}
+	if err != nil && r.Context().Err() == nil {
 		// The status is sent; the connection closes short of
 		// Content-Length, and Nix resumes with a Range request.
 		h.Log.WarnContext(r.Context(), d.cut, "path", r.URL.Path, "err", err)
